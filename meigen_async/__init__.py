@@ -1,0 +1,32 @@
+"""Async client for MeiGen's public gallery endpoint ``GET /api/images/:id``."""
+
+from ._version import __version__
+from .errors import (
+    ApiError,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidResponse,
+    MeigenError,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
+from .session import GallerySession
+
+__all__ = [
+    "ApiError",
+    "GalleryImage",
+    "GallerySession",
+    "ImageNotFound",
+    "ImageResult",
+    "InvalidImageId",
+    "InvalidResponse",
+    "MeigenError",
+    "PromptSegment",
+    "RateLimited",
+    "ServerError",
+    "SessionStats",
+    "TransportError",
+    "__version__",
+]

@@ -1,0 +1,87 @@
+"""The exception hierarchy: one base to catch, subclasses named for what happened.
+
+Every error carries the data a caller branches on: ``image_id`` and ``status``
+(``None`` where not known), and ``retry_after`` on :class:`RateLimited`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ApiError",
+    "ImageNotFound",
+    "InvalidImageId",
+    "InvalidResponse",
+    "MeigenError",
+    "RateLimited",
+    "ServerError",
+    "TransportError",
+]
+
+
+class MeigenError(Exception):
+    """Base of every error this library raises."""
+
+    def __init__(self, message: str, *, image_id: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.image_id = image_id
+        self.status = status
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments do not survive the default pickling of exceptions.
+        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
+
+
+def _rebuild(cls: type[MeigenError], message: str, state: dict[str, object]) -> MeigenError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    return error
+
+
+# -- Before any request -------------------------------------------------------------------------
+
+
+class InvalidImageId(MeigenError, ValueError):
+    """The id is not a gallery id; raised before any network I/O."""
+
+
+# -- The server answered with an error status ----------------------------------------------------
+
+
+class ImageNotFound(MeigenError):
+    """The gallery has no image with this id (HTTP 404)."""
+
+
+class RateLimited(MeigenError):
+    """The service asked us to slow down (HTTP 429); ``retry_after`` is in seconds, if it said."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        image_id: str | None = None,
+        status: int | None = 429,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, image_id=image_id, status=status)
+        self.retry_after = retry_after
+
+
+class ServerError(MeigenError):
+    """The service failed (HTTP 5xx)."""
+
+
+class ApiError(MeigenError):
+    """The service answered with a non-2xx status not covered by a more specific error."""
+
+
+# -- No usable answer --------------------------------------------------------------------------
+
+
+class TransportError(MeigenError):
+    """The request did not complete: connection refused or dropped, or a timeout."""
+
+
+class InvalidResponse(MeigenError):
+    """The body is not the documented envelope: not JSON, wrong shape, or a field of wrong type."""

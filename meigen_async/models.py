@@ -1,0 +1,204 @@
+"""The data: attrs classes for what the endpoint returns, and the one converter that builds them.
+
+Structuring is forward compatible: unknown fields are ignored, nulls and missing optional
+fields take their defaults, and only a value of the wrong type is an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import attrs
+import cattrs
+
+from .errors import InvalidResponse, MeigenError
+
+__all__ = [
+    "GalleryImage",
+    "ImageResult",
+    "PromptSegment",
+    "SessionStats",
+    "converter",
+    "structure_image",
+    "unstructure_image",
+]
+
+
+@attrs.frozen
+class PromptSegment:
+    """One labelled part of a multi-part prompt."""
+
+    label: str
+    text: str
+
+
+@attrs.frozen
+class GalleryImage:
+    """A curated gallery image, every documented field under its documented name."""
+
+    id: str
+    text: str = ""
+    prompt_ready: bool | None = None
+    prompt_segments: tuple[PromptSegment, ...] | None = None
+    media_urls: tuple[str, ...] = ()
+    thumbnail_url: str | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+    model: str | None = None
+    sref: str | None = None
+    created_at: datetime | None = None
+    likes: int = 0
+    views: int = 0
+    retweets: int = 0
+    author_username: str | None = None
+    author_display_name: str | None = None
+    author_avatar_url: str | None = None
+
+
+@attrs.frozen
+class ImageResult:
+    """The outcome for one id of a bulk fetch: an image or the error that stopped it."""
+
+    id: str
+    image: GalleryImage | None = None
+    error: MeigenError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """True when the image was fetched."""
+        return self.error is None
+
+
+@attrs.frozen
+class SessionStats:
+    """A snapshot of a session's counters."""
+
+    requests: int = 0
+    """Upstream HTTP requests sent, retries included."""
+    cache_hits: int = 0
+    """Calls answered from the cache, 404s remembered included."""
+    cache_misses: int = 0
+    """Calls the cache could not answer."""
+    coalesced: int = 0
+    """Calls that joined a request already in flight for the same id."""
+    retries: int = 0
+    """Requests sent again after a retryable failure."""
+    errors: int = 0
+    """Upstream fetches that ended in an error."""
+    stale_served: int = 0
+    """Expired entries served because the upstream failed."""
+
+
+# -- Structuring ---------------------------------------------------------------------------------
+
+
+def _expect(kind: type, name: str) -> Any:
+    def check(value: Any, _: Any) -> Any:
+        # bool is an int subclass; a JSON true is never a count.
+        if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+            return value
+        raise TypeError(f"expected {name}, got {type(value).__name__}")
+
+    return check
+
+
+def _structure_int(value: Any, _: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def parse_timestamp(value: str) -> datetime:
+    """Parse an ISO 8601 timestamp; a naive one is taken as UTC."""
+    # Python 3.10's fromisoformat does not know the "Z" suffix.
+    parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+
+
+def _structure_datetime(value: Any, _: Any) -> datetime:
+    if not isinstance(value, str):
+        raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
+    return parse_timestamp(value)
+
+
+def _segment(entry: Any) -> PromptSegment | None:
+    if isinstance(entry, str):
+        return PromptSegment(label="", text=entry)
+    if not isinstance(entry, Mapping):
+        return None
+    label, text = entry.get("label"), entry.get("text")
+    if not isinstance(text, str):
+        return None
+    return PromptSegment(label=label if isinstance(label, str) else "", text=text)
+
+
+def _structure_segments(value: Any, _: Any) -> tuple[PromptSegment, ...] | None:
+    # An odd entry is dropped rather than failing the whole image: segments are a nicety.
+    if not isinstance(value, list):
+        return None
+    segments = tuple(s for s in map(_segment, value) if s is not None)
+    return segments or None
+
+
+def _structure_str_tuple(value: Any, _: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of strings, got {type(value).__name__}")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"expected a list of strings, got an item of {type(item).__name__}")
+    return tuple(value)
+
+
+def _unstructure_datetime(value: datetime) -> str:
+    return value.isoformat()
+
+
+def _build_converter() -> cattrs.Converter:
+    conv = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
+    conv.register_structure_hook(str, _expect(str, "a string"))
+    conv.register_structure_hook(bool, _expect(bool, "a boolean"))
+    conv.register_structure_hook(int, _structure_int)
+    conv.register_structure_hook(datetime, _structure_datetime)
+    conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
+    conv.register_structure_hook_func(
+        lambda t: t == (tuple[PromptSegment, ...] | None), _structure_segments
+    )
+    conv.register_unstructure_hook(datetime, _unstructure_datetime)
+    return conv
+
+
+converter: cattrs.Converter = _build_converter()
+"""The one converter, built at import and reused for every structure and unstructure call."""
+
+
+def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
+    """Build a :class:`GalleryImage` from the envelope's ``data`` object.
+
+    Raises :class:`InvalidResponse`, naming the field, when a field has the wrong type.
+    """
+    if not isinstance(data, dict):
+        raise InvalidResponse(
+            f"'data' should be an object, got {type(data).__name__}", image_id=image_id
+        )
+    # A null means "no value": the field's default applies, whatever its declared type.
+    present = {key: value for key, value in data.items() if value is not None}
+    try:
+        return converter.structure(present, GalleryImage)
+    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+        raise InvalidResponse(_describe(exc), image_id=image_id) from exc
+
+
+def unstructure_image(image: GalleryImage) -> dict[str, Any]:
+    """Turn an image back into the endpoint's ``data`` object (JSON-ready)."""
+    data: dict[str, Any] = converter.unstructure(image)
+    return data
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, cattrs.BaseValidationError):
+        return "invalid image data: " + "; ".join(cattrs.transform_error(exc, path="data"))
+    return f"invalid image data: {exc}"

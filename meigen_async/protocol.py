@@ -1,0 +1,173 @@
+"""The endpoint's contract as plain functions: no network, no aiohttp.
+
+Validating an id, building the one URL this library requests, and turning a status, headers
+and body into a :class:`~meigen_async.models.GalleryImage` or the matching error. The session
+calls these; tests exercise them with sample bodies and headers alone.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote
+
+from .errors import (
+    ApiError,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidResponse,
+    MeigenError,
+    RateLimited,
+    ServerError,
+)
+from .models import GalleryImage, structure_image
+
+__all__ = [
+    "MAX_ID_LENGTH",
+    "decode_response",
+    "error_for_status",
+    "header",
+    "image_url",
+    "parse_retry_after",
+    "snippet",
+    "validate_image_id",
+]
+
+MAX_ID_LENGTH = 128
+"""The longest id accepted."""
+
+_ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
+_SNIPPET = 80
+
+
+def validate_image_id(image_id: object) -> str:
+    """Return ``image_id`` if it is a gallery id, else raise :class:`InvalidImageId`.
+
+    A gallery id is a non-empty string of at most 128 characters from ``[A-Za-z0-9_-]``.
+    """
+    if type(image_id) is str and _ID.fullmatch(image_id):
+        return image_id
+    if not isinstance(image_id, str):
+        raise InvalidImageId(f"image id must be a string, got {type(image_id).__name__}")
+    shown = image_id if len(image_id) <= _SNIPPET else image_id[:_SNIPPET] + "..."
+    raise InvalidImageId(
+        f"invalid image id {shown!r}: expected 1 to {MAX_ID_LENGTH} characters "
+        "from A-Z, a-z, 0-9, '_' and '-'",
+        image_id=image_id,
+    )
+
+
+def image_url(base_url: str, image_id: str) -> str:
+    """The URL of one gallery image: ``{base_url}/api/images/{id}``, the id percent-quoted."""
+    return f"{base_url.rstrip('/')}/api/images/{quote(image_id, safe='')}"
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """Look a header up by name, ignoring case, in any mapping."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lowered = name.lower()
+    for key, candidate in headers.items():
+        if key.lower() == lowered:
+            return candidate
+    return None
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
+
+    Returns None when the value is absent or unreadable; a date in the past gives 0.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = now if now is not None else datetime.now(timezone.utc)
+    return max(0.0, (when - current).total_seconds())
+
+
+def decode_response(
+    status: int, headers: Mapping[str, str], body: bytes, *, image_id: str
+) -> GalleryImage:
+    """Turn one response into an image, or raise the error it stands for.
+
+    A 2xx must carry ``{"success": true, "data": {...}}``; any other status becomes the
+    matching :class:`MeigenError` subclass, with the service's ``{"error": "..."}`` message.
+    """
+    if 200 <= status < 300:
+        return structure_image(_success_data(body, image_id), image_id=image_id)
+    raise error_for_status(status, headers, body, image_id=image_id)
+
+
+def error_for_status(
+    status: int, headers: Mapping[str, str], body: bytes, *, image_id: str
+) -> MeigenError:
+    """The error a non-2xx response stands for, carrying its status and the service's message."""
+    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
+    if status == 404:
+        return ImageNotFound(message, image_id=image_id, status=status)
+    if status == 429:
+        retry_after = parse_retry_after(header(headers, "Retry-After"))
+        return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)
+    if status >= 500:
+        return ServerError(message, image_id=image_id, status=status)
+    return ApiError(message, image_id=image_id, status=status)
+
+
+def _success_data(body: bytes, image_id: str) -> Any:
+    envelope = _load_json(body, image_id)
+    if not isinstance(envelope, dict):
+        raise InvalidResponse(
+            f"expected a JSON object envelope, got {type(envelope).__name__}: {snippet(body)}",
+            image_id=image_id,
+        )
+    if envelope.get("success") is not True:
+        if isinstance(envelope.get("error"), str):
+            raise ApiError(
+                f"the service reported an error for image {image_id}: {envelope['error']}",
+                image_id=image_id,
+            )
+        raise InvalidResponse(
+            f"envelope field 'success' is not true: {snippet(body)}", image_id=image_id
+        )
+    if "data" not in envelope:
+        raise InvalidResponse(f"envelope has no 'data' field: {snippet(body)}", image_id=image_id)
+    return envelope["data"]
+
+
+def _load_json(body: bytes, image_id: str) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidResponse(
+            f"response body is not JSON ({exc}): {snippet(body)}", image_id=image_id
+        ) from exc
+
+
+def _error_message(body: bytes) -> str:
+    try:
+        envelope = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return snippet(body) if body else "(empty body)"
+    if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
+        return str(envelope["error"])
+    return snippet(body)
+
+
+def snippet(body: bytes) -> str:
+    """A short, printable excerpt of a body for error messages."""
+    text = body[: _SNIPPET * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")

@@ -1,0 +1,392 @@
+"""``GallerySession``: the thin async shell that caches, coalesces and bounds requests.
+
+The decisions live elsewhere: ids and envelopes in :mod:`~meigen_async.protocol`, how long to
+keep a response in :mod:`~meigen_async.cache`, the HTTP call in :mod:`~meigen_async.transport`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from types import TracebackType
+from typing import Any, Literal, overload
+
+import aiohttp
+
+from ._version import __version__
+from .cache import CachePolicy, MemoryCache
+from .errors import ImageNotFound, MeigenError, TransportError
+from .models import GalleryImage, ImageResult, SessionStats
+from .protocol import decode_response, image_url, validate_image_id
+from .transport import fetch
+
+__all__ = ["DEFAULT_BASE_URL", "GallerySession"]
+
+DEFAULT_BASE_URL = "https://www.meigen.ai"
+"""The real service."""
+
+
+class _Flight:
+    """One upstream fetch and how many callers are waiting on it."""
+
+    __slots__ = ("task", "waiters")
+
+    def __init__(self, task: asyncio.Task[GalleryImage]):
+        self.task = task
+        self.waiters = 0
+
+
+class GallerySession:
+    """An async client for ``GET /api/images/:id`` with a TTL cache and request coalescing.
+
+    Use it as an async context manager, or call :meth:`close` when done. One session is meant
+    to be shared by every task of a program: its cache, its coalescing and its ``concurrency``
+    bound all work across calls.
+
+    Args:
+        base_url: Where the service lives; only ``{base_url}/api/images/{id}`` is requested.
+        concurrency: Most upstream requests in flight at once, across all calls.
+        timeout: Seconds allowed for one request, body included.
+        cache_size: Most images kept (and, separately, most 404s remembered); 0 disables caching.
+        ttl: Seconds to keep every image, overriding the server's ``Cache-Control``.
+        default_ttl: Seconds to keep an image when the server gives no lifetime.
+        max_ttl: The longest the server's ``Cache-Control`` may make us keep an image.
+        negative_ttl: Seconds a 404 is remembered; 0 disables.
+        max_body_bytes: A larger response body is refused as :class:`InvalidResponse`.
+        session: An ``aiohttp.ClientSession`` to use; it is never closed by this object.
+        user_agent: The ``User-Agent`` header; a ``meigen-async/<version>`` one by default.
+
+    """
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        concurrency: int = 16,
+        timeout: float = 10.0,
+        cache_size: int = 4096,
+        ttl: float | None = None,
+        default_ttl: float = 300.0,
+        max_ttl: float = 3600.0,
+        negative_ttl: float = 30.0,
+        max_body_bytes: int = 2_097_152,
+        session: aiohttp.ClientSession | None = None,
+        user_agent: str | None = None,
+    ):
+        _require(concurrency >= 1, "concurrency must be at least 1")
+        _require(timeout > 0, "timeout must be positive")
+        _require(cache_size >= 0, "cache_size must not be negative")
+        _require(max_body_bytes > 0, "max_body_bytes must be positive")
+        self.base_url = base_url.rstrip("/")
+        self.concurrency = concurrency
+        self.policy = CachePolicy(
+            ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
+        )
+        self._cache = MemoryCache(cache_size)
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._max_body_bytes = max_body_bytes
+        self._headers = {
+            "User-Agent": user_agent or f"meigen-async/{__version__} aiohttp/{aiohttp.__version__}",
+            "Accept": "application/json",
+        }
+        self._http = session
+        self._owns_http = session is None
+        self._closed = False
+        self._slots = asyncio.Semaphore(concurrency)
+        self._flights: dict[str, _Flight] = {}
+        self._requests = 0
+        self._hits = 0
+        self._misses = 0
+        self._coalesced = 0
+        self._retries = 0
+        self._errors = 0
+        self._stale_served = 0
+
+    # -- Lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> GallerySession:
+        """Open the HTTP session; the cache starts empty."""
+        self._client()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the session."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Cancel fetches in flight and close the HTTP session if this object opened it.
+
+        Idempotent. A caller still waiting on a cancelled fetch gets :class:`TransportError`.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [flight.task for flight in self._flights.values()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks)
+        if self._owns_http and self._http is not None:
+            await self._http.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._closed:
+            raise RuntimeError("this GallerySession is closed")
+        if self._http is None:
+            connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
+            self._http = aiohttp.ClientSession(connector=connector)
+        return self._http
+
+    # -- Single images -------------------------------------------------------------------------
+
+    async def get_image(self, image_id: str) -> GalleryImage:
+        """The image with this id, from the cache or the service.
+
+        Concurrent calls for one id share one upstream request.
+
+        Raises:
+            InvalidImageId: before any I/O, when the id is not a gallery id.
+            ImageNotFound: the gallery has no such image (remembered ``negative_ttl`` seconds).
+            MeigenError: any other failure, as one of its subclasses.
+
+        """
+        image = self._cache.get(image_id) if type(image_id) is str else None
+        if image is not None:
+            self._hits += 1
+            return image
+        return await self._join_flight(self._miss(image_id))
+
+    def _miss(self, image_id: object) -> str:
+        valid_id = validate_image_id(image_id)
+        if self._cache.is_missing(valid_id):
+            self._hits += 1
+            raise ImageNotFound(
+                f"image {valid_id} was not found (remembered 404)", image_id=valid_id, status=404
+            )
+        self._misses += 1
+        return valid_id
+
+    async def _join_flight(self, image_id: str) -> GalleryImage:
+        flight = self._flights.get(image_id)
+        if flight is None:
+            flight = _Flight(asyncio.ensure_future(self._fetch(image_id)))
+            self._flights[image_id] = flight
+            flight.task.add_done_callback(lambda _: self._land(image_id, flight))
+        else:
+            self._coalesced += 1
+        flight.waiters += 1
+        try:
+            return await asyncio.shield(flight.task)
+        except asyncio.CancelledError:
+            if flight.task.cancelled() and self._closed:
+                raise TransportError(
+                    f"the session was closed while image {image_id} was being fetched",
+                    image_id=image_id,
+                ) from None
+            raise
+        finally:
+            flight.waiters -= 1
+            if flight.waiters == 0 and not flight.task.done():
+                # Every caller has gone: nobody wants the answer any more.
+                self._land(image_id, flight)
+                flight.task.cancel()
+
+    def _land(self, image_id: str, flight: _Flight) -> None:
+        if self._flights.get(image_id) is flight:
+            del self._flights[image_id]
+
+    async def _fetch(self, image_id: str) -> GalleryImage:
+        http = self._client()
+        async with self._slots:
+            self._requests += 1
+            try:
+                raw = await fetch(
+                    http,
+                    image_url(self.base_url, image_id),
+                    image_id=image_id,
+                    timeout=self._timeout,
+                    headers=self._headers,
+                    max_body_bytes=self._max_body_bytes,
+                )
+            except MeigenError:
+                self._errors += 1
+                raise
+        try:
+            image = decode_response(raw.status, raw.headers, raw.body, image_id=image_id)
+        except ImageNotFound:
+            self._errors += 1
+            self._cache.set_missing(image_id, self.policy.negative_ttl)
+            raise
+        except MeigenError:
+            self._errors += 1
+            raise
+        ttl = self.policy.ttl_for(raw.headers)
+        if ttl is not None:
+            self._cache.set(image_id, image, ttl)
+        return image
+
+    # -- Many images ---------------------------------------------------------------------------
+
+    @overload
+    async def get_images(
+        self, ids: Iterable[str], *, return_exceptions: Literal[False] = False
+    ) -> list[GalleryImage]: ...
+
+    @overload
+    async def get_images(
+        self, ids: Iterable[str], *, return_exceptions: Literal[True]
+    ) -> list[GalleryImage | MeigenError]: ...
+
+    async def get_images(
+        self, ids: Iterable[str], *, return_exceptions: bool = False
+    ) -> list[GalleryImage] | list[GalleryImage | MeigenError]:
+        """The images for ``ids``, in input order, each distinct id fetched once.
+
+        By default the first error to happen is raised and the fetches still running are
+        cancelled (what finished stays cached). With ``return_exceptions=True`` every id gets
+        its image or its :class:`MeigenError` in the list.
+        """
+        wanted = list(ids)
+        outcomes: dict[str, GalleryImage | MeigenError] = {}
+        tasks: dict[str, asyncio.Task[GalleryImage]] = {}
+        for image_id in dict.fromkeys(wanted):
+            try:
+                image = self._cache.get(image_id) if type(image_id) is str else None
+                if image is not None:
+                    self._hits += 1
+                    outcomes[image_id] = image
+                else:
+                    tasks[image_id] = asyncio.ensure_future(self._join_flight(self._miss(image_id)))
+            except MeigenError as error:
+                if not return_exceptions:
+                    await _cancel_all(tasks.values())
+                    raise
+                outcomes[image_id] = error
+        if tasks:
+            outcomes.update(await _settle(tasks, fail_fast=not return_exceptions))
+        first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
+        if first_error is not None and not return_exceptions:
+            raise first_error
+        return [outcomes[image_id] for image_id in wanted]
+
+    async def iter_images(
+        self, ids: Iterable[str] | AsyncIterable[str]
+    ) -> AsyncIterator[ImageResult]:
+        """Yield an :class:`ImageResult` per id, as each completes.
+
+        ``ids`` is consumed lazily and at most ``concurrency`` fetches are kept going, so a
+        generator of a million ids runs in flat memory. Errors are reported in the results,
+        never raised. Leaving the loop early cancels the fetches still running; wrap the
+        iterator in :func:`contextlib.aclosing` to make that happen at once.
+        """
+        source = _aiter(ids)
+        running: set[asyncio.Task[ImageResult]] = set()
+        exhausted = False
+        try:
+            while True:
+                while not exhausted and len(running) < self.concurrency:
+                    try:
+                        image_id = await source.__anext__()
+                    except StopAsyncIteration:
+                        exhausted = True
+                        break
+                    image = self._cache.get(image_id) if type(image_id) is str else None
+                    if image is not None:
+                        self._hits += 1
+                        yield ImageResult(image_id, image=image)
+                    else:
+                        running.add(asyncio.ensure_future(self._result(image_id)))
+                if not running:
+                    return
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            await _cancel_all(running)
+
+    async def _result(self, image_id: object) -> ImageResult:
+        try:
+            image = await self._join_flight(self._miss(image_id))
+        except MeigenError as error:
+            return ImageResult(str(image_id), error=error)
+        return ImageResult(str(image_id), image=image)
+
+    # -- Cache control and counters ------------------------------------------------------------
+
+    def invalidate(self, image_id: str) -> None:
+        """Forget what is cached for ``image_id`` (an image or a remembered 404)."""
+        self._cache.invalidate(image_id)
+
+    def clear_cache(self) -> None:
+        """Forget every cached image and remembered 404."""
+        self._cache.clear()
+
+    @property
+    def stats(self) -> SessionStats:
+        """A snapshot of the counters since the session was made."""
+        return SessionStats(
+            requests=self._requests,
+            cache_hits=self._hits,
+            cache_misses=self._misses,
+            coalesced=self._coalesced,
+            retries=self._retries,
+            errors=self._errors,
+            stale_served=self._stale_served,
+        )
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if isinstance(ids, AsyncIterable):
+        async for image_id in ids:
+            yield image_id
+    else:
+        for image_id in ids:
+            yield image_id
+
+
+async def _settle(
+    tasks: dict[str, asyncio.Task[GalleryImage]], *, fail_fast: bool
+) -> dict[str, GalleryImage | MeigenError]:
+    """Wait for ``tasks``; with ``fail_fast`` stop at the first error and cancel the rest."""
+    try:
+        await asyncio.wait(
+            tasks.values(),
+            return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED,
+        )
+    finally:
+        await _cancel_all(tasks.values())
+    outcomes: dict[str, GalleryImage | MeigenError] = {}
+    for image_id, task in tasks.items():
+        if task.cancelled():
+            continue
+        error = task.exception()
+        if error is None:
+            outcomes[image_id] = task.result()
+        elif isinstance(error, MeigenError):
+            outcomes[image_id] = error
+        else:
+            raise error
+    return outcomes
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    pending = [task for task in tasks if not task.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.wait(pending)

@@ -1,0 +1,86 @@
+"""One HTTP GET with aiohttp: the body read within a size limit, transport failures translated.
+
+This is the only module that talks to aiohttp on the client side, and :func:`translate_errors`
+is the one place where aiohttp's exceptions become :class:`~meigen_async.errors.TransportError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+
+import aiohttp
+import attrs
+
+from .errors import InvalidResponse, TransportError
+
+__all__ = ["RawResponse", "fetch", "translate_errors"]
+
+_CHUNK = 65536
+
+
+@attrs.frozen
+class RawResponse:
+    """What came back: status, headers and the whole body."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+@contextmanager
+def translate_errors(image_id: str, timeout: float) -> Iterator[None]:
+    """Turn aiohttp's connection errors and timeouts into :class:`TransportError`."""
+    try:
+        yield
+    except asyncio.TimeoutError as exc:
+        # aiohttp's own timeout errors are also ClientErrors: this branch must come first.
+        raise TransportError(
+            f"timed out after {timeout:g}s fetching image {image_id}", image_id=image_id
+        ) from exc
+    except aiohttp.ClientError as exc:
+        raise TransportError(
+            f"request for image {image_id} failed: {type(exc).__name__}: {exc}",
+            image_id=image_id,
+        ) from exc
+
+
+async def fetch(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    image_id: str,
+    timeout: aiohttp.ClientTimeout,
+    headers: Mapping[str, str],
+    max_body_bytes: int,
+) -> RawResponse:
+    """GET ``url`` and read the body, refusing one larger than ``max_body_bytes``."""
+    with translate_errors(image_id, timeout.total or 0.0):
+        async with http.get(url, timeout=timeout, headers=headers, allow_redirects=True) as resp:
+            body = await _read_limited(resp, image_id, max_body_bytes)
+            return RawResponse(resp.status, resp.headers, body)
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, image_id: str, limit: int) -> bytes:
+    length = resp.content_length
+    if length is not None and length > limit:
+        raise _too_large(image_id, limit, f"Content-Length is {length}")
+    if length is not None and "Content-Encoding" not in resp.headers:
+        # The length is the body's exact size here; a compressed body may inflate past it.
+        return await resp.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            raise _too_large(image_id, limit, "the streamed body exceeded it")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(image_id: str, limit: int, why: str) -> InvalidResponse:
+    return InvalidResponse(
+        f"response body for image {image_id} is larger than max_body_bytes={limit} ({why})",
+        image_id=image_id,
+    )
