@@ -20,10 +20,13 @@ from .models import GalleryImage, ImageResult, SessionStats
 from .protocol import decode_response, image_url, validate_image_id
 from .transport import fetch
 
-__all__ = ["DEFAULT_BASE_URL", "GallerySession"]
+__all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
 
 DEFAULT_BASE_URL = "https://www.meigen.ai"
 """The real service."""
+
+FETCH_TASK_PREFIX = "meigen-async fetch "
+"""Upstream fetches run in tasks named this prefix plus the id, to spot them in a debugger."""
 
 
 class _Flight:
@@ -179,7 +182,8 @@ class GallerySession:
     async def _join_flight(self, image_id: str) -> GalleryImage:
         flight = self._flights.get(image_id)
         if flight is None:
-            flight = _Flight(asyncio.ensure_future(self._fetch(image_id)))
+            task = asyncio.create_task(self._fetch(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
+            flight = _Flight(task)
             self._flights[image_id] = flight
             flight.task.add_done_callback(lambda _: self._land(image_id, flight))
         else:

@@ -68,6 +68,7 @@ class FakeGallery:
         self.delay = delay
         self.extra_headers: dict[str, dict[str, str]] = {}
         self.requests: Counter[str] = Counter()
+        self.user_agents: Counter[str] = Counter()
         self.paths: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -105,6 +106,7 @@ class FakeGallery:
     def reset_counts(self) -> None:
         """Zero the request counters."""
         self.requests.clear()
+        self.user_agents.clear()
         self.paths.clear()
         self.max_in_flight = self.in_flight
 
@@ -149,6 +151,7 @@ class FakeGallery:
     async def _serve_image(self, request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
         self.requests[image_id] += 1
+        self.user_agents[request.headers.get("User-Agent", "")] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:

@@ -1,0 +1,64 @@
+"""Shared fixtures: the sample gallery over loopback, and a loop that fails on leaked tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meigen_async import GallerySession
+from meigen_async.testing import FakeGallery, sample_images
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gallery-prompts.jsonl"
+
+
+@pytest.fixture(autouse=True)
+async def fail_on_loop_errors() -> AsyncIterator[None]:
+    """Fail a test whose loop reports a destroyed pending task or an unretrieved exception."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    yield
+    gc.collect()  # "Task was destroyed but it is pending" is reported when a task is collected
+    loop.set_exception_handler(previous)
+    if reported:
+        pytest.fail(f"the event loop reported: {[c.get('message') for c in reported]}")
+
+
+@pytest.fixture
+def images() -> list[dict[str, Any]]:
+    """The bundled sample gallery's data objects."""
+    return sample_images()
+
+
+@pytest.fixture
+async def gallery(images: list[dict[str, Any]]) -> AsyncIterator[FakeGallery]:
+    """The sample gallery served on 127.0.0.1."""
+    async with FakeGallery(images) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def slow_gallery(images: list[dict[str, Any]]) -> AsyncIterator[FakeGallery]:
+    """The sample gallery, each answer held back 50 ms so that requests overlap."""
+    async with FakeGallery(images, delay=0.05) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def session(gallery: FakeGallery) -> AsyncIterator[GallerySession]:
+    """A session on the sample gallery."""
+    async with GallerySession(gallery.url) as client:
+        yield client
+
+
+@pytest.fixture
+async def slow_session(slow_gallery: FakeGallery) -> AsyncIterator[GallerySession]:
+    """A session on the slow sample gallery."""
+    async with GallerySession(slow_gallery.url) as client:
+        yield client

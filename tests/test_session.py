@@ -1,0 +1,471 @@
+"""GallerySession against the FakeGallery over loopback, counting what the server saw."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
+from typing import Any
+
+import aiohttp
+import pytest
+
+from meigen_async import (
+    GalleryImage,
+    GallerySession,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidResponse,
+    TransportError,
+)
+from meigen_async.models import structure_image
+from meigen_async.session import FETCH_TASK_PREFIX
+from meigen_async.testing import FakeGallery
+
+
+def fetch_tasks() -> list[asyncio.Task[Any]]:
+    """Upstream fetches still running."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith(FETCH_TASK_PREFIX) and not t.done()
+    ]
+
+
+# -- Single images -------------------------------------------------------------------------------
+
+
+async def test_get_image_returns_the_structured_image(
+    session: GallerySession, images: list[dict[str, Any]]
+) -> None:
+    image = await session.get_image(images[0]["id"])
+    assert image == structure_image(images[0])
+
+
+async def test_repeated_gets_are_served_from_the_cache(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    image_id = gallery.ids[0]
+    first = await session.get_image(image_id)
+    second = await session.get_image(image_id)
+    assert second is first
+    assert gallery.requests[image_id] == 1
+    assert session.stats.cache_hits == 1
+    assert session.stats.requests == 1
+
+
+async def test_concurrent_gets_share_one_request(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    image_id = slow_gallery.ids[1]
+    results = await asyncio.gather(*(slow_session.get_image(image_id) for _ in range(50)))
+    assert slow_gallery.requests[image_id] == 1
+    assert all(r is results[0] for r in results)
+    assert slow_session.stats.coalesced == 49
+
+
+async def test_cancelling_one_waiter_leaves_the_others_fetch_running(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    image_id = slow_gallery.ids[2]
+    doomed = asyncio.create_task(slow_session.get_image(image_id))
+    survivor = asyncio.create_task(slow_session.get_image(image_id))
+    await asyncio.sleep(0.01)
+    doomed.cancel()
+    image = await survivor
+    assert image.id == image_id
+    assert doomed.cancelled()
+    assert slow_gallery.requests[image_id] == 1
+
+
+async def test_cancelling_every_waiter_cancels_the_request(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    image_id = slow_gallery.ids[3]
+    waiters = [asyncio.create_task(slow_session.get_image(image_id)) for _ in range(3)]
+    await asyncio.sleep(0.01)
+    assert len(fetch_tasks()) == 1
+    for waiter in waiters:
+        waiter.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert fetch_tasks() == []
+    # A later call starts afresh rather than joining the cancelled fetch.
+    assert (await slow_session.get_image(image_id)).id == image_id
+    assert slow_gallery.requests[image_id] == 2
+
+
+async def test_a_cancelled_get_leaves_the_session_usable(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(slow_session.get_image(slow_gallery.ids[4]), 0.01)
+    assert (await slow_session.get_image(slow_gallery.ids[4])).id == slow_gallery.ids[4]
+
+
+async def test_invalid_id_raises_before_any_request(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    for bad in ["", "a/b", "../etc", "x" * 129, "space d"]:
+        with pytest.raises(InvalidImageId):
+            await session.get_image(bad)
+    assert gallery.total_requests == 0
+
+
+async def test_only_the_image_path_is_requested(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    await session.get_images([*gallery.ids[:3], "unknown_id-1"], return_exceptions=True)
+    assert sorted(gallery.paths) == sorted(
+        f"/api/images/{i}" for i in [*gallery.ids[:3], "unknown_id-1"]
+    )
+
+
+async def test_user_agent_names_the_library_by_default(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    await session.get_image(gallery.ids[0])
+    (agent,) = gallery.user_agents
+    assert agent.startswith("meigen-async/")
+
+
+async def test_user_agent_can_be_set(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, user_agent="my-bot/1.0") as client:
+        await client.get_image(gallery.ids[0])
+    assert gallery.user_agents == {"my-bot/1.0": 1}
+
+
+# -- Errors --------------------------------------------------------------------------------------
+
+
+async def test_a_missing_image_is_remembered_for_negative_ttl(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    for _ in range(3):
+        with pytest.raises(ImageNotFound) as caught:
+            await session.get_image("does-not-exist")
+    assert caught.value.status == 404
+    assert caught.value.image_id == "does-not-exist"
+    assert gallery.requests["does-not-exist"] == 1
+
+
+async def test_a_zero_negative_ttl_asks_again_after_a_404(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, negative_ttl=0) as client:
+        for _ in range(2):
+            with pytest.raises(ImageNotFound):
+                await client.get_image("does-not-exist")
+    assert gallery.requests["does-not-exist"] == 2
+
+
+async def test_an_image_added_after_its_404_is_found_once_invalidated(
+    session: GallerySession, gallery: FakeGallery, images: list[dict[str, Any]]
+) -> None:
+    with pytest.raises(ImageNotFound):
+        await session.get_image("late-arrival")
+    gallery.images["late-arrival"] = {**images[0], "id": "late-arrival"}
+    session.invalidate("late-arrival")
+    assert (await session.get_image("late-arrival")).id == "late-arrival"
+
+
+async def test_a_server_error_is_not_cached(images: list[dict[str, Any]]) -> None:
+    async with FakeGallery(images) as fake, GallerySession(fake.url) as client:
+        image_id = fake.ids[0]
+        original = fake.images.pop(image_id)
+        fake.images[image_id] = {"id": 12345}  # the wrong type: an InvalidResponse
+        with pytest.raises(InvalidResponse, match="id"):
+            await client.get_image(image_id)
+        fake.images[image_id] = original
+        assert (await client.get_image(image_id)).id == image_id
+        assert fake.requests[image_id] == 2
+
+
+async def test_an_oversized_body_is_an_invalid_response(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, max_body_bytes=100) as client:
+        with pytest.raises(InvalidResponse, match="max_body_bytes"):
+            await client.get_image(gallery.ids[0])
+
+
+async def test_a_slow_server_is_a_transport_error(images: list[dict[str, Any]]) -> None:
+    async with (
+        FakeGallery(images, delay=1.0) as fake,
+        GallerySession(fake.url, timeout=0.05) as client,
+    ):
+        with pytest.raises(TransportError, match="timed out") as caught:
+            await client.get_image(fake.ids[0])
+    assert caught.value.image_id == fake.ids[0]
+
+
+async def test_an_unreachable_server_is_a_transport_error() -> None:
+    fake = await FakeGallery().start()
+    url = fake.url
+    await fake.close()
+    async with GallerySession(url) as client:
+        with pytest.raises(TransportError):
+            await client.get_image("123")
+        assert client.stats.errors == 1
+
+
+# -- Caching rules -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("cache_control", "age", "requests"),
+    [
+        ("public, max-age=3600", None, 1),
+        ("public, s-maxage=3600", None, 1),
+        ("public, max-age=3600", "3600", 2),
+        ("public, max-age=60", "120", 2),
+        ("no-store", None, 2),
+        ("no-cache", None, 2),
+        ("private, max-age=3600", None, 2),
+        (None, None, 1),
+    ],
+)
+async def test_cache_control_and_age_decide_whether_a_response_is_reused(
+    images: list[dict[str, Any]], cache_control: str | None, age: str | None, requests: int
+) -> None:
+    async with FakeGallery(images, cache_control=cache_control) as fake:
+        image_id = fake.ids[0]
+        if age is not None:
+            fake.extra_headers[image_id] = {"Age": age}
+        async with GallerySession(fake.url) as client:
+            await client.get_image(image_id)
+            await client.get_image(image_id)
+    assert fake.requests[image_id] == requests
+
+
+async def test_an_expired_entry_is_fetched_again(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, ttl=0.05) as client:
+        await client.get_image(gallery.ids[0])
+        await asyncio.sleep(0.1)
+        await client.get_image(gallery.ids[0])
+    assert gallery.requests[gallery.ids[0]] == 2
+
+
+async def test_max_ttl_caps_the_server_lifetime(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, max_ttl=0.05) as client:
+        await client.get_image(gallery.ids[0])
+        await asyncio.sleep(0.1)
+        await client.get_image(gallery.ids[0])
+    assert gallery.requests[gallery.ids[0]] == 2
+
+
+async def test_a_zero_cache_size_disables_caching(gallery: FakeGallery) -> None:
+    async with GallerySession(gallery.url, cache_size=0) as client:
+        for _ in range(3):
+            await client.get_image(gallery.ids[0])
+        for _ in range(2):
+            with pytest.raises(ImageNotFound):
+                await client.get_image("nope")
+    assert gallery.requests[gallery.ids[0]] == 3
+    assert gallery.requests["nope"] == 2
+
+
+async def test_invalidate_forgets_one_image(session: GallerySession, gallery: FakeGallery) -> None:
+    a, b = gallery.ids[:2]
+    await session.get_images([a, b])
+    session.invalidate(a)
+    await session.get_images([a, b])
+    assert (gallery.requests[a], gallery.requests[b]) == (2, 1)
+
+
+async def test_clear_cache_forgets_everything(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    await session.get_images(gallery.ids[:5])
+    session.clear_cache()
+    await session.get_images(gallery.ids[:5])
+    assert all(gallery.requests[i] == 2 for i in gallery.ids[:5])
+
+
+# -- Bulk ----------------------------------------------------------------------------------------
+
+
+async def test_get_images_fetches_each_distinct_id_once_in_input_order(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    ids = gallery.ids[:10]
+    wanted = [*ids, *reversed(ids), ids[3]]
+    result = await session.get_images(wanted)
+    assert [image.id for image in result] == wanted
+    assert all(gallery.requests[i] == 1 for i in ids)
+    assert gallery.total_requests == 10
+
+
+async def test_get_images_raises_the_first_error(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    with pytest.raises(ImageNotFound) as caught:
+        await session.get_images([*gallery.ids[:5], "missing-one"])
+    assert caught.value.image_id == "missing-one"
+
+
+async def test_get_images_with_return_exceptions_puts_errors_in_place(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    result = await session.get_images(
+        [gallery.ids[0], "missing-one", "bad id", gallery.ids[0]], return_exceptions=True
+    )
+    assert isinstance(result[0], GalleryImage)
+    assert isinstance(result[1], ImageNotFound)
+    assert isinstance(result[2], InvalidImageId)
+    assert result[3] is result[0]
+
+
+async def test_get_images_rejects_an_invalid_id_before_any_request(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    with pytest.raises(InvalidImageId):
+        await session.get_images([*gallery.ids[:5], "bad/id"])
+    assert gallery.total_requests == 0
+
+
+async def test_cancelling_get_images_leaves_no_fetch_behind(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    bulk = asyncio.create_task(slow_session.get_images(slow_gallery.ids))
+    await asyncio.sleep(0.02)
+    bulk.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await bulk
+    assert fetch_tasks() == []
+    assert (await slow_session.get_image(slow_gallery.ids[0])).id == slow_gallery.ids[0]
+
+
+async def test_concurrency_bounds_requests_in_flight_across_calls(
+    slow_gallery: FakeGallery,
+) -> None:
+    ids = slow_gallery.ids
+    # A caller's own aiohttp session has no limit of ours on its connector.
+    async with (
+        aiohttp.ClientSession() as http,
+        GallerySession(slow_gallery.url, concurrency=3, session=http) as client,
+    ):
+        await asyncio.gather(
+            client.get_images(ids[:20]),
+            client.get_images(ids[20:40]),
+            *(client.get_image(i) for i in ids[40:]),
+        )
+    assert slow_gallery.max_in_flight == 3
+
+
+async def test_iter_images_yields_a_result_per_id_errors_included(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    ids = [*gallery.ids[:5], "missing-one", "bad id"]
+    results = [r async for r in session.iter_images(ids)]
+    by_id = {r.id: r for r in results}
+    assert sorted(by_id) == sorted(ids)
+    assert all(by_id[i].ok and isinstance(by_id[i].image, GalleryImage) for i in gallery.ids[:5])
+    assert isinstance(by_id["missing-one"].error, ImageNotFound)
+    assert isinstance(by_id["bad id"].error, InvalidImageId)
+    assert not by_id["bad id"].ok
+
+
+async def test_iter_images_accepts_an_async_iterable(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    async def ids() -> AsyncIterator[str]:
+        for image_id in gallery.ids[:8]:
+            await asyncio.sleep(0)
+            yield image_id
+
+    results = [r async for r in session.iter_images(ids())]
+    assert sorted(r.id for r in results) == sorted(gallery.ids[:8])
+
+
+async def test_iter_images_consumes_ids_lazily_and_keeps_concurrency_in_flight(
+    slow_gallery: FakeGallery,
+) -> None:
+    pulled = 0
+
+    def ids() -> Iterator[str]:
+        nonlocal pulled
+        for image_id in slow_gallery.ids:
+            pulled += 1
+            yield image_id
+
+    seen = 0
+    async with GallerySession(slow_gallery.url, concurrency=4) as client:
+        async for _ in client.iter_images(ids()):
+            seen += 1
+            assert pulled - seen <= 4
+    assert seen == len(slow_gallery.ids)
+    assert slow_gallery.max_in_flight == 4
+
+
+async def test_leaving_iter_images_early_cancels_its_fetches(
+    slow_session: GallerySession, slow_gallery: FakeGallery
+) -> None:
+    # The invalid id completes at once, while the slow fetches behind it are still running.
+    ids = ["bad id", *slow_gallery.ids]
+    async with aclosing(slow_session.iter_images(ids)) as results:
+        async for result in results:
+            assert isinstance(result.error, InvalidImageId)
+            break
+    assert fetch_tasks() == []
+
+
+async def test_iter_images_yields_cached_ids_without_a_request(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    await session.get_images(gallery.ids[:5])
+    results = [r async for r in session.iter_images(gallery.ids[:5])]
+    assert len(results) == 5
+    assert gallery.total_requests == 5
+
+
+# -- Lifecycle -----------------------------------------------------------------------------------
+
+
+async def test_close_is_idempotent(gallery: FakeGallery) -> None:
+    client = GallerySession(gallery.url)
+    await client.get_image(gallery.ids[0])
+    await client.close()
+    await client.close()
+    assert client.closed
+
+
+async def test_a_closed_session_refuses_new_requests(gallery: FakeGallery) -> None:
+    client = GallerySession(gallery.url)
+    await client.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await client.get_image(gallery.ids[0])
+
+
+async def test_closing_with_a_fetch_in_flight_fails_its_waiters_cleanly(
+    slow_gallery: FakeGallery,
+) -> None:
+    client = GallerySession(slow_gallery.url)
+    waiter = asyncio.create_task(client.get_image(slow_gallery.ids[0]))
+    await asyncio.sleep(0.01)
+    await client.close()
+    with pytest.raises(TransportError, match="closed"):
+        await waiter
+    assert fetch_tasks() == []
+
+
+async def test_a_session_passed_in_is_used_and_never_closed(gallery: FakeGallery) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with GallerySession(gallery.url, session=http) as client:
+            await client.get_image(gallery.ids[0])
+        assert not http.closed
+        async with http.get(f"{gallery.url}/api/images/{gallery.ids[0]}") as resp:
+            assert resp.status == 200
+    assert gallery.requests[gallery.ids[0]] == 2
+
+
+async def test_stats_is_a_snapshot(session: GallerySession, gallery: FakeGallery) -> None:
+    before = session.stats
+    await session.get_image(gallery.ids[0])
+    assert before.requests == 0
+    assert session.stats.requests == 1
+
+
+@pytest.mark.parametrize(
+    "option", [("concurrency", 0), ("timeout", 0), ("cache_size", -1), ("max_body_bytes", 0)]
+)
+def test_nonsense_options_are_refused(option: tuple[str, float]) -> None:
+    name, value = option
+    with pytest.raises(ValueError, match=name):
+        GallerySession(**{name: value})  # type: ignore[arg-type]
