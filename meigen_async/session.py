@@ -12,12 +12,14 @@ from types import TracebackType
 from typing import Any, Literal, overload
 
 import aiohttp
+from aiolimiter import AsyncLimiter
 
 from ._version import __version__
 from .cache import CachePolicy, MemoryCache
 from .errors import ImageNotFound, MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
 from .protocol import decode_response, image_url, validate_image_id
+from .retry import RetryPolicy, is_retryable
 from .transport import fetch
 
 __all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
@@ -58,6 +60,10 @@ class GallerySession:
         max_body_bytes: A larger response body is refused as :class:`InvalidResponse`.
         session: An ``aiohttp.ClientSession`` to use; it is never closed by this object.
         user_agent: The ``User-Agent`` header; a ``meigen-async/<version>`` one by default.
+        retry: How failed requests are retried; ``RetryPolicy(max_retries=0)`` disables.
+        rate_limit: Most upstream requests per second for the whole session (None: no limit).
+        stale_if_error: Seconds past expiry an image may still be served when the upstream
+            fails with a retryable error after every retry.
 
     """
 
@@ -75,17 +81,24 @@ class GallerySession:
         max_body_bytes: int = 2_097_152,
         session: aiohttp.ClientSession | None = None,
         user_agent: str | None = None,
+        retry: RetryPolicy | None = None,
+        rate_limit: float | None = None,
+        stale_if_error: float = 0.0,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
         _require(cache_size >= 0, "cache_size must not be negative")
         _require(max_body_bytes > 0, "max_body_bytes must be positive")
+        _require(rate_limit is None or rate_limit > 0, "rate_limit must be positive")
+        _require(stale_if_error >= 0, "stale_if_error must not be negative")
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.policy = CachePolicy(
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
         )
-        self._cache = MemoryCache(cache_size)
+        self.retry = retry if retry is not None else RetryPolicy()
+        self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
+        self._pace = _pacer(rate_limit) if rate_limit is not None else None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_body_bytes = max_body_bytes
         self._headers = {
@@ -210,34 +223,50 @@ class GallerySession:
             del self._flights[image_id]
 
     async def _fetch(self, image_id: str) -> GalleryImage:
+        retries = 0
+        while True:
+            try:
+                return await self._attempt(image_id)
+            except MeigenError as error:
+                delay = self.retry.delay_before_retry(retries, error)
+                if delay is None:
+                    return self._give_up(image_id, error)
+            retries += 1
+            self._retries += 1
+            await asyncio.sleep(delay)
+
+    async def _attempt(self, image_id: str) -> GalleryImage:
         http = self._client()
+        if self._pace is not None:
+            await self._pace.acquire()
         async with self._slots:
             self._requests += 1
-            try:
-                raw = await fetch(
-                    http,
-                    image_url(self.base_url, image_id),
-                    image_id=image_id,
-                    timeout=self._timeout,
-                    headers=self._headers,
-                    max_body_bytes=self._max_body_bytes,
-                )
-            except MeigenError:
-                self._errors += 1
-                raise
-        try:
-            image = decode_response(raw.status, raw.headers, raw.body, image_id=image_id)
-        except ImageNotFound:
-            self._errors += 1
-            self._cache.set_missing(image_id, self.policy.negative_ttl)
-            raise
-        except MeigenError:
-            self._errors += 1
-            raise
+            raw = await fetch(
+                http,
+                image_url(self.base_url, image_id),
+                image_id=image_id,
+                timeout=self._timeout,
+                headers=self._headers,
+                max_body_bytes=self._max_body_bytes,
+            )
+        image = decode_response(raw.status, raw.headers, raw.body, image_id=image_id)
         ttl = self.policy.ttl_for(raw.headers)
         if ttl is not None:
             self._cache.set(image_id, image, ttl)
+        else:
+            self._cache.invalidate(image_id)
         return image
+
+    def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
+        self._errors += 1
+        if isinstance(error, ImageNotFound):
+            self._cache.set_missing(image_id, self.policy.negative_ttl)
+        elif is_retryable(error):
+            stale = self._cache.get_stale(image_id)
+            if stale is not None:
+                self._stale_served += 1
+                return stale
+        raise error
 
     # -- Many images ---------------------------------------------------------------------------
 
@@ -347,6 +376,13 @@ class GallerySession:
             errors=self._errors,
             stale_served=self._stale_served,
         )
+
+
+def _pacer(rate_limit: float) -> AsyncLimiter:
+    # aiolimiter counts whole requests per period: below one a second, widen the period.
+    if rate_limit >= 1:
+        return AsyncLimiter(rate_limit, 1.0)
+    return AsyncLimiter(1, 1.0 / rate_limit)
 
 
 def _require(condition: bool, message: str) -> None:

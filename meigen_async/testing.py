@@ -8,27 +8,126 @@ id, every path requested, and the most requests in flight at once.
         async with GallerySession(gallery.url) as session:
             image = await session.get_image(gallery.ids[0])
         assert gallery.requests[gallery.ids[0]] == 1
+
+It also misbehaves on demand: :meth:`FakeGallery.script` queues, per id, the answers to give
+before the normal one (an error status with headers, a delay, a dropped connection, a
+truncated or oversized body, an HTML page), so a test can prove its code survives them.
+
+    gallery.script(image_id, Answer.error(503), Answer.rate_limited(retry_after=2))
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import attrs
 from aiohttp import web
 
-__all__ = ["DEFAULT_CACHE_CONTROL", "FakeGallery", "load_jsonl", "sample_images"]
+__all__ = ["DEFAULT_CACHE_CONTROL", "Answer", "FakeGallery", "load_jsonl", "sample_images"]
 
 DEFAULT_CACHE_CONTROL = "public, max-age=3600"
 """What the fake sends by default: the real service documents an hour of caching."""
 
 _NOT_FOUND = {"success": False, "error": "Image not found"}
+_JSON = "application/json"
+_CHUNK = 16384
+
+
+def _hang_up(
+    request: web.Request, response: web.StreamResponse | None = None
+) -> web.StreamResponse:
+    if request.transport is not None:
+        request.transport.close()
+    # aiohttp wants a response; the client never sees this one.
+    return response if response is not None else web.Response(status=500)
+
+
+@attrs.frozen
+class Answer:
+    """One scripted answer of :class:`FakeGallery`; the class methods build the usual faults.
+
+    Args:
+        status: The HTTP status.
+        headers: Extra response headers (``Retry-After``, ``Cache-Control``, ...).
+        delay: Seconds to wait before answering.
+        body: The body; None for the normal one (the envelope on 2xx, the error JSON otherwise).
+        content_type: The ``Content-Type`` header.
+        keep: Send only the first ``keep`` bytes of the body, framed as if complete.
+        hang_up_after: Promise the whole body, send this many bytes, then drop the connection.
+        drop: Drop the connection without answering.
+        chunked: Send the body in chunks, without a ``Content-Length``.
+
+    """
+
+    status: int = 200
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    delay: float = 0.0
+    body: bytes | None = None
+    content_type: str = "application/json"
+    keep: int | None = None
+    hang_up_after: int | None = None
+    drop: bool = False
+    chunked: bool = False
+
+    @classmethod
+    def error(
+        cls, status: int, message: str = "Internal error", headers: Mapping[str, str] | None = None
+    ) -> Answer:
+        """An error status with the service's ``{"success": false, "error": ...}`` body."""
+        body = json.dumps({"success": False, "error": message}).encode()
+        return cls(status=status, body=body, headers=dict(headers or {}))
+
+    @classmethod
+    def rate_limited(cls, retry_after: str | float | None = None) -> Answer:
+        """A 429, with ``Retry-After`` (seconds or an HTTP-date) when given."""
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after}"}
+        return cls.error(429, "Too many requests", headers)
+
+    @classmethod
+    def slow(cls, seconds: float) -> Answer:
+        """The normal answer, after ``seconds``."""
+        return cls(delay=seconds)
+
+    @classmethod
+    def dropped(cls) -> Answer:
+        """The connection closed without an answer."""
+        return cls(drop=True)
+
+    @classmethod
+    def cut_off(cls, after: int = 20) -> Answer:
+        """The normal answer, the connection dropped ``after`` bytes into the body."""
+        return cls(hang_up_after=after)
+
+    @classmethod
+    def truncated(cls, keep: int = 40) -> Answer:
+        """The normal JSON cut after ``keep`` bytes, sent as if it were whole."""
+        return cls(keep=keep)
+
+    @classmethod
+    def html(cls, status: int = 200) -> Answer:
+        """An HTML page, as a CDN or a proxy sends when something is wrong."""
+        page = b"<!DOCTYPE html><html><head><title>502 Bad Gateway</title></head><body>" + (
+            b"<h1>Bad Gateway</h1>" * 5 + b"</body></html>"
+        )
+        return cls(status=status, body=page, content_type="text/html")
+
+    @classmethod
+    def oversized(cls, size: int, *, chunked: bool = False) -> Answer:
+        """A JSON body of ``size`` bytes, with or without a ``Content-Length``."""
+        filler = b'{"success": true, "data": {"id": "x", "text": "' + b"a" * size + b'"}}'
+        return cls(body=filler, chunked=chunked)
+
+    @classmethod
+    def wrong_content_type(cls, content_type: str = "text/plain") -> Answer:
+        """The normal body under a content type that is not JSON's."""
+        return cls(content_type=content_type)
 
 
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -67,6 +166,7 @@ class FakeGallery:
         self.cache_control = cache_control
         self.delay = delay
         self.extra_headers: dict[str, dict[str, str]] = {}
+        self.scripts: dict[str, deque[Answer]] = {}
         self.requests: Counter[str] = Counter()
         self.user_agents: Counter[str] = Counter()
         self.paths: list[str] = []
@@ -102,6 +202,10 @@ class FakeGallery:
     def total_requests(self) -> int:
         """Every request received, to any path."""
         return len(self.paths)
+
+    def script(self, image_id: str, *answers: Answer) -> None:
+        """Queue answers for ``image_id``, given in order before the normal one resumes."""
+        self.scripts.setdefault(image_id, deque()).extend(answers)
 
     def reset_counts(self) -> None:
         """Zero the request counters."""
@@ -157,17 +261,56 @@ class FakeGallery:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
+            queue = self.scripts.get(image_id)
+            if queue:
+                return await self._scripted(request, image_id, queue.popleft())
             return self._answer(image_id)
         finally:
             self.in_flight -= 1
 
-    def _answer(self, image_id: str) -> web.Response:
+    def _normal(self, image_id: str) -> tuple[int, dict[str, str], bytes]:
         data = self.images.get(image_id)
         if data is None:
-            return web.json_response(_NOT_FOUND, status=404)
+            return 404, {}, json.dumps(_NOT_FOUND).encode()
         headers = {"Cache-Control": self.cache_control} if self.cache_control else {}
         headers.update(self.extra_headers.get(image_id, {}))
-        return web.json_response({"success": True, "data": data}, headers=headers)
+        return 200, headers, json.dumps({"success": True, "data": data}).encode()
+
+    def _answer(self, image_id: str) -> web.Response:
+        status, headers, body = self._normal(image_id)
+        return web.Response(status=status, headers=headers, body=body, content_type=_JSON)
+
+    async def _scripted(
+        self, request: web.Request, image_id: str, answer: Answer
+    ) -> web.StreamResponse:
+        if answer.delay:
+            await asyncio.sleep(answer.delay)
+        if answer.drop:
+            return _hang_up(request)
+        status, headers, body = self._normal(image_id)
+        if answer.body is not None:
+            status, headers, body = answer.status, {}, answer.body
+        headers = {**headers, **answer.headers}
+        if answer.keep is not None:
+            body = body[: answer.keep]
+        if answer.hang_up_after is None and not answer.chunked:
+            return web.Response(
+                status=status, headers=headers, body=body, content_type=answer.content_type
+            )
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_type = answer.content_type
+        if answer.chunked:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(body)
+        await response.prepare(request)
+        sent = body if answer.hang_up_after is None else body[: answer.hang_up_after]
+        for start in range(0, len(sent), _CHUNK):
+            await response.write(sent[start : start + _CHUNK])
+        if answer.hang_up_after is not None:
+            return _hang_up(request, response)
+        await response.write_eof()
+        return response
 
     async def _serve_unknown(self, request: web.Request) -> web.Response:
         return web.json_response({"success": False, "error": "Not found"}, status=404)
