@@ -12,6 +12,7 @@ from .errors import (
     TransportError,
 )
 from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
+from .retry import RetryPolicy
 from .session import GallerySession
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "MeigenError",
     "PromptSegment",
     "RateLimited",
+    "RetryPolicy",
     "ServerError",
     "SessionStats",
     "TransportError",

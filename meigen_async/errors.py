@@ -27,17 +27,6 @@ class MeigenError(Exception):
         self.image_id = image_id
         self.status = status
 
-    def __reduce__(self) -> tuple[object, ...]:
-        # Keyword-only arguments do not survive the default pickling of exceptions.
-        return (_rebuild, (type(self), self.message, dict(self.__dict__)))
-
-
-def _rebuild(cls: type[MeigenError], message: str, state: dict[str, object]) -> MeigenError:
-    error = cls.__new__(cls)
-    Exception.__init__(error, message)
-    error.__dict__.update(state)
-    return error
-
 
 # -- Before any request -------------------------------------------------------------------------
 

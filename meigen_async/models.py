@@ -96,8 +96,7 @@ class SessionStats:
 
 def _expect(kind: type, name: str) -> Any:
     def check(value: Any, _: Any) -> Any:
-        # bool is an int subclass; a JSON true is never a count.
-        if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        if isinstance(value, kind):
             return value
         raise TypeError(f"expected {name}, got {type(value).__name__}")
 

@@ -86,7 +86,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    # RFC 9110 delta-seconds are ASCII digits; str.isdigit alone also takes "²" and "١٢".
+    if value.isascii() and value.isdigit():
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -107,7 +108,7 @@ def decode_response(
     matching :class:`MeigenError` subclass, with the service's ``{"error": "..."}`` message.
     """
     if 200 <= status < 300:
-        return structure_image(_success_data(body, image_id), image_id=image_id)
+        return structure_image(_success_data(status, body, image_id), image_id=image_id)
     raise error_for_status(status, headers, body, image_id=image_id)
 
 
@@ -126,7 +127,7 @@ def error_for_status(
     return ApiError(message, image_id=image_id, status=status)
 
 
-def _success_data(body: bytes, image_id: str) -> Any:
+def _success_data(status: int, body: bytes, image_id: str) -> Any:
     envelope = _load_json(body, image_id)
     if not isinstance(envelope, dict):
         raise InvalidResponse(
@@ -138,6 +139,7 @@ def _success_data(body: bytes, image_id: str) -> Any:
             raise ApiError(
                 f"the service reported an error for image {image_id}: {envelope['error']}",
                 image_id=image_id,
+                status=status,
             )
         raise InvalidResponse(
             f"envelope field 'success' is not true: {snippet(body)}", image_id=image_id

@@ -16,11 +16,14 @@ from meigen_async import (
     ImageNotFound,
     InvalidImageId,
     InvalidResponse,
+    RetryPolicy,
     TransportError,
 )
 from meigen_async.models import structure_image
 from meigen_async.session import FETCH_TASK_PREFIX
 from meigen_async.testing import FakeGallery
+
+NO_RETRY = RetryPolicy(max_retries=0)
 
 
 def fetch_tasks() -> list[asyncio.Task[Any]]:
@@ -187,8 +190,8 @@ async def test_an_oversized_body_is_an_invalid_response(gallery: FakeGallery) ->
 
 async def test_a_slow_server_is_a_transport_error(images: list[dict[str, Any]]) -> None:
     async with (
-        FakeGallery(images, delay=1.0) as fake,
-        GallerySession(fake.url, timeout=0.05) as client,
+        FakeGallery(images, delay=0.3) as fake,
+        GallerySession(fake.url, timeout=0.05, retry=NO_RETRY) as client,
     ):
         with pytest.raises(TransportError, match="timed out") as caught:
             await client.get_image(fake.ids[0])
@@ -199,7 +202,7 @@ async def test_an_unreachable_server_is_a_transport_error() -> None:
     fake = await FakeGallery().start()
     url = fake.url
     await fake.close()
-    async with GallerySession(url) as client:
+    async with GallerySession(url, retry=NO_RETRY) as client:
         with pytest.raises(TransportError):
             await client.get_image("123")
         assert client.stats.errors == 1

@@ -1,0 +1,357 @@
+"""The data classes and the one cattrs converter that builds them from the endpoint's JSON."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import attrs
+import cattrs
+import pytest
+
+from meigen_async import models
+from meigen_async.errors import ImageNotFound, InvalidResponse
+from meigen_async.models import (
+    GalleryImage,
+    ImageResult,
+    PromptSegment,
+    structure_image,
+    unstructure_image,
+)
+
+ID = "2009629483448627597"
+
+
+def realistic_data() -> dict[str, Any]:
+    """The documented example, plus the fields the table documents but the example omits."""
+    return {
+        "id": ID,
+        "text": "A serene Japanese garden with cherry blossoms",
+        "prompt_ready": True,
+        "prompt_segments": [
+            {"label": "Scene", "text": "a serene Japanese garden"},
+            {"label": "Detail", "text": "cherry blossoms"},
+        ],
+        "media_urls": [
+            f"https://images.meigen.ai/tweets/{ID}/0.jpg",
+            f"https://images.meigen.ai/tweets/{ID}/1.jpg",
+        ],
+        "thumbnail_url": f"https://images.meigen.ai/tweets/{ID}/0.jpg",
+        "image_width": 1650,
+        "image_height": 2048,
+        "model": "midjourney",
+        "sref": "1234567890",
+        "created_at": "2026-01-09T14:13:00+00:00",
+        "likes": 113,
+        "views": 9266,
+        "retweets": 8,
+        "author_username": "creator",
+        "author_display_name": "Creator Name",
+        "author_avatar_url": "https://pbs.twimg.com/profile_images/1/normal.jpg",
+    }
+
+
+def with_field(name: str, value: Any) -> dict[str, Any]:
+    data = realistic_data()
+    data[name] = value
+    return data
+
+
+def without_field(name: str) -> dict[str, Any]:
+    data = realistic_data()
+    del data[name]
+    return data
+
+
+# -- Structuring a realistic data object --------------------------------------------------------
+
+
+def test_every_documented_field_is_structured_under_its_name() -> None:
+    image = structure_image(realistic_data())
+
+    assert image == GalleryImage(
+        id=ID,
+        text="A serene Japanese garden with cherry blossoms",
+        prompt_ready=True,
+        prompt_segments=(
+            PromptSegment(label="Scene", text="a serene Japanese garden"),
+            PromptSegment(label="Detail", text="cherry blossoms"),
+        ),
+        media_urls=(
+            f"https://images.meigen.ai/tweets/{ID}/0.jpg",
+            f"https://images.meigen.ai/tweets/{ID}/1.jpg",
+        ),
+        thumbnail_url=f"https://images.meigen.ai/tweets/{ID}/0.jpg",
+        image_width=1650,
+        image_height=2048,
+        model="midjourney",
+        sref="1234567890",
+        created_at=datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc),
+        likes=113,
+        views=9266,
+        retweets=8,
+        author_username="creator",
+        author_display_name="Creator Name",
+        author_avatar_url="https://pbs.twimg.com/profile_images/1/normal.jpg",
+    )
+
+
+def test_the_model_declares_exactly_the_documented_fields() -> None:
+    documented = set(realistic_data())
+
+    assert {field.name for field in attrs.fields(GalleryImage)} == documented
+
+
+def test_media_urls_become_a_tuple() -> None:
+    image = structure_image(realistic_data())
+
+    assert isinstance(image.media_urls, tuple)
+
+
+def test_a_whole_number_float_count_is_accepted_as_an_int() -> None:
+    image = structure_image(with_field("likes", 113.0))
+
+    assert image.likes == 113
+    assert type(image.likes) is int
+
+
+# -- created_at ---------------------------------------------------------------------------------
+
+
+def test_created_at_keeps_a_non_utc_offset() -> None:
+    image = structure_image(with_field("created_at", "2026-01-09T23:13:00+09:00"))
+
+    assert image.created_at is not None
+    assert image.created_at.utcoffset() == timedelta(hours=9)
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+
+
+def test_created_at_accepts_a_z_suffix_as_utc() -> None:
+    image = structure_image(with_field("created_at", "2026-01-09T14:13:00Z"))
+
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+    assert image.created_at is not None
+    assert image.created_at.utcoffset() == timedelta(0)
+
+
+def test_a_naive_created_at_is_taken_as_utc() -> None:
+    image = structure_image(with_field("created_at", "2026-01-09T14:13:00"))
+
+    assert image.created_at is not None
+    assert image.created_at.tzinfo is not None
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+
+
+# -- Forward compatibility ----------------------------------------------------------------------
+
+
+def test_unknown_extra_fields_are_ignored() -> None:
+    data = realistic_data()
+    data["collections"] = ["favourites"]
+    data["score"] = {"nested": True}
+
+    assert structure_image(data) == structure_image(realistic_data())
+
+
+@pytest.mark.parametrize(
+    ("name", "default"),
+    [
+        ("text", ""),
+        ("prompt_ready", None),
+        ("prompt_segments", None),
+        ("media_urls", ()),
+        ("thumbnail_url", None),
+        ("image_width", None),
+        ("image_height", None),
+        ("model", None),
+        ("sref", None),
+        ("created_at", None),
+        ("likes", 0),
+        ("views", 0),
+        ("retweets", 0),
+        ("author_username", None),
+        ("author_display_name", None),
+        ("author_avatar_url", None),
+    ],
+)
+def test_a_null_field_takes_its_default(name: str, default: Any) -> None:
+    image = structure_image(with_field(name, None))
+
+    assert getattr(image, name) == default
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["text", "media_urls", "likes", "views", "retweets", "created_at", "prompt_ready", "sref"],
+)
+def test_a_missing_optional_field_takes_its_default(name: str) -> None:
+    image = structure_image(without_field(name))
+
+    assert getattr(image, name) == attrs.fields_dict(GalleryImage)[name].default
+
+
+def test_a_data_object_with_only_an_id_is_an_image_of_defaults() -> None:
+    assert structure_image({"id": ID}) == GalleryImage(id=ID)
+
+
+# -- Wrong types --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("likes", "12"),
+        ("views", True),
+        ("retweets", 1.5),
+        ("media_urls", ["https://images.meigen.ai/a.jpg", 3]),
+        ("media_urls", "https://images.meigen.ai/a.jpg"),
+        ("prompt_ready", 1),
+        ("image_width", "1650"),
+        ("text", 42),
+        ("id", 2009629483448627597),
+        ("created_at", "last tuesday"),
+        ("created_at", 1767967980),
+    ],
+)
+def test_a_field_of_the_wrong_type_raises_invalid_response_naming_it(name: str, value: Any) -> None:
+    with pytest.raises(InvalidResponse, match=rf"\b{name}\b"):
+        structure_image(with_field(name, value))
+
+
+def test_a_missing_id_raises_invalid_response_naming_it() -> None:
+    with pytest.raises(InvalidResponse, match=r"\bid\b"):
+        structure_image(without_field("id"))
+
+
+def test_a_null_id_raises_invalid_response_naming_it() -> None:
+    with pytest.raises(InvalidResponse, match=r"\bid\b"):
+        structure_image(with_field("id", None))
+
+
+@pytest.mark.parametrize("data", [[realistic_data()], "image", 42, None])
+def test_data_that_is_not_an_object_raises_invalid_response(data: Any) -> None:
+    with pytest.raises(InvalidResponse, match="data"):
+        structure_image(data)
+
+
+def test_invalid_response_carries_the_image_id_it_was_given() -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        structure_image(with_field("likes", "12"), image_id=ID)
+
+    assert caught.value.image_id == ID
+
+
+# -- prompt_segments never fail the image -------------------------------------------------------
+
+
+def test_odd_prompt_segment_entries_are_dropped_and_good_ones_kept() -> None:
+    segments = [
+        {"label": "Scene", "text": "a garden"},
+        7,
+        {"label": "Broken"},
+        {"label": "Also broken", "text": 12},
+        None,
+        ["nested"],
+        {"label": "Style", "text": "watercolour"},
+    ]
+
+    image = structure_image(with_field("prompt_segments", segments))
+
+    assert image.prompt_segments == (
+        PromptSegment(label="Scene", text="a garden"),
+        PromptSegment(label="Style", text="watercolour"),
+    )
+
+
+def test_a_prompt_segment_without_a_string_label_keeps_its_text() -> None:
+    image = structure_image(with_field("prompt_segments", [{"label": 3, "text": "a garden"}]))
+
+    assert image.prompt_segments == (PromptSegment(label="", text="a garden"),)
+
+
+def test_a_plain_string_prompt_segment_is_kept_as_unlabelled_text() -> None:
+    image = structure_image(with_field("prompt_segments", ["a garden"]))
+
+    assert image.prompt_segments == (PromptSegment(label="", text="a garden"),)
+
+
+@pytest.mark.parametrize("value", ["a garden", 5, {"label": "Scene", "text": "a garden"}, True])
+def test_prompt_segments_that_are_not_a_list_become_none(value: Any) -> None:
+    image = structure_image(with_field("prompt_segments", value))
+
+    assert image.prompt_segments is None
+    assert image.likes == 113
+
+
+def test_prompt_segments_with_only_odd_entries_become_none() -> None:
+    image = structure_image(with_field("prompt_segments", [1, {"label": "x"}, None]))
+
+    assert image.prompt_segments is None
+
+
+# -- Round trip ---------------------------------------------------------------------------------
+
+
+def test_structure_of_unstructure_is_the_same_image_for_every_sample(
+    images: list[dict[str, Any]],
+) -> None:
+    assert images
+    for data in images:
+        image = structure_image(data)
+        assert structure_image(unstructure_image(image)) == image, data["id"]
+
+
+def test_unstructure_gives_the_documented_json_shape() -> None:
+    data = unstructure_image(structure_image(realistic_data()))
+
+    assert data["created_at"] == "2026-01-09T14:13:00+00:00"
+    assert data["prompt_segments"][0] == {"label": "Scene", "text": "a serene Japanese garden"}
+    assert list(data["media_urls"]) == realistic_data()["media_urls"]
+    assert set(data) == set(realistic_data())
+
+
+# -- The classes --------------------------------------------------------------------------------
+
+
+def test_gallery_image_is_frozen() -> None:
+    image = structure_image(realistic_data())
+
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        image.likes = 0  # type: ignore[misc]
+
+
+def test_gallery_image_is_slotted() -> None:
+    image = structure_image(realistic_data())
+
+    assert "__slots__" in GalleryImage.__dict__
+    assert not hasattr(image, "__dict__")
+
+
+def test_image_result_is_ok_with_an_image_and_no_error() -> None:
+    result = ImageResult(id=ID, image=GalleryImage(id=ID))
+
+    assert result.ok is True
+
+
+def test_image_result_is_not_ok_with_an_error() -> None:
+    result = ImageResult(id=ID, error=ImageNotFound("gone", image_id=ID, status=404))
+
+    assert result.ok is False
+
+
+# -- The converter ------------------------------------------------------------------------------
+
+
+def test_the_converter_is_one_module_level_cattrs_converter() -> None:
+    converter = models.converter
+    assert isinstance(converter, cattrs.Converter)
+
+    structure_image(realistic_data())
+    unstructure_image(structure_image(realistic_data()))
+
+    assert models.converter is converter
+
+
+def test_the_module_converter_carries_the_strict_hooks() -> None:
+    with pytest.raises(cattrs.BaseValidationError):
+        models.converter.structure({"id": ID, "likes": "12"}, GalleryImage)

@@ -1,0 +1,382 @@
+"""The endpoint's contract as plain functions: ids, the URL, Retry-After, and decoding bodies."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+
+from meigen_async.errors import (
+    ApiError,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidResponse,
+    MeigenError,
+    RateLimited,
+    ServerError,
+)
+from meigen_async.models import GalleryImage
+from meigen_async.protocol import (
+    MAX_ID_LENGTH,
+    decode_response,
+    header,
+    image_url,
+    parse_retry_after,
+    validate_image_id,
+)
+
+ID = "2009629483448627597"
+JSON_HEADERS = {"Content-Type": "application/json"}
+NOW = datetime(2026, 1, 9, 14, 0, 0, tzinfo=timezone.utc)
+
+DATA: dict[str, Any] = {
+    "id": ID,
+    "text": "A serene Japanese garden with cherry blossoms",
+    "media_urls": [f"https://images.meigen.ai/tweets/{ID}/0.jpg"],
+    "thumbnail_url": f"https://images.meigen.ai/tweets/{ID}/0.jpg",
+    "image_width": 1650,
+    "image_height": 2048,
+    "model": "midjourney",
+    "created_at": "2026-01-09T14:13:00+00:00",
+    "likes": 113,
+    "views": 9266,
+    "retweets": 8,
+    "author_username": "creator",
+    "author_display_name": "Creator Name",
+    "author_avatar_url": "https://pbs.twimg.com/profile_images/1/normal.jpg",
+}
+NOT_FOUND = b'{ "success": false, "error": "Image not found" }'
+
+
+def body(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+def decode(status: int, payload: bytes, headers: dict[str, str] | None = None) -> GalleryImage:
+    return decode_response(status, headers or JSON_HEADERS, payload, image_id=ID)
+
+
+# -- validate_image_id --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "image_id",
+    [
+        ID,
+        "a",
+        "Z",
+        "0",
+        "_",
+        "-",
+        "abc-DEF_123",
+        "a" * MAX_ID_LENGTH,
+    ],
+)
+def test_a_valid_id_is_returned_unchanged(image_id: str) -> None:
+    assert validate_image_id(image_id) == image_id
+
+
+def test_the_longest_id_accepted_is_128_characters() -> None:
+    assert MAX_ID_LENGTH == 128
+
+
+@pytest.mark.parametrize(
+    "image_id",
+    [
+        "",
+        "a" * (MAX_ID_LENGTH + 1),
+        " ",
+        "abc def",
+        " abc",
+        "abc\n",
+        "../x",
+        "..",
+        "a/b",
+        "a\\b",
+        "%2e",
+        "a?b=1",
+        "a#b",
+        "a.b",
+        "١٢٣",
+        "abc\u00e9",
+        "\uff41\uff42\uff43",  # fullwidth "abc"
+        "a\x00",
+    ],
+)
+def test_an_invalid_id_string_raises_invalid_image_id(image_id: str) -> None:
+    with pytest.raises(InvalidImageId) as caught:
+        validate_image_id(image_id)
+
+    assert caught.value.image_id == image_id
+
+
+@pytest.mark.parametrize("image_id", [2009629483448627597, None, ID.encode(), 1.5, [ID]])
+def test_an_id_that_is_not_a_string_raises_invalid_image_id(image_id: object) -> None:
+    with pytest.raises(InvalidImageId, match=type(image_id).__name__):
+        validate_image_id(image_id)
+
+
+def test_an_invalid_id_error_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="invalid image id"):
+        validate_image_id("a/b")
+
+
+def test_a_very_long_invalid_id_is_shortened_in_the_message() -> None:
+    with pytest.raises(InvalidImageId) as caught:
+        validate_image_id("x" * 10_000)
+
+    assert len(str(caught.value)) < 300
+
+
+# -- image_url ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("base", "expected"),
+    [
+        ("https://www.meigen.ai", f"https://www.meigen.ai/api/images/{ID}"),
+        ("https://www.meigen.ai/", f"https://www.meigen.ai/api/images/{ID}"),
+        ("http://127.0.0.1:8080", f"http://127.0.0.1:8080/api/images/{ID}"),
+        ("http://127.0.0.1:8080/", f"http://127.0.0.1:8080/api/images/{ID}"),
+        ("https://proxy.example/meigen", f"https://proxy.example/meigen/api/images/{ID}"),
+    ],
+)
+def test_image_url_is_base_then_api_images_then_id(base: str, expected: str) -> None:
+    assert image_url(base, ID) == expected
+
+
+def test_image_url_keeps_dashes_and_underscores_in_the_id() -> None:
+    assert image_url("https://www.meigen.ai", "a-b_C") == "https://www.meigen.ai/api/images/a-b_C"
+
+
+# -- parse_retry_after --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("12", 12.0), ("0", 0.0), (" 7 ", 7.0), ("3600", 3600.0)],
+)
+def test_retry_after_delta_seconds_is_read_as_seconds(value: str, seconds: float) -> None:
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+def test_retry_after_http_date_is_seconds_from_now() -> None:
+    value = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
+
+    assert parse_retry_after(value, now=NOW) == 90.0
+
+
+def test_retry_after_http_date_with_an_offset_is_compared_in_utc() -> None:
+    assert parse_retry_after("Fri, 09 Jan 2026 15:00:30 +0100", now=NOW) == 30.0
+
+
+def test_retry_after_http_date_in_the_past_is_zero() -> None:
+    value = format_datetime(NOW - timedelta(hours=1), usegmt=True)
+
+    assert parse_retry_after(value, now=NOW) == 0.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "   ", "soon", "-1", "1.5", "12s", "1e3", "Mon, 99 Foo 2026", "\u00b2"],
+)
+def test_unreadable_retry_after_is_none(value: str) -> None:
+    assert parse_retry_after(value, now=NOW) is None
+
+
+def test_absent_retry_after_is_none() -> None:
+    assert parse_retry_after(None) is None
+
+
+# -- header -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["Retry-After", "retry-after", "RETRY-AFTER", "rEtRy-AfTeR"])
+def test_header_is_case_insensitive_in_a_plain_dict(name: str) -> None:
+    headers = {"retry-after": "12", "Content-Type": "application/json"}
+
+    assert header(headers, name) == "12"
+
+
+def test_header_absent_is_none() -> None:
+    assert header({"Content-Type": "application/json"}, "Retry-After") is None
+
+
+# -- decode_response: success -------------------------------------------------------------------
+
+
+def test_a_success_envelope_decodes_to_a_gallery_image() -> None:
+    image = decode(200, body({"success": True, "data": DATA}))
+
+    assert isinstance(image, GalleryImage)
+    assert image.id == ID
+    assert image.likes == 113
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+
+
+def test_a_success_envelope_with_extra_envelope_fields_still_decodes() -> None:
+    image = decode(200, body({"success": True, "data": DATA, "cached": True}))
+
+    assert image.id == ID
+
+
+def test_a_success_envelope_with_a_badly_typed_field_raises_invalid_response() -> None:
+    payload = body({"success": True, "data": {**DATA, "likes": "many"}})
+
+    with pytest.raises(InvalidResponse, match="likes") as caught:
+        decode(200, payload)
+
+    assert caught.value.image_id == ID
+
+
+# -- decode_response: error statuses ------------------------------------------------------------
+
+
+def test_a_404_raises_image_not_found_with_status_and_the_service_message() -> None:
+    with pytest.raises(ImageNotFound) as caught:
+        decode(404, NOT_FOUND)
+
+    assert caught.value.status == 404
+    assert caught.value.image_id == ID
+    assert "Image not found" in str(caught.value)
+
+
+def test_a_429_with_retry_after_raises_rate_limited_with_seconds() -> None:
+    with pytest.raises(RateLimited) as caught:
+        decode(429, body({"success": False, "error": "Too many requests"}), {"Retry-After": "12"})
+
+    assert caught.value.retry_after == 12.0
+    assert caught.value.status == 429
+    assert "Too many requests" in str(caught.value)
+
+
+def test_a_429_reads_retry_after_from_a_lower_case_plain_dict_key() -> None:
+    with pytest.raises(RateLimited) as caught:
+        decode(429, b"", {"retry-after": "5"})
+
+    assert caught.value.retry_after == 5.0
+
+
+@pytest.mark.parametrize("value", ["soon", "\u00b2"])
+def test_a_429_with_an_unreadable_retry_after_has_no_retry_after(value: str) -> None:
+    with pytest.raises(RateLimited) as caught:
+        decode(429, b"", {"Retry-After": value})
+
+    assert caught.value.retry_after is None
+
+
+def test_a_429_without_retry_after_has_no_retry_after() -> None:
+    with pytest.raises(RateLimited) as caught:
+        decode(429, b"")
+
+    assert caught.value.retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (500, ServerError),
+        (502, ServerError),
+        (503, ServerError),
+        (400, ApiError),
+        (403, ApiError),
+        (418, ApiError),
+    ],
+)
+def test_an_error_status_raises_the_matching_error(
+    status: int, error_type: type[MeigenError]
+) -> None:
+    with pytest.raises(error_type) as caught:
+        decode(status, body({"success": False, "error": "Something went wrong"}))
+
+    assert type(caught.value) is error_type
+    assert caught.value.status == status
+    assert caught.value.image_id == ID
+    assert "Something went wrong" in str(caught.value)
+
+
+def test_a_502_with_an_html_body_raises_server_error_with_a_snippet() -> None:
+    page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+
+    with pytest.raises(ServerError, match="502 Bad Gateway"):
+        decode(502, page, {"Content-Type": "text/html"})
+
+
+def test_an_error_status_with_an_empty_body_says_so() -> None:
+    with pytest.raises(ServerError, match="empty body"):
+        decode(503, b"")
+
+
+# -- decode_response: bodies that are not the envelope ------------------------------------------
+
+
+def test_an_html_body_on_200_raises_invalid_response_with_a_snippet() -> None:
+    page = b"<!DOCTYPE html><html><head><title>Just a moment...</title></head></html>"
+
+    with pytest.raises(InvalidResponse, match="Just a moment") as caught:
+        decode(200, page, {"Content-Type": "text/html"})
+
+    assert caught.value.image_id == ID
+
+
+def test_a_huge_html_body_is_shortened_in_the_message() -> None:
+    page = b"<html>" + b"x" * 100_000 + b"</html>"
+
+    with pytest.raises(InvalidResponse) as caught:
+        decode(200, page)
+
+    assert "<html>" in str(caught.value)
+    assert len(str(caught.value)) < 500
+
+
+def test_truncated_json_raises_invalid_response() -> None:
+    payload = body({"success": True, "data": DATA})[:-20]
+
+    with pytest.raises(InvalidResponse, match="not JSON"):
+        decode(200, payload)
+
+
+def test_a_body_that_is_not_utf8_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        decode(200, b"\xff\xfe\x00garbage")
+
+
+def test_an_empty_200_body_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        decode(200, b"")
+
+
+def test_a_json_array_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse, match="list"):
+        decode(200, body([{"success": True, "data": DATA}]))
+
+
+def test_an_envelope_without_data_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse, match="'data'"):
+        decode(200, body({"success": True}))
+
+
+def test_an_envelope_with_null_data_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse, match="data"):
+        decode(200, body({"success": True, "data": None}))
+
+
+def test_success_false_with_an_error_on_a_200_raises_api_error_with_the_message() -> None:
+    with pytest.raises(ApiError, match="Image not found") as caught:
+        decode(200, NOT_FOUND)
+
+    assert caught.value.image_id == ID
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [{"data": DATA}, {"success": "true", "data": DATA}, {"success": 1, "data": DATA}],
+)
+def test_an_envelope_whose_success_is_not_true_raises_invalid_response(
+    envelope: dict[str, Any],
+) -> None:
+    with pytest.raises(InvalidResponse, match="success"):
+        decode(200, body(envelope))

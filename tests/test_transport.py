@@ -1,0 +1,161 @@
+"""One GET with aiohttp, mocked with aioresponses: the body, its size limit, translated errors."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import pytest
+from aioresponses import aioresponses
+from yarl import URL
+
+from meigen_async.errors import InvalidResponse, TransportError
+from meigen_async.transport import RawResponse, fetch
+
+ID = "2009629483448627597"
+URL_ = f"https://www.meigen.ai/api/images/{ID}"
+TIMEOUT = aiohttp.ClientTimeout(total=5)
+BODY = b'{"success": true, "data": {"id": "2009629483448627597"}}'
+
+
+class _MockResponse(aiohttp.ClientResponse):
+    """aioresponses 0.7.9 builds responses without the ``stream_writer`` aiohttp 3.14 requires.
+
+    See https://github.com/pnuckowski/aioresponses/issues/289; on older aiohttp this is a no-op.
+    """
+
+    _NEEDS_STREAM_WRITER = "stream_writer" in inspect.signature(aiohttp.ClientResponse).parameters
+
+    def __init__(self, method: str, url: URL, **kwargs: Any) -> None:
+        if self._NEEDS_STREAM_WRITER:
+            kwargs.setdefault("stream_writer", SimpleNamespace(output_size=0))
+        super().__init__(method, url, **kwargs)
+
+
+@pytest.fixture
+def mocked() -> Any:
+    with aioresponses() as mock:
+        yield mock
+
+
+async def get(max_body_bytes: int = 1_000_000) -> RawResponse:
+    async with aiohttp.ClientSession() as http:
+        return await fetch(
+            http,
+            URL_,
+            image_id=ID,
+            timeout=TIMEOUT,
+            headers={"Accept": "application/json"},
+            max_body_bytes=max_body_bytes,
+        )
+
+
+async def test_fetch_returns_status_headers_and_body(mocked: aioresponses) -> None:
+    mocked.get(
+        URL_,
+        status=200,
+        body=BODY,
+        headers={"Cache-Control": "public, max-age=3600", "Age": "12"},
+        response_class=_MockResponse,
+    )
+
+    response = await get()
+
+    assert response.status == 200
+    assert response.body == BODY
+    assert response.headers["cache-control"] == "public, max-age=3600"
+    assert response.headers["Age"] == "12"
+
+
+async def test_fetch_returns_an_error_status_with_its_body(mocked: aioresponses) -> None:
+    mocked.get(URL_, status=404, body=b'{"success": false}', response_class=_MockResponse)
+
+    response = await get()
+
+    assert response.status == 404
+    assert response.body == b'{"success": false}'
+
+
+async def test_fetch_sends_the_given_headers(mocked: aioresponses) -> None:
+    mocked.get(URL_, status=200, body=BODY, response_class=_MockResponse)
+
+    await get()
+
+    (call,) = mocked.requests[("GET", URL(URL_))]
+    assert call.kwargs["headers"] == {"Accept": "application/json"}
+
+
+async def test_a_body_exactly_at_max_body_bytes_is_read(mocked: aioresponses) -> None:
+    mocked.get(
+        URL_,
+        body=BODY,
+        headers={"Content-Length": str(len(BODY))},
+        response_class=_MockResponse,
+    )
+
+    response = await get(max_body_bytes=len(BODY))
+
+    assert response.body == BODY
+
+
+async def test_a_content_length_over_max_body_bytes_raises_invalid_response(
+    mocked: aioresponses,
+) -> None:
+    mocked.get(
+        URL_,
+        body=b"x" * 2048,
+        headers={"Content-Length": "2048"},
+        response_class=_MockResponse,
+    )
+
+    with pytest.raises(InvalidResponse, match="max_body_bytes=1024") as caught:
+        await get(max_body_bytes=1024)
+
+    assert "Content-Length is 2048" in str(caught.value)
+    assert caught.value.image_id == ID
+
+
+async def test_a_streamed_body_over_max_body_bytes_raises_invalid_response(
+    mocked: aioresponses,
+) -> None:
+    mocked.get(URL_, body=b"x" * 2048, response_class=_MockResponse)
+
+    with pytest.raises(InvalidResponse, match="max_body_bytes=1024"):
+        await get(max_body_bytes=1024)
+
+
+async def test_a_connection_error_becomes_transport_error_with_the_image_id(
+    mocked: aioresponses,
+) -> None:
+    cause = aiohttp.ClientConnectionError("connection refused")
+    mocked.get(URL_, exception=cause)
+
+    with pytest.raises(TransportError, match="connection refused") as caught:
+        await get()
+
+    assert caught.value.image_id == ID
+    assert caught.value.__cause__ is cause
+
+
+async def test_a_timeout_becomes_transport_error_with_the_image_id(
+    mocked: aioresponses,
+) -> None:
+    mocked.get(URL_, exception=asyncio.TimeoutError())
+
+    with pytest.raises(TransportError, match="timed out after 5s") as caught:
+        await get()
+
+    assert caught.value.image_id == ID
+    assert isinstance(caught.value.__cause__, asyncio.TimeoutError)
+
+
+async def test_aiohttps_own_timeout_error_becomes_transport_error(mocked: aioresponses) -> None:
+    mocked.get(URL_, exception=aiohttp.ServerTimeoutError("read timed out"))
+
+    with pytest.raises(TransportError, match="timed out after") as caught:
+        await get()
+
+    assert caught.value.image_id == ID
