@@ -91,6 +91,8 @@ class GallerySession:
         _require(max_body_bytes > 0, "max_body_bytes must be positive")
         _require(rate_limit is None or rate_limit > 0, "rate_limit must be positive")
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
+        _require(ttl is None or ttl >= 0, "ttl must not be negative")
+        _require(min(default_ttl, max_ttl, negative_ttl) >= 0, "TTLs must not be negative")
         self.base_url = base_url.rstrip("/")
         self.concurrency = concurrency
         self.policy = CachePolicy(
@@ -155,9 +157,12 @@ class GallerySession:
         """Whether :meth:`close` has been called."""
         return self._closed
 
-    def _client(self) -> aiohttp.ClientSession:
+    def _ensure_open(self) -> None:
         if self._closed:
             raise RuntimeError("this GallerySession is closed")
+
+    def _client(self) -> aiohttp.ClientSession:
+        self._ensure_open()
         if self._http is None:
             connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
             self._http = aiohttp.ClientSession(connector=connector)
@@ -289,6 +294,7 @@ class GallerySession:
         cancelled (what finished stays cached). With ``return_exceptions=True`` every id gets
         its image or its :class:`MeigenError` in the list.
         """
+        self._ensure_open()
         wanted = list(ids)
         outcomes: dict[str, GalleryImage | MeigenError] = {}
         tasks: dict[str, asyncio.Task[GalleryImage]] = {}
@@ -322,6 +328,7 @@ class GallerySession:
         never raised. Leaving the loop early cancels the fetches still running; wrap the
         iterator in :func:`contextlib.aclosing` to make that happen at once.
         """
+        self._ensure_open()
         source = _aiter(ids)
         running: set[asyncio.Task[ImageResult]] = set()
         exhausted = False

@@ -16,7 +16,7 @@ from meigen_async.errors import InvalidResponse, TransportError
 from meigen_async.transport import RawResponse, fetch
 
 ID = "2009629483448627597"
-URL_ = f"https://www.meigen.ai/api/images/{ID}"
+URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
 TIMEOUT = aiohttp.ClientTimeout(total=5)
 BODY = b'{"success": true, "data": {"id": "2009629483448627597"}}'
 
