@@ -55,8 +55,9 @@ class RetryPolicy:
         """Refuse settings that make no sense."""
         if self.max_retries < 0:
             raise ValueError("max_retries must not be negative")
-        if min(self.backoff_base, self.backoff_max, self.max_retry_after) < 0:
-            raise ValueError("backoff and retry-after limits must not be negative")
+        limits = (self.backoff_base, self.backoff_max, self.max_retry_after, self.rate_limited_wait)
+        if min(limits) < 0:
+            raise ValueError("backoff, retry-after and rate-limited waits must not be negative")
 
     def delay_before_retry(self, retries_so_far: int, error: MeigenError) -> float | None:
         """Seconds to wait before trying again after ``error``, or None to give up now."""

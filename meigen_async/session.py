@@ -166,6 +166,11 @@ class GallerySession:
         if self._http is None:
             connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
             self._http = aiohttp.ClientSession(connector=connector)
+            if hasattr(self._http, "_retry_connection"):
+                # aiohttp quietly resends a GET once when the server drops the connection;
+                # our RetryPolicy decides retries, and counts them. (aiohttp's TestClient
+                # turns it off the same way: there is no public switch.)
+                self._http._retry_connection = False
         return self._http
 
     # -- Single images -------------------------------------------------------------------------
@@ -242,9 +247,10 @@ class GallerySession:
 
     async def _attempt(self, image_id: str) -> GalleryImage:
         http = self._client()
-        if self._pace is not None:
-            await self._pace.acquire()
         async with self._slots:
+            # Paced inside the slot: tokens taken while queueing would be spent in a burst.
+            if self._pace is not None:
+                await self._pace.acquire()
             self._requests += 1
             raw = await fetch(
                 http,
