@@ -12,6 +12,7 @@ from .errors import (
     TransportError,
 )
 from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
+from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
 from .session import GallerySession
 
@@ -24,6 +25,8 @@ __all__ = [
     "InvalidImageId",
     "InvalidResponse",
     "MeigenError",
+    "Prompt",
+    "PromptKind",
     "PromptSegment",
     "RateLimited",
     "RetryPolicy",
@@ -31,4 +34,5 @@ __all__ = [
     "SessionStats",
     "TransportError",
     "__version__",
+    "parse_prompt",
 ]

@@ -6,6 +6,7 @@ fields take their defaults, and only a value of the wrong type is an error.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -14,6 +15,7 @@ import attrs
 import cattrs
 
 from .errors import InvalidResponse, MeigenError
+from .prompt import Prompt, parse_prompt
 
 __all__ = [
     "GalleryImage",
@@ -55,6 +57,14 @@ class GalleryImage:
     author_username: str | None = None
     author_display_name: str | None = None
     author_avatar_url: str | None = None
+
+    @functools.cached_property
+    def prompt(self) -> Prompt:
+        """The text, parsed: plain or JSON, its data, placeholders and parameters.
+
+        Computed on first access and kept: later accesses return the same object.
+        """
+        return parse_prompt(self.text)
 
 
 @attrs.frozen
