@@ -1,22 +1,328 @@
-"""The ``meigen-async`` command line."""
+"""The ``meigen-async`` command line: ``get``, ``bulk``, ``serve`` and ``demo``.
+
+Every command that talks to a gallery takes ``--base-url`` (default: ``$MEIGEN_BASE_URL``, else
+the real service) and ``--timeout``. Bad input is reported as one ``meigen-async: error: ...``
+line on stderr with exit status 2; failed fetches give exit status 1.
+
+rich (the ``cli`` extra) draws the progress bar and the demo's table. It is imported only
+where it is needed, so ``get``, ``serve`` and a non-interactive ``bulk`` run without it.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing, contextmanager, suppress
+from typing import TYPE_CHECKING, Any, TextIO
+from urllib.parse import urlsplit
 
 import attrs
 
+from ._version import __version__
 from .errors import MeigenError
-from .models import GalleryImage
-from .session import GallerySession
-from .testing import FakeGallery
+from .models import GalleryImage, unstructure_image
+from .prompt import PromptKind
+from .protocol import validate_image_id
+from .retry import RetryPolicy
+from .session import DEFAULT_BASE_URL, GallerySession
+from .testing import FakeGallery, sample_images
 
-__all__ = ["DemoReport", "main", "run_demo"]
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["BASE_URL_ENV", "DemoReport", "main", "read_ids", "run_demo", "summarize"]
+
+_PROG = "meigen-async"
+
+BASE_URL_ENV = "MEIGEN_BASE_URL"
+"""The environment variable that sets the default ``--base-url``."""
+
+_EXIT_OK = 0
+_EXIT_FAILED = 1
+_EXIT_USAGE = 2
+_EXIT_INTERRUPTED = 130
+
+
+class CommandError(Exception):
+    """A failure to report as one ``meigen-async: error: ...`` line and an exit status."""
+
+    def __init__(self, message: str, status: int = _EXIT_USAGE):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def _error(message: str) -> None:
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+
+
+# -- get -----------------------------------------------------------------------------------------
+
+
+def summarize(image: GalleryImage) -> str:
+    """A readable, multi-line summary of one image: prompt kind, size, model, author, media."""
+    prompt = image.prompt
+    kind = "JSON" if prompt.kind is PromptKind.JSON else "plain text"
+    if prompt.repaired:
+        kind += " (repaired)"
+    width, height = image.image_width, image.image_height
+    size = f"{width}x{height}" if width is not None and height is not None else "unknown"
+    rows = [
+        ("prompt", kind),
+        ("size", size),
+        ("model", image.model or "unknown"),
+        ("author", _attribution(image) or "unknown"),
+        ("media", image.media_urls[0] if image.media_urls else image.thumbnail_url or "none"),
+    ]
+    return "\n".join([image.id, *(f"  {label:<7}{value}" for label, value in rows)])
+
+
+def _attribution(image: GalleryImage) -> str:
+    name, username = image.author_display_name, image.author_username
+    if name and username:
+        return f"{name} (@{username})"
+    return name or (f"@{username}" if username else "")
+
+
+def _to_json(value: Any, *, indent: int | None = None) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=indent)
+
+
+async def _get(args: argparse.Namespace) -> int:
+    ids: list[str] = args.ids
+    for image_id in ids:
+        try:
+            validate_image_id(image_id)
+        except MeigenError as error:
+            raise CommandError(error.message) from None
+    async with _session(args) as session:
+        outcomes = await session.get_images(ids, return_exceptions=True)
+    images = [outcome for outcome in outcomes if isinstance(outcome, GalleryImage)]
+    if args.json:
+        document = [unstructure_image(image) for image in images]
+        if len(ids) > 1:
+            print(_to_json(document, indent=2))
+        elif document:
+            print(_to_json(document[0], indent=2))
+    elif images:
+        print("\n\n".join(summarize(image) for image in images))
+    failed = {i: o for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
+    for failure in failed.values():
+        _error(failure.message)
+    return _EXIT_FAILED if failed else _EXIT_OK
+
+
+# -- bulk ----------------------------------------------------------------------------------------
+
+
+def read_ids(lines: Iterable[str]) -> Iterator[str]:
+    """Yield the ids of ``lines``, one a line, whitespace stripped and blank lines skipped.
+
+    A generator: it reads a line only when the next id is wanted.
+    """
+    for line in lines:
+        image_id = line.strip()
+        if image_id:
+            yield image_id
+
+
+def _count_ids(path: str) -> int | None:
+    """The ids in a regular file, read once as a stream; None for a pipe or a device."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as lines:
+            return sum(1 for _ in read_ids(lines))
+    except (OSError, UnicodeDecodeError):
+        return None  # reading it for real reports the problem
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[TextIO]:
+    if path == "-":
+        yield sys.stdin
+        return
+    try:
+        stream = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+@contextmanager
+def _open_output(path: str | None) -> Iterator[TextIO]:
+    if path is None or path == "-":
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    with stream:
+        yield stream
+
+
+@contextmanager
+def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], None]]:
+    """Yield ``advance(ok)``; it draws a rich progress bar when ``stream`` is a terminal."""
+    if not stream.isatty():
+        yield lambda ok: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        SpinnerColumn,
+        Task,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Ids per second, as rich estimates it."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            shown = "-" if speed is None else f"{speed:,.0f}"
+            return Text(f"{shown} ids/s", style="progress.data.speed")
+
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=_console(stream),
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+    failed = 0
+    with progress:
+        task = progress.add_task("fetching", total=total)
+
+        def advance(ok: bool) -> None:
+            nonlocal failed
+            if ok:
+                progress.advance(task)
+            else:
+                failed += 1
+                progress.update(task, advance=1, description=f"fetching ({failed:,} failed)")
+
+        yield advance
+
+
+def _console(stream: TextIO) -> Console:
+    from rich.console import Console
+
+    return Console(file=stream)
+
+
+async def _bulk(args: argparse.Namespace) -> int:
+    failures: list[tuple[str, str]] = []
+    done = 0
+    with _open_input(args.file) as source, _open_output(args.output) as out:
+        total = _count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
+        with _progress(sys.stderr, total) as advance:
+            try:
+                async with _session(args) as session:
+                    # Closed on the way out, so that an error here cancels its fetches at once.
+                    results = session.iter_images(read_ids(source))
+                    async with aclosing(results):
+                        async for result in results:
+                            done += 1
+                            if result.image is not None:
+                                out.write(_to_json(unstructure_image(result.image)) + "\n")
+                            else:
+                                failures.append((result.id, str(result.error)))
+                            advance(result.ok)
+            except UnicodeDecodeError as exc:
+                name = "stdin" if args.file == "-" else repr(args.file)
+                raise CommandError(f"cannot read {name}: not UTF-8 text: {exc}") from None
+        out.flush()
+    if failures:
+        print(f"{_PROG}: {len(failures):,} of {done:,} ids failed:", file=sys.stderr)
+        for image_id, message in failures:
+            print(f"  {image_id}: {message}", file=sys.stderr)
+        return _EXIT_FAILED
+    return _EXIT_OK
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+def _load_gallery(path: str) -> list[dict[str, Any]]:
+    """The ``data`` objects of a JSON Lines file, each checked to be an object with an id."""
+    images: list[dict[str, Any]] = []
+    try:
+        with open(path, encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    data = json.loads(line)
+                except ValueError as exc:
+                    raise CommandError(f"{path}:{number}: not JSON: {exc}") from None
+                if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                    raise CommandError(
+                        f"{path}:{number}: expected a JSON object with a string 'id'"
+                    )
+                images.append(data)
+    except OSError as exc:
+        raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"{path}: not UTF-8 text: {exc.reason}") from None
+    return images
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    images = _load_gallery(args.data) if args.data is not None else sample_images()
+    source = args.data if args.data is not None else "the bundled sample"
+    gallery = FakeGallery(images, port=args.port)
+    try:
+        await gallery.start()
+    except OSError as exc:
+        await gallery.close()
+        raise CommandError(
+            f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
+        ) from None
+    try:
+        print(gallery.url, flush=True)
+        example = f"{gallery.url}/api/images/{gallery.ids[0]}" if gallery.ids else gallery.url
+        print(
+            f"{_PROG}: serving {len(gallery.ids)} images from {source}; "
+            f"try {example}; Ctrl-C to stop",
+            file=sys.stderr,
+            flush=True,
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        # SIGTERM (a process manager, `kill`) stops it as cleanly as Ctrl-C; signal handlers
+        # need Unix and the main thread.
+        with suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        await stop.wait()
+    finally:
+        with suppress(NotImplementedError, RuntimeError):
+            loop.remove_signal_handler(signal.SIGTERM)
+        await gallery.close()
+    return _EXIT_OK
+
+
+# -- demo ----------------------------------------------------------------------------------------
 
 
 @attrs.frozen
@@ -26,11 +332,23 @@ class DemoReport:
     requested: int
     """Ids in one pass, duplicates included."""
     fetched: int
+    """Images returned over the second pass, duplicates included."""
     errors: dict[str, str]
+    """The ids that failed, with their error messages."""
     requests: int
+    """Upstream requests the gallery received."""
     cache_hits: int
+    """Calls answered from the cache."""
     coalesced: int
+    """Calls that joined a request already in flight."""
     seconds: float
+    """Wall time of the whole scenario."""
+    plain_prompts: int
+    """Distinct images whose prompt is plain text."""
+    json_prompts: int
+    """Distinct images whose prompt is JSON."""
+    repaired_prompts: int
+    """Distinct images whose JSON prompt needed repairing to parse."""
 
 
 async def run_demo(*, seed: int = 7) -> DemoReport:
@@ -53,6 +371,8 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
             stats = session.stats
         seconds = time.perf_counter() - started
     errors = {i: str(o) for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
+    distinct = {o.id: o for o in outcomes if isinstance(o, GalleryImage)}.values()
+    kinds = Counter(image.prompt.kind for image in distinct)
     return DemoReport(
         requested=len(ids),
         fetched=sum(isinstance(o, GalleryImage) for o in outcomes),
@@ -61,31 +381,285 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
         cache_hits=stats.cache_hits,
         coalesced=stats.coalesced,
         seconds=seconds,
+        plain_prompts=kinds[PromptKind.PLAIN],
+        json_prompts=kinds[PromptKind.JSON],
+        repaired_prompts=sum(image.prompt.repaired for image in distinct),
     )
 
 
 def _print_demo(report: DemoReport) -> None:
-    print("meigen-async demo: the bundled sample gallery on 127.0.0.1")
-    print(f"  ids requested      {report.requested} (duplicates and one missing id included)")
-    print(f"  images fetched     {report.fetched}")
-    print(f"  upstream requests  {report.requests}")
-    print(f"  cache hits         {report.cache_hits}")
-    print(f"  coalesced          {report.coalesced}")
-    print(f"  errors             {len(report.errors)}")
+    from rich.table import Table
+
+    console = _console(sys.stdout)
+    console.print(
+        "meigen-async demo: the bundled sample gallery on 127.0.0.1, "
+        f"{report.requested} ids a pass (duplicates and one missing id included), "
+        "a burst of 20 calls for one popular image, then a second pass.",
+        soft_wrap=True,
+        markup=False,
+        highlight=False,
+    )
+    table = Table()
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    rows = [
+        ("images fetched", f"{report.fetched}"),
+        ("upstream requests", f"{report.requests}"),
+        ("cache hits", f"{report.cache_hits}"),
+        ("coalesced requests", f"{report.coalesced}"),
+        ("errors", f"{len(report.errors)}"),
+        ("plain-text prompts", f"{report.plain_prompts}"),
+        ("JSON prompts", f"{report.json_prompts}"),
+        ("repaired JSON prompts", f"{report.repaired_prompts}"),
+        ("time taken", f"{report.seconds:.3f}s"),
+    ]
+    for label, value in rows:
+        table.add_row(label, value)
+    console.print(table)
     for image_id, message in report.errors.items():
-        print(f"    {image_id}: {message}")
-    print(f"  time               {report.seconds:.3f}s")
+        console.print(
+            f"error: {image_id}: {message}", soft_wrap=True, markup=False, highlight=False
+        )
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    _print_demo(await run_demo())
+    return _EXIT_OK
+
+
+# -- Arguments -----------------------------------------------------------------------------------
+
+
+def _base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
+    return value
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0 or number == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value!r}")
+    return number
+
+
+def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {value!r}")
+        return number
+
+    return parse
+
+
+def _session(args: argparse.Namespace) -> GallerySession:
+    return GallerySession(
+        args.base_url,
+        timeout=args.timeout,
+        retry=RetryPolicy(max_retries=args.retries),
+        concurrency=getattr(args, "concurrency", 16),
+        rate_limit=getattr(args, "rate_limit", None),
+    )
+
+
+_DESCRIPTION = """\
+Fetch images from MeiGen's public gallery (GET /api/images/:id), in bulk or one by one,
+or serve a local fake gallery to test against."""
+
+_EXAMPLES = """\
+examples:
+  meigen-async get 2009629483448627597
+  meigen-async get --json 2009629483448627597 2013572250852104677
+  meigen-async bulk ids.txt -o images.jsonl --concurrency 32
+  meigen-async serve --port 8080
+  meigen-async demo
+
+Run 'meigen-async COMMAND --help' for a command's options."""
+
+_GET_EXAMPLES = """\
+examples:
+  meigen-async get 2009629483448627597
+  meigen-async get --json 2009629483448627597 > image.json
+  meigen-async get --base-url http://127.0.0.1:8080 2013572250852104677
+
+exit status: 0 when every image was fetched, 1 when one failed, 2 for bad input."""
+
+_BULK_EXAMPLES = """\
+examples:
+  meigen-async bulk ids.txt -o images.jsonl
+  cut -f1 export.tsv | meigen-async bulk - --concurrency 32 --rate-limit 20 > images.jsonl
+
+The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
+runs in flat memory. Each image is written as one JSON line as soon as it arrives, in
+completion order. Failed ids are listed on stderr at the end.
+
+exit status: 0 when every id was fetched, 1 when one failed, 2 for bad input."""
+
+_SERVE_EXAMPLES = """\
+examples:
+  meigen-async serve
+  meigen-async serve --port 8080 --data my-gallery.jsonl
+
+Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
+--data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line."""
+
+_DEMO_EXAMPLES = """\
+example:
+  meigen-async demo
+
+Starts the bundled sample gallery on 127.0.0.1, fetches it the way a busy bot would
+(duplicates, a missing id, a burst of calls for one popular image, a second pass from the
+cache) and shows what the session did. Sends nothing to the real service."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``meigen-async`` and its commands."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    remote = argparse.ArgumentParser(add_help=False)
+    remote.add_argument(
+        "--base-url",
+        type=_base_url,
+        default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+        metavar="URL",
+        help=f"the gallery to ask (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    remote.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time allowed for one request (default: 10)",
+    )
+    remote.add_argument(
+        "--retries",
+        type=_int_at_least(0),
+        default=3,
+        metavar="N",
+        help="retries of a request that failed in a retryable way (default: 3)",
+    )
+
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    get = commands.add_parser(
+        "get",
+        parents=[remote],
+        help="show one or more images",
+        description="Show gallery images: a summary each, or their JSON.",
+        epilog=_GET_EXAMPLES,
+        formatter_class=formatter,
+    )
+    get.add_argument("ids", nargs="+", metavar="ID", help="a gallery image id")
+    get.add_argument(
+        "--json",
+        action="store_true",
+        help="print the images as JSON: an object for one id, a list for several",
+    )
+    get.set_defaults(run=_get)
+
+    bulk = commands.add_parser(
+        "bulk",
+        parents=[remote],
+        help="fetch many ids from a file or stdin into JSON Lines",
+        description="Fetch every id of FILE (or stdin) and write the images as JSON Lines.",
+        epilog=_BULK_EXAMPLES,
+        formatter_class=formatter,
+    )
+    bulk.add_argument("file", metavar="FILE", help="ids, one a line; '-' reads stdin")
+    bulk.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    bulk.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="most requests in flight at once (default: 16)",
+    )
+    bulk.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="most requests per second (default: no limit)",
+    )
+    bulk.set_defaults(run=_bulk)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a fake gallery on 127.0.0.1 for testing",
+        description="Serve a FakeGallery on 127.0.0.1 until interrupted.",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=formatter,
+    )
+    serve.add_argument(
+        "--port",
+        type=_int_at_least(0, 65535),
+        default=0,
+        metavar="P",
+        help="the port to listen on (default: 0, a free one)",
+    )
+    serve.add_argument(
+        "--data", metavar="FILE.jsonl", help="serve these images (default: the bundled sample)"
+    )
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="bulk-fetch the bundled sample gallery on loopback and show the figures",
+        description="Bulk-fetch the bundled sample gallery on 127.0.0.1 and show the figures.",
+        epilog=_DEMO_EXAMPLES,
+        formatter_class=formatter,
+    )
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+# -- Entry point ---------------------------------------------------------------------------------
+
+
+def _silence_stdout() -> None:
+    """After a broken pipe, point stdout at devnull so that the exit flush cannot fail."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in a test)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
-    parser = argparse.ArgumentParser(prog="meigen-async", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("demo", help="bulk-fetch the bundled sample gallery on loopback")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        _print_demo(asyncio.run(run_demo()))
-    return 0
+    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    args = build_parser().parse_args(argv)
+    if args.command in ("demo",) or (args.command == "bulk" and sys.stderr.isatty()):
+        try:
+            import rich  # noqa: F401
+        except ModuleNotFoundError:
+            _error("this command needs rich: pip install 'meigen-async[cli]'")
+            return _EXIT_USAGE
+    try:
+        status: int = asyncio.run(args.run(args))
+    except CommandError as error:
+        _error(error.message)
+        return error.status
+    except KeyboardInterrupt:
+        if args.command == "serve":
+            return _EXIT_OK
+        _error("interrupted")
+        return _EXIT_INTERRUPTED
+    except BrokenPipeError:
+        _silence_stdout()
+        return _EXIT_FAILED
+    return status
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ keep a response in :mod:`~meigen_async.cache`, the HTTP call in :mod:`~meigen_as
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 from typing import Any, Literal, overload
 
@@ -15,7 +15,7 @@ import aiohttp
 from aiolimiter import AsyncLimiter
 
 from ._version import __version__
-from .cache import CachePolicy, MemoryCache
+from .cache import CachePolicy, MemoryCache, SharedCache, SharedTier
 from .errors import ImageNotFound, MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
 from .protocol import decode_response, image_url, validate_image_id
@@ -64,6 +64,11 @@ class GallerySession:
         rate_limit: Most upstream requests per second for the whole session (None: no limit).
         stale_if_error: Seconds past expiry an image may still be served when the upstream
             fails with a retryable error after every retry.
+        cache: None for an in-process ``MemoryCache(cache_size, stale_window=stale_if_error)``;
+            a :class:`~meigen_async.cache.MemoryCache` to use as the in-process cache as it
+            is (its own size and stale window apply); or a shared cache such as
+            :class:`~meigen_async.cache.RedisCache`, put behind an in-process cache built as
+            for None. A cache passed in is never closed by this object.
 
     """
 
@@ -84,6 +89,7 @@ class GallerySession:
         retry: RetryPolicy | None = None,
         rate_limit: float | None = None,
         stale_if_error: float = 0.0,
+        cache: MemoryCache | SharedCache | None = None,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -99,7 +105,14 @@ class GallerySession:
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
         )
         self.retry = retry if retry is not None else RetryPolicy()
-        self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
+        self._shared: SharedTier | None = None
+        if isinstance(cache, MemoryCache):
+            self._cache = cache
+        else:
+            self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
+            if cache is not None:
+                # A lease lasts one request's timeout: longer than a live holder's attempt.
+                self._shared = SharedTier(self._cache, cache, lease_time=timeout)
         self._pace = _pacer(rate_limit) if rate_limit is not None else None
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._max_body_bytes = max_body_bytes
@@ -140,6 +153,8 @@ class GallerySession:
         """Cancel fetches in flight and close the HTTP session if this object opened it.
 
         Idempotent. A caller still waiting on a cancelled fetch gets :class:`TransportError`.
+        With a shared cache, the deletions and lease releases still running are waited for;
+        the cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
@@ -149,6 +164,8 @@ class GallerySession:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+        if self._shared is not None:
+            await self._shared.drain()
         if self._owns_http and self._http is not None:
             await self._http.close()
 
@@ -233,6 +250,29 @@ class GallerySession:
             del self._flights[image_id]
 
     async def _fetch(self, image_id: str) -> GalleryImage:
+        if self._shared is None:
+            return await self._fetch_upstream(image_id)
+        claim = await self._shared.claim(image_id)
+        if claim.answered:
+            # A hit of the shared tier: counted as a cache hit, and no request was sent.
+            self._hits += 1
+            if claim.image is not None:
+                return claim.image
+            raise ImageNotFound(
+                f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
+            )
+        try:
+            return await self._fetch_upstream(image_id)
+        except ImageNotFound:
+            await self._shared.store_missing(image_id, self.policy.negative_ttl)
+            raise
+        finally:
+            # After the value is stored (in _attempt, or just above), so that processes waiting
+            # on the lease find it there.
+            if claim.token is not None:
+                self._shared.release_later(image_id, claim.token)
+
+    async def _fetch_upstream(self, image_id: str) -> GalleryImage:
         retries = 0
         while True:
             try:
@@ -266,6 +306,8 @@ class GallerySession:
             self._cache.set(image_id, image, ttl)
         else:
             self._cache.invalidate(image_id)
+        if self._shared is not None:
+            await self._shared.store(image_id, image, ttl)
         return image
 
     def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
@@ -326,7 +368,7 @@ class GallerySession:
 
     async def iter_images(
         self, ids: Iterable[str] | AsyncIterable[str]
-    ) -> AsyncIterator[ImageResult]:
+    ) -> AsyncGenerator[ImageResult, None]:
         """Yield an :class:`ImageResult` per id, as each completes.
 
         ``ids`` is consumed lazily and at most ``concurrency`` fetches are kept going, so a
@@ -370,12 +412,24 @@ class GallerySession:
     # -- Cache control and counters ------------------------------------------------------------
 
     def invalidate(self, image_id: str) -> None:
-        """Forget what is cached for ``image_id`` (an image or a remembered 404)."""
+        """Forget what is cached for ``image_id`` (an image or a remembered 404).
+
+        With a shared cache, the in-process entry goes at once and the shared one in a task
+        that this session's next miss, and :meth:`close`, wait for.
+        """
         self._cache.invalidate(image_id)
+        if self._shared is not None:
+            self._shared.invalidate_later(image_id)
 
     def clear_cache(self) -> None:
-        """Forget every cached image and remembered 404."""
+        """Forget every cached image and remembered 404.
+
+        With a shared cache, it is cleared too, for every process using it: in a task, as
+        for :meth:`invalidate`.
+        """
         self._cache.clear()
+        if self._shared is not None:
+            self._shared.clear_later()
 
     @property
     def stats(self) -> SessionStats:

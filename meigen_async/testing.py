@@ -130,10 +130,31 @@ class Answer:
         return cls(content_type=content_type)
 
 
+def _image_id(data: Mapping[str, Any]) -> str:
+    image_id = data.get("id")
+    if not isinstance(image_id, (str, int)) or isinstance(image_id, bool):
+        raise ValueError(f"every image needs a string 'id'; got {str(data)[:80]}")
+    return str(image_id)
+
+
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON Lines file of ``data`` objects, skipping blank lines."""
+    """Read a JSON Lines file of ``data`` objects, skipping blank lines.
+
+    Raises ValueError naming the line that is not a JSON object.
+    """
+    objects: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as lines:
-        return [json.loads(line) for line in lines if line.strip()]
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"{path}:{number}: not JSON: {exc}") from exc
+            if not isinstance(data, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            objects.append(data)
+    return objects
 
 
 def sample_images() -> list[dict[str, Any]]:
@@ -162,7 +183,7 @@ class FakeGallery:
         port: int = 0,
     ):
         items = images.values() if isinstance(images, Mapping) else images
-        self.images: dict[str, dict[str, Any]] = {str(data["id"]): dict(data) for data in items}
+        self.images: dict[str, dict[str, Any]] = {_image_id(data): dict(data) for data in items}
         self.cache_control = cache_control
         self.delay = delay
         self.extra_headers: dict[str, dict[str, str]] = {}

@@ -1,10 +1,384 @@
-"""The command line."""
+"""The command line, run in-process (in a worker thread, while the test's loop serves a
+FakeGallery) or as ``python -m meigen_async`` in a subprocess. Every run is pointed at a
+FakeGallery on 127.0.0.1: nothing here reaches the real service.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
+import re
+import signal
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 import pytest
 
-from meigen_async.cli import main, run_demo
+from meigen_async.cli import main, read_ids, run_demo
+from meigen_async.models import structure_image, unstructure_image
+from meigen_async.prompt import PromptKind, parse_prompt
+from meigen_async.testing import FakeGallery, sample_images
+
+MISSING = "1999999999999999999"
+PLAIN_ID = "2013572250852104677"  # nanobanana, 2048x1536, North Frame (@northframe)
+JSON_ID = "2018657825334796972"  # a JSON prompt
+
+
+async def run(*argv: str) -> int:
+    """``main(argv)`` in a worker thread, so that this loop keeps serving the gallery."""
+    return await asyncio.to_thread(main, list(argv))
+
+
+def one_error_line(stderr: str) -> str:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("meigen-async: error: ")
+    assert "Traceback" not in stderr
+    return lines[0]
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in text.splitlines()]
+
+
+def endpoint_data(image_id: str) -> dict[str, Any]:
+    """What ``--json`` should print for a sample id: its data object, as the client reads it."""
+    data = next(d for d in sample_images() if d["id"] == image_id)
+    normalized: dict[str, Any] = json.loads(json.dumps(unstructure_image(structure_image(data))))
+    return normalized
+
+
+@pytest.fixture
+def ids_file(tmp_path: Path, gallery: FakeGallery) -> Path:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(gallery.ids[:5]) + "\n", encoding="utf-8")
+    return path
+
+
+async def start_cli(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meigen_async",
+        *argv,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+# -- get -----------------------------------------------------------------------------------------
+
+
+async def test_get_prints_a_summary_of_the_image(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == PLAIN_ID
+    assert re.search(r"prompt\s+plain text\n", out)
+    assert re.search(r"size\s+2048x1536\n", out)
+    assert re.search(r"model\s+nanobanana\n", out)
+    assert re.search(r"author\s+North Frame \(@northframe\)\n", out)
+    assert re.search(rf"media\s+https://images\.meigen\.ai/tweets/{PLAIN_ID}/0\.jpg\n", out)
+
+
+async def test_get_summary_names_a_json_prompt(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, JSON_ID) == 0
+    assert re.search(r"prompt\s+JSON", capsys.readouterr().out)
+
+
+async def test_get_json_prints_one_object_for_one_id(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--json", "--base-url", gallery.url, PLAIN_ID) == 0
+    assert json.loads(capsys.readouterr().out) == endpoint_data(PLAIN_ID)
+
+
+async def test_get_json_prints_a_list_for_several_ids(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--json", "--base-url", gallery.url, PLAIN_ID, JSON_ID) == 0
+    assert json.loads(capsys.readouterr().out) == [endpoint_data(PLAIN_ID), endpoint_data(JSON_ID)]
+
+
+async def test_get_rejects_an_invalid_id_in_one_line_with_status_2_before_any_request(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID, "not/an id") == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "invalid image id 'not/an id'" in line
+    assert gallery.total_requests == 0
+
+
+async def test_get_reports_an_unreachable_host_in_one_line_with_status_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    async with FakeGallery() as closed:
+        url = closed.url
+    assert await run("get", "--base-url", url, "--retries", "0", PLAIN_ID) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"request for image {PLAIN_ID} failed" in line
+
+
+async def test_get_reports_a_missing_image_with_status_1(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, MISSING) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert "HTTP 404" in one_error_line(captured.err)
+
+
+async def test_get_takes_the_base_url_from_the_environment(
+    gallery: FakeGallery, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", gallery.url)
+    assert await run("get", PLAIN_ID) == 0
+    assert gallery.requests[PLAIN_ID] == 1
+
+
+def test_a_base_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["get", "--base-url", "ftp://127.0.0.1", PLAIN_ID])
+    assert exit_info.value.code == 2
+    assert "expected an http:// or https:// URL" in capsys.readouterr().err
+
+
+def test_a_negative_timeout_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["get", "--timeout", "-1", PLAIN_ID])
+    assert exit_info.value.code == 2
+    assert "expected a positive number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["get", "bulk", "serve", "demo"])
+def test_each_command_has_help_with_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert f"meigen-async {command}" in capsys.readouterr().out.split("example")[1]
+
+
+# -- bulk ----------------------------------------------------------------------------------------
+
+
+def test_read_ids_strips_whitespace_and_skips_blank_lines() -> None:
+    assert list(read_ids(["  a1 \n", "\n", "   \n", "b2\r\n", "c3"])) == ["a1", "b2", "c3"]
+
+
+def test_read_ids_reads_lazily_from_an_endless_stream() -> None:
+    def endless() -> Iterator[str]:
+        number = 0
+        while True:
+            number += 1
+            yield f"{number}\n"
+
+    ids = read_ids(endless())
+    assert [next(ids) for _ in range(3)] == ["1", "2", "3"]
+
+
+async def test_bulk_writes_one_json_line_per_image_to_the_output_file(
+    gallery: FakeGallery, ids_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "images.jsonl"
+    assert await run("bulk", str(ids_file), "-o", str(out), "--base-url", gallery.url) == 0
+    lines = json_lines(out.read_text(encoding="utf-8"))
+    assert sorted(line["id"] for line in lines) == sorted(gallery.ids[:5])
+    assert lines[0] == endpoint_data(lines[0]["id"])
+    assert capsys.readouterr().out == ""
+
+
+async def test_bulk_skips_blank_lines_and_surrounding_whitespace(
+    gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text(f"\n  {PLAIN_ID}  \n\n\t{JSON_ID}\n   \n", encoding="utf-8")
+    assert await run("bulk", str(path), "--base-url", gallery.url) == 0
+    captured = capsys.readouterr()
+    assert {line["id"] for line in json_lines(captured.out)} == {PLAIN_ID, JSON_ID}
+    assert captured.err == ""
+
+
+async def test_bulk_reads_stdin_and_writes_json_lines_to_stdout(gallery: FakeGallery) -> None:
+    process = await start_cli("bulk", "-", "--base-url", gallery.url)
+    ids = "\n".join(gallery.ids[:10]).encode()
+    out, err = await asyncio.wait_for(process.communicate(ids), timeout=30)
+    assert process.returncode == 0, err
+    assert sorted(line["id"] for line in json_lines(out.decode())) == sorted(gallery.ids[:10])
+
+
+async def test_bulk_exits_1_listing_each_failed_id_with_its_error(
+    gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text(f"{PLAIN_ID}\n{MISSING}\nbad!id\n{JSON_ID}\n", encoding="utf-8")
+    assert await run("bulk", str(path), "--base-url", gallery.url) == 1
+    captured = capsys.readouterr()
+    assert {line["id"] for line in json_lines(captured.out)} == {PLAIN_ID, JSON_ID}
+    head, *failures = captured.err.splitlines()
+    assert head == "meigen-async: 2 of 4 ids failed:"
+    assert sorted(failures) == sorted(
+        [
+            f"  {MISSING}: HTTP 404 for image {MISSING}: Image not found",
+            "  bad!id: invalid image id 'bad!id': expected 1 to 128 characters "
+            "from A-Z, a-z, 0-9, '_' and '-'",
+        ]
+    )
+
+
+async def test_bulk_keeps_at_most_concurrency_requests_in_flight(
+    slow_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(slow_gallery.ids), encoding="utf-8")
+    args = ["bulk", str(path), "--concurrency", "3", "--base-url", slow_gallery.url]
+    assert await run(*args) == 0
+    assert slow_gallery.max_in_flight == 3
+
+
+class CountingStdout(io.StringIO):
+    """A stdout that counts the lines written to it."""
+
+    lines = 0
+
+    def write(self, text: str) -> int:
+        self.lines += text.count("\n")
+        return super().write(text)
+
+
+class WatchedStdin:
+    """A stdin of ids that records how far reading ever ran ahead of the output."""
+
+    def __init__(self, ids: list[str], out: CountingStdout):
+        self._ids = iter(ids)
+        self._out = out
+        self.read = 0
+        self.most_ahead = 0
+
+    def __iter__(self) -> WatchedStdin:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._ids) + "\n"
+        self.read += 1
+        self.most_ahead = max(self.most_ahead, self.read - self._out.lines)
+        return line
+
+
+async def test_bulk_reads_ids_only_as_fast_as_it_fetches_them(
+    gallery: FakeGallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = CountingStdout()
+    stdin = WatchedStdin(gallery.ids * 20, out)
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stdin", stdin)
+    assert await run("bulk", "-", "--concurrency", "4", "--base-url", gallery.url) == 0
+    assert stdin.read == out.lines == 1200
+    assert stdin.most_ahead <= 4 + 1
+
+
+async def test_bulk_draws_a_progress_bar_with_a_rate_on_a_terminal(
+    gallery: FakeGallery,
+    ids_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert await run("bulk", str(ids_file), "--base-url", gallery.url) == 0
+    captured = capsys.readouterr()
+    assert "5/5" in captured.err
+    assert "ids/s" in captured.err
+    assert len(json_lines(captured.out)) == 5
+
+
+async def test_bulk_draws_no_progress_bar_when_stderr_is_not_a_terminal(
+    gallery: FakeGallery, ids_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("bulk", str(ids_file), "--base-url", gallery.url) == 0
+    assert capsys.readouterr().err == ""
+
+
+async def test_bulk_reports_a_missing_input_file_in_one_line_with_status_2(
+    gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.txt"
+    assert await run("bulk", str(missing), "--base-url", gallery.url) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot read '{missing}'" in line
+    assert "No such file or directory" in line
+
+
+async def test_bulk_reports_an_input_file_that_is_not_utf8_in_one_line_with_status_2(
+    gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_bytes(b"\xff\xfe1\x002\x00\n")
+    assert await run("bulk", str(path), "--base-url", gallery.url) == 2
+    assert f"cannot read '{path}': not UTF-8 text" in one_error_line(capsys.readouterr().err)
+
+
+async def test_bulk_reports_an_unwritable_output_in_one_line_with_status_2(
+    gallery: FakeGallery, ids_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "no-such-dir" / "out.jsonl"
+    assert await run("bulk", str(ids_file), "-o", str(out), "--base-url", gallery.url) == 2
+    assert f"cannot write '{out}'" in one_error_line(capsys.readouterr().err)
+
+
+# -- serve ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
+    process = await start_cli("serve")
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
+        url = line.decode().strip()
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{url}/api/images/{PLAIN_ID}") as response,
+        ):
+            assert response.status == 200
+            assert (await response.json())["data"]["id"] == PLAIN_ID
+        process.send_signal(stop)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0
+    assert b"Traceback" not in err
+
+
+async def test_serve_rejects_a_data_file_that_is_not_json_lines(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = tmp_path / "gallery.jsonl"
+    data.write_text('{"id": "a1"}\n[1, 2]\n', encoding="utf-8")
+    assert await run("serve", "--data", str(data)) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert f"{data}:2: expected a JSON object with a string 'id'" in line
+
+
+async def test_serve_reports_a_missing_data_file_in_one_line_with_status_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("serve", "--data", str(tmp_path / "nope.jsonl")) == 2
+    assert "cannot read" in one_error_line(capsys.readouterr().err)
+
+
+# -- demo ----------------------------------------------------------------------------------------
 
 
 async def test_demo_fetches_the_sample_with_one_request_per_distinct_id() -> None:
@@ -12,13 +386,58 @@ async def test_demo_fetches_the_sample_with_one_request_per_distinct_id() -> Non
     assert report.requested == 121
     assert report.fetched == 120
     assert report.requests == 61
-    assert list(report.errors) == ["1999999999999999999"]
+    assert list(report.errors) == [MISSING]
     assert report.coalesced >= 20
     assert report.cache_hits == 61
 
 
-def test_demo_command_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
+async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
+    prompts = [parse_prompt(data["text"]) for data in sample_images()]
+    report = await run_demo()
+    assert report.plain_prompts == sum(p.kind is PromptKind.PLAIN for p in prompts)
+    assert report.json_prompts == sum(p.kind is PromptKind.JSON for p in prompts)
+    assert report.repaired_prompts == sum(p.repaired for p in prompts)
+    assert report.plain_prompts + report.json_prompts == 60
+
+
+def test_demo_command_prints_a_table_of_its_figures(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("COLUMNS", "100")
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
-    assert "images fetched     120" in out
-    assert "upstream requests  61" in out
+
+    def row(label: str) -> str:
+        match = re.search(rf"{label}\W+(\S+)", out)
+        assert match is not None, (label, out)
+        return match.group(1)
+
+    assert row("images fetched") == "120"
+    assert row("upstream requests") == "61"
+    assert row("cache hits") == "61"
+    assert int(row("coalesced requests")) >= 20
+    assert row("errors") == "1"
+    assert int(row("plain-text prompts")) + int(row("JSON prompts")) == 60
+    assert row("repaired JSON prompts").isdigit()
+    assert re.fullmatch(r"\d+\.\d{3}s", row("time taken"))
+    assert MISSING in out
+
+
+def test_demo_without_rich_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setitem(sys.modules, "rich", None)  # as if the cli extra were not installed
+    assert main(["demo"]) == 2
+    assert "pip install 'meigen-async[cli]'" in one_error_line(capsys.readouterr().err)
+
+
+# -- The package ---------------------------------------------------------------------------------
+
+
+async def test_importing_the_package_imports_neither_the_command_line_nor_rich() -> None:
+    check = (
+        "import sys, meigen_async, meigen_async.bots, meigen_async.testing; "
+        "sys.exit(bool({'rich', 'meigen_async.cli'} & set(sys.modules)))"
+    )
+    process = await asyncio.create_subprocess_exec(sys.executable, "-c", check)
+    assert await asyncio.wait_for(process.wait(), timeout=30) == 0

@@ -1,0 +1,422 @@
+"""``RedisCache``: a :class:`~meigen_async.cache.SharedCache` in Redis, for many processes.
+
+Needs the ``redis`` extra (``pip install 'meigen-async[redis]'``, redis-py's asyncio client).
+The key layout and the value format are pure functions (:func:`image_key`, :func:`encode_image`,
+:func:`decode_image`, ...), and so is :class:`Backoff`, which decides when a failing Redis is
+tried again; :class:`RedisCache` is the part that talks to Redis, and the one place where
+redis-py's exceptions are caught.
+
+    async with RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:") as cache:
+        async with GallerySession(cache=cache) as gallery:
+            image = await gallery.get_image(image_id)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from types import TracebackType
+from typing import Any, TypeVar
+
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from .cache import SharedEntry, SharedImage, SharedMissing
+from .errors import InvalidResponse
+from .models import GalleryImage, structure_image, unstructure_image
+
+__all__ = [
+    "KEY_VERSION",
+    "Backoff",
+    "RedisCache",
+    "decode_image",
+    "decode_missing",
+    "encode_image",
+    "encode_missing",
+    "image_key",
+    "lease_key",
+    "missing_key",
+]
+
+logger = logging.getLogger("meigen_async")
+
+KEY_VERSION = "v1"
+"""Part of every key: a change of the value format gets a new version, never a misread."""
+
+_T = TypeVar("_T")
+
+# Deletes the lease only if it still holds our token: after our lease expired and another
+# process took it, a plain DEL would delete theirs.
+_RELEASE = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    return redis.call("del", KEYS[1])
+end
+return 0
+"""
+
+# -- Keys and values (pure) ----------------------------------------------------------------------
+
+
+def image_key(prefix: str, image_id: str) -> str:
+    """The key of the image stored for ``image_id``."""
+    return f"{prefix}{KEY_VERSION}:image:{image_id}"
+
+
+def missing_key(prefix: str, image_id: str) -> str:
+    """The key of the 404 remembered for ``image_id``."""
+    return f"{prefix}{KEY_VERSION}:missing:{image_id}"
+
+
+def lease_key(prefix: str, image_id: str) -> str:
+    """The key of the lease to fetch ``image_id``."""
+    return f"{prefix}{KEY_VERSION}:lease:{image_id}"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def stored_pattern(prefix: str) -> str:
+    """A ``SCAN MATCH`` pattern for every key under ``prefix`` (images, 404s and leases)."""
+    return f"{_glob_escape(prefix)}{KEY_VERSION}:*"
+
+
+def encode_image(image: GalleryImage, fresh_until: float) -> str:
+    """The JSON stored for an image: the endpoint's ``data`` object and its expiry time."""
+    return json.dumps({"fresh_until": fresh_until, "image": unstructure_image(image)})
+
+
+def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
+    """Read what :func:`encode_image` wrote.
+
+    Raises:
+        ValueError: the value is not what :func:`encode_image` writes.
+
+    """
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not _is_time(value.get("fresh_until")):
+        raise ValueError("not an image entry")
+    try:
+        image = structure_image(value.get("image"), image_id=image_id)
+    except InvalidResponse as error:
+        raise ValueError(str(error)) from error
+    return SharedImage(image=image, fresh_until=float(value["fresh_until"]))
+
+
+def encode_missing(until: float) -> str:
+    """The JSON stored for a remembered 404."""
+    return json.dumps({"until": until})
+
+
+def decode_missing(raw: str | bytes) -> SharedMissing:
+    """Read what :func:`encode_missing` wrote.
+
+    Raises:
+        ValueError: the value is not what :func:`encode_missing` writes.
+
+    """
+    value = json.loads(raw)
+    if not isinstance(value, dict) or not _is_time(value.get("until")):
+        raise ValueError("not a 404 entry")
+    return SharedMissing(until=float(value["until"]))
+
+
+def _is_time(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _milliseconds(seconds: float) -> int:
+    # Redis wants a whole, positive number of milliseconds: round up, never to 0.
+    return max(1, math.ceil(seconds * 1000))
+
+
+class Backoff:
+    """When to try a failing backend again: after 0.5 s, then twice as long each time, up to 5 s.
+
+    Pure: the caller reports each operation's outcome and asks :meth:`ready` before the next.
+    :meth:`failed` and :meth:`succeeded` say when an outage starts and ends, to log just that.
+    """
+
+    def __init__(
+        self,
+        *,
+        first: float = 0.5,
+        longest: float = 5.0,
+        timer: Callable[[], float] = time.monotonic,
+    ):
+        self.first = first
+        self.longest = longest
+        self._timer = timer
+        self._delay = 0.0
+        self._down_since: float | None = None
+        self._retry_at = -math.inf
+
+    @property
+    def down(self) -> bool:
+        """Whether the backend is considered out (since a failure, until a success)."""
+        return self._down_since is not None
+
+    @property
+    def delay(self) -> float:
+        """The current back-off in seconds (0 while the backend is up)."""
+        return self._delay
+
+    def ready(self) -> bool:
+        """Whether to send the next operation, rather than skip it for now."""
+        return self._timer() >= self._retry_at
+
+    def failed(self) -> bool:
+        """Record a failed operation; True when it starts an outage."""
+        now = self._timer()
+        if self._down_since is None:
+            self._down_since = now
+            self._delay = self.first
+            self._retry_at = now + self._delay
+            return True
+        if now >= self._retry_at:
+            # A probe after the back-off failed too. (Failures of operations sent together
+            # with the first one do not count: they are the same outage, seen again.)
+            self._delay = min(self._delay * 2, self.longest)
+            self._retry_at = now + self._delay
+        return False
+
+    def succeeded(self, started: float) -> bool:
+        """Record an operation sent at ``started`` that worked; True when it ends an outage."""
+        if self._down_since is None or started < self._down_since:
+            # An operation sent before the outage began proves nothing about now.
+            return False
+        self._down_since = None
+        self._delay = 0.0
+        self._retry_at = -math.inf
+        return True
+
+
+# -- The cache -----------------------------------------------------------------------------------
+
+
+class RedisCache:
+    """Images and 404s in Redis, shared by every process using the same Redis and ``prefix``.
+
+    Give it to :class:`~meigen_async.GallerySession` as ``cache=``: the session keeps its own
+    in-process cache in front of it. Build it from a URL, or from a ``redis.asyncio.Redis``
+    client of yours:
+
+        RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:")
+        RedisCache(client=redis.asyncio.Redis(...), prefix="meigen:")
+
+    A cache built from a URL opens its own client, with ``timeout`` as its connect and read
+    timeouts and no retries (a failure is skipped over, not waited out); close it with
+    :meth:`close` or ``async with``. A client you pass in is used as it is and never closed by
+    this object: give it timeouts of its own, or a Redis outage will wait for its defaults.
+    Sessions never close the cache they are given.
+
+    When Redis fails (refused, timed out, an error reply), one warning is logged on the
+    ``meigen_async`` logger, the operation answers as if the cache were empty, and Redis is
+    skipped for 0.5 s, then longer after each failed try, up to 5 s; the first success logs
+    once at INFO. A value that cannot be read is treated as absent and logged.
+
+    Args:
+        url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
+        client: A ``redis.asyncio.Redis`` to use instead of a URL.
+        prefix: Put in front of every key; sessions share entries only under the same prefix.
+        timeout: Seconds for connecting and for each reply, on the client built from ``url``.
+
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.asyncio.Redis | None = None,
+        prefix: str = "meigen:",
+        timeout: float = 0.5,
+    ):
+        if timeout <= 0:
+            raise ValueError("timeout must be positive")
+        if client is None:
+            if url is None:
+                raise ValueError("give a url or a client")
+            client = redis.asyncio.Redis.from_url(
+                url,
+                socket_connect_timeout=timeout,
+                socket_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+            )
+        elif url is not None:
+            raise ValueError("give a url or a client, not both")
+        self.prefix = prefix
+        self.client = client
+        self._owns_client = url is not None
+        self._closed = False
+        self._backoff = Backoff()
+        self._release_script = client.register_script(_RELEASE)
+        self._where = _describe(client)
+
+    # -- Lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RedisCache:
+        """The cache itself; its client connects on first use."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the cache."""
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client if this object opened it. Idempotent.
+
+        Afterwards every operation answers as if the cache were empty, without a word.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._owns_client:
+            await self.client.aclose()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has been called."""
+        return self._closed
+
+    # -- SharedCache ---------------------------------------------------------------------------
+
+    async def get(self, image_id: str) -> SharedEntry | None:
+        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
+        keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
+        found = await self._call(lambda: self.client.mget(keys), None)
+        if found is None:
+            return None
+        image_raw, missing_raw = found
+        try:
+            if image_raw is not None:
+                return decode_image(image_raw, image_id=image_id)
+            if missing_raw is not None:
+                return decode_missing(missing_raw)
+        except ValueError as error:
+            # Written by something else under our prefix: a miss, and the fetch overwrites it.
+            logger.warning("unreadable shared cache entry for %s ignored: %s", image_id, error)
+        return None
+
+    async def set(
+        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+    ) -> None:
+        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
+        if ttl <= 0:
+            return
+        value = encode_image(image, time.time() + ttl)
+        expiry = _milliseconds(ttl + max(stale_window, 0.0))
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(image_key(self.prefix, image_id), value, px=expiry)
+                pipe.delete(missing_key(self.prefix, image_id))
+                await pipe.execute()
+
+        await self._call(write, None)
+
+    async def set_missing(self, image_id: str, ttl: float) -> None:
+        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        if ttl <= 0:
+            return
+        value = encode_missing(time.time() + ttl)
+
+        async def write() -> None:
+            async with self.client.pipeline(transaction=True) as pipe:
+                pipe.set(missing_key(self.prefix, image_id), value, px=_milliseconds(ttl))
+                pipe.delete(image_key(self.prefix, image_id))
+                await pipe.execute()
+
+        await self._call(write, None)
+
+    async def invalidate(self, image_id: str) -> None:
+        """Forget the image or 404 stored for ``image_id``."""
+        keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
+        await self._call(lambda: self.client.delete(*keys), None)
+
+    async def clear(self) -> None:
+        """Forget every image and 404 under the prefix, for every process; leases stay."""
+        lease_part = f"{self.prefix}{KEY_VERSION}:lease:".encode()
+
+        async def delete_all() -> None:
+            batch: list[bytes | str] = []
+            async for key in self.client.scan_iter(match=stored_pattern(self.prefix), count=500):
+                name = key if isinstance(key, bytes) else str(key).encode()
+                if not name.startswith(lease_part):
+                    batch.append(key)
+                if len(batch) >= 500:
+                    await self.client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await self.client.unlink(*batch)
+
+        await self._call(delete_all, None)
+
+    async def try_lease(self, image_id: str, ms: int) -> str | None:
+        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
+
+        While Redis is out, a token is returned all the same: there is nobody to wait for.
+        """
+        token = secrets.token_hex(8)
+
+        async def take() -> bool:
+            return bool(
+                await self.client.set(lease_key(self.prefix, image_id), token, nx=True, px=ms)
+            )
+
+        return token if await self._call(take, True) else None
+
+    async def lease_held(self, image_id: str) -> bool:
+        """Whether some process holds the lease to fetch ``image_id`` (False while Redis is out)."""
+        held = await self._call(lambda: self.client.exists(lease_key(self.prefix, image_id)), 0)
+        return bool(held)
+
+    async def release(self, image_id: str, token: str) -> None:
+        """Give up the lease taken with ``token``; another process's lease is left alone."""
+        key = lease_key(self.prefix, image_id)
+        await self._call(lambda: self._release_script(keys=[key], args=[token]), None)
+
+    # -- Failures ------------------------------------------------------------------------------
+
+    async def _call(self, operation: Callable[[], Awaitable[_T]], fallback: _T) -> _T:
+        """Run one Redis operation; on failure, or while backing off, ``fallback``."""
+        if self._closed or not self._backoff.ready():
+            return fallback
+        started = time.monotonic()
+        try:
+            result = await operation()
+        # OSError: redis-py wraps socket errors in its ConnectionError, but not on every path.
+        except (RedisError, OSError) as error:
+            if self._backoff.failed():
+                logger.warning(
+                    "shared cache %s is unavailable (%s: %s): using the in-process cache and "
+                    "the upstream, trying Redis again in %.1f s",
+                    self._where,
+                    type(error).__name__,
+                    error,
+                    self._backoff.delay,
+                )
+            else:
+                logger.debug("shared cache %s still unavailable: %s", self._where, error)
+            return fallback
+        if self._backoff.succeeded(started):
+            logger.info("shared cache %s is available again", self._where)
+        return result
+
+
+def _describe(client: redis.asyncio.Redis) -> str:
+    """Where the client connects, for log messages: never its password."""
+    options: dict[str, Any] = client.connection_pool.connection_kwargs
+    if "path" in options:
+        return f"unix:{options['path']}"
+    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

@@ -1,0 +1,378 @@
+"""Discord embeds and Telegram captions: content, escaping and the platforms' limits."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from typing import Any
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from meigen_async.bots import ELLIPSIS, discord_embed, telegram_caption, truncate
+from meigen_async.models import GalleryImage
+
+# -- Building images -----------------------------------------------------------------------------
+
+BASE = GalleryImage(
+    id="2009629483448627597",
+    text="A serene Japanese garden with cherry blossoms",
+    media_urls=(
+        "https://images.meigen.ai/tweets/2009629483448627597/0.jpg",
+        "https://images.meigen.ai/tweets/2009629483448627597/1.jpg",
+    ),
+    thumbnail_url="https://images.meigen.ai/tweets/2009629483448627597/thumb.jpg",
+    image_width=1650,
+    image_height=2048,
+    model="midjourney",
+    created_at=datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc),
+    likes=1113,
+    views=9266,
+    retweets=8,
+    author_username="creator",
+    author_display_name="Creator Name",
+    author_avatar_url="https://pbs.twimg.com/profile_images/1/normal.jpg",
+)
+
+JSON_PROMPT = {"subject": "a red fox", "style": "watercolor", "lighting": "dawn"}
+
+
+def image(**changes: Any) -> GalleryImage:
+    return attrs.evolve(BASE, **changes)
+
+
+def utf16_len(text: str) -> int:
+    return len(text.encode("utf-16-le")) // 2
+
+
+# Text that stresses the cutting and the escaping: every MarkdownV2 special, HTML's specials,
+# entity-like text, combining marks, ZWJ emoji, flags, skin tones, astral characters.
+TRICKY = [*"_*[]()~`>#+-=|{}.!\\<>&\"'", "&amp;", "```", "\u0301", "\u200d", "👍🏽", "🇫🇷", "👩‍👩‍👧"]
+tricky_text = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(TRICKY)), max_size=60).map(
+    "".join
+)
+# Long text made cheaply: a random piece repeated up to 60 times.
+huge_text = st.builds(lambda piece, times: piece * times, tricky_text, st.integers(1, 60))
+any_text = st.one_of(tricky_text, huge_text)
+json_prompt_text = st.builds(
+    lambda data, indent: json.dumps(data, ensure_ascii=False, indent=indent),
+    st.dictionaries(st.text(max_size=20), any_text, min_size=1, max_size=4),
+    st.sampled_from([None, 2]),
+)
+prompt_text = st.one_of(any_text, json_prompt_text)
+images = st.builds(
+    image,
+    text=prompt_text,
+    author_display_name=st.one_of(st.none(), any_text),
+    author_username=st.one_of(st.none(), st.text(max_size=300)),
+    model=st.one_of(st.none(), st.sampled_from(["midjourney", "nanobanana"]), tricky_text),
+    sref=st.one_of(st.none(), any_text),
+    likes=st.integers(0, 10**12),
+    views=st.integers(0, 10**12),
+)
+property_settings = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+# -- truncate ------------------------------------------------------------------------------------
+
+
+def test_truncate_returns_text_that_fits_unchanged() -> None:
+    assert truncate("cherry blossoms", 15) == "cherry blossoms"
+
+
+def test_truncate_ends_cut_text_with_an_ellipsis_within_the_limit() -> None:
+    cut = truncate("cherry blossoms at dawn", 10)
+    assert cut == "cherry bl" + ELLIPSIS
+    assert len(cut) == 10
+
+
+def test_truncate_never_separates_a_letter_from_its_combining_accent() -> None:
+    # "cafés" with the accent as a combining mark: a cut after the "e" would lose the accent.
+    assert truncate("cafe\u0301s", 5) == "caf" + ELLIPSIS
+
+
+def test_truncate_never_splits_an_emoji_zwj_sequence() -> None:
+    family = "👩\u200d👩\u200d👧"
+    for limit in range(1, 12):
+        cut = truncate(family * 3, limit)
+        assert cut.removesuffix(ELLIPSIS).replace(family, "") == ""
+
+
+def test_truncate_never_splits_a_flag() -> None:
+    for limit in range(2, 9):
+        cut = truncate("🇫🇷🇯🇵🇩🇪🇮🇹", limit)
+        assert len(cut.removesuffix(ELLIPSIS)) % 2 == 0
+
+
+def test_truncate_keeps_a_skin_tone_with_its_emoji() -> None:
+    cut = truncate("👍🏽👍🏽👍🏽", 4)
+    assert cut == "👍🏽" + ELLIPSIS
+
+
+def test_truncate_counts_utf16_code_units_when_asked() -> None:
+    text = "😀" * 10  # each is two UTF-16 code units
+    cut = truncate(text, 7, utf16=True)
+    assert cut == "😀" * 3 + ELLIPSIS
+    assert utf16_len(cut) == 7
+
+
+# -- Discord -------------------------------------------------------------------------------------
+
+
+def embed_texts(embed: dict[str, Any]) -> list[str]:
+    texts = [embed.get("title", ""), embed.get("description", "")]
+    texts.append(embed.get("author", {}).get("name", ""))
+    texts.append(embed.get("footer", {}).get("text", ""))
+    for field in embed.get("fields", []):
+        texts += [field["name"], field["value"]]
+    return texts
+
+
+@given(images)
+@property_settings
+def test_embed_stays_within_every_discord_limit(gallery_image: GalleryImage) -> None:
+    embed = discord_embed(gallery_image)
+    assert len(embed.get("title", "")) <= 256
+    assert len(embed.get("description", "")) <= 4096
+    assert len(embed.get("author", {}).get("name", "")) <= 256
+    assert len(embed["footer"]["text"]) <= 2048
+    assert len(embed["fields"]) <= 25
+    for field in embed["fields"]:
+        assert 0 < len(field["name"].strip()) <= len(field["name"]) <= 256
+        assert 0 < len(field["value"].strip()) <= len(field["value"]) <= 1024
+    assert sum(map(len, embed_texts(embed))) <= 6000
+
+
+@given(images)
+@property_settings
+def test_embed_never_leaves_a_code_fence_open(gallery_image: GalleryImage) -> None:
+    embed = discord_embed(gallery_image)
+    assert embed.get("description", "").count("```") % 2 == 0
+
+
+def test_embed_cuts_a_huge_prompt_to_4096_characters_with_an_ellipsis() -> None:
+    embed = discord_embed(image(text="blossom " * 2000))
+    assert len(embed["description"]) <= 4096
+    assert embed["description"].endswith(ELLIPSIS)
+
+
+def test_embed_puts_a_json_prompt_in_a_json_code_block_pretty_printed() -> None:
+    embed = discord_embed(image(text=json.dumps(JSON_PROMPT)))
+    description = embed["description"]
+    assert description.startswith("```json\n")
+    assert description.endswith("\n```")
+    assert json.loads(description.removeprefix("```json\n").removesuffix("\n```")) == JSON_PROMPT
+    assert '\n  "subject": "a red fox",\n' in description
+
+
+def test_embed_closes_the_json_code_block_when_the_prompt_is_cut() -> None:
+    big = {f"key{i}": "watercolor fox " * 20 for i in range(100)}
+    description = discord_embed(image(text=json.dumps(big)))["description"]
+    assert len(description) <= 4096
+    assert description.endswith(ELLIPSIS + "\n```")
+
+
+def test_embed_defuses_a_code_fence_inside_a_json_prompt() -> None:
+    description = discord_embed(image(text=json.dumps({"note": "use ``` here"})))["description"]
+    assert description.count("```") == 2
+
+
+def test_embed_closes_a_code_fence_that_cutting_a_plain_prompt_left_open() -> None:
+    text = "Prompt below\n```\n" + "a fox in the snow, " * 400
+    description = discord_embed(image(text=text))["description"]
+    assert len(description) <= 4096
+    assert description.endswith("\n```")
+
+
+def test_embed_shows_a_plain_prompt_as_its_description() -> None:
+    assert discord_embed(BASE)["description"] == BASE.text
+
+
+def test_embed_credits_the_author_by_name_and_username_with_the_avatar() -> None:
+    assert discord_embed(BASE)["author"] == {
+        "name": "Creator Name (@creator)",
+        "icon_url": "https://pbs.twimg.com/profile_images/1/normal.jpg",
+    }
+
+
+def test_embed_credits_the_username_alone_when_there_is_no_display_name() -> None:
+    embed = discord_embed(image(author_display_name=None, author_avatar_url=None))
+    assert embed["author"] == {"name": "@creator"}
+
+
+def test_embed_titles_the_model_and_the_author() -> None:
+    assert discord_embed(BASE)["title"] == "Midjourney by @creator"
+
+
+def test_embed_titles_the_start_of_the_prompt_when_there_is_no_model() -> None:
+    embed = discord_embed(image(model=None, text="A fox\nin the snow"))
+    assert embed["title"] == "A fox"
+
+
+def test_embed_shows_the_first_media_url_as_its_image_and_link() -> None:
+    embed = discord_embed(BASE)
+    assert embed["image"] == {"url": BASE.media_urls[0]}
+    assert embed["url"] == BASE.media_urls[0]
+
+
+def test_embed_shows_likes_and_views_in_fields() -> None:
+    fields = {field["name"]: field["value"] for field in discord_embed(BASE)["fields"]}
+    assert fields["Likes"] == "1,113"
+    assert fields["Views"] == "9,266"
+
+
+def test_embed_timestamp_is_the_creation_time_in_iso_format() -> None:
+    timestamp = discord_embed(BASE)["timestamp"]
+    assert datetime.fromisoformat(timestamp) == BASE.created_at
+
+
+# -- Telegram: reading what Telegram would show --------------------------------------------------
+
+
+class CaptionHTML(HTMLParser):
+    """Collects the visible text and checks that tags are known and balanced."""
+
+    ALLOWED = frozenset({"b", "i", "u", "s", "a", "code", "pre", "blockquote"})
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.text: list[str] = []
+        self.open: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        assert tag in self.ALLOWED, tag
+        self.open.append(tag)
+
+    def handle_endtag(self, tag: str) -> None:
+        assert self.open, tag
+        assert self.open[-1] == tag, (self.open, tag)
+        self.open.pop()
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def visible_html(caption: str) -> str:
+    # Only &amp; &lt; &gt; (and &quot;) are entities Telegram knows; a cut one would show.
+    assert re.fullmatch(r"([^&]|&(amp|lt|gt|quot);)*", caption, re.DOTALL)
+    parser = CaptionHTML()
+    parser.feed(caption)
+    parser.close()
+    assert parser.open == []
+    return "".join(parser.text)
+
+
+MARKDOWN_V2_SPECIAL = set("_*[]()~`>#+-=|{}.!\\")
+
+
+def visible_markdown_v2(caption: str) -> str:
+    """The text Telegram shows, asserting every special character is escaped where it must be."""
+    shown: list[str] = []
+    i = 0
+    in_pre = False
+    while i < len(caption):
+        if caption.startswith("```", i):
+            if not in_pre:
+                end = caption.index("\n", i)  # the language line
+                assert caption[i + 3 : end] == "json"
+                i = end + 1
+            else:
+                i += 3
+            in_pre = not in_pre
+            continue
+        char = caption[i]
+        if char == "\\":
+            escaped = caption[i + 1]
+            assert not in_pre or escaped in "`\\", escaped
+            shown.append(escaped)
+            i += 2
+            continue
+        if in_pre:
+            assert char != "`", "an unescaped backtick inside a code block"
+        else:
+            assert char not in MARKDOWN_V2_SPECIAL, f"unescaped {char!r} at {i}"
+        shown.append(char)
+        i += 1
+    assert not in_pre, "a code block left open"
+    return "".join(shown)
+
+
+# -- Telegram ------------------------------------------------------------------------------------
+
+
+@given(images)
+@property_settings
+def test_html_caption_is_well_formed_and_shows_at_most_1024_characters(
+    gallery_image: GalleryImage,
+) -> None:
+    assert utf16_len(visible_html(telegram_caption(gallery_image, "HTML"))) <= 1024
+
+
+@given(images)
+@property_settings
+def test_markdown_v2_caption_is_escaped_and_shows_at_most_1024_characters(
+    gallery_image: GalleryImage,
+) -> None:
+    assert utf16_len(visible_markdown_v2(telegram_caption(gallery_image, "MarkdownV2"))) <= 1024
+
+
+def test_caption_is_html_by_default() -> None:
+    assert telegram_caption(BASE) == telegram_caption(BASE, "HTML")
+
+
+def test_html_caption_shows_a_plain_prompt_in_italics_escaped() -> None:
+    caption = telegram_caption(image(text="Fish & chips <3"))
+    assert caption.startswith("<i>Fish &amp; chips &lt;3</i>\n\n")
+
+
+def test_html_caption_puts_a_json_prompt_in_a_json_pre_block() -> None:
+    caption = telegram_caption(image(text=json.dumps({**JSON_PROMPT, "tag": "<b>"})))
+    match = re.fullmatch(
+        r'<pre><code class="language-json">(.*)</code></pre>\n\n.*', caption, re.DOTALL
+    )
+    assert match is not None
+    assert json.loads(visible_html(match.group(1))) == {**JSON_PROMPT, "tag": "<b>"}
+
+
+def test_markdown_v2_caption_puts_a_json_prompt_in_a_json_code_block() -> None:
+    caption = telegram_caption(image(text=json.dumps(JSON_PROMPT)), "MarkdownV2")
+    assert caption.startswith('```json\n{\n  "subject": "a red fox",')
+    assert "\n```\n\n" in caption
+
+
+def test_markdown_v2_caption_escapes_special_characters_of_a_plain_prompt() -> None:
+    caption = telegram_caption(image(text="a_b *c* [d](e) 1.5!"), "MarkdownV2")
+    assert caption.startswith(r"a\_b \*c\* \[d\]\(e\) 1\.5\!" + "\n\n")
+
+
+def test_caption_credits_the_author_and_shows_the_likes() -> None:
+    assert telegram_caption(BASE).endswith("\n\n— Creator Name (@creator) · ♥ 1,113")
+
+
+def test_markdown_v2_caption_credits_the_author_escaped() -> None:
+    caption = telegram_caption(BASE, "MarkdownV2")
+    assert caption.endswith(r"— Creator Name \(@creator\) · ♥ 1,113")
+
+
+def test_caption_cuts_a_huge_prompt_and_keeps_the_attribution() -> None:
+    caption = telegram_caption(image(text="blossom & petal " * 500))
+    shown = visible_html(caption)
+    assert utf16_len(shown) <= 1024
+    assert ELLIPSIS + "</i>" in caption
+    assert shown.endswith("— Creator Name (@creator) · ♥ 1,113")
+
+
+def test_caption_cuts_a_huge_display_name_so_that_the_prompt_stays() -> None:
+    caption = telegram_caption(image(author_display_name="Name " * 1000))
+    assert caption.startswith(f"<i>{BASE.text}</i>")
+
+
+def test_caption_refuses_another_parse_mode() -> None:
+    with pytest.raises(ValueError, match="parse_mode"):
+        telegram_caption(BASE, "Markdown")  # type: ignore[arg-type]
