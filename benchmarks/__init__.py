@@ -1,0 +1,1 @@
+"""Benchmarks for meigen_async against its peers (``python -m benchmarks``); not a test suite."""
