@@ -7,7 +7,7 @@ fields take their defaults, and only a value of the wrong type is an error.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -104,19 +104,24 @@ class SessionStats:
 # -- Structuring ---------------------------------------------------------------------------------
 
 
+# The hooks compare exact types: json.loads makes no subclasses, and bool, an int subclass,
+# must not pass for a count. Each also lets None through, so that the ``X | None`` fields
+# use them directly rather than through cattrs' slower Optional dispatch.
+
+
 def _expect(kind: type, name: str) -> Any:
     def check(value: Any, _: Any) -> Any:
-        if isinstance(value, kind):
+        if type(value) is kind or value is None:
             return value
         raise TypeError(f"expected {name}, got {type(value).__name__}")
 
     return check
 
 
-def _structure_int(value: Any, _: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
+def _structure_int(value: Any, _: Any) -> int | None:
+    if type(value) is int or value is None:
         return value
-    if isinstance(value, float) and value.is_integer():
+    if type(value) is float and value.is_integer():
         return int(value)
     raise TypeError(f"expected an integer, got {type(value).__name__}")
 
@@ -128,8 +133,10 @@ def parse_timestamp(value: str) -> datetime:
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 
-def _structure_datetime(value: Any, _: Any) -> datetime:
-    if not isinstance(value, str):
+def _structure_datetime(value: Any, _: Any) -> datetime | None:
+    if value is None:
+        return None
+    if type(value) is not str:
         raise TypeError(f"expected an ISO 8601 string, got {type(value).__name__}")
     return parse_timestamp(value)
 
@@ -166,12 +173,21 @@ def _unstructure_datetime(value: datetime) -> str:
     return value.isoformat()
 
 
+def _is_optional(kind: type) -> Callable[[Any], bool]:
+    optional = kind | None
+    return lambda candidate: bool(candidate == optional)
+
+
 def _build_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
-    conv.register_structure_hook(str, _expect(str, "a string"))
-    conv.register_structure_hook(bool, _expect(bool, "a boolean"))
-    conv.register_structure_hook(int, _structure_int)
-    conv.register_structure_hook(datetime, _structure_datetime)
+    for kind, hook in (
+        (str, _expect(str, "a string")),
+        (bool, _expect(bool, "a boolean")),
+        (int, _structure_int),
+        (datetime, _structure_datetime),
+    ):
+        conv.register_structure_hook(kind, hook)
+        conv.register_structure_hook_func(_is_optional(kind), hook)
     conv.register_structure_hook_func(lambda t: t == tuple[str, ...], _structure_str_tuple)
     conv.register_structure_hook_func(
         lambda t: t == (tuple[PromptSegment, ...] | None), _structure_segments

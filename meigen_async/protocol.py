@@ -15,6 +15,8 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 from .errors import (
     ApiError,
     ImageNotFound,
@@ -42,6 +44,8 @@ MAX_ID_LENGTH = 128
 
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _SNIPPET = 80
+# What aiohttp hands over: a miss there is final, no need to scan for another spelling.
+_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
 
 def validate_image_id(image_id: object) -> str:
@@ -69,7 +73,7 @@ def image_url(base_url: str, image_id: str) -> str:
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Look a header up by name, ignoring case, in any mapping."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or isinstance(headers, _CASE_INSENSITIVE):
         return value
     lowered = name.lower()
     for key, candidate in headers.items():

@@ -114,12 +114,19 @@ class GallerySession:
                 # A lease lasts one request's timeout: longer than a live holder's attempt.
                 self._shared = SharedTier(self._cache, cache, lease_time=timeout)
         self._pace = _pacer(rate_limit) if rate_limit is not None else None
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._max_body_bytes = max_body_bytes
-        self._headers = {
-            "User-Agent": user_agent or f"meigen-async/{__version__} aiohttp/{aiohttp.__version__}",
-            "Accept": "application/json",
+        self._defaults: dict[str, Any] = {
+            "headers": {
+                "User-Agent": user_agent
+                or f"meigen-async/{__version__} aiohttp/{aiohttp.__version__}",
+                "Accept": "application/json",
+            },
+            "timeout": aiohttp.ClientTimeout(total=timeout),
         }
+        # Given per request only to a caller's session: ours carries them itself, which
+        # spares aiohttp merging them on every request (measured: 24 µs a request).
+        self._request_options = self._defaults if session is not None else {}
         self._http = session
         self._owns_http = session is None
         self._closed = False
@@ -182,7 +189,7 @@ class GallerySession:
         self._ensure_open()
         if self._http is None:
             connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
-            self._http = aiohttp.ClientSession(connector=connector)
+            self._http = aiohttp.ClientSession(connector=connector, **self._defaults)
             if hasattr(self._http, "_retry_connection"):
                 # aiohttp quietly resends a GET once when the server drops the connection;
                 # our RetryPolicy decides retries, and counts them. (aiohttp's TestClient
@@ -219,31 +226,44 @@ class GallerySession:
         self._misses += 1
         return valid_id
 
-    async def _join_flight(self, image_id: str) -> GalleryImage:
+    def _board(self, image_id: str) -> _Flight:
+        """Join the fetch in flight for ``image_id``, starting one if there is none."""
         flight = self._flights.get(image_id)
         if flight is None:
             task = asyncio.create_task(self._fetch(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
             flight = _Flight(task)
             self._flights[image_id] = flight
-            flight.task.add_done_callback(lambda _: self._land(image_id, flight))
+            task.add_done_callback(lambda _: self._land(image_id, flight))
         else:
             self._coalesced += 1
         flight.waiters += 1
+        return flight
+
+    def _leave(self, image_id: str, flight: _Flight) -> bool:
+        """Stop waiting on ``flight``; True when that cancelled it, nobody else waiting."""
+        flight.waiters -= 1
+        if flight.waiters or flight.task.done():
+            return False
+        self._land(image_id, flight)
+        flight.task.cancel()
+        return True
+
+    async def _join_flight(self, image_id: str) -> GalleryImage:
+        flight = self._board(image_id)
         try:
             return await asyncio.shield(flight.task)
         except asyncio.CancelledError:
             if flight.task.cancelled() and self._closed:
-                raise TransportError(
-                    f"the session was closed while image {image_id} was being fetched",
-                    image_id=image_id,
-                ) from None
+                raise self._closed_error(image_id) from None
             raise
         finally:
-            flight.waiters -= 1
-            if flight.waiters == 0 and not flight.task.done():
-                # Every caller has gone: nobody wants the answer any more.
-                self._land(image_id, flight)
-                flight.task.cancel()
+            self._leave(image_id, flight)
+
+    @staticmethod
+    def _closed_error(image_id: str) -> TransportError:
+        return TransportError(
+            f"the session was closed while image {image_id} was being fetched", image_id=image_id
+        )
 
     def _land(self, image_id: str, flight: _Flight) -> None:
         if self._flights.get(image_id) is flight:
@@ -297,8 +317,8 @@ class GallerySession:
                 image_url(self.base_url, image_id),
                 image_id=image_id,
                 timeout=self._timeout,
-                headers=self._headers,
                 max_body_bytes=self._max_body_bytes,
+                options=self._request_options,
             )
         image = decode_response(raw.status, raw.headers, raw.body, image_id=image_id)
         ttl = self.policy.ttl_for(raw.headers)
@@ -345,7 +365,7 @@ class GallerySession:
         self._ensure_open()
         wanted = list(ids)
         outcomes: dict[str, GalleryImage | MeigenError] = {}
-        tasks: dict[str, asyncio.Task[GalleryImage]] = {}
+        flights: dict[str, _Flight] = {}
         for image_id in dict.fromkeys(wanted):
             try:
                 image = self._cache.get(image_id) if type(image_id) is str else None
@@ -353,18 +373,53 @@ class GallerySession:
                     self._hits += 1
                     outcomes[image_id] = image
                 else:
-                    tasks[image_id] = asyncio.ensure_future(self._join_flight(self._miss(image_id)))
+                    flights[image_id] = self._board(self._miss(image_id))
             except MeigenError as error:
                 if not return_exceptions:
-                    await _cancel_all(tasks.values())
+                    await self._leave_all(flights)
                     raise
                 outcomes[image_id] = error
-        if tasks:
-            outcomes.update(await _settle(tasks, fail_fast=not return_exceptions))
+        if flights:
+            outcomes.update(await self._ride(flights, fail_fast=not return_exceptions))
         first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
         if first_error is not None and not return_exceptions:
             raise first_error
         return [outcomes[image_id] for image_id in wanted]
+
+    async def _ride(
+        self, flights: dict[str, _Flight], *, fail_fast: bool
+    ) -> dict[str, GalleryImage | MeigenError]:
+        """Wait on ``flights``; with ``fail_fast`` stop at the first error, leaving the rest."""
+        # Waiting on the fetch tasks themselves, with no task or shield per id: bulk calls
+        # are where that overhead would show.
+        try:
+            await asyncio.wait(
+                [flight.task for flight in flights.values()],
+                return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED,
+            )
+        finally:
+            await self._leave_all(flights)
+        outcomes: dict[str, GalleryImage | MeigenError] = {}
+        for image_id, flight in flights.items():
+            task = flight.task
+            if task.cancelled():
+                if self._closed:
+                    outcomes[image_id] = self._closed_error(image_id)
+                continue
+            error = task.exception()
+            if error is None:
+                outcomes[image_id] = task.result()
+            elif isinstance(error, MeigenError):
+                outcomes[image_id] = error
+            else:
+                raise error
+        return outcomes
+
+    async def _leave_all(self, flights: dict[str, _Flight]) -> None:
+        """Leave every flight, waiting for the ones that leaving cancelled to wind down."""
+        cancelled = [f.task for image_id, f in flights.items() if self._leave(image_id, f)]
+        if cancelled:
+            await asyncio.wait(cancelled)
 
     async def iter_images(
         self, ids: Iterable[str] | AsyncIterable[str]
@@ -464,31 +519,6 @@ async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
     else:
         for image_id in ids:
             yield image_id
-
-
-async def _settle(
-    tasks: dict[str, asyncio.Task[GalleryImage]], *, fail_fast: bool
-) -> dict[str, GalleryImage | MeigenError]:
-    """Wait for ``tasks``; with ``fail_fast`` stop at the first error and cancel the rest."""
-    try:
-        await asyncio.wait(
-            tasks.values(),
-            return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED,
-        )
-    finally:
-        await _cancel_all(tasks.values())
-    outcomes: dict[str, GalleryImage | MeigenError] = {}
-    for image_id, task in tasks.items():
-        if task.cancelled():
-            continue
-        error = task.exception()
-        if error is None:
-            outcomes[image_id] = task.result()
-        elif isinstance(error, MeigenError):
-            outcomes[image_id] = error
-        else:
-            raise error
-    return outcomes
 
 
 async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:

@@ -1,21 +1,21 @@
 """One HTTP GET with aiohttp: the body read within a size limit, transport failures translated.
 
-This is the only module that talks to aiohttp on the client side, and :func:`translate_errors`
-is the one place where aiohttp's exceptions become :class:`~meigen_async.errors.TransportError`.
+This is the only module that talks to aiohttp on the client side, and :func:`fetch` is the one
+place where aiohttp's exceptions become :class:`~meigen_async.errors.TransportError`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
+from typing import Any
 
 import aiohttp
 import attrs
 
 from .errors import InvalidResponse, TransportError
 
-__all__ = ["RawResponse", "fetch", "translate_errors"]
+__all__ = ["RawResponse", "fetch"]
 
 _CHUNK = 65536
 
@@ -29,11 +29,25 @@ class RawResponse:
     body: bytes
 
 
-@contextmanager
-def translate_errors(image_id: str, timeout: float) -> Iterator[None]:
-    """Turn aiohttp's connection errors and timeouts into :class:`TransportError`."""
+async def fetch(
+    http: aiohttp.ClientSession,
+    url: str,
+    *,
+    image_id: str,
+    timeout: float,
+    max_body_bytes: int,
+    options: Mapping[str, Any],
+) -> RawResponse:
+    """GET ``url`` and read the body, refusing one larger than ``max_body_bytes``.
+
+    ``options`` go to ``http.get`` as they are (headers, a ``ClientTimeout``): empty when the
+    session already carries them, which spares aiohttp merging them on every request.
+    ``timeout`` is the number of seconds they allow, for the message when they run out.
+    """
     try:
-        yield
+        async with http.get(url, **options) as resp:
+            body = await _read_limited(resp, image_id, max_body_bytes)
+            return RawResponse(resp.status, resp.headers, body)
     except asyncio.TimeoutError as exc:
         # aiohttp's own timeout errors are also ClientErrors: this branch must come first.
         raise TransportError(
@@ -44,22 +58,6 @@ def translate_errors(image_id: str, timeout: float) -> Iterator[None]:
             f"request for image {image_id} failed: {type(exc).__name__}: {exc}",
             image_id=image_id,
         ) from exc
-
-
-async def fetch(
-    http: aiohttp.ClientSession,
-    url: str,
-    *,
-    image_id: str,
-    timeout: aiohttp.ClientTimeout,
-    headers: Mapping[str, str],
-    max_body_bytes: int,
-) -> RawResponse:
-    """GET ``url`` and read the body, refusing one larger than ``max_body_bytes``."""
-    with translate_errors(image_id, timeout.total or 0.0):
-        async with http.get(url, timeout=timeout, headers=headers, allow_redirects=True) as resp:
-            body = await _read_limited(resp, image_id, max_body_bytes)
-            return RawResponse(resp.status, resp.headers, body)
 
 
 async def _read_limited(resp: aiohttp.ClientResponse, image_id: str, limit: int) -> bytes:

@@ -47,9 +47,9 @@ async def get(max_body_bytes: int = 1_000_000) -> RawResponse:
             http,
             URL_,
             image_id=ID,
-            timeout=TIMEOUT,
-            headers={"Accept": "application/json"},
+            timeout=5.0,
             max_body_bytes=max_body_bytes,
+            options={"timeout": TIMEOUT, "headers": {"Accept": "application/json"}},
         )
 
 

@@ -1,0 +1,684 @@
+"""RedisCache and the shared tier, against a real redis-server on loopback.
+
+Each test that needs Redis gets a server of its own (``redis_server``), started on a free port
+with persistence off and killed at teardown. Where a test says "another process", it is one
+(``tests/redis_helpers.py`` run as a script); elsewhere a second session with a RedisCache of
+its own stands for one: two sessions share nothing but Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+
+pytest.importorskip(
+    "redis", reason="redis-py is not installed: pip install -e '.[redis]' to run these tests"
+)
+import redis.asyncio
+from redis_helpers import RedisServer, free_port
+
+from meigen_async import (
+    GalleryImage,
+    GallerySession,
+    ImageNotFound,
+    RetryPolicy,
+    ServerError,
+)
+from meigen_async.cache import (
+    MemoryCache,
+    RedisCache,
+    SharedEntry,
+    SharedImage,
+    SharedMissing,
+    SharedTier,
+)
+from meigen_async.models import structure_image
+from meigen_async.redis_cache import (
+    Backoff,
+    decode_image,
+    decode_missing,
+    encode_image,
+    encode_missing,
+    image_key,
+    lease_key,
+    missing_key,
+)
+from meigen_async.testing import Answer, FakeGallery
+
+WORKER = Path(__file__).with_name("redis_helpers.py")
+PREFIX = "test:"
+MISSING = "1999999999999999999"
+NO_RETRY = RetryPolicy(max_retries=0)
+_T = TypeVar("_T")
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A redis-server of this test's own on 127.0.0.1."""
+    if shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: .ci/run installs it; see README")
+    server = RedisServer().start()
+    yield server
+    server.kill()
+
+
+@pytest.fixture
+async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
+    """A plain client, to look at and tamper with what is in Redis."""
+    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.DEBUG, logger="meigen_async")
+    return caplog
+
+
+def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "meigen_async" and r.levelno == level]
+
+
+@asynccontextmanager
+async def peer(url: str, redis_url: str, **options: Any) -> AsyncIterator[GallerySession]:
+    """A session with a RedisCache of its own, as another process would have."""
+    async with (
+        RedisCache(redis_url, prefix=PREFIX) as cache,
+        GallerySession(url, cache=cache, **options) as session,
+    ):
+        yield session
+
+
+async def run_workers(
+    count: int, gallery: FakeGallery, server: RedisServer, ids: list[str]
+) -> list[dict[str, Any]]:
+    """Run ``count`` worker processes fetching ``ids``, all released at the same instant."""
+    workers = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(WORKER),
+            gallery.url,
+            server.url,
+            PREFIX,
+            "5.0",
+            *ids,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        for _ in range(count)
+    ]
+    for worker in workers:
+        assert worker.stdout is not None
+        assert await worker.stdout.readline() == b"ready\n"
+    outputs = await asyncio.gather(*(worker.communicate(b"go\n") for worker in workers))
+    assert all(worker.returncode == 0 for worker in workers)
+    return [json.loads(stdout) for stdout, _ in outputs]
+
+
+# -- Keys and values ------------------------------------------------------------------------------
+
+
+def test_every_sample_image_survives_the_trip_through_its_stored_json(
+    images: list[dict[str, Any]],
+) -> None:
+    for data in images:
+        image = structure_image(data)
+        entry = decode_image(encode_image(image, 1234.5).encode(), image_id=image.id)
+        assert entry == SharedImage(image=image, fresh_until=1234.5)
+
+
+def test_a_404_survives_the_trip_through_its_stored_json() -> None:
+    assert decode_missing(encode_missing(99.25)) == SharedMissing(until=99.25)
+
+
+@pytest.mark.parametrize(
+    "raw_value",
+    ["not json", "[]", '{"image": {"id": "a"}}', '{"fresh_until": 1, "image": {"id": 5}}'],
+)
+def test_a_stored_value_that_is_not_an_image_entry_is_refused(raw_value: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the codec's one documented error
+        decode_image(raw_value, image_id="a")
+
+
+def test_keys_are_versioned_under_the_prefix() -> None:
+    assert image_key("bot:", "42") == "bot:v1:image:42"
+    assert missing_key("bot:", "42") == "bot:v1:missing:42"
+    assert lease_key("bot:", "42") == "bot:v1:lease:42"
+
+
+# -- Back-off (pure) ------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_failure_skips_the_backend_for_half_a_second() -> None:
+    clock = Clock()
+    backoff = Backoff(timer=clock)
+    assert backoff.failed() is True
+    clock.now += 0.49
+    assert not backoff.ready()
+    clock.now += 0.01
+    assert backoff.ready()
+
+
+def test_each_failed_retry_doubles_the_back_off_up_to_five_seconds() -> None:
+    clock = Clock()
+    backoff = Backoff(timer=clock)
+    delays = []
+    for _ in range(7):
+        backoff.failed()
+        delays.append(backoff.delay)
+        clock.now += backoff.delay
+    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
+
+
+def test_failures_of_operations_sent_together_count_as_one() -> None:
+    clock = Clock()
+    backoff = Backoff(timer=clock)
+    assert [backoff.failed() for _ in range(5)] == [True, False, False, False, False]
+    assert backoff.delay == 0.5
+
+
+def test_a_success_ends_the_outage_once() -> None:
+    clock = Clock()
+    backoff = Backoff(timer=clock)
+    backoff.failed()
+    clock.now += 1
+    assert backoff.succeeded(started=clock.now) is True
+    assert backoff.succeeded(started=clock.now) is False
+    assert backoff.ready()
+    assert not backoff.down
+
+
+def test_a_success_of_an_operation_sent_before_the_outage_does_not_end_it() -> None:
+    clock = Clock()
+    backoff = Backoff(timer=clock)
+    sent = clock.now
+    clock.now += 0.1
+    backoff.failed()
+    assert backoff.succeeded(started=sent) is False
+    assert backoff.down
+
+
+# -- Importing and building -----------------------------------------------------------------------
+
+
+def test_importing_the_package_does_not_import_redis() -> None:
+    code = "import sys, meigen_async, meigen_async.cache; print('redis' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert result.stdout == b"False\n"
+
+
+def test_redis_cache_is_importable_from_the_cache_module() -> None:
+    from meigen_async import redis_cache
+
+    assert RedisCache is redis_cache.RedisCache
+
+
+async def test_a_redis_cache_needs_a_url_or_a_client_but_not_both() -> None:
+    client = redis.asyncio.Redis(host="127.0.0.1", port=free_port())  # never connected
+    with pytest.raises(ValueError, match="url or a client"):
+        RedisCache()
+    with pytest.raises(ValueError, match="not both"):
+        RedisCache("redis://127.0.0.1:1/0", client=client)
+    await client.aclose()
+
+
+async def test_a_memory_cache_passed_in_is_the_session_cache(gallery: FakeGallery) -> None:
+    memory = MemoryCache(10)
+    async with GallerySession(gallery.url, cache=memory) as session:
+        image = await session.get_image(gallery.ids[0])
+    assert memory.get(gallery.ids[0]) is image
+
+
+# -- The lease protocol, against a scripted shared cache -----------------------------------------
+
+IMAGE = GalleryImage(id="42")
+
+
+class Scripted:
+    """A SharedCache that another process, as the test scripts it, changes at a given moment.
+
+    ``moves[n]`` runs right after the n-th call (from 1) is answered.
+    """
+
+    def __init__(self, *, held: bool, moves: dict[int, Callable[[Scripted], None]]) -> None:
+        self.entry: SharedEntry | None = None
+        self.held = held
+        self.calls: list[str] = []
+        self.moves = moves
+
+    def _answer(self, name: str, answer: _T) -> _T:
+        self.calls.append(name)
+        move = self.moves.pop(len(self.calls), None)
+        if move is not None:
+            move(self)
+        return answer
+
+    async def get(self, image_id: str) -> SharedEntry | None:
+        return self._answer("get", self.entry)
+
+    async def lease_held(self, image_id: str) -> bool:
+        return self._answer("lease_held", self.held)
+
+    async def try_lease(self, image_id: str, ms: int) -> str | None:
+        return self._answer("try_lease", None if self.held else "token")
+
+    async def release(self, image_id: str, token: str) -> None:
+        self._answer("release", None)
+
+    async def set(
+        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+    ) -> None:
+        self._answer("set", None)
+
+    async def set_missing(self, image_id: str, ttl: float) -> None:
+        self._answer("set_missing", None)
+
+    async def invalidate(self, image_id: str) -> None:
+        self._answer("invalidate", None)
+
+    async def clear(self) -> None:
+        self._answer("clear", None)
+
+    async def close(self) -> None:
+        pass
+
+
+def stores_and_releases(shared: Scripted) -> None:
+    """The lease holder's fetch ends: it stores the image, then releases its lease."""
+    shared.entry = SharedImage(image=IMAGE, fresh_until=time.time() + 60)
+    shared.held = False
+
+
+async def test_a_value_stored_just_before_the_lease_is_taken_is_used_not_fetched() -> None:
+    shared = Scripted(held=False, moves={1: stores_and_releases})
+    tier = SharedTier(MemoryCache(10), shared, lease_time=1.0)
+    claim = await tier.claim("42")
+    await tier.drain()
+    assert claim.image == IMAGE
+    assert shared.calls == ["get", "try_lease", "get", "release"]
+
+
+async def test_a_miss_after_invalidate_waits_for_the_shared_deletion() -> None:
+    class SlowToForget(Scripted):
+        async def invalidate(self, image_id: str) -> None:
+            await asyncio.sleep(0.05)
+            self.entry = None
+
+    shared = SlowToForget(held=False, moves={})
+    stores_and_releases(shared)
+    tier = SharedTier(MemoryCache(10), shared, lease_time=1.0)
+    tier.invalidate_later("42")
+    claim = await tier.claim("42")
+    await tier.drain()
+    assert claim.image is None
+    assert claim.token == "token"
+
+
+async def test_a_waiter_looks_at_the_lease_before_the_value() -> None:
+    # The holder finishes between the waiter's two looks: had the waiter read the value
+    # first, it would have seen neither value nor lease, and fetched the image again.
+    shared = Scripted(held=True, moves={3: stores_and_releases})
+    tier = SharedTier(MemoryCache(10), shared, lease_time=1.0)
+    claim = await tier.claim("42")
+    assert claim.image == IMAGE
+    assert shared.calls == ["get", "try_lease", "lease_held", "get"]
+
+
+# -- Sharing between processes --------------------------------------------------------------------
+
+
+async def test_an_image_fetched_by_one_process_is_read_from_redis_by_another(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    image_id = gallery.ids[0]
+    [worker] = await run_workers(1, gallery, redis_server, [image_id])
+    async with peer(gallery.url, redis_server.url) as session:
+        image = await session.get_image(image_id)
+    assert worker["outcomes"] == {image_id: "ok"}
+    assert image.id == image_id
+    assert gallery.requests[image_id] == 1
+    assert session.stats.requests == 0
+
+
+async def test_concurrent_misses_in_four_processes_make_one_request_per_id(
+    images: list[dict[str, Any]], redis_server: RedisServer
+) -> None:
+    async with FakeGallery(images, delay=0.2) as gallery:
+        ids = gallery.ids[:5]
+        workers = await run_workers(4, gallery, redis_server, ids)
+    assert all(w["outcomes"] == dict.fromkeys(ids, "ok") for w in workers)
+    assert {image_id: gallery.requests[image_id] for image_id in ids} == dict.fromkeys(ids, 1)
+    assert sum(w["requests"] for w in workers) == len(ids)
+
+
+async def test_a_404_found_by_one_process_is_shared_with_another(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    [worker] = await run_workers(1, gallery, redis_server, [MISSING])
+    async with peer(gallery.url, redis_server.url) as session:
+        with pytest.raises(ImageNotFound, match="remembered 404"):
+            await session.get_image(MISSING)
+    assert worker["outcomes"] == {MISSING: "ImageNotFound"}
+    assert gallery.requests[MISSING] == 1
+    assert session.stats.requests == 0
+
+
+async def test_a_shared_hit_counts_as_a_cache_hit_and_sends_no_request(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    image_id = gallery.ids[0]
+    async with peer(gallery.url, redis_server.url) as first:
+        await first.get_image(image_id)
+    async with peer(gallery.url, redis_server.url) as second:
+        await second.get_image(image_id)
+        await second.get_image(image_id)
+    assert (second.stats.cache_hits, second.stats.cache_misses) == (2, 1)
+    assert second.stats.requests == 0
+
+
+# -- TTL rules ------------------------------------------------------------------------------------
+
+
+async def test_an_image_key_lives_max_age_less_age(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "max-age=600", "Age": "100"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    assert 495_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 500_000
+
+
+async def test_the_stale_window_lengthens_the_key_but_not_the_freshness(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "max-age=600"}
+    async with peer(gallery.url, redis_server.url, stale_if_error=60) as session:
+        await session.get_image(image_id)
+    raw_value = await raw.get(image_key(PREFIX, image_id))
+    assert raw_value is not None
+    entry = decode_image(raw_value, image_id=image_id)
+    assert 655_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 660_000
+    assert 595 < entry.fresh_until - time.time() <= 600
+
+
+async def test_a_no_store_image_is_not_written_to_redis(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "no-store"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    assert await raw.exists(image_key(PREFIX, image_id)) == 0
+
+
+async def test_a_404_key_lives_negative_ttl(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    async with peer(gallery.url, redis_server.url, negative_ttl=45) as session:
+        with pytest.raises(ImageNotFound):
+            await session.get_image(MISSING)
+    assert 44_000 < await raw.pttl(missing_key(PREFIX, MISSING)) <= 45_000
+
+
+async def test_an_entry_past_its_fresh_until_is_fetched_again_though_its_key_lives(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    image = structure_image(gallery.images[image_id])
+    await raw.set(image_key(PREFIX, image_id), encode_image(image, time.time() - 1), px=60_000)
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_shared_image_is_kept_in_process_only_for_what_is_left_of_its_life(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    image = structure_image(gallery.images[image_id])
+    await raw.set(image_key(PREFIX, image_id), encode_image(image, time.time() + 0.3), px=60_000)
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+        await asyncio.sleep(0.4)
+        await session.get_image(image_id)
+    assert gallery.requests[image_id] == 1
+    assert session.stats.requests == 1
+
+
+async def test_an_expired_image_from_redis_is_served_when_the_upstream_fails(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    image = structure_image(gallery.images[image_id])
+    await raw.set(image_key(PREFIX, image_id), encode_image(image, time.time() - 5), px=60_000)
+    gallery.script(image_id, Answer.error(503))
+    async with peer(gallery.url, redis_server.url, stale_if_error=60, retry=NO_RETRY) as session:
+        served = await session.get_image(image_id)
+    assert served == image
+    assert session.stats.stale_served == 1
+
+
+async def test_an_unreadable_value_is_a_miss_and_is_overwritten(
+    gallery: FakeGallery,
+    redis_server: RedisServer,
+    raw: redis.asyncio.Redis,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    image_id = gallery.ids[0]
+    await raw.set(image_key(PREFIX, image_id), "garbage", px=60_000)
+    async with peer(gallery.url, redis_server.url) as session:
+        image = await session.get_image(image_id)
+    raw_value = await raw.get(image_key(PREFIX, image_id))
+    assert raw_value is not None
+    stored = decode_image(raw_value, image_id=image_id)
+    assert stored.image == image
+    warnings = records(logs, logging.WARNING)
+    assert warnings
+    assert all("unreadable shared cache entry" in r.getMessage() for r in warnings)
+
+
+# -- Leases ---------------------------------------------------------------------------------------
+
+
+async def test_a_lease_nobody_releases_is_waited_for_a_bounded_time_then_fetched_past(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    await raw.set(lease_key(PREFIX, image_id), "a-process-that-died", px=60_000)
+    started = time.monotonic()
+    async with peer(gallery.url, redis_server.url, timeout=0.5) as session:
+        await session.get_image(image_id)
+    assert 0.45 < time.monotonic() - started < 2.5
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_lease_that_expires_is_fetched_past_at_once(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    await raw.set(lease_key(PREFIX, image_id), "a-process-that-died", px=200)
+    started = time.monotonic()
+    async with peer(gallery.url, redis_server.url, timeout=5.0) as session:
+        await session.get_image(image_id)
+    assert time.monotonic() - started < 2.5
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_failed_fetch_releases_its_lease_and_the_waiters_fetch_themselves(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, attrs.evolve(Answer.error(500), delay=0.3))
+    async with (
+        peer(gallery.url, redis_server.url, retry=NO_RETRY) as holder,
+        peer(gallery.url, redis_server.url, timeout=5.0) as waiter,
+    ):
+        failing = asyncio.create_task(holder.get_image(image_id))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        image = await waiter.get_image(image_id)
+        waited = time.monotonic() - started
+        with pytest.raises(ServerError):
+            await failing
+    assert image.id == image_id
+    assert waited < 2.5
+    assert gallery.requests[image_id] == 2
+
+
+async def test_releasing_a_lease_never_deletes_another_process_lease(
+    redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache(redis_server.url, prefix=PREFIX) as cache:
+        token = await cache.try_lease("42", 100)
+        assert token is not None
+        # Ours expired and another process took the lease.
+        await raw.set(lease_key(PREFIX, "42"), "theirs", px=60_000)
+        await cache.release("42", token)
+    assert await raw.get(lease_key(PREFIX, "42")) == "theirs"
+
+
+# -- Forgetting -----------------------------------------------------------------------------------
+
+
+async def test_invalidate_deletes_the_shared_entry_before_the_next_miss(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    image_id = gallery.ids[0]
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+        session.invalidate(image_id)
+        await session.get_image(image_id)
+    assert gallery.requests[image_id] == 2
+
+
+async def test_clear_cache_empties_redis_under_the_prefix_only(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    # "glob*:" as a pattern would match "globX:" too: the prefix must be matched literally.
+    await raw.set("globX:v1:image:1", "another prefix's entry")
+    async with (
+        RedisCache(redis_server.url, prefix="glob*:") as cache,
+        GallerySession(gallery.url, cache=cache) as session,
+    ):
+        await session.get_images(gallery.ids[:3])
+        assert len(await raw.keys("glob[*]:v1:image:*")) == 3
+        session.clear_cache()
+    assert await raw.keys("*") == ["globX:v1:image:1"]
+
+
+async def test_closing_the_session_leaves_the_cache_open(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    async with RedisCache(redis_server.url, prefix=PREFIX) as cache:
+        async with GallerySession(gallery.url, cache=cache) as session:
+            await session.get_image(gallery.ids[0])
+        assert not cache.closed
+        async with GallerySession(gallery.url, cache=cache) as session:
+            await session.get_image(gallery.ids[1])
+    assert await raw.exists(image_key(PREFIX, gallery.ids[1])) == 1
+
+
+# -- Outages --------------------------------------------------------------------------------------
+
+
+async def test_a_redis_that_refuses_connections_fails_no_call_and_warns_once(
+    gallery: FakeGallery, logs: pytest.LogCaptureFixture
+) -> None:
+    started = time.monotonic()
+    async with peer(gallery.url, f"redis://127.0.0.1:{free_port()}/0") as session:
+        found = await session.get_images(gallery.ids[:5])
+        found += await session.get_images(gallery.ids[5:10])
+    assert [image.id for image in found] == gallery.ids[:10]
+    assert time.monotonic() - started < 2.0
+    assert len(records(logs, logging.WARNING)) == 1
+
+
+async def test_a_redis_that_never_answers_costs_at_most_its_timeout(
+    gallery: FakeGallery,
+) -> None:
+    with socket.socket() as silent:  # accepts connections (in its backlog), never replies
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        async with peer(gallery.url, f"redis://127.0.0.1:{port}/0") as session:
+            image = await session.get_image(gallery.ids[0])
+        elapsed = time.monotonic() - started
+    assert image.id == gallery.ids[0]
+    assert elapsed < 1.5
+
+
+async def test_a_redis_that_stops_answering_costs_a_call_at_most_its_timeout(
+    gallery: FakeGallery, redis_server: RedisServer
+) -> None:
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(gallery.ids[0])  # connected, and the connection kept
+        started = time.monotonic()
+        with redis_server.frozen():
+            # Bounded here too, so that a call that would hang fails this test instead.
+            image = await asyncio.wait_for(session.get_image(gallery.ids[1]), 5)
+        elapsed = time.monotonic() - started
+    assert image.id == gallery.ids[1]
+    assert elapsed < 1.5
+
+
+async def test_killing_redis_mid_run_loses_no_request(
+    gallery: FakeGallery, redis_server: RedisServer, logs: pytest.LogCaptureFixture
+) -> None:
+    ids = gallery.ids[:12]
+    async with peer(gallery.url, redis_server.url) as session:
+        before = await session.get_images(ids[:4])
+        redis_server.kill()
+        after = await asyncio.gather(*(session.get_image(image_id) for image_id in ids))
+    assert [image.id for image in before + after] == ids[:4] + ids
+    assert {image_id: gallery.requests[image_id] for image_id in ids} == dict.fromkeys(ids, 1)
+    assert len(records(logs, logging.WARNING)) == 1
+
+
+async def test_a_restarted_redis_is_used_again(
+    gallery: FakeGallery,
+    redis_server: RedisServer,
+    raw: redis.asyncio.Redis,
+    logs: pytest.LogCaptureFixture,
+) -> None:
+    ids = iter(gallery.ids)
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(next(ids))
+        redis_server.kill()
+        await session.get_image(next(ids))
+        redis_server.start()
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:
+            image_id = next(ids)
+            await session.get_image(image_id)
+            if await raw.exists(image_key(PREFIX, image_id)):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail("nothing was written to the restarted Redis")
+    assert len(records(logs, logging.WARNING)) == 1
+    assert len(records(logs, logging.INFO)) == 1
