@@ -200,6 +200,10 @@ converter: cattrs.Converter = _build_converter()
 """The one converter, built at import and reused for every structure and unstructure call."""
 
 
+# The converter's own hook for the class, looked up once rather than dispatched per call.
+_structure_gallery_image = converter.get_structure_hook(GalleryImage)
+
+
 def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     """Build a :class:`GalleryImage` from the envelope's ``data`` object.
 
@@ -212,7 +216,8 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     # A null means "no value": the field's default applies, whatever its declared type.
     present = {key: value for key, value in data.items() if value is not None}
     try:
-        return converter.structure(present, GalleryImage)
+        image: GalleryImage = _structure_gallery_image(present, GalleryImage)
+        return image
     except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
         raise InvalidResponse(_describe(exc), image_id=image_id) from exc
 

@@ -230,7 +230,10 @@ class GallerySession:
         """Join the fetch in flight for ``image_id``, starting one if there is none."""
         flight = self._flights.get(image_id)
         if flight is None:
-            task = asyncio.create_task(self._fetch(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
+            # Without a shared tier the task runs the upstream loop itself: one frame less
+            # for every resumption of every request.
+            fetch = self._fetch_upstream if self._shared is None else self._fetch_shared
+            task = asyncio.create_task(fetch(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
             flight = _Flight(task)
             self._flights[image_id] = flight
             task.add_done_callback(lambda _: self._land(image_id, flight))
@@ -269,9 +272,9 @@ class GallerySession:
         if self._flights.get(image_id) is flight:
             del self._flights[image_id]
 
-    async def _fetch(self, image_id: str) -> GalleryImage:
-        if self._shared is None:
-            return await self._fetch_upstream(image_id)
+    async def _fetch_shared(self, image_id: str) -> GalleryImage:
+        """Ask the shared tier first; fetch upstream under its lease when it has nothing."""
+        assert self._shared is not None  # only started when there is a shared tier
         claim = await self._shared.claim(image_id)
         if claim.answered:
             # A hit of the shared tier: counted as a cache hit, and no request was sent.
