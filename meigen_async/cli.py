@@ -33,7 +33,7 @@ from .prompt import PromptKind
 from .protocol import validate_image_id
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
-from .testing import FakeGallery, sample_images
+from .testing import FakeGallery, load_jsonl, sample_images
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -265,27 +265,15 @@ async def _bulk(args: argparse.Namespace) -> int:
 
 
 def _load_gallery(path: str) -> list[dict[str, Any]]:
-    """The ``data`` objects of a JSON Lines file, each checked to be an object with an id."""
-    images: list[dict[str, Any]] = []
+    """The ``data`` objects of a JSON Lines file, or one line saying what is wrong with it."""
     try:
-        with open(path, encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    data = json.loads(line)
-                except ValueError as exc:
-                    raise CommandError(f"{path}:{number}: not JSON: {exc}") from None
-                if not isinstance(data, dict) or not isinstance(data.get("id"), str):
-                    raise CommandError(
-                        f"{path}:{number}: expected a JSON object with a string 'id'"
-                    )
-                images.append(data)
+        return load_jsonl(path)
     except OSError as exc:
         raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
     except UnicodeDecodeError as exc:
         raise CommandError(f"{path}: not UTF-8 text: {exc.reason}") from None
-    return images
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
 
 
 async def _serve(args: argparse.Namespace) -> int:

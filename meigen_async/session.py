@@ -220,9 +220,7 @@ class GallerySession:
         valid_id = validate_image_id(image_id)
         if self._cache.is_missing(valid_id):
             self._hits += 1
-            raise ImageNotFound(
-                f"image {valid_id} was not found (remembered 404)", image_id=valid_id, status=404
-            )
+            raise _remembered_404(valid_id)
         self._misses += 1
         return valid_id
 
@@ -232,8 +230,8 @@ class GallerySession:
         if flight is None:
             # Without a shared tier the task runs the upstream loop itself: one frame less
             # for every resumption of every request.
-            fetch = self._fetch_upstream if self._shared is None else self._fetch_shared
-            task = asyncio.create_task(fetch(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
+            job = self._fetch_upstream if self._shared is None else self._fetch_shared
+            task = asyncio.create_task(job(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
             flight = _Flight(task)
             self._flights[image_id] = flight
             task.add_done_callback(lambda _: self._land(image_id, flight))
@@ -281,9 +279,7 @@ class GallerySession:
             self._hits += 1
             if claim.image is not None:
                 return claim.image
-            raise ImageNotFound(
-                f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
-            )
+            raise _remembered_404(image_id)
         try:
             return await self._fetch_upstream(image_id)
         except ImageNotFound:
@@ -501,6 +497,12 @@ class GallerySession:
             errors=self._errors,
             stale_served=self._stale_served,
         )
+
+
+def _remembered_404(image_id: str) -> ImageNotFound:
+    return ImageNotFound(
+        f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
+    )
 
 
 def _pacer(rate_limit: float) -> AsyncLimiter:

@@ -140,7 +140,7 @@ def _image_id(data: Mapping[str, Any]) -> str:
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON Lines file of ``data`` objects, skipping blank lines.
 
-    Raises ValueError naming the line that is not a JSON object.
+    Raises ValueError naming the line that is not a JSON object with a string ``id``.
     """
     objects: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as lines:
@@ -151,8 +151,8 @@ def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
                 data = json.loads(line)
             except ValueError as exc:
                 raise ValueError(f"{path}:{number}: not JSON: {exc}") from exc
-            if not isinstance(data, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
+            if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+                raise ValueError(f"{path}:{number}: expected a JSON object with a string 'id'")
             objects.append(data)
     return objects
 
