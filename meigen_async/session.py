@@ -375,7 +375,7 @@ class GallerySession:
                     flights[image_id] = self._board(self._miss(image_id))
             except MeigenError as error:
                 if not return_exceptions:
-                    await self._leave_all(flights)
+                    await self._leave_all(flights.items())
                     raise
                 outcomes[image_id] = error
         if flights:
@@ -397,26 +397,30 @@ class GallerySession:
                 return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED,
             )
         finally:
-            await self._leave_all(flights)
-        outcomes: dict[str, GalleryImage | MeigenError] = {}
-        for image_id, flight in flights.items():
-            task = flight.task
-            if task.cancelled():
-                if self._closed:
-                    outcomes[image_id] = self._closed_error(image_id)
-                continue
-            error = task.exception()
-            if error is None:
-                outcomes[image_id] = task.result()
-            elif isinstance(error, MeigenError):
-                outcomes[image_id] = error
-            else:
-                raise error
-        return outcomes
+            await self._leave_all(flights.items())
+        return {
+            image_id: self._outcome(image_id, flight.task)
+            for image_id, flight in flights.items()
+            # Left unfinished by fail-fast: cancelled, and nobody's answer.
+            if not (flight.task.cancelled() and not self._closed)
+        }
 
-    async def _leave_all(self, flights: dict[str, _Flight]) -> None:
+    def _outcome(
+        self, image_id: str, task: asyncio.Task[GalleryImage]
+    ) -> GalleryImage | MeigenError:
+        """What a finished fetch gave: its image, or its error; a bug's exception is raised."""
+        if task.cancelled():
+            return self._closed_error(image_id)
+        error = task.exception()
+        if error is None:
+            return task.result()
+        if isinstance(error, MeigenError):
+            return error
+        raise error
+
+    async def _leave_all(self, flights: Iterable[tuple[str, _Flight]]) -> None:
         """Leave every flight, waiting for the ones that leaving cancelled to wind down."""
-        cancelled = [f.task for image_id, f in flights.items() if self._leave(image_id, f)]
+        cancelled = [f.task for image_id, f in flights if self._leave(image_id, f)]
         if cancelled:
             await asyncio.wait(cancelled)
 
@@ -432,36 +436,46 @@ class GallerySession:
         """
         self._ensure_open()
         source = _aiter(ids)
-        running: set[asyncio.Task[ImageResult]] = set()
+        # The fetch tasks this iterator waits on, each with the ids (duplicates too) it answers;
+        # like get_images, no task of its own per id.
+        running: dict[asyncio.Task[GalleryImage], list[tuple[str, _Flight]]] = {}
+        waiting = 0  # ids awaiting an answer: the read-ahead bound, duplicates counted
         exhausted = False
         try:
             while True:
-                while not exhausted and len(running) < self.concurrency:
+                while not exhausted and waiting < self.concurrency:
                     try:
                         image_id = await source.__anext__()
                     except StopAsyncIteration:
                         exhausted = True
                         break
-                    image = self._cache.get(image_id) if type(image_id) is str else None
+                    try:
+                        image = self._cache.get(image_id) if type(image_id) is str else None
+                        valid_id = self._miss(image_id) if image is None else image_id
+                    except MeigenError as error:
+                        yield ImageResult(str(image_id), error=error)
+                        continue
                     if image is not None:
                         self._hits += 1
                         yield ImageResult(image_id, image=image)
-                    else:
-                        running.add(asyncio.ensure_future(self._result(image_id)))
+                        continue
+                    flight = self._board(valid_id)
+                    running.setdefault(flight.task, []).append((valid_id, flight))
+                    waiting += 1
                 if not running:
                     return
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    yield task.result()
+                    for image_id, flight in running.pop(task):
+                        waiting -= 1
+                        self._leave(image_id, flight)
+                        outcome = self._outcome(image_id, task)
+                        if isinstance(outcome, MeigenError):
+                            yield ImageResult(image_id, error=outcome)
+                        else:
+                            yield ImageResult(image_id, image=outcome)
         finally:
-            await _cancel_all(running)
-
-    async def _result(self, image_id: object) -> ImageResult:
-        try:
-            image = await self._join_flight(self._miss(image_id))
-        except MeigenError as error:
-            return ImageResult(str(image_id), error=error)
-        return ImageResult(str(image_id), image=image)
+            await self._leave_all(pair for pairs in running.values() for pair in pairs)
 
     # -- Cache control and counters ------------------------------------------------------------
 
@@ -524,11 +538,3 @@ async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
     else:
         for image_id in ids:
             yield image_id
-
-
-async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
-    pending = [task for task in tasks if not task.done()]
-    for task in pending:
-        task.cancel()
-    if pending:
-        await asyncio.wait(pending)

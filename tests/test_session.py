@@ -397,6 +397,29 @@ async def test_iter_images_consumes_ids_lazily_and_keeps_concurrency_in_flight(
     assert slow_gallery.max_in_flight == 4
 
 
+async def test_iter_images_counts_duplicates_in_flight_against_its_read_ahead(
+    slow_gallery: FakeGallery,
+) -> None:
+    hot = slow_gallery.ids[0]
+    wanted = [hot] * 20 + slow_gallery.ids[1:5]
+    pulled = 0
+
+    def ids() -> Iterator[str]:
+        nonlocal pulled
+        for image_id in wanted:
+            pulled += 1
+            yield image_id
+
+    seen = 0
+    async with GallerySession(slow_gallery.url, concurrency=4) as client:
+        async for result in client.iter_images(ids()):
+            seen += 1
+            assert result.ok
+            assert pulled - seen <= 4
+    assert seen == len(wanted)
+    assert slow_gallery.requests[hot] == 1
+
+
 async def test_leaving_iter_images_early_cancels_its_fetches(
     slow_session: GallerySession, slow_gallery: FakeGallery
 ) -> None:
