@@ -65,9 +65,11 @@ async def run(server_url: str, config: Config) -> dict[str, Any]:
     async def ours_small() -> Metrics:
         return await measure(fire_ours, config.burst_hishel_calls)
 
-    async def raw() -> Metrics:
+    def aiohttp_burst(make_session: Callable[[], Any]) -> Callable[[], Awaitable[Metrics]]:
+        """A burst through an aiohttp-compatible session: the raw loop, or a caching one."""
+
         async def fire(keys: list[str]) -> None:
-            async with raw_session() as http:
+            async with make_session() as http:
 
                 async def one(key: str) -> Any:
                     async with http.get(image_url(url, key)) as resp:
@@ -76,20 +78,13 @@ async def run(server_url: str, config: Config) -> dict[str, Any]:
 
                 await asyncio.gather(*(one(key) for key in keys))
 
-        return await measure(fire, calls)
+        async def run_burst() -> Metrics:
+            return await measure(fire, calls)
 
-    async def client_cache() -> Metrics:
-        async def fire(keys: list[str]) -> None:
-            async with memory_cached_session() as http:
+        return run_burst
 
-                async def one(key: str) -> Any:
-                    async with http.get(image_url(url, key)) as resp:
-                        resp.raise_for_status()
-                        return await resp.json()
-
-                await asyncio.gather(*(one(key) for key in keys))
-
-        return await measure(fire, calls)
+    raw = aiohttp_burst(raw_session)
+    client_cache = aiohttp_burst(memory_cached_session)
 
     async def hishel() -> Metrics:
         async def fire(keys: list[str]) -> None:
