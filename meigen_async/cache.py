@@ -156,10 +156,12 @@ class MemoryCache:
 
     def get(self, image_id: str) -> GalleryImage | None:
         """The fresh image stored for ``image_id``, or None."""
-        try:
-            image, fresh_until, _ = self._images[image_id]
-        except KeyError:
+        # Asked before indexing: a miss by KeyError costs two exceptions inside cachetools,
+        # and every cold fetch starts with a miss.
+        images = self._images
+        if image_id not in images:
             return None
+        image, fresh_until, _ = images[image_id]
         return image if self._timer() < fresh_until else None
 
     def get_stale(self, image_id: str) -> GalleryImage | None:

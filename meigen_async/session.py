@@ -18,9 +18,9 @@ from ._version import __version__
 from .cache import CachePolicy, MemoryCache, SharedCache, SharedTier
 from .errors import ImageNotFound, MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
-from .protocol import decode_response, image_url, validate_image_id
+from .protocol import decode_response, validate_image_id
 from .retry import RetryPolicy, is_retryable
-from .transport import fetch
+from .transport import fetch, image_urls
 
 __all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
 
@@ -49,7 +49,8 @@ class GallerySession:
     bound all work across calls.
 
     Args:
-        base_url: Where the service lives; only ``{base_url}/api/images/{id}`` is requested.
+        base_url: Where the service lives, an absolute http(s) URL (ValueError otherwise);
+            only ``{base_url}/api/images/{id}`` is requested.
         concurrency: Most upstream requests in flight at once, across all calls.
         timeout: Seconds allowed for one request, body included.
         cache_size: Most images kept (and, separately, most 404s remembered); 0 disables caching.
@@ -100,6 +101,7 @@ class GallerySession:
         _require(ttl is None or ttl >= 0, "ttl must not be negative")
         _require(min(default_ttl, max_ttl, negative_ttl) >= 0, "TTLs must not be negative")
         self.base_url = base_url.rstrip("/")
+        self._image_url = image_urls(self.base_url)
         self.concurrency = concurrency
         self.policy = CachePolicy(
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
@@ -313,7 +315,7 @@ class GallerySession:
             self._requests += 1
             raw = await fetch(
                 http,
-                image_url(self.base_url, image_id),
+                self._image_url(image_id),
                 image_id=image_id,
                 timeout=self._timeout,
                 max_body_bytes=self._max_body_bytes,

@@ -7,15 +7,16 @@ place where aiohttp's exceptions become :class:`~meigen_async.errors.TransportEr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
 import attrs
+from yarl import URL
 
 from .errors import InvalidResponse, TransportError
 
-__all__ = ["RawResponse", "fetch"]
+__all__ = ["RawResponse", "fetch", "image_urls"]
 
 _CHUNK = 65536
 
@@ -29,9 +30,33 @@ class RawResponse:
     body: bytes
 
 
+def image_urls(base_url: str) -> Callable[[str], URL]:
+    """A function giving the URL of a *validated* image id, ready for aiohttp.
+
+    Its URLs equal :func:`~meigen_async.protocol.image_url`'s, but they are built from the
+    base parsed once, the id's path given as already encoded: a valid id holds only unreserved
+    characters, so there is nothing to quote. aiohttp then neither parses nor quotes the URL
+    again (measured: about 5 µs a request for distinct ids, some 2% of a cold fetch).
+    Give it only ids that :func:`~meigen_async.protocol.validate_image_id` accepted.
+
+    Raises:
+        ValueError: ``base_url`` is not an absolute http(s) URL, or has a query or fragment.
+
+    """
+    base = URL(base_url)
+    if base.scheme not in ("http", "https") or not base.host or base.query_string or base.fragment:
+        raise ValueError(
+            f"base_url must be an absolute http:// or https:// URL with no query or fragment, "
+            f"got {base_url!r}"
+        )
+    prefix = f"{base.raw_path.rstrip('/')}/api/images/"
+    with_path = base.with_path
+    return lambda image_id: with_path(prefix + image_id, encoded=True)
+
+
 async def fetch(
     http: aiohttp.ClientSession,
-    url: str,
+    url: URL | str,
     *,
     image_id: str,
     timeout: float,

@@ -495,3 +495,8 @@ def test_nonsense_options_are_refused(option: tuple[str, float]) -> None:
     name, value = option
     with pytest.raises(ValueError, match=name):
         GallerySession(**{name: value})  # type: ignore[arg-type]
+
+
+def test_a_base_url_that_is_not_an_absolute_http_url_is_refused() -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        GallerySession("www.meigen.ai")

@@ -10,10 +10,13 @@ from typing import Any
 import aiohttp
 import pytest
 from aioresponses import aioresponses
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from yarl import URL
 
 from meigen_async.errors import InvalidResponse, TransportError
-from meigen_async.transport import RawResponse, fetch
+from meigen_async.protocol import image_url
+from meigen_async.transport import RawResponse, fetch, image_urls
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
@@ -159,3 +162,39 @@ async def test_aiohttps_own_timeout_error_becomes_transport_error(mocked: aiores
         await get()
 
     assert caught.value.image_id == ID
+
+
+# -- image_urls ----------------------------------------------------------------------------------
+
+BASES = [
+    "http://127.0.0.1:8080",
+    "http://127.0.0.1:8080/",
+    "http://127.0.0.1:8080/delay/20",
+    "https://www.meigen.ai",
+    "http://example.test/a%20b/",
+]
+
+
+@settings(max_examples=200)
+@given(base=st.sampled_from(BASES), image_id=st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True))
+def test_image_urls_match_the_protocol_url_for_every_valid_id(base: str, image_id: str) -> None:
+    url = image_urls(base)(image_id)
+
+    assert isinstance(url, URL)
+    assert str(url) == image_url(base, image_id)
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "www.meigen.ai",
+        "",
+        "/api",
+        "ftp://example.test",
+        "http://example.test/?page=2",
+        "http://h/#top",
+    ],
+)
+def test_image_urls_refuse_a_base_that_is_not_an_absolute_http_url(base: str) -> None:
+    with pytest.raises(ValueError, match="base_url"):
+        image_urls(base)
