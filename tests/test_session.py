@@ -500,3 +500,14 @@ def test_nonsense_options_are_refused(option: tuple[str, float]) -> None:
 def test_a_base_url_that_is_not_an_absolute_http_url_is_refused() -> None:
     with pytest.raises(ValueError, match="base_url"):
         GallerySession("www.meigen.ai")
+
+
+async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[str, Any]]) -> None:
+    async with (
+        FakeGallery(images, delay=0.3) as fake,
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http,
+        GallerySession(fake.url, timeout=0.05, retry=NO_RETRY, session=http) as client,
+    ):
+        with pytest.raises(TransportError, match="timed out"):
+            await client.get_image(fake.ids[0])
+        assert not http.closed

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
+import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -16,11 +18,10 @@ from yarl import URL
 
 from meigen_async.errors import InvalidResponse, TransportError
 from meigen_async.protocol import image_url
-from meigen_async.transport import RawResponse, fetch, image_urls
+from meigen_async.transport import Deadlines, RawResponse, fetch, image_urls
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
-TIMEOUT = aiohttp.ClientTimeout(total=5)
 BODY = b'{"success": true, "data": {"id": "2009629483448627597"}}'
 
 
@@ -50,9 +51,9 @@ async def get(max_body_bytes: int = 1_000_000) -> RawResponse:
             http,
             URL_,
             image_id=ID,
-            timeout=5.0,
+            deadlines=Deadlines(5.0),
             max_body_bytes=max_body_bytes,
-            options={"timeout": TIMEOUT, "headers": {"Accept": "application/json"}},
+            options={"headers": {"Accept": "application/json"}},
         )
 
 
@@ -198,3 +199,122 @@ def test_image_urls_match_the_protocol_url_for_every_valid_id(base: str, image_i
 def test_image_urls_refuse_a_base_that_is_not_an_absolute_http_url(base: str) -> None:
     with pytest.raises(ValueError, match="base_url"):
         image_urls(base)
+
+
+# -- Deadlines -----------------------------------------------------------------------------------
+
+
+class _Hanging:
+    """Stands for an aiohttp session whose requests never answer."""
+
+    def get(self, url: object, **options: object) -> _Hanging:
+        return self
+
+    async def __aenter__(self) -> None:
+        await asyncio.Event().wait()
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def hanging() -> aiohttp.ClientSession:
+    return cast(aiohttp.ClientSession, _Hanging())
+
+
+async def fetch_from(http: aiohttp.ClientSession, deadlines: Deadlines) -> RawResponse:
+    return await fetch(
+        http, URL_, image_id=ID, deadlines=deadlines, max_body_bytes=1000, options={}
+    )
+
+
+async def forever() -> None:
+    await asyncio.Event().wait()
+
+
+async def test_deadlines_cancel_each_task_at_its_own_deadline() -> None:
+    deadlines = Deadlines(0.2)
+    first, second = asyncio.create_task(forever()), asyncio.create_task(forever())
+    deadlines.watch(first)
+    await asyncio.sleep(0.1)
+    deadlines.watch(second)
+
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert not second.done()
+    with pytest.raises(asyncio.CancelledError):
+        await second
+    assert deadlines.release(first)
+    assert deadlines.release(second)
+
+
+async def test_deadlines_never_cancel_a_released_task() -> None:
+    deadlines = Deadlines(0.05)
+    task = asyncio.create_task(forever())
+    deadlines.watch(task)
+
+    assert not deadlines.release(task)
+    await asyncio.sleep(0.15)
+
+    assert not task.done()
+    assert not deadlines.release(task)
+    task.cancel()
+
+
+async def test_a_missed_deadline_becomes_transport_error_naming_the_timeout() -> None:
+    with pytest.raises(TransportError, match=r"timed out after 0\.05s") as caught:
+        await fetch_from(hanging(), Deadlines(0.05))
+
+    assert caught.value.image_id == ID
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in 3.11")
+async def test_a_missed_deadline_leaves_no_cancellation_pending() -> None:
+    async def attempt() -> int:
+        with pytest.raises(TransportError):
+            await fetch_from(hanging(), Deadlines(0.05))
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert await asyncio.create_task(attempt()) == 0
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in 3.11")
+async def test_a_cancellation_from_elsewhere_is_not_swallowed_by_a_deadline() -> None:
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(fetch_from(hanging(), Deadlines(0.05)))
+    await asyncio.sleep(0)  # the fetch starts and its deadline runs
+    loop.call_at(loop.time() + 0.06, task.cancel)
+    # Block until both the deadline and the other cancellation are due: they then land in
+    # the same loop iteration, the deadline's first, before the task can run.
+    time.sleep(0.1)  # noqa: ASYNC251 - blocking the loop is the point
+
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+
+def test_deadlines_work_in_a_second_event_loop() -> None:
+    deadlines = Deadlines(0.05)
+
+    async def watched_forever() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        deadlines.watch(task)
+        await forever()
+
+    async def first_loop() -> None:
+        # The loop ends with the deadline's timer still armed in it.
+        task = asyncio.create_task(watched_forever())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async def second_loop() -> bool:
+        task = asyncio.create_task(watched_forever())
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(task, timeout=5)
+        return deadlines.release(task)
+
+    asyncio.run(first_loop())
+    assert asyncio.run(second_loop())
