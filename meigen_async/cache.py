@@ -184,9 +184,10 @@ class MemoryCache:
 
     def is_missing(self, image_id: str) -> bool:
         """Whether a 404 for ``image_id`` is remembered."""
-        until = self._missing.get(image_id)
-        if until is None:
+        missing = self._missing
+        if image_id not in missing:
             return False
+        until = missing[image_id]
         if self._timer() < until:
             return True
         del self._missing[image_id]
