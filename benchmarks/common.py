@@ -42,7 +42,7 @@ class Config:
     # Scenario 2: cold bulk.
     cold_ids: int = 3000
     cold_concurrency: int = 16
-    cold_rounds: int = 5
+    cold_rounds: int = 15
     # Scenario 3: burst.
     burst_calls: int = 5000
     burst_ids: int = 5
@@ -103,11 +103,13 @@ async def alternate(
     *,
     label: str = "",
 ) -> Alternation:
-    """Run ours then each peer, ``rounds`` times, the peers' order rotating every round.
+    """Run ours and each peer in pairs, ``rounds`` times, the peers' order rotating every round.
 
-    Each peer run directly follows an ours run, so the pair sees the same background load,
-    and the ratio of the pair is kept: its median is what the report shows. ``ours`` may be
-    given per peer, when a peer has to run a smaller workload than the others.
+    The two runs of a pair follow each other, so they see the same background load, and
+    the ratio of the pair is kept: its median is what the report shows. Who goes first in a
+    pair alternates from round to round, so neither side always runs on a cache or a
+    server the other has just warmed. ``ours`` may be given per peer, when a peer has to run
+    a smaller workload than the others.
     """
     result = Alternation()
     names = list(peers)
@@ -117,10 +119,12 @@ async def alternate(
         shift = round_no % max(len(names), 1)
         for name in names[shift:] + names[:shift]:
             run_ours = ours[name] if isinstance(ours, Mapping) else ours
-            gc.collect()
-            mine = await run_ours()
-            gc.collect()
-            theirs = await peers[name]()
+            if round_no % 2 == 0:
+                mine = await _collected(run_ours)
+                theirs = await _collected(peers[name])
+            else:
+                theirs = await _collected(peers[name])
+                mine = await _collected(run_ours)
             result.ours[name].append(mine)
             result.peers[name].append(theirs)
             for metric, value in mine.items():
@@ -132,6 +136,12 @@ async def alternate(
                 f"ours {_brief(mine)} | {name} {_brief(theirs)}"
             )
     return result
+
+
+async def _collected(run: Runner) -> Metrics:
+    """``run`` after a full garbage collection, so that it pays for no earlier run's garbage."""
+    gc.collect()
+    return await run()
 
 
 def _brief(metrics: Metrics) -> str:
