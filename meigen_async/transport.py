@@ -142,7 +142,7 @@ async def fetch(
             # Whatever aiohttp made of the deadline's cancellation, it is a timeout.
             raise _timed_out(image_id, deadlines.timeout) from None
         if isinstance(exc, asyncio.TimeoutError):
-            # aiohttp's timeout errors (a caller's session's own) are ClientErrors too.
+            # Before ClientError: aiohttp's timeout errors are both.
             raise _timed_out(image_id, deadlines.timeout) from exc
         if isinstance(exc, aiohttp.ClientError):
             raise TransportError(
