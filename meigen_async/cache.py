@@ -1,22 +1,18 @@
-"""The cache policy, the in-process cache, and the protocol of a cache shared by processes.
+"""The cache policy and the in-process cache.
 
-:class:`CachePolicy` decides how long a response may be kept, from the session's settings and
-the response's ``Cache-Control`` and ``Age`` headers; it is pure and needs no network.
-:class:`MemoryCache` keeps images and remembered 404s, bounded and with per-entry expiry.
-:class:`SharedCache` is what a session needs from a cache shared by several processes
-(:class:`~meigen_async.redis_cache.RedisCache` is one, importable from here without importing
-redis-py until it is asked for); :class:`SharedTier` puts one behind the in-process cache.
+`CachePolicy` decides how long a response may be kept, from the session's settings and the
+response's headers; it is pure and needs no network. `MemoryCache` keeps images and
+remembered 404s, bounded and with per-entry expiry. A cache shared by processes is described
+in `meigen_async.shared`; this module knows none of its implementations.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
-import math
 import time
-from collections.abc import Callable, Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import attrs
 from cachetools import LRUCache
@@ -24,33 +20,36 @@ from cachetools import LRUCache
 from .models import GalleryImage
 from .protocol import header
 
-if TYPE_CHECKING:
-    # The explicit re-export form, so that strict type checkers accept
-    # ``from meigen_async.cache import RedisCache``; at run time __getattr__ provides it.
-    from .redis_cache import RedisCache as RedisCache
-
 __all__ = [
     "CachePolicy",
     "MemoryCache",
-    "SharedCache",
-    "SharedEntry",
-    "SharedImage",
-    "SharedMissing",
     "parse_cache_control",
     "server_lifetime",
 ]
 
-logger = logging.getLogger("meigen_async")
+# Old spellings, kept working for one release: the shared-cache names moved to
+# meigen_async.shared, RedisCache to meigen_async.redis_cache.
+_MOVED = {
+    "SharedCache": "meigen_async.shared",
+    "SharedEntry": "meigen_async.shared",
+    "SharedImage": "meigen_async.shared",
+    "SharedMissing": "meigen_async.shared",
+    "RedisCache": "meigen_async.redis_cache",
+}
 
 
-def __getattr__(name: str) -> type[RedisCache]:
-    # RedisCache is importable from here, but redis-py is imported only when it is asked for:
-    # ``import meigen_async`` must work without the redis extra.
-    if name == "RedisCache":
-        from .redis_cache import RedisCache
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"meigen_async.cache.{name} is deprecated: import it from {module}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    import importlib
 
-        return RedisCache
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
 
 
 _NOT_STORABLE = frozenset({"no-store", "no-cache", "private"})
@@ -214,244 +213,3 @@ class MemoryCache:
         """How many images are stored, stale ones in their window included."""
         now = self._timer()
         return sum(1 for _, _, keep_until in self._images.values() if now < keep_until)
-
-
-# -- A cache shared by processes -----------------------------------------------------------------
-
-
-@attrs.frozen
-class SharedImage:
-    """An image as a shared cache holds it, with the wall-clock time until which it is fresh.
-
-    ``fresh_until`` is in seconds since the epoch (:func:`time.time`): a monotonic clock means
-    nothing to another process, so each reader works out what is left of the lifetime itself.
-    """
-
-    image: GalleryImage
-    fresh_until: float
-
-
-@attrs.frozen
-class SharedMissing:
-    """A 404 as a shared cache remembers it, until ``until`` (seconds since the epoch)."""
-
-    until: float
-
-
-SharedEntry = SharedImage | SharedMissing
-"""What :meth:`SharedCache.get` finds for an id."""
-
-
-class SharedCache(Protocol):
-    """A cache several processes share, put behind each session's in-process cache.
-
-    A shared cache never raises for a failure of its backend: it logs, then answers as if it
-    were empty (:meth:`get` gives None, :meth:`lease_held` False, :meth:`try_lease` a token) and
-    drops writes, so that the session falls back on its in-process cache and the upstream.
-    """
-
-    async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
-        ...
-
-    async def set(
-        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
-    ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
-        ...
-
-    async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
-        ...
-
-    async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for ``image_id``."""
-        ...
-
-    async def clear(self) -> None:
-        """Forget every image and 404 stored, for every process sharing the cache."""
-        ...
-
-    async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
-
-        Returns the token to :meth:`release` it with, or None while another process holds it.
-        """
-        ...
-
-    async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch ``image_id``."""
-        ...
-
-    async def release(self, image_id: str, token: str) -> None:
-        """Give up the lease taken with ``token``; another process's lease is left alone."""
-        ...
-
-    async def close(self) -> None:
-        """Release what the cache holds (connections it opened). Idempotent."""
-        ...
-
-
-@attrs.frozen
-class Claim:
-    """What the shared tier said about an id the in-process cache missed.
-
-    Either an answer (``image``, or ``missing`` for a remembered 404), or permission to fetch
-    upstream, with the lease ``token`` to release afterwards when this process holds one.
-    """
-
-    image: GalleryImage | None = None
-    missing: bool = False
-    token: str | None = None
-
-    @property
-    def answered(self) -> bool:
-        """Whether the shared tier answered, so that no upstream request is needed."""
-        return self.image is not None or self.missing
-
-
-POLL_INTERVAL = 0.025
-"""Seconds between two looks at the shared cache while another process fetches an id."""
-
-
-class SharedTier:
-    """A :class:`SharedCache` behind a session's :class:`MemoryCache`, and the lease protocol.
-
-    :class:`~meigen_async.GallerySession` builds one when given a shared cache, and only its
-    miss path uses it: what it finds in the shared cache goes into the in-process tier with the
-    lifetime it has left. Of concurrent misses for one id in several processes, one takes the
-    lease and fetches; the others look again every :data:`POLL_INTERVAL` seconds and fetch
-    themselves when the lease is released without a value (the holder failed), has expired
-    (the holder died), or after ``lease_time`` seconds of waiting, whichever comes first.
-
-    Args:
-        memory: The in-process tier.
-        shared: The shared tier.
-        lease_time: Seconds a lease lasts, and the longest a process waits for another's fetch.
-        clock: The wall clock shared entries' expiry times are read with.
-        timer: The monotonic clock bounding the wait.
-
-    """
-
-    def __init__(
-        self,
-        memory: MemoryCache,
-        shared: SharedCache,
-        *,
-        lease_time: float,
-        clock: Callable[[], float] = time.time,
-        timer: Callable[[], float] = time.monotonic,
-    ):
-        self.memory = memory
-        self.shared = shared
-        self.lease_time = lease_time
-        self._lease_ms = max(1, math.ceil(lease_time * 1000))
-        self._clock = clock
-        self._timer = timer
-        self._forgetting: set[asyncio.Task[None]] = set()
-        self._releasing: set[asyncio.Task[None]] = set()
-
-    async def claim(self, image_id: str) -> Claim:
-        """Answer ``image_id`` from the shared tier, or say who fetches it upstream."""
-        if self._forgetting:
-            # An invalidate() just before this miss must not be undone by reading the old value.
-            await asyncio.wait(set(self._forgetting))
-        found = self._use(image_id, await self.shared.get(image_id))
-        if found is not None:
-            return found
-        token = await self.shared.try_lease(image_id, self._lease_ms)
-        if token is not None:
-            # The previous holder may have stored the value and released its lease between
-            # our look and our lease: look again rather than fetch it a second time.
-            found = self._use(image_id, await self.shared.get(image_id))
-            if found is not None:
-                self.release_later(image_id, token)
-                return found
-            return Claim(token=token)
-        deadline = self._timer() + self.lease_time
-        while self._timer() < deadline:
-            await asyncio.sleep(POLL_INTERVAL)
-            # The lease first, then the value: the holder stores before it releases, so a lease
-            # seen gone means a value stored by it is already there to be read.
-            held = await self.shared.lease_held(image_id)
-            found = self._use(image_id, await self.shared.get(image_id))
-            if found is not None:
-                return found
-            if not held:
-                break
-        return Claim()
-
-    def _use(self, image_id: str, entry: SharedEntry | None) -> Claim | None:
-        """Copy a shared entry into the in-process tier; a Claim when it answers the call."""
-        if entry is None:
-            return None
-        left = (entry.fresh_until if isinstance(entry, SharedImage) else entry.until) - (
-            self._clock()
-        )
-        if isinstance(entry, SharedMissing):
-            if left <= 0:
-                return None
-            self.memory.set_missing(image_id, left)
-            return Claim(missing=True)
-        if left > 0:
-            self.memory.set(image_id, entry.image, left)
-            return Claim(image=entry.image)
-        if left + self.memory.stale_window > 0 and self.memory.get_stale(image_id) is None:
-            # Expired but in its stale window: kept so that stale_if_error can serve it if the
-            # upstream fails now.
-            self.memory.set(image_id, entry.image, left)
-        return None
-
-    async def store(self, image_id: str, image: GalleryImage, ttl: float | None) -> None:
-        """Share a fetched image for ``ttl`` seconds; None (not storable) forgets the old one."""
-        if ttl is None:
-            await self.shared.invalidate(image_id)
-        else:
-            await self.shared.set(image_id, image, ttl, self.memory.stale_window)
-
-    async def store_missing(self, image_id: str, ttl: float) -> None:
-        """Share a 404 for ``ttl`` seconds (0: not remembered, not shared)."""
-        if ttl > 0:
-            await self.shared.set_missing(image_id, ttl)
-
-    def release_later(self, image_id: str, token: str) -> None:
-        """Release a lease in a task of its own, so that a cancelled fetch still releases it."""
-        self._spawn(self._releasing, self.shared.release, image_id, token)
-
-    def invalidate_later(self, image_id: str) -> None:
-        """Forget ``image_id`` in the shared tier, in a task; the next miss waits for it."""
-        self._spawn(self._forgetting, self.shared.invalidate, image_id)
-
-    def clear_later(self) -> None:
-        """Forget everything in the shared tier, in a task; the next miss waits for it."""
-        self._spawn(self._forgetting, self.shared.clear)
-
-    def _spawn(
-        self,
-        tasks: set[asyncio.Task[None]],
-        operation: Callable[..., Coroutine[Any, Any, None]],
-        *args: str,
-    ) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            # The shared cache's connections belong to an event loop: without one it cannot be
-            # reached, and a sync caller cannot wait for it anyway.
-            logger.warning("no running event loop: the shared cache was left unchanged")
-            return
-        task = loop.create_task(operation(*args))
-        tasks.add(task)
-        task.add_done_callback(lambda done: _settled(tasks, done))
-
-    async def drain(self) -> None:
-        """Wait for the deletions and releases still running."""
-        pending = self._forgetting | self._releasing
-        if pending:
-            await asyncio.wait(pending)
-
-
-def _settled(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
-    tasks.discard(task)
-    # A SharedCache should never raise; one that does is reported here, not lost with its task.
-    if not task.cancelled() and task.exception() is not None:
-        logger.warning("a shared cache operation failed", exc_info=task.exception())

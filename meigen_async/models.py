@@ -7,7 +7,6 @@ fields take their defaults, and only a value of the wrong type is an error.
 from __future__ import annotations
 
 import functools
-import sys
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from typing import Any
@@ -127,18 +126,9 @@ def _structure_int(value: Any, _: Any) -> int | None:
     raise TypeError(f"expected an integer, got {type(value).__name__}")
 
 
-if sys.version_info >= (3, 11):
-    _fromisoformat = datetime.fromisoformat
-else:
-
-    def _fromisoformat(value: str) -> datetime:
-        # Python 3.10's fromisoformat does not know the "Z" suffix.
-        return datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith("Z") else value)
-
-
 def parse_timestamp(value: str) -> datetime:
     """Parse an ISO 8601 timestamp; a naive one is taken as UTC."""
-    parsed = _fromisoformat(value)
+    parsed = datetime.fromisoformat(value)
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
 
 

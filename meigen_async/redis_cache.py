@@ -27,7 +27,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .cache import SharedEntry, SharedImage, SharedMissing
+from .shared import SharedEntry, SharedImage, SharedMissing
 from .errors import InvalidResponse
 from .models import GalleryImage, structure_image, unstructure_image
 

@@ -1,7 +1,8 @@
-"""``GallerySession``: the thin async shell that caches, coalesces and bounds requests.
+"""`GallerySession`: the public methods, calling the pieces that do the work.
 
-The decisions live elsewhere: ids and envelopes in :mod:`~meigen_async.protocol`, how long to
-keep a response in :mod:`~meigen_async.cache`, the HTTP call in :mod:`~meigen_async.transport`.
+What each step decides lives in `_core` (plain functions), the fetch of one id in `_fetch`,
+single flight in `_flight`, the request loop in `_upstream`, HTTP in `_transport`; see
+docs/architecture.md for how they fit together.
 """
 
 from __future__ import annotations
@@ -9,18 +10,22 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Literal, overload
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 
-from ._version import __version__
-from .cache import CachePolicy, MemoryCache, SharedCache, SharedTier
-from .errors import ImageNotFound, MeigenError, TransportError
+from ._core import COALESCED, Lookup, Tally, look_up, remembered_404
+from ._fetch import Fetcher
+from ._flight import Flight, SingleFlight
+from ._shared_tier import SharedTier
+from ._transport import AiohttpTransport, default_user_agent, image_urls
+from ._upstream import Pacer, Upstream, pacer_for
+from .cache import CachePolicy, MemoryCache
+from .errors import MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
-from .protocol import decode_response, validate_image_id
-from .retry import RetryPolicy, is_retryable
-from .transport import Deadlines, fetch, image_urls
+from .protocol import validate_image_id
+from .retry import RetryPolicy
+from .shared import SharedCache
 
 __all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
 
@@ -31,44 +36,37 @@ FETCH_TASK_PREFIX = "meigen-async fetch "
 """Upstream fetches run in tasks named this prefix plus the id, to spot them in a debugger."""
 
 
-class _Flight:
-    """One upstream fetch and how many callers are waiting on it."""
-
-    __slots__ = ("task", "waiters")
-
-    def __init__(self, task: asyncio.Task[GalleryImage]):
-        self.task = task
-        self.waiters = 0
-
-
 class GallerySession:
-    """An async client for ``GET /api/images/:id`` with a TTL cache and request coalescing.
+    """An async client for `GET /api/images/:id` with a TTL cache and request coalescing.
 
-    Use it as an async context manager, or call :meth:`close` when done. One session is meant
-    to be shared by every task of a program: its cache, its coalescing and its ``concurrency``
+    Use it as an async context manager, or call `close()` when done. One session is meant to
+    be shared by every task of a program: its cache, its coalescing and its `concurrency`
     bound all work across calls.
 
     Args:
-        base_url: Where the service lives, an absolute http(s) URL (ValueError otherwise);
-            only ``{base_url}/api/images/{id}`` is requested.
+        base_url: Where the service lives, an absolute http(s) URL (`ValueError` otherwise);
+            only `{base_url}/api/images/{id}` is requested.
         concurrency: Most upstream requests in flight at once, across all calls.
         timeout: Seconds allowed for one request, body included.
-        cache_size: Most images kept (and, separately, most 404s remembered); 0 disables caching.
-        ttl: Seconds to keep every image, overriding the server's ``Cache-Control``.
+        cache_size: Most images kept (and, separately, most 404s remembered); 0 disables
+            caching.
+        ttl: Seconds to keep every image, overriding the server's `Cache-Control`.
         default_ttl: Seconds to keep an image when the server gives no lifetime.
-        max_ttl: The longest the server's ``Cache-Control`` may make us keep an image.
+        max_ttl: The longest the server's `Cache-Control` may make us keep an image.
         negative_ttl: Seconds a 404 is remembered; 0 disables.
-        max_body_bytes: A larger response body is refused as :class:`InvalidResponse`.
-        session: An ``aiohttp.ClientSession`` to use; it is never closed by this object.
-        user_agent: The ``User-Agent`` header; a ``meigen-async/<version>`` one by default.
-        retry: How failed requests are retried; ``RetryPolicy(max_retries=0)`` disables.
-        rate_limit: Most upstream requests per second for the whole session (None: no limit).
+        max_body_bytes: A larger response body is refused as `InvalidResponse`.
+        session: An `aiohttp.ClientSession` to use; it is never closed by this object.
+        user_agent: The `User-Agent` header; a `meigen-async/<version>` one by default.
+        retry: How failed requests are retried; `RetryPolicy(max_retries=0)` disables.
+        rate_limit: Most upstream requests per second for the whole session (None: no
+            limit), or a pacer: any object with an `async acquire()` that returns when the
+            next request may go.
         stale_if_error: Seconds past expiry an image may still be served when the upstream
             fails with a retryable error after every retry.
-        cache: None for an in-process ``MemoryCache(cache_size, stale_window=stale_if_error)``;
-            a :class:`~meigen_async.cache.MemoryCache` to use as the in-process cache as it
-            is (its own size and stale window apply); or a shared cache such as
-            :class:`~meigen_async.cache.RedisCache`, put behind an in-process cache built as
+        cache: None for an in-process `MemoryCache(cache_size, stale_window=stale_if_error)`;
+            a `MemoryCache` to use as the in-process cache as it is (its own size and stale
+            window apply); or a shared cache (a `SharedCache`, such as
+            `meigen_async.redis_cache.RedisCache`), put behind an in-process cache built as
             for None. A cache passed in is never closed by this object.
 
     """
@@ -88,7 +86,7 @@ class GallerySession:
         session: aiohttp.ClientSession | None = None,
         user_agent: str | None = None,
         retry: RetryPolicy | None = None,
-        rate_limit: float | None = None,
+        rate_limit: float | Pacer | None = None,
         stale_if_error: float = 0.0,
         cache: MemoryCache | SharedCache | None = None,
     ):
@@ -96,58 +94,67 @@ class GallerySession:
         _require(timeout > 0, "timeout must be positive")
         _require(cache_size >= 0, "cache_size must not be negative")
         _require(max_body_bytes > 0, "max_body_bytes must be positive")
-        _require(rate_limit is None or rate_limit > 0, "rate_limit must be positive")
+        _require(
+            not isinstance(rate_limit, (int, float)) or rate_limit > 0,
+            "rate_limit must be positive",
+        )
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
-        _require(ttl is None or ttl >= 0, "ttl must not be negative")
-        _require(min(default_ttl, max_ttl, negative_ttl) >= 0, "TTLs must not be negative")
         self.base_url = base_url.rstrip("/")
-        self._image_url = image_urls(self.base_url)
+        image_url = image_urls(self.base_url)
         self.concurrency = concurrency
         self.policy = CachePolicy(
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
         )
         self.retry = retry if retry is not None else RetryPolicy()
-        self._shared: SharedTier | None = None
+        shared: SharedTier | None = None
         if isinstance(cache, MemoryCache):
             self._cache = cache
         else:
             self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
             if cache is not None:
                 # A lease lasts one request's timeout: longer than a live holder's attempt.
-                self._shared = SharedTier(self._cache, cache, lease_time=timeout)
-        self._pace = _pacer(rate_limit) if rate_limit is not None else None
-        self._deadlines = Deadlines(timeout)
-        self._max_body_bytes = max_body_bytes
-        self._defaults: dict[str, Any] = {
-            "headers": {
-                "User-Agent": user_agent
-                or f"meigen-async/{__version__} aiohttp/{aiohttp.__version__}",
+                shared = SharedTier(self._cache, cache, lease_time=timeout, policy=self.policy)
+        self._shared = shared
+        self._tally = Tally()
+        self._transport = AiohttpTransport(
+            timeout=timeout,
+            max_body_bytes=max_body_bytes,
+            headers={
+                "User-Agent": user_agent or default_user_agent(),
                 "Accept": "application/json",
             },
-            # Deadlines keeps the timeout; aiohttp's own would arm a timer per request.
-            "timeout": aiohttp.ClientTimeout(total=None),
-        }
-        # Given per request only to a caller's session: ours carries them itself, which
-        # spares aiohttp merging them on every request (measured: 24 µs a request).
-        self._request_options = self._defaults if session is not None else {}
-        self._http = session
-        self._owns_http = session is None
+            session=session,
+            connections=concurrency,
+        )
+        pacer = pacer_for(rate_limit) if isinstance(rate_limit, (int, float)) else rate_limit
+        upstream = Upstream(
+            self._transport.send,
+            concurrency=concurrency,
+            retry=self.retry,
+            tally=self._tally,
+            pacer=pacer,
+        )
+        fetcher = Fetcher(
+            cache=self._cache,
+            shared=shared,
+            upstream=upstream,
+            policy=self.policy,
+            image_url=image_url,
+            tally=self._tally,
+        )
+        self._flights: SingleFlight[GalleryImage] = SingleFlight(
+            fetcher.fetch,
+            task_name=FETCH_TASK_PREFIX.__add__,
+            closed_error=_closed_error,
+        )
         self._closed = False
-        self._slots = asyncio.Semaphore(concurrency)
-        self._flights: dict[str, _Flight] = {}
-        self._requests = 0
-        self._hits = 0
-        self._misses = 0
-        self._coalesced = 0
-        self._retries = 0
-        self._errors = 0
-        self._stale_served = 0
 
     # -- Lifecycle -----------------------------------------------------------------------------
 
     async def __aenter__(self) -> GallerySession:
         """Open the HTTP session; the cache starts empty."""
-        self._client()
+        self._ensure_open()
+        self._transport.open()
         return self
 
     async def __aexit__(
@@ -160,46 +167,28 @@ class GallerySession:
         await self.close()
 
     async def close(self) -> None:
-        """Cancel fetches in flight and close the HTTP session if this object opened it.
+        """Cancel fetches in flight, wait for every task started, close the HTTP session.
 
-        Idempotent. A caller still waiting on a cancelled fetch gets :class:`TransportError`.
-        With a shared cache, the deletions and lease releases still running are waited for;
-        the cache itself is left open, for whoever made it to close.
+        Idempotent. A caller still waiting on a cancelled fetch gets `TransportError`. With a
+        shared cache, the deletions and lease releases still running are waited for; the
+        cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
         self._closed = True
-        tasks = [flight.task for flight in self._flights.values()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks)
+        await self._flights.close()
         if self._shared is not None:
             await self._shared.drain()
-        self._deadlines.close()
-        if self._owns_http and self._http is not None:
-            await self._http.close()
+        await self._transport.close()
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
+        """Whether `close()` has been called."""
         return self._closed
 
     def _ensure_open(self) -> None:
         if self._closed:
             raise RuntimeError("this GallerySession is closed")
-
-    def _client(self) -> aiohttp.ClientSession:
-        self._ensure_open()
-        if self._http is None:
-            connector = aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300)
-            self._http = aiohttp.ClientSession(connector=connector, **self._defaults)
-            if hasattr(self._http, "_retry_connection"):
-                # aiohttp quietly resends a GET once when the server drops the connection;
-                # our RetryPolicy decides retries, and counts them. (aiohttp's TestClient
-                # turns it off the same way: there is no public switch.)
-                self._http._retry_connection = False
-        return self._http
 
     # -- Single images -------------------------------------------------------------------------
 
@@ -210,145 +199,36 @@ class GallerySession:
 
         Raises:
             InvalidImageId: before any I/O, when the id is not a gallery id.
-            ImageNotFound: the gallery has no such image (remembered ``negative_ttl`` seconds).
+            ImageNotFound: the gallery has no such image (remembered `negative_ttl` seconds).
             MeigenError: any other failure, as one of its subclasses.
 
         """
-        image = self._cache.get(image_id) if type(image_id) is str else None
+        image = self._look_up(image_id)
         if image is not None:
-            self._hits += 1
             return image
-        return await self._join_flight(self._miss(image_id))
+        flight = self._join(image_id, asyncio.get_running_loop())
+        return await self._flights.wait(flight)
 
-    def _miss(self, image_id: object) -> str:
-        valid_id = validate_image_id(image_id)
-        if self._cache.is_missing(valid_id):
-            self._hits += 1
-            raise _remembered_404(valid_id)
-        self._misses += 1
-        return valid_id
-
-    def _board(self, image_id: str, loop: asyncio.AbstractEventLoop) -> _Flight:
-        """Join the fetch in flight for ``image_id``, starting one in ``loop`` if there is none."""
-        flight = self._flights.get(image_id)
-        if flight is None:
-            # Without a shared tier the task runs the upstream loop itself: one frame less
-            # for every resumption of every request.
-            job = self._fetch_upstream if self._shared is None else self._fetch_shared
-            # The loop's own create_task: asyncio.create_task would look the loop up per id.
-            task = loop.create_task(job(image_id), name=f"{FETCH_TASK_PREFIX}{image_id}")
-            flight = _Flight(task)
-            self._flights[image_id] = flight
-        else:
-            self._coalesced += 1
-        flight.waiters += 1
-        return flight
-
-    def _leave(self, image_id: str, flight: _Flight) -> bool:
-        """Stop waiting on ``flight``; True when that cancelled it, nobody else waiting.
-
-        The last waiter to leave lands the flight (rather than a done callback, one less per
-        fetch), cancelling its task if it has not finished.
-        """
-        flight.waiters -= 1
-        if flight.waiters:
-            return False
-        self._land(image_id, flight)
-        if flight.task.done():
-            return False
-        flight.task.cancel()
-        return True
-
-    async def _join_flight(self, image_id: str) -> GalleryImage:
-        flight = self._board(image_id, asyncio.get_running_loop())
-        try:
-            return await asyncio.shield(flight.task)
-        except asyncio.CancelledError:
-            if flight.task.cancelled() and self._closed:
-                raise self._closed_error(image_id) from None
-            raise
-        finally:
-            self._leave(image_id, flight)
-
-    @staticmethod
-    def _closed_error(image_id: str) -> TransportError:
-        return TransportError(
-            f"the session was closed while image {image_id} was being fetched", image_id=image_id
+    def _look_up(self, image_id: object) -> GalleryImage | None:
+        """A cached image, or None for a miss, counted; a bad id or a known 404 raised."""
+        lookup, image = (
+            look_up(self._cache, image_id) if type(image_id) is str else (Lookup.MISS, None)
         )
-
-    def _land(self, image_id: str, flight: _Flight) -> None:
-        if self._flights.get(image_id) is flight:
-            del self._flights[image_id]
-
-    async def _fetch_shared(self, image_id: str) -> GalleryImage:
-        """Ask the shared tier first; fetch upstream under its lease when it has nothing."""
-        assert self._shared is not None  # only started when there is a shared tier
-        claim = await self._shared.claim(image_id)
-        if claim.answered:
-            # A hit of the shared tier: counted as a cache hit, and no request was sent.
-            self._hits += 1
-            if claim.image is not None:
-                return claim.image
-            raise _remembered_404(image_id)
-        try:
-            return await self._fetch_upstream(image_id)
-        except ImageNotFound:
-            await self._shared.store_missing(image_id, self.policy.negative_ttl)
-            raise
-        finally:
-            # After the value is stored (in _attempt, or just above), so that processes waiting
-            # on the lease find it there.
-            if claim.token is not None:
-                self._shared.release_later(image_id, claim.token)
-
-    async def _fetch_upstream(self, image_id: str) -> GalleryImage:
-        retries = 0
-        while True:
-            try:
-                return await self._attempt(image_id)
-            except MeigenError as error:
-                delay = self.retry.delay_before_retry(retries, error)
-                if delay is None:
-                    return self._give_up(image_id, error)
-            retries += 1
-            self._retries += 1
-            await asyncio.sleep(delay)
-
-    async def _attempt(self, image_id: str) -> GalleryImage:
-        http = self._client()
-        async with self._slots:
-            # Paced inside the slot: tokens taken while queueing would be spent in a burst.
-            if self._pace is not None:
-                await self._pace.acquire()
-            self._requests += 1
-            raw = await fetch(
-                http,
-                self._image_url(image_id),
-                image_id=image_id,
-                deadlines=self._deadlines,
-                max_body_bytes=self._max_body_bytes,
-                options=self._request_options,
-            )
-        image = decode_response(raw.status, raw.headers, raw.body, image_id=image_id)
-        ttl = self.policy.ttl_for(raw.headers)
-        if ttl is not None:
-            self._cache.set(image_id, image, ttl)
-        else:
-            self._cache.invalidate(image_id)
-        if self._shared is not None:
-            await self._shared.store(image_id, image, ttl)
+        if lookup is not Lookup.HIT:
+            valid_id = validate_image_id(image_id)
+            if lookup is Lookup.KNOWN_MISSING:
+                self._tally.record(lookup)
+                raise remembered_404(valid_id)
+        self._tally.record(lookup)
         return image
 
-    def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
-        self._errors += 1
-        if isinstance(error, ImageNotFound):
-            self._cache.set_missing(image_id, self.policy.negative_ttl)
-        elif is_retryable(error):
-            stale = self._cache.get_stale(image_id)
-            if stale is not None:
-                self._stale_served += 1
-                return stale
-        raise error
+    def _join(self, image_id: str, loop: asyncio.AbstractEventLoop) -> Flight[GalleryImage]:
+        """Wait on the fetch of a valid id that missed the cache, starting it if needed."""
+        self._ensure_open()
+        flight, joined = self._flights.join(image_id, loop)
+        if joined:
+            self._tally.record(COALESCED)
+        return flight
 
     # -- Many images ---------------------------------------------------------------------------
 
@@ -365,92 +245,67 @@ class GallerySession:
     async def get_images(
         self, ids: Iterable[str], *, return_exceptions: bool = False
     ) -> list[GalleryImage] | list[GalleryImage | MeigenError]:
-        """The images for ``ids``, in input order, each distinct id fetched once.
+        """The images for `ids`, in input order, each distinct id fetched once.
 
         By default the first error to happen is raised and the fetches still running are
-        cancelled (what finished stays cached). With ``return_exceptions=True`` every id gets
-        its image or its :class:`MeigenError` in the list.
+        cancelled (what finished stays cached). With `return_exceptions=True` every id gets
+        its image or its `MeigenError` in the list.
+
+        Raises:
+            TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.
+
         """
+        _refuse_single_id(ids)
         self._ensure_open()
         loop = asyncio.get_running_loop()
         wanted = list(ids)
-        outcomes: dict[str, GalleryImage | MeigenError] = {}
-        flights: dict[str, _Flight] = {}
-        for image_id in dict.fromkeys(wanted):
+        outcomes: dict[object, GalleryImage | MeigenError] = {}
+        flights: list[Flight[GalleryImage]] = []
+        distinct: dict[object, object] = {}
+        for image_id in wanted:
+            distinct.setdefault(_key(image_id), image_id)
+        for key, candidate in distinct.items():
             try:
-                image = self._cache.get(image_id) if type(image_id) is str else None
+                image = self._look_up(candidate)
                 if image is not None:
-                    self._hits += 1
-                    outcomes[image_id] = image
+                    outcomes[key] = image
                 else:
-                    flights[image_id] = self._board(self._miss(image_id), loop)
+                    flights.append(self._join(validate_image_id(candidate), loop))
             except MeigenError as error:
                 if not return_exceptions:
-                    await self._leave_all(flights.items())
+                    await self._flights.leave_all(flights)
                     raise
-                outcomes[image_id] = error
-        if flights:
-            outcomes.update(await self._ride(flights, fail_fast=not return_exceptions))
+                outcomes[key] = error
+        for flight, outcome in await self._flights.wait_many(
+            flights, fail_fast=not return_exceptions
+        ):
+            outcomes[flight.key] = _expected(outcome)
         first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
         if first_error is not None and not return_exceptions:
             raise first_error
-        return [outcomes[image_id] for image_id in wanted]
-
-    async def _ride(
-        self, flights: dict[str, _Flight], *, fail_fast: bool
-    ) -> dict[str, GalleryImage | MeigenError]:
-        """Wait on ``flights``; with ``fail_fast`` stop at the first error, leaving the rest."""
-        # Waiting on the fetch tasks themselves, with no task or shield per id: bulk calls
-        # are where that overhead would show.
-        try:
-            await asyncio.wait(
-                [flight.task for flight in flights.values()],
-                return_when=asyncio.FIRST_EXCEPTION if fail_fast else asyncio.ALL_COMPLETED,
-            )
-        finally:
-            await self._leave_all(flights.items())
-        return {
-            image_id: self._outcome(image_id, flight.task)
-            for image_id, flight in flights.items()
-            # Left unfinished by fail-fast: cancelled, and nobody's answer.
-            if not (flight.task.cancelled() and not self._closed)
-        }
-
-    def _outcome(
-        self, image_id: str, task: asyncio.Task[GalleryImage]
-    ) -> GalleryImage | MeigenError:
-        """What a finished fetch gave: its image, or its error; a bug's exception is raised."""
-        if task.cancelled():
-            return self._closed_error(image_id)
-        error = task.exception()
-        if error is None:
-            return task.result()
-        if isinstance(error, MeigenError):
-            return error
-        raise error
-
-    async def _leave_all(self, flights: Iterable[tuple[str, _Flight]]) -> None:
-        """Leave every flight, waiting for the ones that leaving cancelled to wind down."""
-        cancelled = [f.task for image_id, f in flights if self._leave(image_id, f)]
-        if cancelled:
-            await asyncio.wait(cancelled)
+        return [outcomes[_key(image_id)] for image_id in wanted]
 
     async def iter_images(
         self, ids: Iterable[str] | AsyncIterable[str]
     ) -> AsyncGenerator[ImageResult, None]:
-        """Yield an :class:`ImageResult` per id, as each completes.
+        """Yield an `ImageResult` per id, as each completes.
 
-        ``ids`` is consumed lazily and at most ``concurrency`` fetches are kept going, so a
+        `ids` is consumed lazily and at most `concurrency` fetches are kept going, so a
         generator of a million ids runs in flat memory. Errors are reported in the results,
         never raised. Leaving the loop early cancels the fetches still running; wrap the
-        iterator in :func:`contextlib.aclosing` to make that happen at once.
+        iterator in `contextlib.aclosing` to make that happen at once.
+
+        Raises:
+            TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.
+
         """
+        _refuse_single_id(ids)
         self._ensure_open()
         loop = asyncio.get_running_loop()
         source = _aiter(ids)
-        # The fetch tasks this iterator waits on, each with the ids (duplicates too) it answers;
-        # like get_images, no task of its own per id.
-        running: dict[asyncio.Task[GalleryImage], list[tuple[str, _Flight]]] = {}
+        # The fetch tasks this iterator waits on, each with the flights (one per id asked,
+        # duplicates too) it answers; like get_images, no task of its own per id.
+        running: dict[asyncio.Task[GalleryImage], list[Flight[GalleryImage]]] = {}
         waiting = 0  # ids awaiting an answer: the read-ahead bound, duplicates counted
         exhausted = False
         try:
@@ -462,40 +317,38 @@ class GallerySession:
                         exhausted = True
                         break
                     try:
-                        image = self._cache.get(image_id) if type(image_id) is str else None
-                        valid_id = self._miss(image_id) if image is None else image_id
+                        image = self._look_up(image_id)
                     except MeigenError as error:
                         yield ImageResult(str(image_id), error=error)
                         continue
                     if image is not None:
-                        self._hits += 1
                         yield ImageResult(image_id, image=image)
                         continue
-                    flight = self._board(valid_id, loop)
-                    running.setdefault(flight.task, []).append((valid_id, flight))
+                    flight = self._join(image_id, loop)
+                    running.setdefault(flight.task, []).append(flight)
                     waiting += 1
                 if not running:
                     return
                 done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    for image_id, flight in running.pop(task):
+                    for flight in running.pop(task):
                         waiting -= 1
-                        self._leave(image_id, flight)
-                        outcome = self._outcome(image_id, task)
+                        self._flights.leave(flight)
+                        outcome = _expected(self._flights.outcome(flight))
                         if isinstance(outcome, MeigenError):
-                            yield ImageResult(image_id, error=outcome)
+                            yield ImageResult(flight.key, error=outcome)
                         else:
-                            yield ImageResult(image_id, image=outcome)
+                            yield ImageResult(flight.key, image=outcome)
         finally:
-            await self._leave_all(pair for pairs in running.values() for pair in pairs)
+            await self._flights.leave_all(f for flights in running.values() for f in flights)
 
     # -- Cache control and counters ------------------------------------------------------------
 
     def invalidate(self, image_id: str) -> None:
-        """Forget what is cached for ``image_id`` (an image or a remembered 404).
+        """Forget what is cached for `image_id` (an image or a remembered 404).
 
         With a shared cache, the in-process entry goes at once and the shared one in a task
-        that this session's next miss, and :meth:`close`, wait for.
+        that this session's next miss, and `close()`, wait for.
         """
         self._cache.invalidate(image_id)
         if self._shared is not None:
@@ -504,8 +357,8 @@ class GallerySession:
     def clear_cache(self) -> None:
         """Forget every cached image and remembered 404.
 
-        With a shared cache, it is cleared too, for every process using it: in a task, as
-        for :meth:`invalidate`.
+        With a shared cache, it is cleared too, for every process using it: in a task, as for
+        `invalidate()`.
         """
         self._cache.clear()
         if self._shared is not None:
@@ -514,33 +367,42 @@ class GallerySession:
     @property
     def stats(self) -> SessionStats:
         """A snapshot of the counters since the session was made."""
-        return SessionStats(
-            requests=self._requests,
-            cache_hits=self._hits,
-            cache_misses=self._misses,
-            coalesced=self._coalesced,
-            retries=self._retries,
-            errors=self._errors,
-            stale_served=self._stale_served,
-        )
+        return self._tally.snapshot()
 
 
-def _remembered_404(image_id: str) -> ImageNotFound:
-    return ImageNotFound(
-        f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
+def _closed_error(image_id: str) -> TransportError:
+    return TransportError(
+        f"the session was closed while image {image_id} was being fetched", image_id=image_id
     )
 
 
-def _pacer(rate_limit: float) -> AsyncLimiter:
-    # aiolimiter counts whole requests per period: below one a second, widen the period.
-    if rate_limit >= 1:
-        return AsyncLimiter(rate_limit, 1.0)
-    return AsyncLimiter(1, 1.0 / rate_limit)
+def _expected(outcome: GalleryImage | BaseException) -> GalleryImage | MeigenError:
+    """A fetch's image or `MeigenError`; anything else is a bug, raised."""
+    if isinstance(outcome, BaseException) and not isinstance(outcome, MeigenError):
+        raise outcome
+    return outcome
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _refuse_single_id(ids: object) -> None:
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise TypeError(
+            f"expected an iterable of ids, not a single {type(ids).__name__}: "
+            "use get_image for one id"
+        )
+
+
+def _key(image_id: object) -> object:
+    """`image_id` as a dict key: an unhashable one stands for itself by identity."""
+    try:
+        hash(image_id)
+    except TypeError:
+        return ("unhashable", id(image_id))
+    return image_id
 
 
 async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:

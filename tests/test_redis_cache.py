@@ -37,17 +37,12 @@ from meigen_async import (
     RetryPolicy,
     ServerError,
 )
-from meigen_async.cache import (
-    MemoryCache,
-    RedisCache,
-    SharedEntry,
-    SharedImage,
-    SharedMissing,
-    SharedTier,
-)
+from meigen_async._shared_tier import SharedTier
+from meigen_async.cache import MemoryCache
 from meigen_async.models import structure_image
 from meigen_async.redis_cache import (
     Backoff,
+    RedisCache,
     decode_image,
     decode_missing,
     encode_image,
@@ -56,6 +51,7 @@ from meigen_async.redis_cache import (
     lease_key,
     missing_key,
 )
+from meigen_async.shared import SharedEntry, SharedImage, SharedMissing
 from meigen_async.testing import Answer, FakeGallery
 
 WORKER = Path(__file__).with_name("redis_helpers.py")

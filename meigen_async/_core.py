@@ -1,0 +1,231 @@
+"""What a fetch does next, decided with plain values: no asyncio, no aiohttp.
+
+`GallerySession` does the I/O and asks these functions at each step: what the cache holds for an
+id (`look_up`), what a response means (`read_response`), whether a failed attempt is tried again
+(`after_failure`), and what a fetch that gave up ends in (`after_giving_up`). `Tally` turns
+those outcomes into the counters of `SessionStats`: the one place where a counter moves.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+
+import attrs
+
+from .cache import CachePolicy, MemoryCache
+from .errors import ImageNotFound, MeigenError, TransportError
+from .models import GalleryImage, SessionStats
+from .protocol import decode_response
+from .retry import RetryPolicy, is_retryable
+
+__all__ = [
+    "COALESCED",
+    "SENT",
+    "SHARED_HIT",
+    "DontStore",
+    "Lookup",
+    "Raise",
+    "Retry",
+    "ServeStale",
+    "Store",
+    "Tally",
+    "after_failure",
+    "after_giving_up",
+    "for_image",
+    "look_up",
+    "read_response",
+    "remembered_404",
+]
+
+
+# -- Looking in the cache ------------------------------------------------------------------------
+
+
+class Lookup(enum.Enum):
+    """What the in-process cache holds for an id."""
+
+    HIT = "hit"
+    """A fresh image: the answer."""
+    KNOWN_MISSING = "known 404"
+    """A remembered 404: `ImageNotFound`, with no request."""
+    MISS = "miss"
+    """Nothing usable: the shared tier or the upstream has to answer."""
+
+
+def look_up(cache: MemoryCache, image_id: str) -> tuple[Lookup, GalleryImage | None]:
+    """What `cache` holds for `image_id`, and the image when it is a hit."""
+    image = cache.get(image_id)
+    if image is not None:
+        return Lookup.HIT, image
+    return (Lookup.KNOWN_MISSING if cache.is_missing(image_id) else Lookup.MISS), None
+
+
+def remembered_404(image_id: str) -> ImageNotFound:
+    """The error a remembered 404 answers with."""
+    return ImageNotFound(
+        f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
+    )
+
+
+# -- Reading a response --------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Store:
+    """A good response: keep `image` `ttl` seconds here and `shared_ttl` in a shared tier."""
+
+    image: GalleryImage
+    ttl: float
+    shared_ttl: float | None
+
+
+@attrs.frozen
+class DontStore:
+    """A good response the server does not let us keep; what was stored for it goes."""
+
+    image: GalleryImage
+
+
+def read_response(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    image_id: str,
+    policy: CachePolicy,
+) -> Store | DontStore:
+    """What one response means: an image to store, one not to store, or its error, raised.
+
+    Raises:
+        MeigenError: the response stands for an error (its status, or a body that is not an
+            image); the caller's retry decision comes next.
+
+    """
+    image = decode_response(status, headers, body, image_id=image_id)
+    ttl = policy.ttl_for(headers)
+    if ttl is None:
+        return DontStore(image)
+    return Store(image, ttl, ttl)
+
+
+# -- After a failed attempt ----------------------------------------------------------------------
+
+
+def for_image(error: MeigenError, image_id: str, retries: int) -> MeigenError:
+    """`error`, from a transport that knows only URLs, told for `image_id` after `retries`."""
+    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    if isinstance(error, TransportError):
+        message = f"request for image {image_id} failed: {error.message}{after}"
+    else:
+        message = f"image {image_id}: {error.message}{after}"
+    return type(error)(message, image_id=image_id, status=error.status)
+
+
+@attrs.frozen
+class Retry:
+    """Try again after `delay` seconds."""
+
+    delay: float
+
+
+def after_failure(error: MeigenError, retries_so_far: int, policy: RetryPolicy) -> Retry | None:
+    """Whether a failed attempt is tried again, and after how long; None gives up."""
+    delay = policy.delay_before_retry(retries_so_far, error)
+    return None if delay is None else Retry(delay)
+
+
+@attrs.frozen
+class ServeStale:
+    """The upstream failed for good, but an expired image may still answer."""
+
+    image: GalleryImage
+
+
+@attrs.frozen
+class Raise:
+    """The fetch fails with `error`; a 404 is remembered `remember_missing` seconds (0: not)."""
+
+    error: MeigenError
+    remember_missing: float = 0.0
+
+
+def after_giving_up(
+    error: MeigenError, *, stale: GalleryImage | None, negative_ttl: float
+) -> ServeStale | Raise:
+    """What a fetch that gave up ends in: `stale` for a retryable failure, else the error.
+
+    A 404 is never masked by stale data: the image is gone, and it is remembered instead.
+    """
+    if isinstance(error, ImageNotFound):
+        return Raise(error, remember_missing=negative_ttl)
+    if stale is not None and is_retryable(error):
+        return ServeStale(stale)
+    return Raise(error)
+
+
+# -- Counting ------------------------------------------------------------------------------------
+
+
+class _Event(enum.Enum):
+    SENT = "sent"
+    COALESCED = "coalesced"
+    SHARED_HIT = "shared hit"
+
+
+SENT = _Event.SENT
+"""An upstream request went out (each attempt counts)."""
+COALESCED = _Event.COALESCED
+"""A call joined the fetch already in flight for its id."""
+SHARED_HIT = _Event.SHARED_HIT
+"""The shared tier answered a miss of the in-process cache."""
+
+Outcome = Lookup | _Event | Retry | ServeStale | Raise
+
+
+class Tally:
+    """The counters of a session, moved only by `record`ing the outcomes above."""
+
+    __slots__ = ("coalesced", "errors", "hits", "misses", "requests", "retries", "stale_served")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.hits = 0
+        self.misses = 0
+        self.coalesced = 0
+        self.retries = 0
+        self.errors = 0
+        self.stale_served = 0
+
+    def record(self, outcome: Outcome) -> None:
+        """Count one outcome."""
+        # Ordered by how often each comes: a warm session mostly records hits.
+        if outcome is Lookup.HIT or outcome is Lookup.KNOWN_MISSING or outcome is SHARED_HIT:
+            # Remembered 404s and the shared tier's answers are answers from a cache too.
+            self.hits += 1
+        elif outcome is Lookup.MISS:
+            self.misses += 1
+        elif outcome is SENT:
+            self.requests += 1
+        elif outcome is COALESCED:
+            self.coalesced += 1
+        elif isinstance(outcome, Retry):
+            self.retries += 1
+        elif isinstance(outcome, ServeStale):
+            # A fetch that failed, rescued by stale data: an error, and a stale answer.
+            self.errors += 1
+            self.stale_served += 1
+        else:
+            self.errors += 1
+
+    def snapshot(self) -> SessionStats:
+        """The counters as they stand."""
+        return SessionStats(
+            requests=self.requests,
+            cache_hits=self.hits,
+            cache_misses=self.misses,
+            coalesced=self.coalesced,
+            retries=self.retries,
+            errors=self.errors,
+            stale_served=self.stale_served,
+        )

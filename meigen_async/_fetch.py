@@ -1,0 +1,119 @@
+"""What a flight's task runs for one id: the shared tier, then the upstream, then the caches.
+
+`Fetcher` is the I/O shell around `_core`'s decisions: it asks the shared tier (when there is
+one), sends through `Upstream`, stores what `read_response` says to store, and ends a failed
+fetch as `after_giving_up` says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from yarl import URL
+
+from ._core import (
+    SHARED_HIT,
+    DontStore,
+    Raise,
+    Store,
+    Tally,
+    after_giving_up,
+    read_response,
+    remembered_404,
+)
+from ._shared_tier import SharedTier
+from ._transport import RawResponse
+from ._upstream import Upstream
+from .cache import CachePolicy, MemoryCache
+from .errors import MeigenError
+from .models import GalleryImage
+
+__all__ = ["Fetcher"]
+
+
+class Fetcher:
+    """Fetches one id and keeps what it may keep.
+
+    Args:
+        cache: The in-process cache.
+        shared: The shared tier behind it, if any.
+        upstream: Where requests go.
+        policy: How long responses are kept.
+        image_url: The URL of a valid id.
+        tally: Where the outcomes are counted.
+
+    """
+
+    def __init__(
+        self,
+        *,
+        cache: MemoryCache,
+        shared: SharedTier | None,
+        upstream: Upstream,
+        policy: CachePolicy,
+        image_url: Callable[[str], URL],
+        tally: Tally,
+    ):
+        self._cache = cache
+        self._shared = shared
+        self._upstream = upstream
+        self._policy = policy
+        self._image_url = image_url
+        self._tally = tally
+        # Without a shared tier the task runs the upstream loop itself: one frame less for
+        # every resumption of every request.
+        self.fetch = self._fetch_upstream if shared is None else self._fetch_shared
+
+    async def _fetch_shared(self, image_id: str) -> GalleryImage:
+        """Ask the shared tier first; fetch upstream under its lease when it has nothing."""
+        shared = self._shared
+        assert shared is not None  # chosen only when there is a shared tier
+        claim = await shared.claim(image_id)
+        if claim.answered:
+            self._tally.record(SHARED_HIT)
+            if claim.image is not None:
+                return claim.image
+            raise remembered_404(image_id)
+        try:
+            return await self._fetch_upstream(image_id)
+        finally:
+            # After the value is stored, so that processes waiting on the lease find it there.
+            if claim.token is not None:
+                shared.release_later(image_id, claim.token)
+
+    async def _fetch_upstream(self, image_id: str) -> GalleryImage:
+        policy = self._policy
+
+        def read(raw: RawResponse) -> Store | DontStore:
+            return read_response(
+                raw.status, raw.headers, raw.body, image_id=image_id, policy=policy
+            )
+
+        try:
+            outcome = await self._upstream.request(
+                self._image_url(image_id), read, image_id=image_id
+            )
+        except MeigenError as error:
+            return await self._give_up(image_id, error)
+        if isinstance(outcome, Store):
+            self._cache.set(image_id, outcome.image, outcome.ttl)
+        else:
+            self._cache.invalidate(image_id)
+        if self._shared is not None:
+            await self._shared.store(
+                image_id, outcome.image, outcome.shared_ttl if isinstance(outcome, Store) else None
+            )
+        return outcome.image
+
+    async def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
+        ending = after_giving_up(
+            error, stale=self._cache.get_stale(image_id), negative_ttl=self._policy.negative_ttl
+        )
+        self._tally.record(ending)
+        if not isinstance(ending, Raise):
+            return ending.image
+        if ending.remember_missing > 0:
+            self._cache.set_missing(image_id, ending.remember_missing)
+            if self._shared is not None:
+                await self._shared.store_missing(image_id, ending.remember_missing)
+        raise ending.error

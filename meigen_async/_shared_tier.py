@@ -1,0 +1,187 @@
+"""The shared tier: a `SharedCache` behind a session's `MemoryCache`, and its lease protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import attrs
+
+from .cache import CachePolicy, MemoryCache
+from .models import GalleryImage
+from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
+
+__all__ = ["POLL_INTERVAL", "Claim", "SharedTier"]
+
+logger = logging.getLogger("meigen_async")
+
+
+@attrs.frozen
+class Claim:
+    """What the shared tier said about an id the in-process cache missed.
+
+    Either an answer (``image``, or ``missing`` for a remembered 404), or permission to fetch
+    upstream, with the lease ``token`` to release afterwards when this process holds one.
+    """
+
+    image: GalleryImage | None = None
+    missing: bool = False
+    token: str | None = None
+
+    @property
+    def answered(self) -> bool:
+        """Whether the shared tier answered, so that no upstream request is needed."""
+        return self.image is not None or self.missing
+
+
+POLL_INTERVAL = 0.025
+"""Seconds between two looks at the shared cache while another process fetches an id."""
+
+
+class SharedTier:
+    """A :class:`SharedCache` behind a session's :class:`MemoryCache`, and the lease protocol.
+
+    :class:`~meigen_async.GallerySession` builds one when given a shared cache, and only its
+    miss path uses it: what it finds in the shared cache goes into the in-process tier with the
+    lifetime it has left. Of concurrent misses for one id in several processes, one takes the
+    lease and fetches; the others look again every :data:`POLL_INTERVAL` seconds and fetch
+    themselves when the lease is released without a value (the holder failed), has expired
+    (the holder died), or after ``lease_time`` seconds of waiting, whichever comes first.
+
+    Args:
+        memory: The in-process tier.
+        shared: The shared tier.
+        lease_time: Seconds a lease lasts, and the longest a process waits for another's fetch.
+        clock: The wall clock shared entries' expiry times are read with.
+        timer: The monotonic clock bounding the wait.
+
+    """
+
+    def __init__(
+        self,
+        memory: MemoryCache,
+        shared: SharedCache,
+        *,
+        lease_time: float,
+        policy: CachePolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        timer: Callable[[], float] = time.monotonic,
+    ):
+        self.memory = memory
+        self.shared = shared
+        self.lease_time = lease_time
+        self.policy = policy if policy is not None else CachePolicy()
+        self._lease_ms = max(1, math.ceil(lease_time * 1000))
+        self._clock = clock
+        self._timer = timer
+        self._forgetting: set[asyncio.Task[None]] = set()
+        self._releasing: set[asyncio.Task[None]] = set()
+
+    async def claim(self, image_id: str) -> Claim:
+        """Answer ``image_id`` from the shared tier, or say who fetches it upstream."""
+        if self._forgetting:
+            # An invalidate() just before this miss must not be undone by reading the old value.
+            await asyncio.wait(set(self._forgetting))
+        found = self._use(image_id, await self.shared.get(image_id))
+        if found is not None:
+            return found
+        token = await self.shared.try_lease(image_id, self._lease_ms)
+        if token is not None:
+            # The previous holder may have stored the value and released its lease between
+            # our look and our lease: look again rather than fetch it a second time.
+            found = self._use(image_id, await self.shared.get(image_id))
+            if found is not None:
+                self.release_later(image_id, token)
+                return found
+            return Claim(token=token)
+        deadline = self._timer() + self.lease_time
+        while self._timer() < deadline:
+            await asyncio.sleep(POLL_INTERVAL)
+            # The lease first, then the value: the holder stores before it releases, so a lease
+            # seen gone means a value stored by it is already there to be read.
+            held = await self.shared.lease_held(image_id)
+            found = self._use(image_id, await self.shared.get(image_id))
+            if found is not None:
+                return found
+            if not held:
+                break
+        return Claim()
+
+    def _use(self, image_id: str, entry: SharedEntry | None) -> Claim | None:
+        """Copy a shared entry into the in-process tier; a Claim when it answers the call."""
+        if entry is None:
+            return None
+        left = (entry.fresh_until if isinstance(entry, SharedImage) else entry.until) - (
+            self._clock()
+        )
+        if isinstance(entry, SharedMissing):
+            if left <= 0:
+                return None
+            self.memory.set_missing(image_id, left)
+            return Claim(missing=True)
+        if left > 0:
+            self.memory.set(image_id, entry.image, left)
+            return Claim(image=entry.image)
+        if left + self.memory.stale_window > 0 and self.memory.get_stale(image_id) is None:
+            # Expired but in its stale window: kept so that stale_if_error can serve it if the
+            # upstream fails now.
+            self.memory.set(image_id, entry.image, left)
+        return None
+
+    async def store(self, image_id: str, image: GalleryImage, ttl: float | None) -> None:
+        """Share a fetched image for ``ttl`` seconds; None (not storable) forgets the old one."""
+        if ttl is None:
+            await self.shared.invalidate(image_id)
+        else:
+            await self.shared.set(image_id, image, ttl, self.memory.stale_window)
+
+    async def store_missing(self, image_id: str, ttl: float) -> None:
+        """Share a 404 for ``ttl`` seconds (0: not remembered, not shared)."""
+        if ttl > 0:
+            await self.shared.set_missing(image_id, ttl)
+
+    def release_later(self, image_id: str, token: str) -> None:
+        """Release a lease in a task of its own, so that a cancelled fetch still releases it."""
+        self._spawn(self._releasing, self.shared.release, image_id, token)
+
+    def invalidate_later(self, image_id: str) -> None:
+        """Forget ``image_id`` in the shared tier, in a task; the next miss waits for it."""
+        self._spawn(self._forgetting, self.shared.invalidate, image_id)
+
+    def clear_later(self) -> None:
+        """Forget everything in the shared tier, in a task; the next miss waits for it."""
+        self._spawn(self._forgetting, self.shared.clear)
+
+    def _spawn(
+        self,
+        tasks: set[asyncio.Task[None]],
+        operation: Callable[..., Coroutine[Any, Any, None]],
+        *args: str,
+    ) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # The shared cache's connections belong to an event loop: without one it cannot be
+            # reached, and a sync caller cannot wait for it anyway.
+            logger.warning("no running event loop: the shared cache was left unchanged")
+            return
+        task = loop.create_task(operation(*args))
+        tasks.add(task)
+        task.add_done_callback(lambda done: _settled(tasks, done))
+
+    async def drain(self) -> None:
+        """Wait for the deletions and releases still running."""
+        pending = self._forgetting | self._releasing
+        if pending:
+            await asyncio.wait(pending)
+
+
+def _settled(tasks: set[asyncio.Task[None]], task: asyncio.Task[None]) -> None:
+    tasks.discard(task)
+    # A SharedCache should never raise; one that does is reported here, not lost with its task.
+    if not task.cancelled() and task.exception() is not None:
+        logger.warning("a shared cache operation failed", exc_info=task.exception())

@@ -1,0 +1,102 @@
+"""The upstream loop: a concurrency slot, pacing, one attempt, and the sleep before a retry.
+
+`Upstream` is written against a `send(url) -> RawResponse` callable (the aiohttp transport is
+one) and an injectable `sleep`, so that its retry and pacing logic is tested on a fake clock.
+What a response means and whether to retry are decided in `_core`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Protocol, TypeVar
+
+from aiolimiter import AsyncLimiter
+from yarl import URL
+
+from ._core import SENT, Tally, after_failure, for_image
+from .errors import MeigenError
+from .retry import RetryPolicy
+from ._transport import RawResponse
+
+__all__ = ["Pacer", "Upstream", "pacer_for"]
+
+T = TypeVar("T")
+
+Send = Callable[[URL], Awaitable[RawResponse]]
+"""One HTTP GET: the response, or `TransportError`."""
+
+
+class Pacer(Protocol):
+    """Paces requests: `acquire` returns when the next one may go."""
+
+    async def acquire(self) -> None:
+        """Wait for the next request's turn."""
+        ...
+
+
+def pacer_for(rate: float) -> AsyncLimiter:
+    """A local pacer letting `rate` requests a second through (aiolimiter's leaky bucket)."""
+    # aiolimiter counts whole requests per period: below one a second, widen the period.
+    if rate >= 1:
+        return AsyncLimiter(rate, 1.0)
+    return AsyncLimiter(1, 1.0 / rate)
+
+
+class Upstream:
+    """Every upstream request goes through here: bounded, paced, retried.
+
+    Args:
+        send: Sends one GET and reads its response.
+        concurrency: Most requests in flight at once, across every caller.
+        retry: When a failed attempt is tried again.
+        tally: Where requests and retries are counted.
+        pacer: Paces requests (None: as fast as the slots allow).
+        sleep: Waits before a retry; `asyncio.sleep` but in tests.
+
+    """
+
+    def __init__(
+        self,
+        send: Send,
+        *,
+        concurrency: int,
+        retry: RetryPolicy,
+        tally: Tally,
+        pacer: Pacer | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ):
+        self._send = send
+        self._slots = asyncio.Semaphore(concurrency)
+        self.retry = retry
+        self._tally = tally
+        self._pacer = pacer
+        self._sleep = sleep
+
+    async def request(self, url: URL, read: Callable[[RawResponse], T], *, image_id: str) -> T:
+        """GET `url` until `read` accepts a response or the retry policy gives up.
+
+        `read` turns a response into the result or raises its `MeigenError`; a transport
+        failure is one too. The last error is raised when no retry is left, naming `image_id`.
+        """
+        retries = 0
+        while True:
+            try:
+                return read(await self._attempt(url))
+            except MeigenError as error:
+                retry = after_failure(error, retries, self.retry)
+                if retry is None:
+                    if error.image_id is None:
+                        raise for_image(error, image_id, retries) from error.__cause__
+                    raise
+            retries += 1
+            self._tally.record(retry)
+            await self._sleep(retry.delay)
+
+    async def _attempt(self, url: URL) -> RawResponse:
+        async with self._slots:
+            # Paced inside the slot: tokens taken while queueing would be spent in a burst.
+            if self._pacer is not None:
+                await self._pacer.acquire()
+            self._tally.record(SENT)
+            return await self._send(url)

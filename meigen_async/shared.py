@@ -1,0 +1,89 @@
+"""The protocol of a cache shared by processes, and the entries it holds.
+
+`SharedCache` is what a session needs from a cache several processes share; `SharedImage` and
+`SharedMissing` are what it hands back. This module knows no implementation:
+`meigen_async.redis_cache.RedisCache` is one, and a user's own is another.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+from .models import GalleryImage
+
+__all__ = ["SharedCache", "SharedEntry", "SharedImage", "SharedMissing"]
+
+
+@attrs.frozen
+class SharedImage:
+    """An image as a shared cache holds it, with the wall-clock time until which it is fresh.
+
+    ``fresh_until`` is in seconds since the epoch (:func:`time.time`): a monotonic clock means
+    nothing to another process, so each reader works out what is left of the lifetime itself.
+    """
+
+    image: GalleryImage
+    fresh_until: float
+
+
+@attrs.frozen
+class SharedMissing:
+    """A 404 as a shared cache remembers it, until ``until`` (seconds since the epoch)."""
+
+    until: float
+
+
+SharedEntry = SharedImage | SharedMissing
+"""What :meth:`SharedCache.get` finds for an id."""
+
+
+class SharedCache(Protocol):
+    """A cache several processes share, put behind each session's in-process cache.
+
+    A shared cache never raises for a failure of its backend: it logs, then answers as if it
+    were empty (:meth:`get` gives None, :meth:`lease_held` False, :meth:`try_lease` a token) and
+    drops writes, so that the session falls back on its in-process cache and the upstream.
+    """
+
+    async def get(self, image_id: str) -> SharedEntry | None:
+        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
+        ...
+
+    async def set(
+        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+    ) -> None:
+        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
+        ...
+
+    async def set_missing(self, image_id: str, ttl: float) -> None:
+        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        ...
+
+    async def invalidate(self, image_id: str) -> None:
+        """Forget the image or 404 stored for ``image_id``."""
+        ...
+
+    async def clear(self) -> None:
+        """Forget every image and 404 stored, for every process sharing the cache."""
+        ...
+
+    async def try_lease(self, image_id: str, ms: int) -> str | None:
+        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
+
+        Returns the token to :meth:`release` it with, or None while another process holds it.
+        """
+        ...
+
+    async def lease_held(self, image_id: str) -> bool:
+        """Whether some process holds the lease to fetch ``image_id``."""
+        ...
+
+    async def release(self, image_id: str, token: str) -> None:
+        """Give up the lease taken with ``token``; another process's lease is left alone."""
+        ...
+
+    async def close(self) -> None:
+        """Release what the cache holds (connections it opened). Idempotent."""
+        ...
