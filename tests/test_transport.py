@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import sys
-import time
+import socket
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -16,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from meigen_async._transport import AiohttpTransport, RawResponse, image_urls
 from meigen_async.errors import InvalidResponse, TransportError
 from meigen_async.protocol import image_url
-from meigen_async.transport import Deadlines, RawResponse, fetch, image_urls
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
@@ -47,14 +46,13 @@ def mocked() -> Any:
 
 async def get(max_body_bytes: int = 1_000_000) -> RawResponse:
     async with aiohttp.ClientSession() as http:
-        return await fetch(
-            http,
-            URL_,
-            image_id=ID,
-            deadlines=Deadlines(5.0),
+        transport = AiohttpTransport(
+            timeout=5.0,
             max_body_bytes=max_body_bytes,
-            options={"headers": {"Accept": "application/json"}},
+            headers={"Accept": "application/json"},
+            session=http,
         )
+        return await transport.send(URL(URL_))
 
 
 async def test_fetch_returns_status_headers_and_body(mocked: aioresponses) -> None:
@@ -119,7 +117,6 @@ async def test_a_content_length_over_max_body_bytes_raises_invalid_response(
         await get(max_body_bytes=1024)
 
     assert "Content-Length is 2048" in str(caught.value)
-    assert caught.value.image_id == ID
 
 
 async def test_a_streamed_body_over_max_body_bytes_raises_invalid_response(
@@ -131,7 +128,7 @@ async def test_a_streamed_body_over_max_body_bytes_raises_invalid_response(
         await get(max_body_bytes=1024)
 
 
-async def test_a_connection_error_becomes_transport_error_with_the_image_id(
+async def test_a_connection_error_becomes_transport_error_with_its_cause(
     mocked: aioresponses,
 ) -> None:
     cause = aiohttp.ClientConnectionError("connection refused")
@@ -140,29 +137,25 @@ async def test_a_connection_error_becomes_transport_error_with_the_image_id(
     with pytest.raises(TransportError, match="connection refused") as caught:
         await get()
 
-    assert caught.value.image_id == ID
     assert caught.value.__cause__ is cause
 
 
-async def test_a_timeout_becomes_transport_error_with_the_image_id(
+async def test_a_timeout_becomes_transport_error_naming_the_timeout(
     mocked: aioresponses,
 ) -> None:
-    mocked.get(URL_, exception=asyncio.TimeoutError())
+    mocked.get(URL_, exception=TimeoutError())
 
     with pytest.raises(TransportError, match="timed out after 5s") as caught:
         await get()
 
-    assert caught.value.image_id == ID
-    assert isinstance(caught.value.__cause__, asyncio.TimeoutError)
+    assert isinstance(caught.value.__cause__, TimeoutError)
 
 
 async def test_aiohttps_own_timeout_error_becomes_transport_error(mocked: aioresponses) -> None:
     mocked.get(URL_, exception=aiohttp.ServerTimeoutError("read timed out"))
 
-    with pytest.raises(TransportError, match="timed out after") as caught:
+    with pytest.raises(TransportError, match="timed out after"):
         await get()
-
-    assert caught.value.image_id == ID
 
 
 # -- image_urls ----------------------------------------------------------------------------------
@@ -201,7 +194,7 @@ def test_image_urls_refuse_a_base_that_is_not_an_absolute_http_url(base: str) ->
         image_urls(base)
 
 
-# -- Deadlines -----------------------------------------------------------------------------------
+# -- Timeouts, one per attempt -------------------------------------------------------------------
 
 
 class _Hanging:
@@ -217,61 +210,35 @@ class _Hanging:
         return None
 
 
-def hanging() -> aiohttp.ClientSession:
-    return cast(aiohttp.ClientSession, _Hanging())
-
-
-async def fetch_from(http: aiohttp.ClientSession, deadlines: Deadlines) -> RawResponse:
-    return await fetch(
-        http, URL_, image_id=ID, deadlines=deadlines, max_body_bytes=1000, options={}
+def hanging(timeout: float) -> AiohttpTransport:
+    return AiohttpTransport(
+        timeout=timeout,
+        max_body_bytes=1000,
+        headers={},
+        session=cast(aiohttp.ClientSession, _Hanging()),
     )
 
 
-async def forever() -> None:
-    await asyncio.Event().wait()
+async def test_a_request_past_its_timeout_becomes_transport_error_naming_the_timeout() -> None:
+    with pytest.raises(TransportError, match=r"timed out after 0\.05s"):
+        await hanging(0.05).send(URL(URL_))
 
 
-async def test_deadlines_cancel_each_task_at_its_own_deadline() -> None:
-    deadlines = Deadlines(0.2)
-    first, second = asyncio.create_task(forever()), asyncio.create_task(forever())
-    deadlines.watch(first)
-    await asyncio.sleep(0.1)
-    deadlines.watch(second)
+async def test_each_send_gets_its_own_timeout() -> None:
+    transport = hanging(0.05)
+    started = asyncio.get_running_loop().time()
 
-    with pytest.raises(asyncio.CancelledError):
-        await first
-    assert not second.done()
-    with pytest.raises(asyncio.CancelledError):
-        await second
-    assert deadlines.release(first)
-    assert deadlines.release(second)
+    for _ in range(2):
+        with pytest.raises(TransportError):
+            await transport.send(URL(URL_))
+
+    assert asyncio.get_running_loop().time() - started >= 0.1
 
 
-async def test_deadlines_never_cancel_a_released_task() -> None:
-    deadlines = Deadlines(0.05)
-    task = asyncio.create_task(forever())
-    deadlines.watch(task)
-
-    assert not deadlines.release(task)
-    await asyncio.sleep(0.15)
-
-    assert not task.done()
-    assert not deadlines.release(task)
-    task.cancel()
-
-
-async def test_a_missed_deadline_becomes_transport_error_naming_the_timeout() -> None:
-    with pytest.raises(TransportError, match=r"timed out after 0\.05s") as caught:
-        await fetch_from(hanging(), Deadlines(0.05))
-
-    assert caught.value.image_id == ID
-
-
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in 3.11")
-async def test_a_missed_deadline_leaves_no_cancellation_pending() -> None:
+async def test_a_timed_out_send_leaves_no_cancellation_pending() -> None:
     async def attempt() -> int:
         with pytest.raises(TransportError):
-            await fetch_from(hanging(), Deadlines(0.05))
+            await hanging(0.05).send(URL(URL_))
         task = asyncio.current_task()
         assert task is not None
         return task.cancelling()
@@ -279,42 +246,36 @@ async def test_a_missed_deadline_leaves_no_cancellation_pending() -> None:
     assert await asyncio.create_task(attempt()) == 0
 
 
-@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is new in 3.11")
-async def test_a_cancellation_from_elsewhere_is_not_swallowed_by_a_deadline() -> None:
-    loop = asyncio.get_running_loop()
-    task = asyncio.create_task(fetch_from(hanging(), Deadlines(0.05)))
-    await asyncio.sleep(0)  # the fetch starts and its deadline runs
-    loop.call_at(loop.time() + 0.06, task.cancel)
-    # Block until both the deadline and the other cancellation are due: they then land in
-    # the same loop iteration, the deadline's first, before the task can run.
-    time.sleep(0.1)  # noqa: ASYNC251 - blocking the loop is the point
+async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_timeout() -> None:
+    task = asyncio.create_task(hanging(5.0).send(URL(URL_)))
+    await asyncio.sleep(0.01)
+    task.cancel()
 
     with pytest.raises(asyncio.CancelledError):
         await task
 
 
-def test_deadlines_work_in_a_second_event_loop() -> None:
-    deadlines = Deadlines(0.05)
+async def test_requests_never_follow_redirects_on_a_callers_session(
+    mocked: aioresponses,
+) -> None:
+    mocked.get(URL_, status=200, body=BODY, response_class=_MockResponse)
 
-    async def watched_forever() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        deadlines.watch(task)
-        await forever()
+    await get()
 
-    async def first_loop() -> None:
-        # The loop ends with the deadline's timer still armed in it.
-        task = asyncio.create_task(watched_forever())
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    (call,) = mocked.requests[("GET", URL(URL_))]
+    assert call.kwargs["allow_redirects"] is False
 
-    async def second_loop() -> bool:
-        task = asyncio.create_task(watched_forever())
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(task, timeout=5)
-        return deadlines.release(task)
 
-    asyncio.run(first_loop())
-    assert asyncio.run(second_loop())
+async def test_a_closed_port_is_told_in_plain_words_with_aiohttps_error_as_cause() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    transport = AiohttpTransport(timeout=5.0, max_body_bytes=1000, headers={})
+    try:
+        with pytest.raises(TransportError) as caught:
+            await transport.send(URL(f"http://127.0.0.1:{port}/api/images/{ID}"))
+    finally:
+        await transport.close()
+
+    assert str(caught.value) == f"cannot connect to 127.0.0.1:{port}: connection refused"
+    assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorError)
