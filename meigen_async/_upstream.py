@@ -15,9 +15,9 @@ from aiolimiter import AsyncLimiter
 from yarl import URL
 
 from ._core import SENT, Tally, after_failure, for_image
+from ._transport import RawResponse
 from .errors import MeigenError
 from .retry import RetryPolicy
-from ._transport import RawResponse
 
 __all__ = ["Pacer", "Upstream", "pacer_for"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -129,7 +129,7 @@ def _structure_int(value: Any, _: Any) -> int | None:
 def parse_timestamp(value: str) -> datetime:
     """Parse an ISO 8601 timestamp; a naive one is taken as UTC."""
     parsed = datetime.fromisoformat(value)
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
 
 
 def _structure_datetime(value: Any, _: Any) -> datetime | None:

@@ -27,9 +27,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from .shared import SharedEntry, SharedImage, SharedMissing
 from .errors import InvalidResponse
 from .models import GalleryImage, structure_image, unstructure_image
+from .shared import SharedEntry, SharedImage, SharedMissing
 
 __all__ = [
     "KEY_VERSION",

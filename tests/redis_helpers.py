@@ -104,15 +104,15 @@ class RedisServer:
 
 
 async def _work(
-    gallery_url: str, redis_url: str, prefix: str, timeout: float, ids: list[str]
+    gallery_url: str, redis_url: str, prefix: str, request_timeout: float, ids: list[str]
 ) -> None:
     from meigen_async import GallerySession, RetryPolicy
-    from meigen_async.cache import RedisCache
+    from meigen_async.redis_cache import RedisCache
 
     async with (
         RedisCache(redis_url, prefix=prefix) as cache,
         GallerySession(
-            gallery_url, cache=cache, timeout=timeout, retry=RetryPolicy(max_retries=0)
+            gallery_url, cache=cache, timeout=request_timeout, retry=RetryPolicy(max_retries=0)
         ) as session,
     ):
         print("ready", flush=True)

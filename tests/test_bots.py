@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -29,7 +29,7 @@ BASE = GalleryImage(
     image_width=1650,
     image_height=2048,
     model="midjourney",
-    created_at=datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc),
+    created_at=datetime(2026, 1, 9, 14, 13, tzinfo=UTC),
     likes=1113,
     views=9266,
     retweets=8,

@@ -360,3 +360,34 @@ def test_clear_forgets_images_and_remembered_404s(timer: FakeTimer) -> None:
     assert cache.get("a") is None
     assert not cache.is_missing("b")
     assert len(cache) == 0
+
+
+@pytest.mark.parametrize(
+    ("name", "home"),
+    [("SharedCache", "meigen_async.shared"), ("RedisCache", "meigen_async.redis_cache")],
+)
+def test_the_old_spellings_in_cache_still_work_with_a_deprecation_warning(
+    name: str, home: str
+) -> None:
+    import importlib
+
+    import meigen_async.cache
+
+    with pytest.warns(DeprecationWarning, match=home):
+        moved = getattr(meigen_async.cache, name)
+
+    assert moved is getattr(importlib.import_module(home), name)
+
+
+def test_the_cache_module_knows_no_shared_cache_implementation() -> None:
+    import ast
+    from pathlib import Path
+
+    import meigen_async.cache
+
+    tree = ast.parse(Path(meigen_async.cache.__file__).read_text())
+    imported = {
+        node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+
+    assert not any("redis" in module or "sqlite" in module for module in imported)

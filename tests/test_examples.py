@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
@@ -203,10 +203,15 @@ def recording_bot() -> tuple[Any, list[Any]]:
     calls: list[Any] = []
 
     class RecordingSession(BaseSession):
-        async def make_request(self, bot: Any, method: Any, timeout: int | None = None) -> Any:
+        async def make_request(
+            self,
+            bot: Any,
+            method: Any,
+            timeout: int | None = None,  # noqa: ASYNC109 - aiogram's signature
+        ) -> Any:
             calls.append(method)
             chat = Chat(id=1, type="private")
-            return Message(message_id=2, date=datetime.now(timezone.utc), chat=chat)
+            return Message(message_id=2, date=datetime.now(UTC), chat=chat)
 
         async def close(self) -> None:
             pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import attrs
@@ -86,7 +86,7 @@ def test_every_documented_field_is_structured_under_its_name() -> None:
         image_height=2048,
         model="midjourney",
         sref="1234567890",
-        created_at=datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc),
+        created_at=datetime(2026, 1, 9, 14, 13, tzinfo=UTC),
         likes=113,
         views=9266,
         retweets=8,
@@ -123,13 +123,13 @@ def test_created_at_keeps_a_non_utc_offset() -> None:
 
     assert image.created_at is not None
     assert image.created_at.utcoffset() == timedelta(hours=9)
-    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=UTC)
 
 
 def test_created_at_accepts_a_z_suffix_as_utc() -> None:
     image = structure_image(with_field("created_at", "2026-01-09T14:13:00Z"))
 
-    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=UTC)
     assert image.created_at is not None
     assert image.created_at.utcoffset() == timedelta(0)
 
@@ -139,7 +139,7 @@ def test_a_naive_created_at_is_taken_as_utc() -> None:
 
     assert image.created_at is not None
     assert image.created_at.tzinfo is not None
-    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=UTC)
 
 
 # -- Forward compatibility ----------------------------------------------------------------------

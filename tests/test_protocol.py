@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
 
@@ -30,7 +30,7 @@ from meigen_async.protocol import (
 
 ID = "2009629483448627597"
 JSON_HEADERS = {"Content-Type": "application/json"}
-NOW = datetime(2026, 1, 9, 14, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 1, 9, 14, 0, 0, tzinfo=UTC)
 
 DATA: dict[str, Any] = {
     "id": ID,
@@ -214,7 +214,7 @@ def test_a_success_envelope_decodes_to_a_gallery_image() -> None:
     assert isinstance(image, GalleryImage)
     assert image.id == ID
     assert image.likes == 113
-    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=timezone.utc)
+    assert image.created_at == datetime(2026, 1, 9, 14, 13, tzinfo=UTC)
 
 
 def test_a_success_envelope_with_extra_envelope_fields_still_decodes() -> None:

@@ -18,7 +18,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import aclosing, nullcontext
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
@@ -309,8 +309,8 @@ async def test_retry_after_as_an_http_date_is_waited_for(
 ) -> None:
     image_id = gallery.ids[0]
     # An HTTP-date has whole seconds: take the one 0.2 to 1.2 s ahead (backoffs take 0.01 s).
-    now = datetime.now(timezone.utc)
-    when = datetime.fromtimestamp(math.floor(now.timestamp() + 1.2), timezone.utc)
+    now = datetime.now(UTC)
+    when = datetime.fromtimestamp(math.floor(now.timestamp() + 1.2), UTC)
     expected = (when - now).total_seconds()
     gallery.script(image_id, Answer.rate_limited(retry_after=format_datetime(when, usegmt=True)))
     started = time.monotonic()

@@ -1,0 +1,204 @@
+"""The decision core on plain values: no server, no event loop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from meigen_async._core import (
+    COALESCED,
+    SENT,
+    SHARED_HIT,
+    DontStore,
+    Lookup,
+    Raise,
+    Retry,
+    ServeStale,
+    Store,
+    Tally,
+    after_failure,
+    after_giving_up,
+    for_image,
+    look_up,
+    read_response,
+)
+from meigen_async.cache import CachePolicy, MemoryCache
+from meigen_async.errors import (
+    ApiError,
+    ImageNotFound,
+    InvalidResponse,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
+from meigen_async.models import GalleryImage, SessionStats
+from meigen_async.retry import RetryPolicy
+
+ID = "2009629483448627597"
+IMAGE = GalleryImage(id=ID, text="a garden")
+BODY = json.dumps({"success": True, "data": {"id": ID, "text": "a garden"}}).encode()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# -- look_up -------------------------------------------------------------------------------------
+
+
+def test_a_fresh_image_is_a_hit_with_the_image() -> None:
+    cache = MemoryCache(10)
+    cache.set(ID, IMAGE, 60)
+
+    assert look_up(cache, ID) == (Lookup.HIT, IMAGE)
+
+
+def test_a_remembered_404_is_known_missing() -> None:
+    cache = MemoryCache(10)
+    cache.set_missing(ID, 30)
+
+    assert look_up(cache, ID) == (Lookup.KNOWN_MISSING, None)
+
+
+def test_an_expired_image_is_a_miss() -> None:
+    clock = Clock()
+    cache = MemoryCache(10, timer=clock)
+    cache.set(ID, IMAGE, 60)
+    clock.now = 61
+
+    assert look_up(cache, ID) == (Lookup.MISS, None)
+
+
+# -- read_response -------------------------------------------------------------------------------
+
+
+def test_a_good_response_with_a_lifetime_is_stored_for_it() -> None:
+    outcome = read_response(
+        200, {"Cache-Control": "max-age=120"}, BODY, image_id=ID, policy=CachePolicy()
+    )
+
+    assert outcome == Store(IMAGE, 120.0, 120.0)
+
+
+def test_a_good_response_marked_no_store_is_not_stored() -> None:
+    outcome = read_response(
+        200, {"Cache-Control": "no-store"}, BODY, image_id=ID, policy=CachePolicy()
+    )
+
+    assert outcome == DontStore(IMAGE)
+
+
+def test_an_error_status_is_raised_as_its_error() -> None:
+    with pytest.raises(ServerError):
+        read_response(503, {}, b'{"error": "busy"}', image_id=ID, policy=CachePolicy())
+
+
+def test_a_body_that_is_not_json_is_an_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        read_response(200, {}, b"<html>", image_id=ID, policy=CachePolicy())
+
+
+# -- after_failure and after_giving_up -----------------------------------------------------------
+
+POLICY = RetryPolicy(max_retries=2, backoff_base=1.0, backoff_max=8.0, random=lambda: 1.0)
+
+
+def test_a_retryable_failure_is_retried_after_the_policys_backoff() -> None:
+    assert after_failure(ServerError("down", status=503), 1, POLICY) == Retry(2.0)
+
+
+def test_a_failure_past_the_last_retry_gives_up() -> None:
+    assert after_failure(ServerError("down", status=503), 2, POLICY) is None
+
+
+def test_a_client_error_is_never_retried() -> None:
+    assert after_failure(ApiError("bad", status=400), 0, POLICY) is None
+
+
+def test_a_rate_limit_waits_its_retry_after() -> None:
+    error = RateLimited("slow down", retry_after=7.0)
+
+    assert after_failure(error, 0, POLICY) == Retry(7.0)
+
+
+def test_a_404_is_raised_and_remembered_for_the_negative_ttl() -> None:
+    error = ImageNotFound("gone", status=404)
+
+    assert after_giving_up(error, stale=IMAGE, negative_ttl=30) == Raise(error, 30)
+
+
+def test_a_retryable_failure_with_stale_data_serves_it() -> None:
+    error = TransportError("refused")
+
+    assert after_giving_up(error, stale=IMAGE, negative_ttl=30) == ServeStale(IMAGE)
+
+
+def test_a_retryable_failure_without_stale_data_is_raised() -> None:
+    error = TransportError("refused")
+
+    assert after_giving_up(error, stale=None, negative_ttl=30) == Raise(error)
+
+
+def test_stale_data_never_masks_a_non_retryable_error() -> None:
+    error = InvalidResponse("garbage")
+
+    assert after_giving_up(error, stale=IMAGE, negative_ttl=30) == Raise(error)
+
+
+def test_an_error_from_a_transport_is_told_for_its_image_and_retries() -> None:
+    told = for_image(TransportError("cannot connect to h:9: connection refused"), ID, 3)
+
+    assert isinstance(told, TransportError)
+    assert told.image_id == ID
+    assert str(told) == (
+        f"request for image {ID} failed: cannot connect to h:9: connection refused "
+        "(after 3 retries)"
+    )
+
+
+def test_an_error_after_no_retry_says_nothing_of_retries() -> None:
+    told = for_image(InvalidResponse("too large"), ID, 0)
+
+    assert isinstance(told, InvalidResponse)
+    assert str(told) == f"image {ID}: too large"
+
+
+# -- Tally ---------------------------------------------------------------------------------------
+
+
+def test_the_tally_counts_each_outcome_under_its_counter() -> None:
+    tally = Tally()
+    for outcome in (
+        Lookup.HIT,
+        Lookup.KNOWN_MISSING,
+        SHARED_HIT,
+        Lookup.MISS,
+        Lookup.MISS,
+        SENT,
+        SENT,
+        SENT,
+        COALESCED,
+        Retry(1.0),
+        ServeStale(IMAGE),
+        Raise(TransportError("x")),
+    ):
+        tally.record(outcome)
+
+    assert tally.snapshot() == SessionStats(
+        requests=3,
+        cache_hits=3,
+        cache_misses=2,
+        coalesced=1,
+        retries=1,
+        errors=2,
+        stale_served=1,
+    )
+
+
+def test_a_new_tally_is_all_zeros() -> None:
+    assert Tally().snapshot() == SessionStats()
