@@ -8,12 +8,13 @@ docs/architecture.md for how they fit together.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from types import TracebackType
 from typing import Literal, overload
 
 import aiohttp
 
+from ._bulk import gather_images, refuse_single_id, stream_images
 from ._core import COALESCED, Lookup, Tally, look_up, remembered_404
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
@@ -255,37 +256,17 @@ class GallerySession:
             TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.
 
         """
-        _refuse_single_id(ids)
+        refuse_single_id(ids)
         self._ensure_open()
-        loop = asyncio.get_running_loop()
-        wanted = list(ids)
-        outcomes: dict[object, GalleryImage | MeigenError] = {}
-        flights: list[Flight[GalleryImage]] = []
-        distinct: dict[object, object] = {}
-        for image_id in wanted:
-            distinct.setdefault(_key(image_id), image_id)
-        for key, candidate in distinct.items():
-            try:
-                image = self._look_up(candidate)
-                if image is not None:
-                    outcomes[key] = image
-                else:
-                    flights.append(self._join(validate_image_id(candidate), loop))
-            except MeigenError as error:
-                if not return_exceptions:
-                    await self._flights.leave_all(flights)
-                    raise
-                outcomes[key] = error
-        for flight, outcome in await self._flights.wait_many(
-            flights, fail_fast=not return_exceptions
-        ):
-            outcomes[flight.key] = _expected(outcome)
-        first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
-        if first_error is not None and not return_exceptions:
-            raise first_error
-        return [outcomes[_key(image_id)] for image_id in wanted]
+        return await gather_images(
+            ids,
+            look_up=self._look_up,
+            join=self._join,
+            flights=self._flights,
+            return_exceptions=return_exceptions,
+        )
 
-    async def iter_images(
+    def iter_images(
         self, ids: Iterable[str] | AsyncIterable[str]
     ) -> AsyncGenerator[ImageResult, None]:
         """Yield an `ImageResult` per id, as each completes.
@@ -299,48 +280,15 @@ class GallerySession:
             TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.
 
         """
-        _refuse_single_id(ids)
+        refuse_single_id(ids)
         self._ensure_open()
-        loop = asyncio.get_running_loop()
-        source = _aiter(ids)
-        # The fetch tasks this iterator waits on, each with the flights (one per id asked,
-        # duplicates too) it answers; like get_images, no task of its own per id.
-        running: dict[asyncio.Task[GalleryImage], list[Flight[GalleryImage]]] = {}
-        waiting = 0  # ids awaiting an answer: the read-ahead bound, duplicates counted
-        exhausted = False
-        try:
-            while True:
-                while not exhausted and waiting < self.concurrency:
-                    try:
-                        image_id = await source.__anext__()
-                    except StopAsyncIteration:
-                        exhausted = True
-                        break
-                    try:
-                        image = self._look_up(image_id)
-                    except MeigenError as error:
-                        yield ImageResult(str(image_id), error=error)
-                        continue
-                    if image is not None:
-                        yield ImageResult(image_id, image=image)
-                        continue
-                    flight = self._join(image_id, loop)
-                    running.setdefault(flight.task, []).append(flight)
-                    waiting += 1
-                if not running:
-                    return
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    for flight in running.pop(task):
-                        waiting -= 1
-                        self._flights.leave(flight)
-                        outcome = _expected(self._flights.outcome(flight))
-                        if isinstance(outcome, MeigenError):
-                            yield ImageResult(flight.key, error=outcome)
-                        else:
-                            yield ImageResult(flight.key, image=outcome)
-        finally:
-            await self._flights.leave_all(f for flights in running.values() for f in flights)
+        return stream_images(
+            ids,
+            look_up=self._look_up,
+            join=self._join,
+            flights=self._flights,
+            concurrency=self.concurrency,
+        )
 
     # -- Cache control and counters ------------------------------------------------------------
 
@@ -376,39 +324,6 @@ def _closed_error(image_id: str) -> TransportError:
     )
 
 
-def _expected(outcome: GalleryImage | BaseException) -> GalleryImage | MeigenError:
-    """A fetch's image or `MeigenError`; anything else is a bug, raised."""
-    if isinstance(outcome, BaseException) and not isinstance(outcome, MeigenError):
-        raise outcome
-    return outcome
-
-
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _refuse_single_id(ids: object) -> None:
-    if isinstance(ids, (str, bytes, bytearray)):
-        raise TypeError(
-            f"expected an iterable of ids, not a single {type(ids).__name__}: "
-            "use get_image for one id"
-        )
-
-
-def _key(image_id: object) -> object:
-    """`image_id` as a dict key: an unhashable one stands for itself by identity."""
-    try:
-        hash(image_id)
-    except TypeError:
-        return ("unhashable", id(image_id))
-    return image_id
-
-
-async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
-    if isinstance(ids, AsyncIterable):
-        async for image_id in ids:
-            yield image_id
-    else:
-        for image_id in ids:
-            yield image_id

@@ -1,0 +1,153 @@
+"""The two bulk drivers: every id at once (`gather_images`) and a bounded stream (`stream_images`).
+
+Both ride the fetch tasks of `SingleFlight` directly, with no task or shield of their own per id:
+bulk calls are where that overhead would show. The session hands them its cache look-up and its
+join, so that hits, coalescing and counting are the same as for single gets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+
+from ._flight import Flight, SingleFlight
+from .errors import MeigenError
+from .models import GalleryImage, ImageResult
+from .protocol import validate_image_id
+
+__all__ = ["gather_images", "refuse_single_id", "stream_images"]
+
+LookUp = Callable[[object], GalleryImage | None]
+"""A cached image or None for a miss; a bad id or a known 404 raised."""
+Join = Callable[[str, asyncio.AbstractEventLoop], Flight[GalleryImage]]
+"""Wait on the fetch of a valid id, starting it when there is none."""
+
+
+def refuse_single_id(ids: object) -> None:
+    """Refuse a `str` (or bytes) given where an iterable of ids belongs.
+
+    Raises:
+        TypeError: `ids` is a single str or bytes, which would iterate as characters.
+
+    """
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise TypeError(
+            f"expected an iterable of ids, not a single {type(ids).__name__}: "
+            "use get_image for one id"
+        )
+
+
+async def gather_images(
+    ids: Iterable[object],
+    *,
+    look_up: LookUp,
+    join: Join,
+    flights: SingleFlight[GalleryImage],
+    return_exceptions: bool,
+) -> list[GalleryImage | MeigenError]:
+    """Every id's image (or error, with `return_exceptions`), in input order, each fetched once.
+
+    Without `return_exceptions`, the first error is raised and the fetches left are cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    wanted = list(ids)
+    distinct: dict[object, object] = {}
+    for image_id in wanted:
+        distinct.setdefault(_key(image_id), image_id)
+    outcomes: dict[object, GalleryImage | MeigenError] = {}
+    waiting: list[Flight[GalleryImage]] = []
+    for key, candidate in distinct.items():
+        try:
+            image = look_up(candidate)
+            if image is not None:
+                outcomes[key] = image
+            else:
+                waiting.append(join(validate_image_id(candidate), loop))
+        except MeigenError as error:
+            if not return_exceptions:
+                await flights.leave_all(waiting)
+                raise
+            outcomes[key] = error
+    for flight, outcome in await flights.wait_many(waiting, fail_fast=not return_exceptions):
+        outcomes[flight.key] = _expected(outcome)
+    if not return_exceptions:
+        first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
+        if first_error is not None:
+            raise first_error
+    return [outcomes[_key(image_id)] for image_id in wanted]
+
+
+async def stream_images(
+    ids: Iterable[str] | AsyncIterable[str],
+    *,
+    look_up: LookUp,
+    join: Join,
+    flights: SingleFlight[GalleryImage],
+    concurrency: int,
+) -> AsyncGenerator[ImageResult, None]:
+    """An `ImageResult` per id as each completes, reading ids only `concurrency` ahead."""
+    loop = asyncio.get_running_loop()
+    source = _aiter(ids)
+    # The fetch tasks waited on, each with the flights (one per id asked, duplicates too) it
+    # answers.
+    running: dict[asyncio.Task[GalleryImage], list[Flight[GalleryImage]]] = {}
+    waiting = 0  # ids awaiting an answer: the read-ahead bound, duplicates counted
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and waiting < concurrency:
+                try:
+                    image_id = await source.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                try:
+                    image = look_up(image_id)
+                except MeigenError as error:
+                    yield ImageResult(str(image_id), error=error)
+                    continue
+                if image is not None:
+                    yield ImageResult(image_id, image=image)
+                    continue
+                flight = join(image_id, loop)
+                running.setdefault(flight.task, []).append(flight)
+                waiting += 1
+            if not running:
+                return
+            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                for flight in running.pop(task):
+                    waiting -= 1
+                    flights.leave(flight)
+                    outcome = _expected(flights.outcome(flight))
+                    if isinstance(outcome, MeigenError):
+                        yield ImageResult(flight.key, error=outcome)
+                    else:
+                        yield ImageResult(flight.key, image=outcome)
+    finally:
+        await flights.leave_all(f for waiting_on in running.values() for f in waiting_on)
+
+
+def _expected(outcome: GalleryImage | BaseException) -> GalleryImage | MeigenError:
+    """A fetch's image or `MeigenError`; anything else is a bug, raised."""
+    if isinstance(outcome, BaseException) and not isinstance(outcome, MeigenError):
+        raise outcome
+    return outcome
+
+
+def _key(image_id: object) -> object:
+    """`image_id` as a dict key: an unhashable one stands for itself, by identity."""
+    try:
+        hash(image_id)
+    except TypeError:
+        return ("unhashable", id(image_id))
+    return image_id
+
+
+async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
+    if isinstance(ids, AsyncIterable):
+        async for image_id in ids:
+            yield image_id
+    else:
+        for image_id in ids:
+            yield image_id
