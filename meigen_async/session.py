@@ -16,7 +16,7 @@ from aiolimiter import AsyncLimiter
 
 from ._version import __version__
 from .cache import CachePolicy, MemoryCache, SharedCache, SharedTier
-from .errors import ImageNotFound, MeigenError, TransportError
+from .errors import ImageNotFound, InvalidImageId, MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
 from .protocol import decode_response, validate_image_id
 from .retry import RetryPolicy, is_retryable
@@ -114,7 +114,9 @@ class GallerySession:
             self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
             if cache is not None:
                 # A lease lasts one request's timeout: longer than a live holder's attempt.
-                self._shared = SharedTier(self._cache, cache, lease_time=timeout)
+                self._shared = SharedTier(
+                    self._cache, cache, lease_time=timeout, policy=self.policy
+                )
         self._pace = _pacer(rate_limit) if rate_limit is not None else None
         self._deadlines = Deadlines(timeout)
         self._max_body_bytes = max_body_bytes
@@ -135,6 +137,10 @@ class GallerySession:
         self._closed = False
         self._slots = asyncio.Semaphore(concurrency)
         self._flights: dict[str, _Flight] = {}
+        # Fetches cancelled when their last waiter left, until they end: out of _flights, but
+        # close() must still wait for them. A cancellation can be lost (redis-py's wait_for
+        # swallows one that lands as its operation completes), and such a fetch runs on.
+        self._orphans: set[asyncio.Task[GalleryImage]] = set()
         self._requests = 0
         self._hits = 0
         self._misses = 0
@@ -163,17 +169,23 @@ class GallerySession:
         """Cancel fetches in flight and close the HTTP session if this object opened it.
 
         Idempotent. A caller still waiting on a cancelled fetch gets :class:`TransportError`.
-        With a shared cache, the deletions and lease releases still running are waited for;
-        the cache itself is left open, for whoever made it to close.
+        Every fetch the session started has ended when it returns, those nobody waits on any
+        more included. With a shared cache, the deletions and lease releases still running are
+        waited for; the cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
         self._closed = True
-        tasks = [flight.task for flight in self._flights.values()]
+        tasks = {flight.task for flight in self._flights.values()} | self._orphans
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks)
+            for task in tasks:
+                # Nobody may be left to retrieve it: a fetch that ran on after losing its
+                # cancellation ends with "this GallerySession is closed".
+                if not task.cancelled():
+                    task.exception()
         if self._shared is not None:
             await self._shared.drain()
         self._deadlines.close()
@@ -254,10 +266,20 @@ class GallerySession:
         if flight.waiters:
             return False
         self._land(image_id, flight)
-        if flight.task.done():
+        task = flight.task
+        if task.done():
             return False
-        flight.task.cancel()
+        task.cancel()
+        self._orphans.add(task)
+        task.add_done_callback(self._orphan_ended)
         return True
+
+    def _orphan_ended(self, task: asyncio.Task[GalleryImage]) -> None:
+        self._orphans.discard(task)
+        # Nobody waits on it: an error of a fetch that ran on would be reported as never
+        # retrieved. (A fetch's errors are its callers' business, and they have gone.)
+        if not task.cancelled():
+            task.exception()
 
     async def _join_flight(self, image_id: str) -> GalleryImage:
         flight = self._board(image_id, asyncio.get_running_loop())
@@ -369,14 +391,25 @@ class GallerySession:
 
         By default the first error to happen is raised and the fetches still running are
         cancelled (what finished stays cached). With ``return_exceptions=True`` every id gets
-        its image or its :class:`MeigenError` in the list.
+        its image or its :class:`MeigenError` in the list. An id that is not a string (a list,
+        a dict) is an :class:`InvalidImageId` like any other invalid id.
+
+        Raises:
+            TypeError: ``ids`` is a single ``str`` or ``bytes`` rather than an iterable of ids.
+
         """
         self._ensure_open()
+        _refuse_single_id(ids, "get_images")
         loop = asyncio.get_running_loop()
         wanted = list(ids)
+        try:
+            distinct = dict.fromkeys(wanted)
+        except TypeError:
+            # An unhashable id: no gallery id, but a raw TypeError unless taken apart here.
+            return await self._get_images_of_mixed(wanted, return_exceptions=return_exceptions)
         outcomes: dict[str, GalleryImage | MeigenError] = {}
         flights: dict[str, _Flight] = {}
-        for image_id in dict.fromkeys(wanted):
+        for image_id in distinct:
             try:
                 image = self._cache.get(image_id) if type(image_id) is str else None
                 if image is not None:
@@ -395,6 +428,29 @@ class GallerySession:
         if first_error is not None and not return_exceptions:
             raise first_error
         return [outcomes[image_id] for image_id in wanted]
+
+    async def _get_images_of_mixed(
+        self, wanted: list[Any], *, return_exceptions: bool
+    ) -> list[GalleryImage] | list[GalleryImage | MeigenError]:
+        """``get_images`` of ids some of which are not strings: those fail where they stand."""
+        refused = {
+            position: _invalid_id(image_id)
+            for position, image_id in enumerate(wanted)
+            if type(image_id) is not str
+        }
+        if not return_exceptions:
+            # Before any fetch is started: nothing is requested.
+            raise next(iter(refused.values()))
+        found = iter(
+            await self.get_images(
+                [image_id for image_id in wanted if type(image_id) is str],
+                return_exceptions=True,
+            )
+        )
+        return [
+            refused[position] if position in refused else next(found)
+            for position in range(len(wanted))
+        ]
 
     async def _ride(
         self, flights: dict[str, _Flight], *, fail_fast: bool
@@ -444,8 +500,14 @@ class GallerySession:
         generator of a million ids runs in flat memory. Errors are reported in the results,
         never raised. Leaving the loop early cancels the fetches still running; wrap the
         iterator in :func:`contextlib.aclosing` to make that happen at once.
+
+        Raises:
+            TypeError: when iterated, if ``ids`` is a single ``str`` or ``bytes`` rather than
+                an iterable of ids.
+
         """
         self._ensure_open()
+        _refuse_single_id(ids, "iter_images")
         loop = asyncio.get_running_loop()
         source = _aiter(ids)
         # The fetch tasks this iterator waits on, each with the ids (duplicates too) it answers;
@@ -529,6 +591,23 @@ def _remembered_404(image_id: str) -> ImageNotFound:
     return ImageNotFound(
         f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
     )
+
+
+def _refuse_single_id(ids: object, method: str) -> None:
+    # A str is an iterable of one-character strings: without this, "123" is three fetches.
+    if isinstance(ids, (str, bytes, bytearray)):
+        raise TypeError(
+            f"{method} takes an iterable of ids, not a single {type(ids).__name__}; use get_image"
+        )
+
+
+def _invalid_id(image_id: object) -> InvalidImageId:
+    """The error ``validate_image_id`` raises for ``image_id``, which is not a gallery id."""
+    try:
+        validate_image_id(image_id)
+    except InvalidImageId as error:
+        return error
+    raise AssertionError(f"{image_id!r} was expected to be refused")
 
 
 def _pacer(rate_limit: float) -> AsyncLimiter:
