@@ -184,8 +184,7 @@ class GallerySession:
             for task in tasks:
                 # Nobody may be left to retrieve it: a fetch that ran on after losing its
                 # cancellation ends with "this GallerySession is closed".
-                if not task.cancelled():
-                    task.exception()
+                self._retrieve_expected(task)
         if self._shared is not None:
             await self._shared.drain()
         self._deadlines.close()
@@ -276,10 +275,26 @@ class GallerySession:
 
     def _orphan_ended(self, task: asyncio.Task[GalleryImage]) -> None:
         self._orphans.discard(task)
-        # Nobody waits on it: an error of a fetch that ran on would be reported as never
-        # retrieved. (A fetch's errors are its callers' business, and they have gone.)
-        if not task.cancelled():
-            task.exception()
+        # Nobody waits on it: a fetch's errors are its callers' business, and they have gone.
+        self._retrieve_expected(task)
+
+    def _retrieve_expected(self, task: asyncio.Task[GalleryImage]) -> None:
+        """Mark a fetch's error as seen when it is an outcome, not a bug.
+
+        A :class:`MeigenError`, or the refusal of a session closed meanwhile, would otherwise
+        be logged by asyncio as never retrieved. Anything else is left for asyncio to report.
+        """
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None or isinstance(error, MeigenError):
+            return
+        if self._closed and isinstance(error, RuntimeError):
+            return
+        # A bug: asked for here, so reported here, rather than lost with the task.
+        task.get_loop().call_exception_handler(
+            {"message": "a fetch nobody waited on failed", "exception": error, "task": task}
+        )
 
     async def _join_flight(self, image_id: str) -> GalleryImage:
         flight = self._board(image_id, asyncio.get_running_loop())
