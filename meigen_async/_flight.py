@@ -34,6 +34,8 @@ class SingleFlight(Generic[V]):
         start: Makes the coroutine a key's task runs.
         task_name: The task's name for a key, to spot it in a debugger.
         closed_error: What a caller gets when `close` cancelled the task it waited on.
+        outcomes: The exceptions a task may end in as its answer. Raised by a task nobody waits
+            on any more, they are dropped; any other is reported to the event loop as a bug.
 
     """
 
@@ -43,10 +45,12 @@ class SingleFlight(Generic[V]):
         *,
         task_name: Callable[[str], str],
         closed_error: Callable[[str], BaseException],
+        outcomes: tuple[type[BaseException], ...] = (Exception,),
     ):
         self._start = start
         self._task_name = task_name
         self._closed_error = closed_error
+        self._outcomes = outcomes
         self._flights: dict[str, Flight[V]] = {}
         # Cancelled when their last caller left, and not yet finished: still ours to wait for.
         self._winding_down: set[asyncio.Task[V]] = set()
@@ -87,8 +91,21 @@ class SingleFlight(Generic[V]):
             return False
         task.cancel()
         self._winding_down.add(task)
-        task.add_done_callback(self._winding_down.discard)
+        task.add_done_callback(self._wound_down)
         return True
+
+    def _wound_down(self, task: asyncio.Task[V]) -> None:
+        self._winding_down.discard(task)
+        # Its callers have gone: an answer of theirs is nobody's now, but a bug is still one.
+        error = None if task.cancelled() else task.exception()
+        if error is not None and not isinstance(error, self._outcomes):
+            task.get_loop().call_exception_handler(
+                {
+                    "message": "a task nobody waited on any more failed",
+                    "exception": error,
+                    "task": task,
+                }
+            )
 
     async def leave_all(self, flights: Iterable[Flight[V]]) -> None:
         """Leave every flight, waiting for the tasks that leaving cancelled to wind down."""

@@ -15,7 +15,7 @@ from .cache import CachePolicy, MemoryCache
 from .models import GalleryImage
 from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
 
-__all__ = ["POLL_INTERVAL", "Claim", "SharedTier"]
+__all__ = ["CLOCK_SKEW", "POLL_INTERVAL", "Claim", "SharedTier", "check_shared_entry"]
 
 logger = logging.getLogger("meigen_async")
 
@@ -38,6 +38,45 @@ class Claim:
         return self.image is not None or self.missing
 
 
+CLOCK_SKEW = 60.0
+"""Seconds a shared entry's expiry may lie beyond the longest lifetime this session gives.
+
+Another host's clock may run ahead of ours: an entry it has just written for `max_ttl` seconds
+then looks a little longer-lived here. Past this allowance it cannot be right.
+"""
+
+
+def check_shared_entry(
+    entry: SharedEntry, image_id: str, *, policy: CachePolicy, now: float
+) -> float:
+    """Seconds of freshness a shared entry has left, capped as the session caps its own.
+
+    An image gets at most `policy.longest_ttl` seconds, a remembered 404 at most
+    `policy.negative_ttl`. The result is 0 or less for an expired entry.
+
+    Raises:
+        ValueError: the entry cannot be right (another id's image, an expiry that is not a
+            finite time since the epoch, or one further ahead than the cap and `CLOCK_SKEW`):
+            the caller treats it as a miss and drops it.
+
+    """
+    if isinstance(entry, SharedImage):
+        if entry.image.id != image_id:
+            raise ValueError(f"it holds image {entry.image.id!r}")
+        until, cap = entry.fresh_until, policy.longest_ttl
+    else:
+        until, cap = entry.until, policy.negative_ttl
+    # "not until > 0" is also true for nan.
+    if not math.isfinite(until) or not until > 0:
+        raise ValueError(f"its expiry {until!r} is not a time")
+    left = until - now
+    if left > cap + CLOCK_SKEW:
+        raise ValueError(f"it claims {left:.0f} s of life, more than the {cap:g} s allowed")
+    return min(left, cap)
+
+
+_DEFAULT_POLICY = CachePolicy()
+
 POLL_INTERVAL = 0.025
 """Seconds between two looks at the shared cache while another process fetches an id."""
 
@@ -47,15 +86,18 @@ class SharedTier:
 
     :class:`~meigen_async.GallerySession` builds one when given a shared cache, and only its
     miss path uses it: what it finds in the shared cache goes into the in-process tier with the
-    lifetime it has left. Of concurrent misses for one id in several processes, one takes the
-    lease and fetches; the others look again every :data:`POLL_INTERVAL` seconds and fetch
-    themselves when the lease is released without a value (the holder failed), has expired
-    (the holder died), or after ``lease_time`` seconds of waiting, whichever comes first.
+    lifetime it has left, no longer than the session would keep it itself; an entry that cannot
+    be right is a miss, and is deleted from the shared cache. Of concurrent misses for one id
+    in several processes, one takes the lease and fetches; the others look again every
+    `POLL_INTERVAL` seconds and fetch themselves when the lease is released without a value
+    (the holder failed), has expired (the holder died), or after `lease_time` seconds of
+    waiting, whichever comes first.
 
     Args:
         memory: The in-process tier.
         shared: The shared tier.
         lease_time: Seconds a lease lasts, and the longest a process waits for another's fetch.
+        policy: The session's lifetimes, which cap those read back (see `check_shared_entry`).
         clock: The wall clock shared entries' expiry times are read with.
         timer: The monotonic clock bounding the wait.
 
@@ -67,14 +109,14 @@ class SharedTier:
         shared: SharedCache,
         *,
         lease_time: float,
-        policy: CachePolicy | None = None,
+        policy: CachePolicy = _DEFAULT_POLICY,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
     ):
         self.memory = memory
         self.shared = shared
         self.lease_time = lease_time
-        self.policy = policy if policy is not None else CachePolicy()
+        self.policy = policy
         self._lease_ms = max(1, math.ceil(lease_time * 1000))
         self._clock = clock
         self._timer = timer
@@ -86,14 +128,14 @@ class SharedTier:
         if self._forgetting:
             # An invalidate() just before this miss must not be undone by reading the old value.
             await asyncio.wait(set(self._forgetting))
-        found = self._use(image_id, await self.shared.get(image_id))
+        found = await self._look(image_id)
         if found is not None:
             return found
         token = await self.shared.try_lease(image_id, self._lease_ms)
         if token is not None:
             # The previous holder may have stored the value and released its lease between
             # our look and our lease: look again rather than fetch it a second time.
-            found = self._use(image_id, await self.shared.get(image_id))
+            found = await self._look(image_id)
             if found is not None:
                 self.release_later(image_id, token)
                 return found
@@ -104,20 +146,30 @@ class SharedTier:
             # The lease first, then the value: the holder stores before it releases, so a lease
             # seen gone means a value stored by it is already there to be read.
             held = await self.shared.lease_held(image_id)
-            found = self._use(image_id, await self.shared.get(image_id))
+            found = await self._look(image_id)
             if found is not None:
                 return found
             if not held:
                 break
         return Claim()
 
-    def _use(self, image_id: str, entry: SharedEntry | None) -> Claim | None:
-        """Copy a shared entry into the in-process tier; a Claim when it answers the call."""
+    async def _look(self, image_id: str) -> Claim | None:
+        """Read `image_id` from the shared tier; a Claim when what is there answers the call."""
+        entry = await self.shared.get(image_id)
         if entry is None:
             return None
-        left = (entry.fresh_until if isinstance(entry, SharedImage) else entry.until) - (
-            self._clock()
-        )
+        try:
+            left = check_shared_entry(entry, image_id, policy=self.policy, now=self._clock())
+        except ValueError as error:
+            logger.warning("shared cache entry for %s dropped: %s", image_id, error)
+            # Awaited, not left to a task: the fetch that follows must not have its own value
+            # deleted by a deletion that comes in after it.
+            await self.shared.invalidate(image_id)
+            return None
+        return self._use(image_id, entry, left)
+
+    def _use(self, image_id: str, entry: SharedEntry, left: float) -> Claim | None:
+        """Copy a checked shared entry, fresh `left` seconds more, into the in-process tier."""
         if isinstance(entry, SharedMissing):
             if left <= 0:
                 return None

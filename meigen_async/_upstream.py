@@ -16,7 +16,7 @@ from yarl import URL
 
 from ._core import SENT, Tally, after_failure, for_image
 from ._transport import RawResponse
-from .errors import MeigenError
+from .errors import MeigenError, TransportError
 from .retry import RetryPolicy
 
 __all__ = ["Pacer", "Upstream", "pacer_for"]
@@ -72,6 +72,11 @@ class Upstream:
         self._tally = tally
         self._pacer = pacer
         self._sleep = sleep
+        self.closed = False
+
+    def close(self) -> None:
+        """Send nothing more: a fetch that outlives its cancellation fails instead."""
+        self.closed = True
 
     async def request(self, url: URL, read: Callable[[RawResponse], T], *, image_id: str) -> T:
         """GET `url` until `read` accepts a response or the retry policy gives up.
@@ -98,5 +103,7 @@ class Upstream:
             # Paced inside the slot: tokens taken while queueing would be spent in a burst.
             if self._pacer is not None:
                 await self._pacer.acquire()
+            if self.closed:
+                raise TransportError("the session was closed")
             self._tally.record(SENT)
             return await self._send(url)

@@ -91,6 +91,17 @@ class CachePolicy:
     max_ttl: float = 3600.0
     negative_ttl: float = 30.0
 
+    @property
+    def longest_ttl(self) -> float:
+        """The longest this policy ever keeps an image.
+
+        `ttl` when set, else the larger of `max_ttl` and `default_ttl`: a response without a
+        lifetime gets `default_ttl`, which `max_ttl` does not cap.
+        """
+        if self.ttl is not None:
+            return self.ttl
+        return max(self.max_ttl, self.default_ttl)
+
     def ttl_for(self, headers: Mapping[str, str]) -> float | None:
         """Seconds to keep a successful response, or None when it must not be stored."""
         storable, remaining = server_lifetime(

@@ -51,9 +51,10 @@ KEY_VERSION = "v1"
 
 _T = TypeVar("_T")
 
-# Deletes the lease only if it still holds our token: after our lease expired and another
-# process took it, a plain DEL would delete theirs.
-_RELEASE = """
+# Deletes a key only if it still holds the given value: after our lease expired and another
+# process took it, a plain DEL would delete theirs; after we read an unreadable value and
+# another process overwrote it, a plain DEL would delete the good one.
+_DELETE_IF_EQUAL = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
 end
@@ -93,19 +94,22 @@ def encode_image(image: GalleryImage, fresh_until: float) -> str:
 
 
 def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
-    """Read what :func:`encode_image` wrote.
+    """Read what :func:`encode_image` wrote for ``image_id``.
 
     Raises:
-        ValueError: the value is not what :func:`encode_image` writes.
+        ValueError: the value is not what :func:`encode_image` writes (its expiry is not a
+            finite, positive time), or it holds another id's image.
 
     """
-    value = json.loads(raw)
+    value = _load(raw)
     if not isinstance(value, dict) or not _is_time(value.get("fresh_until")):
         raise ValueError("not an image entry")
     try:
         image = structure_image(value.get("image"), image_id=image_id)
     except InvalidResponse as error:
         raise ValueError(str(error)) from error
+    if image.id != image_id:
+        raise ValueError(f"it holds image {image.id!r}")
     return SharedImage(image=image, fresh_until=float(value["fresh_until"]))
 
 
@@ -118,17 +122,32 @@ def decode_missing(raw: str | bytes) -> SharedMissing:
     """Read what :func:`encode_missing` wrote.
 
     Raises:
-        ValueError: the value is not what :func:`encode_missing` writes.
+        ValueError: the value is not what :func:`encode_missing` writes (its expiry is not a
+            finite, positive time).
 
     """
-    value = json.loads(raw)
+    value = _load(raw)
     if not isinstance(value, dict) or not _is_time(value.get("until")):
         raise ValueError("not a 404 entry")
     return SharedMissing(until=float(value["until"]))
 
 
+def _load(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError as error:
+        # Nested deeper than the parser goes: garbage like any other, not a crash.
+        raise ValueError("nested too deeply") from error
+
+
 def _is_time(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    # json.loads reads NaN and Infinity; a time since the epoch is neither, nor 0 or less.
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 def _milliseconds(seconds: float) -> int:
@@ -219,7 +238,8 @@ class RedisCache:
     When Redis fails (refused, timed out, an error reply), one warning is logged on the
     ``meigen_async`` logger, the operation answers as if the cache were empty, and Redis is
     skipped for 0.5 s, then longer after each failed try, up to 5 s; the first success logs
-    once at INFO. A value that cannot be read is treated as absent and logged.
+    once at INFO. A value that cannot be read (not JSON this library wrote, an expiry that is
+    not a finite positive time, another id's image) is treated as absent, logged and deleted.
 
     Args:
         url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
@@ -255,7 +275,7 @@ class RedisCache:
         self._owns_client = url is not None
         self._closed = False
         self._backoff = Backoff()
-        self._release_script = client.register_script(_RELEASE)
+        self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
         self._where = _describe(client)
 
     # -- Lifecycle -----------------------------------------------------------------------------
@@ -304,9 +324,18 @@ class RedisCache:
             if missing_raw is not None:
                 return decode_missing(missing_raw)
         except ValueError as error:
-            # Written by something else under our prefix: a miss, and the fetch overwrites it.
-            logger.warning("unreadable shared cache entry for %s ignored: %s", image_id, error)
+            # Written by something else under our prefix: a miss, and dropped, so that no
+            # process reads it again even if the fetch that follows stores nothing.
+            logger.warning("unreadable shared cache entry for %s dropped: %s", image_id, error)
+            if image_raw is not None:
+                await self._drop(keys[0], image_raw)
+            elif missing_raw is not None:
+                await self._drop(keys[1], missing_raw)
         return None
+
+    async def _drop(self, key: str, raw: bytes | str) -> None:
+        """Delete ``key`` if it still holds ``raw``: another process may have just fixed it."""
+        await self._call(lambda: self._delete_if_equal(keys=[key], args=[raw]), None)
 
     async def set(
         self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
@@ -384,7 +413,7 @@ class RedisCache:
     async def release(self, image_id: str, token: str) -> None:
         """Give up the lease taken with ``token``; another process's lease is left alone."""
         key = lease_key(self.prefix, image_id)
-        await self._call(lambda: self._release_script(keys=[key], args=[token]), None)
+        await self._call(lambda: self._delete_if_equal(keys=[key], args=[token]), None)
 
     # -- Failures ------------------------------------------------------------------------------
 

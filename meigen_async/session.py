@@ -128,7 +128,7 @@ class GallerySession:
             connections=concurrency,
         )
         pacer = pacer_for(rate_limit) if isinstance(rate_limit, (int, float)) else rate_limit
-        upstream = Upstream(
+        self._upstream = upstream = Upstream(
             self._transport.send,
             concurrency=concurrency,
             retry=self.retry,
@@ -147,6 +147,7 @@ class GallerySession:
             fetcher.fetch,
             task_name=FETCH_TASK_PREFIX.__add__,
             closed_error=_closed_error,
+            outcomes=(MeigenError,),
         )
         self._closed = False
 
@@ -177,6 +178,7 @@ class GallerySession:
         if self._closed:
             return
         self._closed = True
+        self._upstream.close()
         await self._flights.close()
         if self._shared is not None:
             await self._shared.drain()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from clocks import FakeTimer
 
 from meigen_async import GallerySession
 from meigen_async.testing import FakeGallery, sample_images
@@ -66,3 +67,9 @@ async def slow_session(slow_gallery: FakeGallery) -> AsyncIterator[GallerySessio
     """A session on the slow sample gallery."""
     async with GallerySession(slow_gallery.url) as client:
         yield client
+
+
+@pytest.fixture
+def timer() -> FakeTimer:
+    """A clock the test moves by hand."""
+    return FakeTimer()

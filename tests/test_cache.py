@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from clocks import FakeTimer
 
 from meigen_async.cache import CachePolicy, MemoryCache, parse_cache_control
 from meigen_async.models import GalleryImage
@@ -10,25 +11,6 @@ from meigen_async.models import GalleryImage
 A = GalleryImage(id="a", likes=1)
 B = GalleryImage(id="b", likes=2)
 C = GalleryImage(id="c", likes=3)
-
-
-class FakeTimer:
-    """A clock the test moves by hand.
-
-    A plain callable, not a context manager: cachetools wraps the timer it is given in its
-    own ``_Timer``, which provides the ``with timer as now`` its TLRUCache uses internally.
-    """
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def timer() -> FakeTimer:
-    return FakeTimer()
 
 
 # -- parse_cache_control ------------------------------------------------------------------------

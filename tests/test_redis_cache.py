@@ -143,11 +143,32 @@ def test_a_404_survives_the_trip_through_its_stored_json() -> None:
 
 @pytest.mark.parametrize(
     "raw_value",
-    ["not json", "[]", '{"image": {"id": "a"}}', '{"fresh_until": 1, "image": {"id": 5}}'],
+    [
+        "not json",
+        "[]",
+        '{"image": {"id": "a"}}',
+        '{"fresh_until": 1, "image": {"id": 5}}',
+        '{"fresh_until": NaN, "image": {"id": "a"}}',
+        '{"fresh_until": Infinity, "image": {"id": "a"}}',
+        '{"fresh_until": -1, "image": {"id": "a"}}',
+        '{"fresh_until": 0, "image": {"id": "a"}}',
+        "[" * 100_000,
+    ],
 )
 def test_a_stored_value_that_is_not_an_image_entry_is_refused(raw_value: str) -> None:
     with pytest.raises(ValueError):  # noqa: PT011 - the codec's one documented error
         decode_image(raw_value, image_id="a")
+
+
+def test_a_stored_image_of_another_id_is_refused() -> None:
+    with pytest.raises(ValueError, match="holds image 'b'"):
+        decode_image(encode_image(GalleryImage(id="b"), 1234.5), image_id="a")
+
+
+@pytest.mark.parametrize("raw_value", ['{"until": NaN}', '{"until": -Infinity}', '{"until": 0}'])
+def test_a_stored_404_whose_expiry_is_not_a_time_is_refused(raw_value: str) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011 - the codec's one documented error
+        decode_missing(raw_value)
 
 
 def test_keys_are_versioned_under_the_prefix() -> None:
@@ -495,6 +516,67 @@ async def test_an_unreadable_value_is_a_miss_and_is_overwritten(
     warnings = records(logs, logging.WARNING)
     assert warnings
     assert all("unreadable shared cache entry" in r.getMessage() for r in warnings)
+
+
+async def test_an_unreadable_value_is_dropped_even_when_the_fetch_stores_nothing(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    await raw.set(image_key(PREFIX, image_id), '{"fresh_until": NaN}', px=60_000)
+    gallery.script(image_id, Answer.error(503))
+    async with peer(gallery.url, redis_server.url, retry=NO_RETRY) as session:
+        with pytest.raises(ServerError):
+            await session.get_image(image_id)
+    assert gallery.requests[image_id] == 1
+    assert await raw.exists(image_key(PREFIX, image_id)) == 0
+
+
+async def test_another_ids_image_under_an_ids_key_is_never_served_and_is_replaced(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    wanted, other = gallery.ids[:2]
+    intruder = structure_image(gallery.images[other])
+    await raw.set(image_key(PREFIX, wanted), encode_image(intruder, time.time() + 60), px=60_000)
+    async with peer(gallery.url, redis_server.url) as session:
+        image = await session.get_image(wanted)
+    assert image == structure_image(gallery.images[wanted])
+    assert gallery.requests[wanted] == 1
+    assert gallery.requests[other] == 0
+    stored = await raw.get(image_key(PREFIX, wanted))
+    assert stored is not None
+    assert decode_image(stored, image_id=wanted).image == image
+
+
+async def test_an_image_claiming_ten_years_of_life_is_not_believed(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    image = structure_image(gallery.images[image_id])
+    forever = time.time() + 10 * 365 * 86400
+    await raw.set(image_key(PREFIX, image_id), encode_image(image, forever), px=60_000)
+    async with peer(gallery.url, redis_server.url, ttl=60) as session:
+        await session.get_image(image_id)
+    assert gallery.requests[image_id] == 1
+    stored = await raw.get(image_key(PREFIX, image_id))
+    assert stored is not None
+    assert 55 < decode_image(stored, image_id=image_id).fresh_until - time.time() <= 60
+
+
+async def test_an_image_read_back_is_kept_in_process_no_longer_than_max_ttl(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    image = structure_image(gallery.images[image_id])
+    # Past max_ttl by less than the clock-skew allowance: served, but for max_ttl at most.
+    await raw.set(image_key(PREFIX, image_id), encode_image(image, time.time() + 30), px=60_000)
+    memory = Clock()
+    async with peer(gallery.url, redis_server.url, max_ttl=5, default_ttl=5) as session:
+        session._cache._timer = memory  # the in-process tier's clock, moved by hand
+        await session.get_image(image_id)
+        memory.now += 5
+        await session.get_image(image_id)
+    assert session.stats.requests == 0
+    assert (session.stats.cache_hits, session.stats.cache_misses) == (2, 2)
 
 
 # -- Leases ---------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Any
@@ -323,6 +324,46 @@ async def test_get_images_rejects_an_invalid_id_before_any_request(
     assert gallery.total_requests == 0
 
 
+async def test_get_images_reports_unhashable_ids_in_place_as_invalid(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    wanted = gallery.ids[0]
+    result = await session.get_images(
+        [wanted, ["a", "list"], {"a": "dict"}, wanted],  # type: ignore[list-item]
+        return_exceptions=True,
+    )
+    assert [type(r) for r in result] == [GalleryImage, InvalidImageId, InvalidImageId, GalleryImage]
+    assert result[3] is result[0]
+    assert gallery.total_requests == 1
+
+
+async def test_get_images_raises_invalid_for_an_unhashable_id_before_any_request(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    with pytest.raises(InvalidImageId, match="got list"):
+        await session.get_images([*gallery.ids[:5], ["a", "list"]])  # type: ignore[list-item]
+    assert gallery.total_requests == 0
+
+
+@pytest.mark.parametrize("ids", ["123", b"123"])
+@pytest.mark.parametrize("return_exceptions", [False, True])
+async def test_get_images_refuses_a_single_string_of_ids(
+    session: GallerySession, gallery: FakeGallery, ids: Any, return_exceptions: bool
+) -> None:
+    with pytest.raises(TypeError, match=r"iterable of ids, not a single .*use get_image"):
+        await session.get_images(ids, return_exceptions=return_exceptions)
+    assert gallery.total_requests == 0
+
+
+async def test_iter_images_refuses_a_single_string_of_ids(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    with pytest.raises(TypeError, match="iterable of ids, not a single str"):
+        async for _ in session.iter_images("123"):
+            pass
+    assert gallery.total_requests == 0
+
+
 async def test_cancelling_get_images_leaves_no_fetch_behind(
     slow_session: GallerySession, slow_gallery: FakeGallery
 ) -> None:
@@ -469,6 +510,83 @@ async def test_closing_with_a_fetch_in_flight_fails_its_waiters_cleanly(
     with pytest.raises(TransportError, match="closed"):
         await waiter
     assert fetch_tasks() == []
+
+
+class DeafToCancellation:
+    """A SharedCache whose get, like redis-py's own wait_for when the reply lands as the
+    cancellation does, loses every cancellation until its reply comes, 50 ms on."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    async def get(self, image_id: str) -> None:
+        self.asked.set()
+        reply = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.05, reply.set_result, None)
+        while not reply.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(reply)
+
+    async def try_lease(self, image_id: str, ms: int) -> str | None:
+        return "token"
+
+    async def lease_held(self, image_id: str) -> bool:
+        return False
+
+    async def release(self, image_id: str, token: str) -> None:
+        pass
+
+    async def set(
+        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+    ) -> None:
+        pass
+
+    async def set_missing(self, image_id: str, ttl: float) -> None:
+        pass
+
+    async def invalidate(self, image_id: str) -> None:
+        pass
+
+    async def clear(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_close_waits_for_a_fetch_whose_waiter_left_and_that_lost_its_cancellation(
+    gallery: FakeGallery,
+) -> None:
+    cache = DeafToCancellation()
+    client = GallerySession(gallery.url, cache=cache)
+    waiter = asyncio.create_task(client.get_image(gallery.ids[0]))
+    await cache.asked.wait()
+    waiter.cancel()  # the last waiter leaves: the fetch is cancelled, and runs on
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    await client.close()
+    # Ran on into "this GallerySession is closed": ended, and its error retrieved by close()
+    # (the loop-errors fixture fails this test on a "Task exception was never retrieved").
+    assert fetch_tasks() == []
+    assert gallery.total_requests == 0
+
+
+async def test_a_fetch_that_lost_its_cancellation_and_fails_reports_nothing_to_the_loop(
+    images: list[dict[str, Any]],
+) -> None:
+    async with FakeGallery(images, delay=0.05) as gallery:
+        cache = DeafToCancellation()
+        async with GallerySession(gallery.url, cache=cache, retry=NO_RETRY) as client:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(client.get_image("no-such-image"), 0.01)
+            # The fetch runs on without a waiter, gets its 404, and ends.
+            [orphan] = fetch_tasks()
+            # Neither awaited nor asked for its exception here: either would retrieve it.
+            await asyncio.wait([orphan], timeout=5)
+            assert orphan.done()
+            assert not orphan.cancelled()
+    assert gallery.requests["no-such-image"] == 1
+    # Its 404 reached nobody: the session retrieved it, or the loop-errors fixture fails this.
 
 
 async def test_a_session_passed_in_is_used_and_never_closed(gallery: FakeGallery) -> None:
