@@ -96,10 +96,11 @@ def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
     """Read what :func:`encode_image` wrote.
 
     Raises:
-        ValueError: the value is not what :func:`encode_image` writes.
+        ValueError: the value is not what :func:`encode_image` writes, or is not
+            ``image_id``'s image.
 
     """
-    value = json.loads(raw)
+    value = _load(raw)
     if not isinstance(value, dict) or not _is_time(value.get("fresh_until")):
         raise ValueError("not an image entry")
     try:
@@ -121,10 +122,18 @@ def decode_missing(raw: str | bytes) -> SharedMissing:
         ValueError: the value is not what :func:`encode_missing` writes.
 
     """
-    value = json.loads(raw)
+    value = _load(raw)
     if not isinstance(value, dict) or not _is_time(value.get("until")):
         raise ValueError("not a 404 entry")
     return SharedMissing(until=float(value["until"]))
+
+
+def _load(raw: str | bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except RecursionError as error:
+        # A value nested a few thousand deep: unreadable like any other, hence a miss.
+        raise ValueError("the value is nested too deep to decode") from error
 
 
 def _is_time(value: object) -> bool:
