@@ -1,5 +1,8 @@
 """Bodies and answers not to be trusted, over loopback: redirects, foreign ids, deep nesting.
 
+The shared-cache side of the same (nothing written to Redis, a deep value a miss) is in
+``test_redis_cache.py``, next to its Redis fixtures.
+
 Each test asserts what the servers saw: a redirect target that must never be reached counts its
 requests, and a second call for the same id proves by a second request that nothing was cached.
 """
@@ -7,17 +10,14 @@ requests, and a second call for the same id proves by a second request that noth
 from __future__ import annotations
 
 import json
-import shutil
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio
 from aiohttp import web
-from redis_helpers import RedisServer
 
 from meigen_async import (
     ApiError,
@@ -28,8 +28,6 @@ from meigen_async import (
     MeigenError,
     ServerError,
 )
-from meigen_async.cache import RedisCache
-from meigen_async.redis_cache import image_key
 from meigen_async.retry import RetryPolicy
 from meigen_async.testing import Answer, FakeGallery
 
@@ -38,7 +36,6 @@ NO_RETRY = RetryPolicy(max_retries=0)
 ONE_QUICK_RETRY = RetryPolicy(max_retries=1, backoff_base=0.001, backoff_max=0.001)
 DEEP = b"[" * 5000
 FOREIGN = b"<html>a page of another site, never to be quoted</html>"
-PREFIX = "untrusted:"
 
 
 class Target:
@@ -74,22 +71,6 @@ class Target:
 async def target() -> AsyncIterator[Target]:
     async with Target() as server:
         yield server
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: .ci/run installs it; see README")
-    server = RedisServer().start()
-    yield server
-    server.kill()
-
-
-@pytest.fixture
-async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
-    client = redis.asyncio.Redis.from_url(redis_server.url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def redirect(status: int, location: str) -> Answer:
@@ -167,27 +148,6 @@ async def test_a_redirect_in_a_bulk_fetch_is_that_ids_error_and_reaches_nobody(
     assert sum(target.paths.values()) == 0
 
 
-@pytest.mark.parametrize("status", REDIRECTS)
-async def test_a_redirect_writes_nothing_to_the_shared_cache(
-    gallery: FakeGallery,
-    target: Target,
-    redis_server: RedisServer,
-    raw: redis.asyncio.Redis,
-    status: int,
-) -> None:
-    image_id = gallery.ids[0]
-    location = f"{target.url}/api/images/{image_id}"
-    gallery.script(image_id, redirect(status, location), redirect(status, location))
-    async with (
-        RedisCache(redis_server.url, prefix=PREFIX) as cache,
-        GallerySession(gallery.url, cache=cache) as session,
-    ):
-        await two_gets(session, image_id)
-    assert await raw.keys("*") == []
-    assert gallery.requests[image_id] == 2
-    assert sum(target.paths.values()) == 0
-
-
 # -- The answer of another id ---------------------------------------------------------------------
 
 
@@ -208,24 +168,6 @@ async def test_an_answer_for_another_id_is_invalid_and_not_cached(
             assert asked in str(caught.value)
             assert answered in str(caught.value)
     assert gallery.requests[asked] == 2
-
-
-async def test_an_answer_for_another_id_writes_nothing_to_the_shared_cache(
-    gallery: FakeGallery,
-    images: list[dict[str, Any]],
-    redis_server: RedisServer,
-    raw: redis.asyncio.Redis,
-) -> None:
-    asked, answered = gallery.ids[:2]
-    other = next(data for data in images if data["id"] == answered)
-    gallery.script(asked, answer_as(other))
-    async with (
-        RedisCache(redis_server.url, prefix=PREFIX) as cache,
-        GallerySession(gallery.url, cache=cache) as session,
-    ):
-        with pytest.raises(InvalidResponse):
-            await session.get_image(asked)
-    assert await raw.keys("*") == []
 
 
 # -- Deep nesting ---------------------------------------------------------------------------------
@@ -286,20 +228,6 @@ async def test_a_deeply_nested_503_is_retried_like_any_other(gallery: FakeGaller
         image = await session.get_image(image_id)
     assert image.id == image_id
     assert gallery.requests[image_id] == 2
-
-
-async def test_a_deeply_nested_redis_value_is_a_miss_fetched_upstream(
-    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
-) -> None:
-    image_id = gallery.ids[0]
-    await raw.set(image_key(PREFIX, image_id), DEEP.decode(), px=60_000)
-    async with (
-        RedisCache(redis_server.url, prefix=PREFIX) as cache,
-        GallerySession(gallery.url, cache=cache) as session,
-    ):
-        image = await session.get_image(image_id)
-    assert image.id == image_id
-    assert gallery.requests[image_id] == 1
 
 
 # -- Lone surrogates ------------------------------------------------------------------------------
