@@ -124,7 +124,8 @@ def _structure_str(value: Any, _: Any) -> str | None:
     # Every string field comes through here (the tuple and segment hooks call
     # replace_surrogates themselves): a lone surrogate would pass, and crash the first print.
     if type(value) is str:
-        return replace_surrogates(value)
+        # isascii inlined: most fields are ASCII, and a call less for each counts here.
+        return value if value.isascii() else replace_surrogates(value)
     if value is None:
         return None
     raise TypeError(f"expected a string, got {type(value).__name__}")
