@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._text import printable, replace_surrogates
 from .errors import (
     ApiError,
     ImageNotFound,
@@ -44,6 +45,7 @@ MAX_ID_LENGTH = 128
 
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _SNIPPET = 80
+_LOCATION_SHOWN = 200  # characters of a Location quoted: enough for a host and a path
 # What aiohttp hands over: a miss there is final, no need to scan for another spelling.
 _CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
@@ -108,8 +110,10 @@ def decode_response(
 ) -> GalleryImage:
     """Turn one response into an image, or raise the error it stands for.
 
-    A 2xx must carry ``{"success": true, "data": {...}}``; any other status becomes the
-    matching :class:`MeigenError` subclass, with the service's ``{"error": "..."}`` message.
+    A 2xx must carry ``{"success": true, "data": {...}}`` whose `data.id` is ``image_id``;
+    any other status becomes the matching :class:`MeigenError` subclass, with the service's
+    ``{"error": "..."}`` message. Whatever the body holds, only an image or a `MeigenError`
+    comes out: JSON nested too deep to decode is `InvalidResponse` like any other non-JSON.
     """
     if 200 <= status < 300:
         return structure_image(_success_data(status, body, image_id), image_id=image_id)
@@ -119,7 +123,13 @@ def decode_response(
 def error_for_status(
     status: int, headers: Mapping[str, str], body: bytes, *, image_id: str
 ) -> MeigenError:
-    """The error a non-2xx response stands for, carrying its status and the service's message."""
+    """The error a non-2xx response stands for, carrying its status and the service's message.
+
+    A 3xx is an `ApiError` naming its `Location`: redirects are never followed, and the
+    body of one, written by whoever redirected, is not quoted.
+    """
+    if 300 <= status < 400:
+        return _redirect_error(status, header(headers, "Location"), image_id)
     message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 404:
         return ImageNotFound(message, image_id=image_id, status=status)
@@ -129,6 +139,22 @@ def error_for_status(
     if status >= 500:
         return ServerError(message, image_id=image_id, status=status)
     return ApiError(message, image_id=image_id, status=status)
+
+
+def _redirect_error(status: int, location: str | None, image_id: str) -> ApiError:
+    # Following it would send the request, and cache the answer under this id, wherever
+    # the Location points: another host (SSRF), or another path of this one.
+    where = (
+        f"the gallery redirected to {printable(location, _LOCATION_SHOWN)}"
+        if location
+        else "the gallery answered with a redirect status and no Location"
+    )
+    return ApiError(
+        f"HTTP {status} for image {image_id}: {where}; this library does not follow "
+        "redirects: if the service moved, set base_url to it",
+        image_id=image_id,
+        status=status,
+    )
 
 
 def _success_data(status: int, body: bytes, image_id: str) -> Any:
@@ -141,7 +167,8 @@ def _success_data(status: int, body: bytes, image_id: str) -> Any:
     if envelope.get("success") is not True:
         if isinstance(envelope.get("error"), str):
             raise ApiError(
-                f"the service reported an error for image {image_id}: {envelope['error']}",
+                f"the service reported an error for image {image_id}: "
+                f"{replace_surrogates(envelope['error'])}",
                 image_id=image_id,
                 status=status,
             )
@@ -160,19 +187,27 @@ def _load_json(body: bytes, image_id: str) -> Any:
             # decoded directly: the sniffing costs about 1% of a cold fetch.
             return json.loads(body.decode("utf-8", "surrogatepass"))
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: json's decoder gives up on deep nesting (a few thousand "[") so.
         raise InvalidResponse(
-            f"response body is not JSON ({exc}): {snippet(body)}", image_id=image_id
+            f"response body is not JSON ({_json_problem(exc)}): {snippet(body)}",
+            image_id=image_id,
         ) from exc
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep to decode"
+    return str(exc)
 
 
 def _error_message(body: bytes) -> str:
     try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return snippet(body) if body else "(empty body)"
     if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
-        return str(envelope["error"])
+        return replace_surrogates(envelope["error"])
     return snippet(body)
 
 

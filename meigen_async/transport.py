@@ -129,12 +129,18 @@ async def fetch(
     Must run in a task of its own for its duration: a missed deadline cancels the task.
     ``options`` go to ``http.get`` as they are (headers): empty when the session already
     carries them, which spares aiohttp merging them on every request.
+
+    A redirect is never followed, whoever made ``http``: a 3xx comes back as it is, and only
+    ``url`` is ever requested.
     """
     task = asyncio.current_task()
     assert task is not None  # always, under asyncio
     deadlines.watch(task)
     try:
-        async with http.get(url, **options) as resp:
+        # Per request: aiohttp has no session-wide switch, and a caller's session is theirs.
+        # A followed redirect would fetch from wherever the Location points, and the answer
+        # would be cached under the requested id.
+        async with http.get(url, allow_redirects=False, **options) as resp:
             body = await _read_limited(resp, image_id, max_body_bytes)
             response = RawResponse(resp.status, resp.headers, body)
     except BaseException as exc:

@@ -27,6 +27,7 @@ from meigen_async.protocol import (
     parse_retry_after,
     validate_image_id,
 )
+from meigen_async.retry import is_retryable
 
 ID = "2009629483448627597"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -380,3 +381,132 @@ def test_an_envelope_whose_success_is_not_true_raises_invalid_response(
 ) -> None:
     with pytest.raises(InvalidResponse, match="success"):
         decode(200, body(envelope))
+
+
+# -- decode_response: redirects -----------------------------------------------------------------
+
+REDIRECT_BODY = b"<html>Moved: see the page of another site</html>"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_raises_api_error_naming_the_location(status: int) -> None:
+    headers = {"Location": "https://elsewhere.example/api/images/x"}
+
+    with pytest.raises(ApiError) as caught:
+        decode(status, REDIRECT_BODY, headers)
+
+    assert type(caught.value) is ApiError
+    assert caught.value.status == status
+    assert "redirected to 'https://elsewhere.example/api/images/x'" in str(caught.value)
+    assert "set base_url" in str(caught.value)
+
+
+def test_a_redirect_body_is_not_quoted() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(302, REDIRECT_BODY, {"Location": "/moved"})
+
+    assert "another site" not in str(caught.value)
+
+
+def test_a_redirect_is_not_retryable() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(307, REDIRECT_BODY, {"location": "/moved"})
+
+    assert not is_retryable(caught.value)
+
+
+def test_a_redirect_status_without_a_location_says_so() -> None:
+    with pytest.raises(ApiError, match="no Location"):
+        decode(300, REDIRECT_BODY)
+
+
+def test_a_long_or_unprintable_location_is_shortened_and_printable() -> None:
+    location = "/x\ud800\n" + "y" * 10_000
+
+    with pytest.raises(ApiError) as caught:
+        decode(301, b"", {"Location": location})
+
+    message = str(caught.value)
+    message.encode("utf-8")
+    assert "\n" not in message
+    assert len(message) < 500
+
+
+# -- decode_response: the answer of another id --------------------------------------------------
+
+
+def test_data_of_another_id_raises_invalid_response_naming_both() -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        decode(200, body({"success": True, "data": {**DATA, "id": "other-id"}}))
+
+    assert ID in str(caught.value)
+    assert "'other-id'" in str(caught.value)
+    assert caught.value.image_id == ID
+
+
+def test_data_of_an_id_differing_only_in_case_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        decode_response(
+            200, JSON_HEADERS, body({"success": True, "data": {"id": "AbC"}}), image_id="abc"
+        )
+
+
+# -- decode_response: deep nesting --------------------------------------------------------------
+
+DEEP = b"[" * 5000
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(200, InvalidResponse), (404, ImageNotFound), (503, ServerError), (400, ApiError)],
+)
+def test_a_deeply_nested_body_raises_the_statuss_error(
+    status: int, error_type: type[MeigenError]
+) -> None:
+    with pytest.raises(error_type) as caught:
+        decode(status, DEEP)
+
+    assert type(caught.value) is error_type
+
+
+def test_a_deeply_nested_200_body_is_said_to_be_nested_too_deep() -> None:
+    with pytest.raises(InvalidResponse, match="nested too deep"):
+        decode(200, DEEP)
+
+
+def test_a_deeply_nested_body_after_a_valid_prefix_raises_invalid_response() -> None:
+    payload = b'{"success": true, "data": {"id": "%s", "text": ' % ID.encode() + DEEP
+
+    with pytest.raises(InvalidResponse):
+        decode(200, payload)
+
+
+# -- decode_response: lone surrogates -----------------------------------------------------------
+
+
+def test_a_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    payload = b'{"success": true, "data": {"id": "%s", "text": "a\\udc00b"}}' % ID.encode()
+
+    assert decode(200, payload).text == "a\ufffdb"
+
+
+def test_cesu8_surrogate_bytes_become_replacement_characters() -> None:
+    # U+1F600 as CESU-8: each half of the surrogate pair encoded on its own.
+    cesu8 = "\ud83d\ude00".encode("utf-8", "surrogatepass")
+    payload = b'{"success": true, "data": {"id": "%s", "text": "' % ID.encode() + cesu8 + b'"}}'
+
+    assert decode(200, payload).text == "\ufffd\ufffd"
+
+
+def test_a_lone_surrogate_in_the_services_error_message_is_replaced() -> None:
+    with pytest.raises(ImageNotFound) as caught:
+        decode(404, b'{"success": false, "error": "gone \\ud800"}')
+
+    assert str(caught.value).endswith("gone \ufffd")
+
+
+def test_a_lone_surrogate_in_an_error_envelope_on_a_200_is_replaced() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(200, b'{"success": false, "error": "down \\ud800"}')
+
+    str(caught.value).encode("utf-8")
