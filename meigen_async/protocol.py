@@ -34,7 +34,9 @@ __all__ = [
     "decode_response",
     "error_for_status",
     "header",
+    "header_list",
     "image_url",
+    "parse_http_date",
     "parse_retry_after",
     "snippet",
     "validate_image_id",
@@ -82,6 +84,43 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
         if key.lower() == lowered:
             return candidate
     return None
+
+
+def header_list(headers: Mapping[str, str], name: str) -> str | None:
+    """All lines of a list-valued header as one value, ignoring case, in any mapping.
+
+    Several lines of one header are one comma-separated list (RFC 9110 section 5.3): aiohttp
+    keeps each line, and ``Cache-Control: max-age=60`` followed by ``Cache-Control: no-store``
+    reads as ``"max-age=60, no-store"``. In a plain mapping each spelling of the name counts
+    as a line. None when the header is absent.
+    """
+    if isinstance(headers, _CASE_INSENSITIVE):
+        lines = headers.getall(name, None)
+        if lines is None:
+            return None
+        return lines[0] if len(lines) == 1 else ", ".join(lines)
+    value = headers.get(name)
+    lowered = name.lower()
+    others = [v for key, v in headers.items() if key != name and key.lower() == lowered]
+    if not others:
+        return value
+    return ", ".join(others if value is None else [value, *others])
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (``Sun, 06 Nov 1994 08:49:37 GMT``) in seconds since the epoch, or None.
+
+    None for an absent or unreadable value; a date without a zone is read as UTC.
+    """
+    if value is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        return when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
@@ -137,7 +176,10 @@ def error_for_status(
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)
     if status >= 500:
-        return ServerError(message, image_id=image_id, status=status)
+        # RFC 9110 section 10.2.3 gives Retry-After to 503 (and 3xx, never seen here); another
+        # 5xx carrying one is backed off as usual.
+        retry_after = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
+        return ServerError(message, image_id=image_id, status=status, retry_after=retry_after)
     return ApiError(message, image_id=image_id, status=status)
 
 

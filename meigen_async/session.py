@@ -373,7 +373,8 @@ class GallerySession:
         else:
             self._cache.invalidate(image_id)
         if self._shared is not None:
-            await self._shared.store(image_id, image, ttl)
+            # A shared cache reads the headers as one (s-maxage first, private refused).
+            await self._shared.store(image_id, image, self.policy.ttl_for(raw.headers, shared=True))
         return image
 
     def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:

@@ -8,6 +8,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from meigen_async.errors import (
     ApiError,
@@ -22,8 +23,11 @@ from meigen_async.models import GalleryImage
 from meigen_async.protocol import (
     MAX_ID_LENGTH,
     decode_response,
+    error_for_status,
     header,
+    header_list,
     image_url,
+    parse_http_date,
     parse_retry_after,
     validate_image_id,
 )
@@ -204,6 +208,81 @@ def test_header_is_case_insensitive_in_a_plain_dict(name: str) -> None:
 
 def test_header_absent_is_none() -> None:
     assert header({"Content-Type": "application/json"}, "Retry-After") is None
+
+
+# -- header_list --------------------------------------------------------------------------------
+
+
+def test_header_list_joins_every_line_of_a_multidict() -> None:
+    headers = CIMultiDictProxy(
+        CIMultiDict([("Cache-Control", "max-age=60"), ("cache-control", "no-store")])
+    )
+
+    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
+
+
+def test_header_list_of_one_line_is_that_line() -> None:
+    assert header_list(CIMultiDict([("Vary", "*")]), "vary") == "*"
+
+
+def test_header_list_joins_every_spelling_in_a_plain_dict() -> None:
+    headers = {"Cache-Control": "max-age=60", "CACHE-CONTROL": "no-store", "Age": "1"}
+
+    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
+
+
+def test_header_list_finds_another_spelling_in_a_plain_dict() -> None:
+    assert header_list({"cache-control": "no-store"}, "Cache-Control") == "no-store"
+
+
+@pytest.mark.parametrize("headers", [{}, CIMultiDict(), {"Age": "1"}])
+def test_header_list_absent_is_none(headers: Any) -> None:
+    assert header_list(headers, "Cache-Control") is None
+
+
+# -- parse_http_date ----------------------------------------------------------------------------
+
+
+def test_an_http_date_is_read_as_seconds_since_the_epoch() -> None:
+    assert parse_http_date("Fri, 09 Jan 2026 14:00:00 GMT") == NOW.timestamp()
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-1", "tomorrow", "Mon, 99 Foo 2026"])
+def test_an_unreadable_http_date_is_none(value: str | None) -> None:
+    assert parse_http_date(value) is None
+
+
+# -- error_for_status: Retry-After on a 503 -----------------------------------------------------
+
+
+def test_a_503_carries_its_retry_after() -> None:
+    error = error_for_status(503, {"Retry-After": "7"}, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after == 7.0
+
+
+def test_a_503_retry_after_may_be_an_http_date() -> None:
+    value = format_datetime(datetime.now(timezone.utc) + timedelta(seconds=90), usegmt=True)
+
+    error = error_for_status(503, {"retry-after": value}, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after is not None
+    assert 85.0 < error.retry_after <= 90.0
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(503, {}), (503, {"Retry-After": "soon"}), (500, {"Retry-After": "7"})],
+)
+def test_a_server_error_has_no_retry_after_unless_a_503_gives_one(
+    status: int, headers: dict[str, str]
+) -> None:
+    error = error_for_status(status, headers, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after is None
 
 
 # -- decode_response: success -------------------------------------------------------------------

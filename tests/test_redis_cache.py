@@ -449,6 +449,29 @@ async def test_an_image_key_lives_max_age_less_age(
     assert 495_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 500_000
 
 
+async def test_an_image_key_lives_s_maxage_not_max_age(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "max-age=60, s-maxage=600", "Age": "100"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    assert 495_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 500_000
+
+
+async def test_a_private_image_is_kept_in_process_but_not_written_to_redis(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "private, max-age=600"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+        await session.get_image(image_id)
+    assert await raw.exists(image_key(PREFIX, image_id)) == 0
+    assert gallery.requests[image_id] == 1
+    assert session.stats.cache_hits == 1
+
+
 async def test_the_stale_window_lengthens_the_key_but_not_the_freshness(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
