@@ -8,24 +8,29 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from meigen_async.cli import main, read_ids, run_demo
+from meigen_async.cli import base_url_problem, main, read_ids, run_demo
 from meigen_async.models import structure_image, unstructure_image
 from meigen_async.prompt import PromptKind, parse_prompt
-from meigen_async.testing import FakeGallery, sample_images
+from meigen_async.testing import Answer, FakeGallery, sample_images
 
 MISSING = "1999999999999999999"
 PLAIN_ID = "2013572250852104677"  # nanobanana, 2048x1536, North Frame (@northframe)
 JSON_ID = "2018657825334796972"  # a JSON prompt
+
+# What json.loads makes of "\ud800" and "\udfff" in a body: strings no UTF-8 stream can write.
+LONE_TEXT = "a prompt \ud800 cut in half"
+LONE_NAME = "Caf\u00e9 \udfff"
 
 
 async def run(*argv: str) -> int:
@@ -59,8 +64,12 @@ def ids_file(tmp_path: Path, gallery: FakeGallery) -> Path:
     return path
 
 
-async def start_cli(*argv: str) -> asyncio.subprocess.Process:
+async def start_cli(
+    *argv: str, env: dict[str, str] | None = None, wrapper: list[str] | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m meigen_async ARGV`, started through `wrapper` (a command that execs it)."""
     return await asyncio.create_subprocess_exec(
+        *(wrapper or []),
         sys.executable,
         "-m",
         "meigen_async",
@@ -68,7 +77,27 @@ async def start_cli(*argv: str) -> asyncio.subprocess.Process:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+@pytest.fixture
+def broken_images() -> list[dict[str, Any]]:
+    """The first five sample images; the third has lone surrogates in its text and author."""
+    images = sample_images()[:5]
+    images[2] = {**images[2], "text": LONE_TEXT, "author_display_name": LONE_NAME}
+    return images
+
+
+@pytest.fixture
+async def broken_gallery(broken_images: list[dict[str, Any]]) -> AsyncIterator[FakeGallery]:
+    async with FakeGallery(broken_images) as fake:
+        url = f"{fake.url}/api/images/{broken_images[2]['id']}"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            body = await response.read()
+        assert b"\\ud800" in body  # the escapes json.loads accepts, on the wire
+        fake.reset_counts()
+        yield fake
 
 
 # -- get -----------------------------------------------------------------------------------------
@@ -156,6 +185,139 @@ def test_a_negative_timeout_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["get", "--timeout", "-1", PLAIN_ID])
     assert exit_info.value.code == 2
     assert "expected a positive number" in capsys.readouterr().err
+
+
+BAD_BASE_URLS = {
+    "port out of range": ("http://127.0.0.1:99999", "expected a port from 0 to 65535"),
+    "port not a number": ("http://127.0.0.1:abc", "expected a port from 0 to 65535"),
+    "query": ("http://127.0.0.1:8000/?x=1", "a base URL cannot have a query or a fragment"),
+    "fragment": ("http://127.0.0.1:8000/#top", "a base URL cannot have a query or a fragment"),
+    "not http": ("ftp://127.0.0.1", "expected an http:// or https:// URL"),
+    "no host": ("http://:8000", "expected an http:// or https:// URL"),
+    "broken IPv6 host": ("http://[::1", "expected an http:// or https:// URL"),
+    "a space": ("http://127.0.0.1 :8000", "a URL cannot hold spaces"),
+}
+
+
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line of a command line that argparse rejects, its status checked."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return one_error_line(captured.err)
+
+
+def remote_argv(command: str, *options: str) -> list[str]:
+    return [command, *options, PLAIN_ID] if command == "get" else [command, *options, "-"]
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+@pytest.mark.parametrize(("url", "says"), BAD_BASE_URLS.values(), ids=BAD_BASE_URLS.keys())
+def test_a_bad_base_url_is_one_error_line_with_status_2(
+    command: str, url: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(remote_argv(command, "--base-url", url), capsys)
+    assert f"argument --base-url: {says}" in line
+    assert repr(url) in line
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+def test_an_empty_base_url_is_one_error_line_with_status_2(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(remote_argv(command, "--base-url", ""), capsys)
+    assert "expected an http:// or https:// URL, got ''" in line
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+@pytest.mark.parametrize(("url", "says"), BAD_BASE_URLS.values(), ids=BAD_BASE_URLS.keys())
+def test_a_bad_base_url_from_the_environment_is_named_in_one_error_line_with_status_2(
+    command: str,
+    url: str,
+    says: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", url)
+    line = usage_error(remote_argv(command), capsys)
+    assert f"$MEIGEN_BASE_URL: {says}" in line
+
+
+async def test_a_base_url_option_overrides_a_bad_one_in_the_environment(
+    gallery: FakeGallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", "http://127.0.0.1:99999")
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 0
+    assert gallery.requests[PLAIN_ID] == 1
+
+
+async def test_a_bad_base_url_in_the_environment_is_no_concern_of_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", "http://127.0.0.1:99999")
+    assert await run("serve", "--data", str(tmp_path / "nope.jsonl")) == 2
+    assert "cannot read" in one_error_line(capsys.readouterr().err)
+
+
+BAD_OPTIONS = {
+    "timeout not a number": (["get", "--timeout", "abc", PLAIN_ID], "expected a number"),
+    "timeout nan": (["get", "--timeout", "nan", PLAIN_ID], "expected a positive number"),
+    "timeout infinite": (["get", "--timeout", "inf", PLAIN_ID], "expected a positive number"),
+    "retries not a number": (["get", "--retries", "x", PLAIN_ID], "expected a whole number"),
+    "retries negative": (["bulk", "--retries", "-1", "-"], "from 0 to 100"),
+    "retries past the bound": (["bulk", "--retries", "1" + "0" * 30, "-"], "from 0 to 100"),
+    "concurrency 0": (["bulk", "--concurrency", "0", "-"], "expected a whole number >= 1"),
+    "concurrency 1.5": (["bulk", "--concurrency", "1.5", "-"], "expected a whole number"),
+    "rate limit 0": (["bulk", "--rate-limit", "0", "-"], "expected a positive number"),
+    "port out of range": (["serve", "--port", "99999"], "from 0 to 65535"),
+    "port not a number": (["serve", "--port", "http"], "expected a whole number"),
+    "no command": ([], "the following arguments are required: COMMAND"),
+    "unknown command": (["fetch"], "invalid choice: 'fetch'"),
+    "no id": (["get"], "the following arguments are required: ID"),
+    "unknown option": (["get", "--jsn", PLAIN_ID], "unrecognized arguments: --jsn"),
+}
+
+
+@pytest.mark.parametrize(("argv", "says"), BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_a_bad_option_value_is_one_error_line_with_status_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(argv, capsys)
+    assert says in line
+    assert line.endswith("--help')")
+
+
+def test_the_error_line_of_a_bad_option_points_at_the_commands_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = usage_error(["bulk", "--concurrency", "0", "-"], capsys)
+    assert line.endswith("(see 'meigen-async bulk --help')")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "https://www.meigen.ai/",
+        "http://127.0.0.1:8080/mirror/",
+        "http://[::1]:8080",
+        "http://127.0.0.1:8080/?",
+    ],
+)
+def test_base_url_problem_accepts_what_a_session_accepts(url: str) -> None:
+    assert base_url_problem(url) is None
+
+
+async def test_a_bad_base_url_is_one_error_line_with_status_2_from_the_real_entry_point() -> None:
+    process = await start_cli(
+        "bulk", "-", env={"MEIGEN_BASE_URL": "http://127.0.0.1:8000/?x=1"}
+    )
+    out, err = await asyncio.wait_for(process.communicate(PLAIN_ID.encode()), timeout=30)
+    assert process.returncode == 2
+    assert out == b""
+    assert "cannot have a query or a fragment" in one_error_line(err.decode())
 
 
 @pytest.mark.parametrize("command", ["get", "bulk", "serve", "demo"])
