@@ -173,6 +173,53 @@ async def test_get_takes_the_base_url_from_the_environment(
     assert gallery.requests[PLAIN_ID] == 1
 
 
+async def test_get_prints_a_summary_with_lone_surrogates_escaped(
+    broken_gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken_id = broken_gallery.ids[2]
+    assert await run("get", "--base-url", broken_gallery.url, broken_id) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"author\s+Caf\u00e9 \\udfff \(@", out)
+
+
+async def test_get_json_writes_lone_surrogates_as_json_escapes(
+    broken_gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken_id = broken_gallery.ids[2]
+    assert await run("get", "--json", "--base-url", broken_gallery.url, broken_id) == 0
+    out = capsys.readouterr().out
+    assert "\\ud800" in out
+    printed = json.loads(out)
+    assert (printed["text"], printed["author_display_name"]) == (LONE_TEXT, LONE_NAME)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["summary", "json"])
+async def test_get_prints_to_an_ascii_stdout_without_crashing(
+    broken_gallery: FakeGallery, as_json: bool
+) -> None:
+    ids = broken_gallery.ids  # Japanese text, an emoji, an accent and lone surrogates
+    argv = ["get", "--base-url", broken_gallery.url, *(["--json"] if as_json else []), *ids]
+    process = await start_cli(*argv, env={"PYTHONIOENCODING": "ascii:strict"})
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert (process.returncode, err) == (0, b"")
+    text = out.decode("ascii")
+    if as_json:
+        assert [image["id"] for image in json.loads(text)] == ids
+        assert json.loads(text)[2]["author_display_name"] == LONE_NAME
+        assert json.loads(text)[0] == endpoint_data(ids[0])
+    else:
+        assert re.search(r"author\s+Caf\\xe9 \\udfff \(@", text)
+    assert sum(broken_gallery.requests.values()) == 5
+
+
+async def test_get_reports_a_server_message_with_a_lone_surrogate_in_one_line(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gallery.script(PLAIN_ID, Answer.error(404, "gone \ud800 away"))
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
+    assert "gone \\ud800 away" in one_error_line(capsys.readouterr().err)
+
+
 def test_a_base_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["get", "--base-url", "ftp://127.0.0.1", PLAIN_ID])
@@ -195,7 +242,7 @@ BAD_BASE_URLS = {
     "not http": ("ftp://127.0.0.1", "expected an http:// or https:// URL"),
     "no host": ("http://:8000", "expected an http:// or https:// URL"),
     "broken IPv6 host": ("http://[::1", "expected an http:// or https:// URL"),
-    "a space": ("http://127.0.0.1 :8000", "a URL cannot hold spaces"),
+    "a space": ("http://127.0.0.1:8000/a b", "a URL cannot hold spaces"),
 }
 
 
@@ -397,6 +444,92 @@ async def test_bulk_exits_1_listing_each_failed_id_with_its_error(
     )
 
 
+async def test_bulk_fetches_and_writes_every_id_around_an_image_with_lone_surrogates(
+    broken_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(broken_gallery.ids), encoding="utf-8")
+    out = tmp_path / "images.jsonl"
+    # One fetch at a time: the broken image comes third, with two more to fetch after it.
+    argv = ["bulk", str(path), "-o", str(out), "--concurrency", "1"]
+    assert await run(*argv, "--base-url", broken_gallery.url) == 0
+    assert broken_gallery.requests == dict.fromkeys(broken_gallery.ids, 1)
+    lines = json_lines(out.read_text(encoding="utf-8"))
+    assert [line["id"] for line in lines] == broken_gallery.ids
+    assert (lines[2]["text"], lines[2]["author_display_name"]) == (LONE_TEXT, LONE_NAME)
+    assert lines[4] == endpoint_data(lines[4]["id"])
+    assert capsys.readouterr().err == ""
+
+
+async def test_bulk_writes_lone_surrogates_to_stdout_as_json_escapes(
+    broken_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(broken_gallery.ids), encoding="utf-8")
+    argv = ["bulk", str(path), "--concurrency", "1", "--base-url", broken_gallery.url]
+    assert await run(*argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert "\\ud800" in lines[2]
+    assert "ゆき" in "".join(lines)  # the other lines stay readable UTF-8
+
+
+async def test_bulk_writes_json_lines_to_an_ascii_stdout(broken_gallery: FakeGallery) -> None:
+    argv = ["bulk", "-", "--concurrency", "1", "--base-url", broken_gallery.url]
+    process = await start_cli(*argv, env={"PYTHONIOENCODING": "ascii:strict"})
+    ids = "\n".join(broken_gallery.ids).encode()
+    out, err = await asyncio.wait_for(process.communicate(ids), timeout=30)
+    assert (process.returncode, err) == (0, b"")
+    lines = json_lines(out.decode("ascii"))
+    assert [line["id"] for line in lines] == broken_gallery.ids
+    assert [line["author_display_name"] for line in lines] == [
+        d["author_display_name"] for d in sample_images()[:2]
+    ] + [LONE_NAME] + [d["author_display_name"] for d in sample_images()[3:5]]
+
+
+class RefusingStdout(io.StringIO):
+    """A stdout whose encoding cannot carry anything about one image, in any form."""
+
+    def __init__(self, refused: str):
+        super().__init__()
+        self.refused = refused
+
+    def write(self, text: str) -> int:
+        if self.refused in text:
+            raise UnicodeEncodeError("mycodec", text, 0, 1, "cannot carry this")
+        return super().write(text)
+
+
+async def test_bulk_reports_an_image_it_cannot_write_and_goes_on(
+    gallery: FakeGallery, ids_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = gallery.ids[2]
+    out = RefusingStdout(refused)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    args = ["bulk", str(ids_file), "--concurrency", "1", "--base-url", gallery.url]
+    assert await run(*args) == 1
+    assert [line["id"] for line in json_lines(out.getvalue())] == [
+        i for i in gallery.ids[:5] if i != refused
+    ]
+    assert gallery.requests == dict.fromkeys(gallery.ids[:5], 1)
+    assert err.getvalue().splitlines() == [
+        "meigen-async: 1 of 5 ids failed:",
+        f"  {refused}: cannot write the image: 'mycodec' codec can't encode character "
+        f"'\\x7b' in position 0: cannot carry this",
+    ]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_bulk_reports_a_full_disk_in_one_line_with_status_1(
+    gallery: FakeGallery, ids_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("bulk", str(ids_file), "-o", "/dev/full", "--base-url", gallery.url) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "meigen-async: error: cannot write '/dev/full': No space left on device"
+
+
 async def test_bulk_keeps_at_most_concurrency_requests_in_flight(
     slow_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -499,28 +632,54 @@ async def test_bulk_reports_an_unwritable_output_in_one_line_with_status_2(
 # -- serve ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
-    process = await start_cli("serve")
+# Execs the command line with SIGINT ignored, as a background job of a non-interactive shell or
+# nohup starts it: Python then installs no KeyboardInterrupt handler of its own.
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, sys.argv[1:])",
+]
+
+
+async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None) -> str:
+    """Start `serve`, fetch an image from it, send `stop`; its stderr once it has exited 0."""
+    process = await start_cli("serve", wrapper=wrapper)
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
         url = line.decode().strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), line
+        timeout = aiohttp.ClientTimeout(total=10)
         async with (
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(timeout=timeout) as http,
             http.get(f"{url}/api/images/{PLAIN_ID}") as response,
         ):
             assert response.status == 200
             assert (await response.json())["data"]["id"] == PLAIN_ID
         process.send_signal(stop)
-        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=10)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0
-    assert b"Traceback" not in err
+    assert process.returncode == 0, err
+    return err.decode()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
+    err = await serve_then_stop(stop)
+    assert len(err.splitlines()) == 1  # what it serves, then nothing: no traceback, no warning
+    assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
+    stop: signal.Signals,
+) -> None:
+    err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
+    assert len(err.splitlines()) == 1, err
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(
