@@ -87,14 +87,14 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _escape_surrogates(text: str) -> str:
-    """``text`` with each lone surrogate written as its ``\\uXXXX`` escape."""
+    r"""`text` with each lone surrogate written as its `\uXXXX` escape."""
     if _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _escaped_for(stream: TextIO, text: str) -> str:
-    """``text`` with what the encoding of ``stream`` cannot carry as backslash escapes."""
+    """`text` with what the encoding of `stream` cannot carry written as backslash escapes."""
     encoding = getattr(stream, "encoding", None) or "utf-8"
     try:
         return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
@@ -103,7 +103,7 @@ def _escaped_for(stream: TextIO, text: str) -> str:
 
 
 def _write(stream: TextIO, text: str, fallback: Callable[[], str] | None = None) -> None:
-    """Write ``text``, or, when the stream's encoding cannot carry it, ``fallback()``.
+    """Write `text`, or, when the stream's encoding cannot carry it, `fallback()`.
 
     Without a fallback the characters it cannot carry are written as backslash escapes. A text
     stream encodes the whole string before it buffers any of it, so a refused write leaves
@@ -122,16 +122,16 @@ def _write(stream: TextIO, text: str, fallback: Callable[[], str] | None = None)
 
 
 def _print(text: str, stream: TextIO) -> None:
-    """Write ``text`` and a newline as readable text: never raises for what the string holds."""
+    """Write `text` and a newline as readable text: never raises for what the string holds."""
     _write(stream, _escape_surrogates(text) + "\n")
 
 
 def _print_json(value: Any, stream: TextIO, *, indent: int | None = None) -> None:
-    """Write ``value`` as JSON and a newline, in UTF-8 where the stream and the strings allow.
+    r"""Write `value` as JSON and a newline, in UTF-8 where the stream and the strings allow.
 
     Strings with lone surrogates, and streams that cannot carry every character (an ASCII
-    terminal), get the all-ASCII form of the same JSON (``\\uXXXX`` escapes), which any
-    JSON reader reads back to the same strings.
+    terminal), get the all-ASCII form of the same JSON (`\uXXXX` escapes), which a JSON
+    reader reads back to the same strings.
     """
     text = json.dumps(value, ensure_ascii=False, indent=indent) + "\n"
     if _SURROGATE.search(text) is not None:
@@ -669,7 +669,10 @@ examples:
   meigen-async serve --port 8080 --data my-gallery.jsonl
 
 Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
---data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line."""
+--data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
+
+exit status: 0 when stopped by SIGINT (Ctrl-C) or SIGTERM, also when started with SIGINT
+ignored; 2 for bad input."""
 
 _DEMO_EXAMPLES = """\
 example:

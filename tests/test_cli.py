@@ -358,9 +358,7 @@ def test_base_url_problem_accepts_what_a_session_accepts(url: str) -> None:
 
 
 async def test_a_bad_base_url_is_one_error_line_with_status_2_from_the_real_entry_point() -> None:
-    process = await start_cli(
-        "bulk", "-", env={"MEIGEN_BASE_URL": "http://127.0.0.1:8000/?x=1"}
-    )
+    process = await start_cli("bulk", "-", env={"MEIGEN_BASE_URL": "http://127.0.0.1:8000/?x=1"})
     out, err = await asyncio.wait_for(process.communicate(PLAIN_ID.encode()), timeout=30)
     assert process.returncode == 2
     assert out == b""
