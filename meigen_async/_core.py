@@ -73,16 +73,19 @@ def remembered_404(image_id: str) -> ImageNotFound:
 
 @attrs.frozen
 class Store:
-    """A good response: keep `image` `ttl` seconds here and `shared_ttl` in a shared tier."""
+    """A good response: keep `image` `ttl` seconds in process and `shared_ttl` in a shared tier.
+
+    None for either means not there: what that tier held for the id goes.
+    """
 
     image: GalleryImage
-    ttl: float
+    ttl: float | None
     shared_ttl: float | None
 
 
 @attrs.frozen
 class DontStore:
-    """A good response the server does not let us keep; what was stored for it goes."""
+    """A good response that may be kept nowhere; what was stored for it goes."""
 
     image: GalleryImage
 
@@ -94,8 +97,12 @@ def read_response(
     *,
     image_id: str,
     policy: CachePolicy,
+    shared: bool = False,
 ) -> Store | DontStore:
     """What one response means: an image to store, one not to store, or its error, raised.
+
+    With `shared`, the lifetime in a shared tier is read too (RFC 9111 gives a shared cache its
+    own: `s-maxage` first, `private` never stored); else it is None.
 
     Raises:
         MeigenError: the response stands for an error (its status, or a body that is not an
@@ -104,9 +111,10 @@ def read_response(
     """
     image = decode_response(status, headers, body, image_id=image_id)
     ttl = policy.ttl_for(headers)
-    if ttl is None:
+    shared_ttl = policy.ttl_for(headers, shared=True) if shared else None
+    if ttl is None and shared_ttl is None:
         return DontStore(image)
-    return Store(image, ttl, ttl)
+    return Store(image, ttl, shared_ttl)
 
 
 # -- After a failed attempt ----------------------------------------------------------------------

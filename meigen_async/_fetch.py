@@ -83,10 +83,11 @@ class Fetcher:
 
     async def _fetch_upstream(self, image_id: str) -> GalleryImage:
         policy = self._policy
+        shared = self._shared is not None
 
         def read(raw: RawResponse) -> Store | DontStore:
             return read_response(
-                raw.status, raw.headers, raw.body, image_id=image_id, policy=policy
+                raw.status, raw.headers, raw.body, image_id=image_id, policy=policy, shared=shared
             )
 
         try:
@@ -95,7 +96,7 @@ class Fetcher:
             )
         except MeigenError as error:
             return await self._give_up(image_id, error)
-        if isinstance(outcome, Store):
+        if isinstance(outcome, Store) and outcome.ttl is not None:
             self._cache.set(image_id, outcome.image, outcome.ttl)
         else:
             self._cache.invalidate(image_id)

@@ -1,14 +1,16 @@
 """The cache policy and the in-process cache.
 
 `CachePolicy` decides how long a response may be kept, from the session's settings and the
-response's headers; it is pure and needs no network. `MemoryCache` keeps images and
-remembered 404s, bounded and with per-entry expiry. A cache shared by processes is described
-in `meigen_async.shared`; this module knows none of its implementations.
+response's `Cache-Control`, `Expires`, `Date`, `Age` and `Vary` headers, for the in-process
+(private) cache or a shared one; it is pure and needs no network. `MemoryCache` keeps images
+and remembered 404s, bounded and with per-entry expiry. A cache shared by processes is
+described in `meigen_async.shared`; this module knows none of its implementations.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -16,9 +18,10 @@ from typing import Any
 
 import attrs
 from cachetools import LRUCache
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .models import GalleryImage
-from .protocol import header
+from .protocol import header, header_list, parse_http_date
 
 __all__ = [
     "CachePolicy",
@@ -52,18 +55,55 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-_NOT_STORABLE = frozenset({"no-store", "no-cache", "private"})
+# One list member: anything up to a comma, a quoted-string (which may hold commas, and may be
+# left open at the end) counting as one piece. Linear: each alternative starts on its own char.
+_MEMBER = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+# RFC 9111 section 1.2.2: a delta-seconds too large to hold is read as 2**31.
+_DELTA_MAX = 2.0**31
+
+# What aiohttp hands over, read without the plain-mapping fallbacks of header_list.
+_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
+
+_CacheDirectives = tuple[tuple[str, str | None], ...]
+
+
+def _directives(value: str | None) -> _CacheDirectives:
+    r"""Every directive of a ``Cache-Control`` value in order, repeats kept, names lower-cased.
+
+    Arguments are unquoted (``"60"`` reads ``60``, ``\"`` reads ``"``); a quoted-string left
+    open is kept as it came, opening quote included, so that it reads as no valid number.
+    """
+    if not value:
+        return ()
+    found: list[tuple[str, str | None]] = []
+    for member in _MEMBER.findall(value):
+        name, sep, argument = member.partition("=")
+        name = name.strip().lower()
+        if not name:
+            continue
+        if not sep:
+            found.append((name, None))
+            continue
+        argument = argument.strip()
+        quoted = _QUOTED.fullmatch(argument)
+        if quoted is not None:
+            argument = _QUOTED_PAIR.sub(r"\1", quoted.group(1))
+        found.append((name, argument))
+    return tuple(found)
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """Split a ``Cache-Control`` header into lower-cased directives and their values."""
+    """Split a ``Cache-Control`` value into lower-cased directives and their arguments.
+
+    Commas inside a quoted argument (``ext="a, b"``) do not split it, and quoted arguments are
+    unquoted. A directive given more than once keeps its first argument here; when it is a
+    lifetime, `server_lifetime` reads two different arguments as "stale".
+    """
     directives: dict[str, str | None] = {}
-    if not value:
-        return directives
-    for part in value.split(","):
-        name, sep, argument = part.strip().partition("=")
-        if name:
-            directives[name.strip().lower()] = argument.strip().strip('"') if sep else None
+    for name, argument in _directives(value):
+        directives.setdefault(name, argument)
     return directives
 
 
@@ -77,13 +117,104 @@ def _seconds(value: str | None) -> float | None:
     return seconds if seconds >= 0 else None
 
 
+def _delta_seconds(argument: str | None) -> float | None:
+    # RFC 9111 section 1.2.2: ASCII digits only; "1.5", "-1", "" and "²" are not delta-seconds.
+    if argument is None or not (argument.isascii() and argument.isdigit()):
+        return None
+    return min(float(argument), _DELTA_MAX)
+
+
+def _lifetime_directive(directives: _CacheDirectives, wanted: str) -> float:
+    """The one lifetime ``wanted`` gives; 0 (stale) if invalid or given twice differently."""
+    values = {_delta_seconds(argument) for name, argument in directives if name == wanted}
+    # RFC 9111 section 4.2.1: conflicting lifetimes may be read as stale; so is an invalid one.
+    if len(values) != 1 or None in values:
+        return 0.0
+    (value,) = values
+    return value if value is not None else 0.0
+
+
+# Responses of one service repeat the same few Cache-Control values: read each one once.
+@functools.lru_cache(maxsize=256)
+def _control(cache_control: str | None, shared: bool) -> tuple[bool, float | None]:
+    """Whether ``Cache-Control`` lets a cache store, and the lifetime it gives (None: none)."""
+    directives = _directives(cache_control)
+    names = {name for name, _ in directives}
+    # no-cache allows storing only to revalidate before each use, which this library never
+    # does; private is for private caches (the in-process one) only.
+    if "no-store" in names or "no-cache" in names or (shared and "private" in names):
+        return False, None
+    if shared and "s-maxage" in names:
+        return True, _lifetime_directive(directives, "s-maxage")
+    if "max-age" in names:
+        return True, _lifetime_directive(directives, "max-age")
+    return True, None
+
+
+# Keyed on both strings: a lifetime from Expires is counted from Date.
+@functools.lru_cache(maxsize=256)
+def _expires_from_date(expires: str, date: str | None) -> float | None:
+    """``Expires`` less ``Date``; 0 (stale) for an invalid Expires; None without a valid Date."""
+    expires_at = parse_http_date(expires)
+    if expires_at is None:
+        # RFC 9111 section 5.3: an invalid date, "0" among them, means already expired.
+        return 0.0
+    date_at = parse_http_date(date)
+    return None if date_at is None else expires_at - date_at
+
+
+def _expires_lifetime(expires: str, date: str | None, now: float | None) -> float:
+    lifetime = _expires_from_date(expires, date)
+    if lifetime is None:
+        expires_at = parse_http_date(expires)
+        assert expires_at is not None  # an invalid Expires gave 0.0
+        lifetime = expires_at - (time.time() if now is None else now)
+    return lifetime
+
+
+def server_lifetime(
+    cache_control: str | None,
+    age: str | None,
+    expires: str | None = None,
+    date: str | None = None,
+    *,
+    shared: bool = False,
+    now: float | None = None,
+) -> tuple[bool, float | None]:
+    """Whether the server lets a cache store a response, and for how many seconds more.
+
+    The lifetime (RFC 9111 section 4.2.1) is ``max-age``, or for a ``shared`` cache
+    ``s-maxage`` first; without either, ``Expires`` less ``Date`` (or less ``now``, the
+    receive time in seconds since the epoch, when ``Date`` is absent or invalid). ``Age`` is
+    subtracted. The seconds are None when no lifetime is given, zero or less when the
+    response is stale: a lifetime given twice differently, an invalid one, an invalid or past
+    ``Expires``. ``no-store`` and ``no-cache`` forbid storing; ``private`` forbids it to a
+    ``shared`` cache only.
+    """
+    storable, lifetime = _control(cache_control, shared)
+    if not storable:
+        return False, None
+    if lifetime is None and expires is not None:
+        lifetime = _expires_lifetime(expires, date, now)
+    if lifetime is None:
+        return True, None
+    return True, lifetime - (_seconds(age) or 0.0)
+
+
+def _varies_on_everything(vary: str | None) -> bool:
+    return vary is not None and "*" in vary and any(m.strip() == "*" for m in vary.split(","))
+
+
 @attrs.frozen
 class CachePolicy:
     """How long responses are kept.
 
-    ``ttl`` overrides what the server says; otherwise ``max-age`` (or, without it,
-    ``s-maxage``) less ``Age``, capped at ``max_ttl``; otherwise ``default_ttl``. A response
-    marked ``no-store``, ``no-cache`` or ``private`` is never stored, whatever ``ttl`` says.
+    ``ttl`` overrides what the server says; otherwise the server's lifetime (`server_lifetime`:
+    ``max-age``, else ``Expires``) less ``Age``, capped at ``max_ttl``; otherwise
+    ``default_ttl``. The in-process cache is a private cache and ignores ``s-maxage``; a
+    shared cache (``shared=True``) takes ``s-maxage`` over ``max-age``. A response marked
+    ``no-store`` or ``no-cache``, or with ``Vary: *``, is never stored, whatever ``ttl`` says;
+    one marked ``private`` is stored in process but never in a shared cache.
     """
 
     ttl: float | None = None
@@ -102,37 +233,44 @@ class CachePolicy:
             return self.ttl
         return max(self.max_ttl, self.default_ttl)
 
-    def ttl_for(self, headers: Mapping[str, str]) -> float | None:
-        """Seconds to keep a successful response, or None when it must not be stored."""
-        storable, remaining = server_lifetime(
-            header(headers, "Cache-Control"), header(headers, "Age")
-        )
+    def ttl_for(
+        self, headers: Mapping[str, str], *, shared: bool = False, now: float | None = None
+    ) -> float | None:
+        """Seconds to keep a successful response, or None when it must not be stored.
+
+        ``shared`` asks for a shared cache's lifetime (the `SharedCache` tier); ``now`` is
+        the receive time, in seconds since the epoch, for an ``Expires`` without ``Date``.
+        """
+        # Vary: * says no later request can be known to match (RFC 9111 section 4.1).
+        if isinstance(headers, _CASE_INSENSITIVE):
+            # aiohttp's headers, on every fetch: read directly, not through header_list
+            # (measured: 0.6 µs less a response, 0.8 µs in all).
+            lines = headers.getall("Cache-Control", ())
+            cache_control = lines[0] if len(lines) == 1 else ", ".join(lines) or None
+            vary = headers.getall("Vary", ())
+            if vary and _varies_on_everything(", ".join(vary)):
+                return None
+            age = headers.get("Age")
+        else:
+            cache_control = header_list(headers, "Cache-Control")
+            if _varies_on_everything(header_list(headers, "Vary")):
+                return None
+            age = header(headers, "Age")
+        storable, remaining = _control(cache_control, shared)
         if not storable:
             return None
         if self.ttl is not None:
             return self.ttl if self.ttl > 0 else None
         if remaining is None:
-            return self.default_ttl if self.default_ttl > 0 else None
+            # Looked up only now: Expires counts only without a lifetime in Cache-Control.
+            expires = header_list(headers, "Expires")
+            if expires is None:
+                return self.default_ttl if self.default_ttl > 0 else None
+            remaining = _expires_lifetime(expires, header(headers, "Date"), now)
+        if age is not None:
+            remaining -= _seconds(age) or 0.0
         remaining = min(remaining, self.max_ttl)
         return remaining if remaining > 0 else None
-
-
-# Responses of one service repeat the same few header values: parse each pair once.
-@functools.lru_cache(maxsize=256)
-def server_lifetime(cache_control: str | None, age: str | None) -> tuple[bool, float | None]:
-    """Whether the server lets us store a response, and for how many seconds more.
-
-    The lifetime is ``max-age`` (else ``s-maxage``) less ``Age``; None when neither is given.
-    """
-    directives = parse_cache_control(cache_control)
-    if not _NOT_STORABLE.isdisjoint(directives):
-        return False, None
-    lifetime = _seconds(directives.get("max-age"))
-    if lifetime is None:
-        lifetime = _seconds(directives.get("s-maxage"))
-    if lifetime is None:
-        return True, None
-    return True, lifetime - (_seconds(age) or 0.0)
 
 
 # A stored image, the monotonic time until which it is fresh, and until which it is kept.

@@ -4,6 +4,9 @@ Every command that talks to a gallery takes ``--base-url`` (default: ``$MEIGEN_B
 the real service) and ``--timeout``. Bad input is reported as one ``meigen-async: error: ...``
 line on stderr with exit status 2; failed fetches give exit status 1.
 
+Whatever it writes goes through `_write`, so that no string (a lone surrogate from a server's
+JSON, text a non-UTF-8 terminal cannot show) can stop a run halfway.
+
 rich (the ``cli`` extra) draws the progress bar and the demo's table. It is imported only
 where it is needed, so ``get``, ``serve`` and a non-interactive ``bulk`` run without it.
 """
@@ -15,17 +18,19 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing, contextmanager, suppress
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit
 
 import attrs
 
+from ._transport import image_urls
 from ._version import __version__
 from .errors import MeigenError
 from .models import GalleryImage, unstructure_image
@@ -38,7 +43,15 @@ from .testing import FakeGallery, load_jsonl, sample_images
 if TYPE_CHECKING:
     from rich.console import Console
 
-__all__ = ["BASE_URL_ENV", "DemoReport", "main", "read_ids", "run_demo", "summarize"]
+__all__ = [
+    "BASE_URL_ENV",
+    "DemoReport",
+    "base_url_problem",
+    "main",
+    "read_ids",
+    "run_demo",
+    "summarize",
+]
 
 _PROG = "meigen-async"
 
@@ -49,6 +62,9 @@ _EXIT_OK = 0
 _EXIT_FAILED = 1
 _EXIT_USAGE = 2
 _EXIT_INTERRUPTED = 130
+
+_MAX_RETRIES = 100
+"""The most `--retries`: with backoffs capped at 30 s, already some 50 minutes an id."""
 
 
 class CommandError(Exception):
@@ -61,7 +77,80 @@ class CommandError(Exception):
 
 
 def _error(message: str) -> None:
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    _print(f"{_PROG}: error: {message}", sys.stderr)
+
+
+# -- Writing any string --------------------------------------------------------------------------
+
+# json.loads accepts "\ud800"; no UTF-8 stream can write the lone surrogate it gives.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _escape_surrogates(text: str) -> str:
+    r"""`text` with each lone surrogate written as its `\uXXXX` escape."""
+    if _SURROGATE.search(text) is None:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _escaped_for(stream: TextIO, text: str) -> str:
+    """`text` with what the encoding of `stream` cannot carry written as backslash escapes."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding, "replace")
+    except LookupError:  # a stream naming no codec Python knows
+        return text.encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _write(stream: TextIO, text: str, fallback: Callable[[], str] | None = None) -> None:
+    """Write `text`, or, when the stream's encoding cannot carry it, `fallback()`.
+
+    Without a fallback the characters it cannot carry are written as backslash escapes. A text
+    stream encodes the whole string before it buffers any of it, so a refused write leaves
+    nothing half-written.
+    """
+    try:
+        stream.write(text)
+        return
+    except UnicodeEncodeError:
+        pass
+    text = fallback() if fallback is not None else _escaped_for(stream, text)
+    try:
+        stream.write(text)
+    except UnicodeEncodeError:  # an encoding that is not ASCII-compatible, with strict errors
+        stream.write(text.encode("ascii", "backslashreplace").decode("ascii"))
+
+
+def _print(text: str, stream: TextIO) -> None:
+    """Write `text` and a newline as readable text: never raises for what the string holds."""
+    _write(stream, _escape_surrogates(text) + "\n")
+
+
+def _print_json(value: Any, stream: TextIO, *, indent: int | None = None) -> None:
+    r"""Write `value` as JSON and a newline, in UTF-8 where the stream and the strings allow.
+
+    Strings with lone surrogates, and streams that cannot carry every character (an ASCII
+    terminal), get the all-ASCII form of the same JSON (`\uXXXX` escapes), which a JSON
+    reader reads back to the same strings.
+    """
+    text = json.dumps(value, ensure_ascii=False, indent=indent) + "\n"
+    if _SURROGATE.search(text) is not None:
+        text = json.dumps(value, indent=indent) + "\n"
+    _write(stream, text, lambda: json.dumps(value, indent=indent) + "\n")
+
+
+class _SafeStream:
+    """A text stream for rich whose writes cannot fail on what a string holds."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        _write(self._stream, _escape_surrogates(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 # -- get -----------------------------------------------------------------------------------------
@@ -92,10 +181,6 @@ def _attribution(image: GalleryImage) -> str:
     return name or (f"@{username}" if username else "")
 
 
-def _to_json(value: Any, *, indent: int | None = None) -> str:
-    return json.dumps(value, ensure_ascii=False, indent=indent)
-
-
 async def _get(args: argparse.Namespace) -> int:
     ids: list[str] = args.ids
     for image_id in ids:
@@ -109,11 +194,11 @@ async def _get(args: argparse.Namespace) -> int:
     if args.json:
         document = [unstructure_image(image) for image in images]
         if len(ids) > 1:
-            print(_to_json(document, indent=2))
+            _print_json(document, sys.stdout, indent=2)
         elif document:
-            print(_to_json(document[0], indent=2))
+            _print_json(document[0], sys.stdout, indent=2)
     elif images:
-        print("\n\n".join(summarize(image) for image in images))
+        _print("\n\n".join(summarize(image) for image in images), sys.stdout)
     failed = {i: o for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
     for failure in failed.values():
         _error(failure.message)
@@ -167,8 +252,18 @@ def _open_output(path: str | None) -> Iterator[TextIO]:
         stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
-    with stream:
+    try:
         yield stream
+    finally:
+        try:
+            stream.close()
+        except OSError as exc:  # the last flush: a full disk shows here
+            raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
+
+
+def _cannot_write(path: str | None, exc: OSError) -> str:
+    name = "stdout" if path is None or path == "-" else repr(path)
+    return f"cannot write {name}: {exc.strerror or exc}"
 
 
 @contextmanager
@@ -228,7 +323,7 @@ def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], No
 def _console(stream: TextIO) -> Console:
     from rich.console import Console
 
-    return Console(file=stream)
+    return Console(file=cast("TextIO", _SafeStream(stream)))
 
 
 async def _bulk(args: argparse.Namespace) -> int:
@@ -244,21 +339,51 @@ async def _bulk(args: argparse.Namespace) -> int:
                     async with aclosing(results):
                         async for result in results:
                             done += 1
+                            ok = result.ok
                             if result.image is not None:
-                                out.write(_to_json(unstructure_image(result.image)) + "\n")
+                                problem = _write_image(out, args.output, result.image)
+                                if problem is not None:
+                                    failures.append((result.id, problem))
+                                    ok = False
                             else:
                                 failures.append((result.id, str(result.error)))
-                            advance(result.ok)
+                            advance(ok)
             except UnicodeDecodeError as exc:
                 name = "stdin" if args.file == "-" else repr(args.file)
                 raise CommandError(f"cannot read {name}: not UTF-8 text: {exc}") from None
-        out.flush()
+        _flush(out, args.output)
     if failures:
-        print(f"{_PROG}: {len(failures):,} of {done:,} ids failed:", file=sys.stderr)
+        _print(f"{_PROG}: {len(failures):,} of {done:,} ids failed:", sys.stderr)
         for image_id, message in failures:
-            print(f"  {image_id}: {message}", file=sys.stderr)
+            _print(f"  {image_id}: {message}", sys.stderr)
         return _EXIT_FAILED
     return _EXIT_OK
+
+
+def _write_image(out: TextIO, path: str | None, image: GalleryImage) -> str | None:
+    """Write one JSON line; what went wrong with this image, or None.
+
+    A record that cannot be written is reported and the run goes on. A stream that cannot be
+    written to (a full disk) stops the run: every record after it would fail the same way.
+    """
+    try:
+        _print_json(unstructure_image(image), out)
+    except BrokenPipeError:
+        raise  # the reader has gone: main() exits quietly
+    except OSError as exc:
+        raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
+    except (UnicodeError, ValueError, TypeError) as exc:
+        return f"cannot write the image: {exc}"
+    return None
+
+
+def _flush(out: TextIO, path: str | None) -> None:
+    try:
+        out.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -287,25 +412,32 @@ async def _serve(args: argparse.Namespace) -> int:
         raise CommandError(
             f"cannot listen on 127.0.0.1:{args.port}: {exc.strerror or exc}"
         ) from None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Both signals go through the loop: Python's own KeyboardInterrupt never comes when SIGINT
+    # was ignored at start (a background job of a script, nohup, some CI runners), and a
+    # handler installed here replaces the ignoring. Installed before the URL is printed, so a
+    # script that has read the URL can stop it. They need Unix and the main thread; elsewhere
+    # Ctrl-C still arrives as KeyboardInterrupt, which main() turns into exit status 0.
+    handled: list[signal.Signals] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+            handled.append(signum)
     try:
-        print(gallery.url, flush=True)
+        _print(gallery.url, sys.stdout)
+        sys.stdout.flush()
         example = f"{gallery.url}/api/images/{gallery.ids[0]}" if gallery.ids else gallery.url
-        print(
+        _print(
             f"{_PROG}: serving {len(gallery.ids)} images from {source}; "
             f"try {example}; Ctrl-C to stop",
-            file=sys.stderr,
-            flush=True,
+            sys.stderr,
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        # SIGTERM (a process manager, `kill`) stops it as cleanly as Ctrl-C; signal handlers
-        # need Unix and the main thread.
-        with suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(signal.SIGTERM, stop.set)
+        sys.stderr.flush()
         await stop.wait()
     finally:
-        with suppress(NotImplementedError, RuntimeError):
-            loop.remove_signal_handler(signal.SIGTERM)
+        for signum in handled:
+            loop.remove_signal_handler(signum)
         await gallery.close()
     return _EXIT_OK
 
@@ -418,10 +550,37 @@ async def _demo(args: argparse.Namespace) -> int:
 # -- Arguments -----------------------------------------------------------------------------------
 
 
-def _base_url(value: str) -> str:
-    parts = urlsplit(value)
+def base_url_problem(value: str) -> str | None:
+    """What keeps `value` from being a `GallerySession` base URL, in plain words; None if nothing.
+
+    It must be an absolute `http://` or `https://` URL with a host, a port (if any) from 0 to
+    65535, and no query or fragment: the session appends `/api/images/<id>` to it.
+    """
+    try:
+        parts = urlsplit(value)
+    except ValueError as exc:
+        return f"expected an http:// or https:// URL, got {value!r}: {exc}"
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {value!r}")
+        return f"expected an http:// or https:// URL, got {value!r}"
+    if any(char.isspace() or not char.isprintable() for char in value):
+        return f"a URL cannot hold spaces or control characters, got {value!r}"
+    try:
+        parts.port  # noqa: B018 - reading the port is what checks it
+    except ValueError:
+        return f"expected a port from 0 to 65535, got {value!r}"
+    if parts.query or parts.fragment:
+        return f"a base URL cannot have a query or a fragment, got {value!r}"
+    try:
+        image_urls(value)  # the session's own reading of it
+    except ValueError as exc:
+        return f"expected an http:// or https:// URL, got {value!r}: {exc}"
+    return None
+
+
+def _base_url(value: str) -> str:
+    problem = base_url_problem(value)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
     return value
 
 
@@ -450,13 +609,25 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
 
 
 def _session(args: argparse.Namespace) -> GallerySession:
-    return GallerySession(
-        args.base_url,
-        timeout=args.timeout,
-        retry=RetryPolicy(max_retries=args.retries),
-        concurrency=getattr(args, "concurrency", 16),
-        rate_limit=getattr(args, "rate_limit", None),
-    )
+    try:
+        return GallerySession(
+            args.base_url,
+            timeout=args.timeout,
+            retry=RetryPolicy(max_retries=args.retries),
+            concurrency=getattr(args, "concurrency", 16),
+            rate_limit=getattr(args, "rate_limit", None),
+        )
+    except ValueError as exc:  # the options are checked when parsed; this is a backstop
+        raise CommandError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a bad argument in one line, as every other error is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one `meigen-async: error: ...` line and exit with status 2."""
+        _error(f"{message} (see '{self.prog} --help')")
+        self.exit(_EXIT_USAGE)
 
 
 _DESCRIPTION = """\
@@ -498,7 +669,10 @@ examples:
   meigen-async serve --port 8080 --data my-gallery.jsonl
 
 Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
---data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line."""
+--data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
+
+exit status: 0 when stopped by SIGINT (Ctrl-C) or SIGTERM, also when started with SIGINT
+ignored; 2 for bad input."""
 
 _DEMO_EXAMPLES = """\
 example:
@@ -512,16 +686,16 @@ cache) and shows what the session did. Sends nothing to the real service."""
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``meigen-async`` and its commands."""
     formatter = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
-    remote = argparse.ArgumentParser(add_help=False)
+    remote = _Parser(add_help=False)
     remote.add_argument(
         "--base-url",
         type=_base_url,
-        default=os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL,
+        default=None,  # resolved in main(), so that a bad $MEIGEN_BASE_URL is named as such
         metavar="URL",
         help=f"the gallery to ask (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
     )
@@ -534,7 +708,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     remote.add_argument(
         "--retries",
-        type=_int_at_least(0),
+        type=_int_at_least(0, _MAX_RETRIES),
         default=3,
         metavar="N",
         help="retries of a request that failed in a retryable way (default: 3)",
@@ -625,9 +799,22 @@ def _silence_stdout() -> None:
         pass
 
 
+def _default_base_url(parser: argparse.ArgumentParser) -> str:
+    value = os.environ.get(BASE_URL_ENV)
+    if not value:
+        return DEFAULT_BASE_URL
+    problem = base_url_problem(value)
+    if problem is not None:
+        parser.error(f"${BASE_URL_ENV}: {problem}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if hasattr(args, "base_url") and args.base_url is None:
+        args.base_url = _default_base_url(parser)
     if args.command in ("demo",) or (args.command == "bulk" and sys.stderr.isatty()):
         try:
             import rich  # noqa: F401

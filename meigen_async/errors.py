@@ -1,7 +1,8 @@
 """The exception hierarchy: one base to catch, subclasses named for what happened.
 
 Every error carries the data a caller branches on: ``image_id`` and ``status``
-(``None`` where not known), and ``retry_after`` on :class:`RateLimited`.
+(``None`` where not known), and ``retry_after`` (seconds the server asked us to wait, from
+``Retry-After``) on `RateLimited` and `ServerError`.
 """
 
 from __future__ import annotations
@@ -58,7 +59,22 @@ class RateLimited(MeigenError):
 
 
 class ServerError(MeigenError):
-    """The service failed (HTTP 5xx)."""
+    """The service failed (HTTP 5xx).
+
+    `retry_after` is the seconds a 503 asked us to wait in its `Retry-After` header, or None
+    (any other 5xx, or no readable header).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        image_id: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, image_id=image_id, status=status)
+        self.retry_after = retry_after
 
 
 class ApiError(MeigenError):

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from ._text import printable, replace_surrogates
 from .errors import InvalidResponse, MeigenError
 from .prompt import Prompt, parse_prompt
 
@@ -118,6 +119,17 @@ def _expect(kind: type, name: str) -> Any:
     return check
 
 
+def _structure_str(value: Any, _: Any) -> str | None:
+    # Every string field comes through here (the tuple and segment hooks call
+    # replace_surrogates themselves): a lone surrogate would pass, and crash the first print.
+    if type(value) is str:
+        # isascii inlined: most fields are ASCII, and a call less for each counts here.
+        return value if value.isascii() else replace_surrogates(value)
+    if value is None:
+        return None
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
 def _structure_int(value: Any, _: Any) -> int | None:
     if type(value) is int or value is None:
         return value
@@ -142,13 +154,16 @@ def _structure_datetime(value: Any, _: Any) -> datetime | None:
 
 def _segment(entry: Any) -> PromptSegment | None:
     if isinstance(entry, str):
-        return PromptSegment(label="", text=entry)
+        return PromptSegment(label="", text=replace_surrogates(entry))
     if not isinstance(entry, Mapping):
         return None
     label, text = entry.get("label"), entry.get("text")
     if not isinstance(text, str):
         return None
-    return PromptSegment(label=label if isinstance(label, str) else "", text=text)
+    return PromptSegment(
+        label=replace_surrogates(label) if isinstance(label, str) else "",
+        text=replace_surrogates(text),
+    )
 
 
 def _structure_segments(value: Any, _: Any) -> tuple[PromptSegment, ...] | None:
@@ -165,7 +180,7 @@ def _structure_str_tuple(value: Any, _: Any) -> tuple[str, ...]:
     for item in value:
         if not isinstance(item, str):
             raise TypeError(f"expected a list of strings, got an item of {type(item).__name__}")
-    return tuple(value)
+    return tuple(map(replace_surrogates, value))
 
 
 def _unstructure_datetime(value: datetime) -> str:
@@ -180,7 +195,7 @@ def _is_optional(kind: type) -> Callable[[Any], bool]:
 def _build_converter() -> cattrs.Converter:
     conv = cattrs.Converter(forbid_extra_keys=False, detailed_validation=True)
     for kind, hook in (
-        (str, _expect(str, "a string")),
+        (str, _structure_str),
         (bool, _expect(bool, "a boolean")),
         (int, _structure_int),
         (datetime, _structure_datetime),
@@ -199,14 +214,20 @@ converter: cattrs.Converter = _build_converter()
 """The one converter, built at import and reused for every structure and unstructure call."""
 
 
+_ID_SHOWN = 140  # characters of a foreign id quoted: a valid id has at most 128
+
 # The converter's own hook for the class, looked up once rather than dispatched per call.
 _structure_gallery_image = converter.get_structure_hook(GalleryImage)
 
 
 def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
-    """Build a :class:`GalleryImage` from the envelope's ``data`` object.
+    r"""Build a :class:`GalleryImage` from the envelope's ``data`` object.
 
-    Raises :class:`InvalidResponse`, naming the field, when a field has the wrong type.
+    Every string field has its lone surrogates (a JSON `\ud800` escape, CESU-8 bytes) replaced
+    by U+FFFD, so that every string of the image encodes as UTF-8.
+
+    Raises :class:`InvalidResponse`, naming the field, when a field has the wrong type, and
+    when ``image_id`` is given and the data's `id` is another one.
     """
     if not isinstance(data, dict):
         raise InvalidResponse(
@@ -216,9 +237,25 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     present = {key: value for key, value in data.items() if value is not None}
     try:
         image: GalleryImage = _structure_gallery_image(present, GalleryImage)
-        return image
-    except (cattrs.BaseValidationError, ValueError, TypeError, KeyError) as exc:
+    # RecursionError and OverflowError too: nothing the data holds may escape as a raw
+    # exception (the hooks do not recurse, but a cattrs version might).
+    except (
+        cattrs.BaseValidationError,
+        ValueError,
+        TypeError,
+        KeyError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
         raise InvalidResponse(_describe(exc), image_id=image_id) from exc
+    if image_id is not None and image.id != image_id:
+        # Another image's data under this id would be cached as this one.
+        raise InvalidResponse(
+            f"the service answered a request for image {image_id} with the data of image "
+            f"{printable(image.id, _ID_SHOWN)}",
+            image_id=image_id,
+        )
+    return image
 
 
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:

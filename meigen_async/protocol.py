@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._text import printable, replace_surrogates
 from .errors import (
     ApiError,
     ImageNotFound,
@@ -33,7 +34,9 @@ __all__ = [
     "decode_response",
     "error_for_status",
     "header",
+    "header_list",
     "image_url",
+    "parse_http_date",
     "parse_retry_after",
     "snippet",
     "validate_image_id",
@@ -44,6 +47,7 @@ MAX_ID_LENGTH = 128
 
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _SNIPPET = 80
+_LOCATION_SHOWN = 200  # characters of a Location quoted: enough for a host and a path
 # What aiohttp hands over: a miss there is final, no need to scan for another spelling.
 _CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
@@ -82,6 +86,43 @@ def header(headers: Mapping[str, str], name: str) -> str | None:
     return None
 
 
+def header_list(headers: Mapping[str, str], name: str) -> str | None:
+    """All lines of a list-valued header as one value, ignoring case, in any mapping.
+
+    Several lines of one header are one comma-separated list (RFC 9110 section 5.3): aiohttp
+    keeps each line, and ``Cache-Control: max-age=60`` followed by ``Cache-Control: no-store``
+    reads as ``"max-age=60, no-store"``. In a plain mapping each spelling of the name counts
+    as a line. None when the header is absent.
+    """
+    if isinstance(headers, _CASE_INSENSITIVE):
+        lines = headers.getall(name, None)
+        if lines is None:
+            return None
+        return lines[0] if len(lines) == 1 else ", ".join(lines)
+    value = headers.get(name)
+    lowered = name.lower()
+    others = [v for key, v in headers.items() if key != name and key.lower() == lowered]
+    if not others:
+        return value
+    return ", ".join(others if value is None else [value, *others])
+
+
+def parse_http_date(value: str | None) -> float | None:
+    """An HTTP-date (``Sun, 06 Nov 1994 08:49:37 GMT``) in seconds since the epoch, or None.
+
+    None for an absent or unreadable value; a date without a zone is read as UTC.
+    """
+    if value is None:
+        return None
+    try:
+        when = parsedate_to_datetime(value.strip())
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
     """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
 
@@ -108,8 +149,10 @@ def decode_response(
 ) -> GalleryImage:
     """Turn one response into an image, or raise the error it stands for.
 
-    A 2xx must carry ``{"success": true, "data": {...}}``; any other status becomes the
-    matching :class:`MeigenError` subclass, with the service's ``{"error": "..."}`` message.
+    A 2xx must carry ``{"success": true, "data": {...}}`` whose `data.id` is ``image_id``;
+    any other status becomes the matching :class:`MeigenError` subclass, with the service's
+    ``{"error": "..."}`` message. Whatever the body holds, only an image or a `MeigenError`
+    comes out: JSON nested too deep to decode is `InvalidResponse` like any other non-JSON.
     """
     if 200 <= status < 300:
         return structure_image(_success_data(status, body, image_id), image_id=image_id)
@@ -119,7 +162,13 @@ def decode_response(
 def error_for_status(
     status: int, headers: Mapping[str, str], body: bytes, *, image_id: str
 ) -> MeigenError:
-    """The error a non-2xx response stands for, carrying its status and the service's message."""
+    """The error a non-2xx response stands for, carrying its status and the service's message.
+
+    A 3xx is an `ApiError` naming its `Location`: redirects are never followed, and the
+    body of one, written by whoever redirected, is not quoted.
+    """
+    if 300 <= status < 400:
+        return _redirect_error(status, header(headers, "Location"), image_id)
     message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 404:
         return ImageNotFound(message, image_id=image_id, status=status)
@@ -127,8 +176,27 @@ def error_for_status(
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)
     if status >= 500:
-        return ServerError(message, image_id=image_id, status=status)
+        # RFC 9110 section 10.2.3 gives Retry-After to 503 (and 3xx, never seen here); another
+        # 5xx carrying one is backed off as usual.
+        retry_after = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
+        return ServerError(message, image_id=image_id, status=status, retry_after=retry_after)
     return ApiError(message, image_id=image_id, status=status)
+
+
+def _redirect_error(status: int, location: str | None, image_id: str) -> ApiError:
+    # Following it would send the request, and cache the answer under this id, wherever
+    # the Location points: another host (SSRF), or another path of this one.
+    where = (
+        f"the gallery redirected to {printable(location, _LOCATION_SHOWN)}"
+        if location
+        else "the gallery answered with a redirect status and no Location"
+    )
+    return ApiError(
+        f"HTTP {status} for image {image_id}: {where}; this library does not follow "
+        "redirects: if the service moved, set base_url to it",
+        image_id=image_id,
+        status=status,
+    )
 
 
 def _success_data(status: int, body: bytes, image_id: str) -> Any:
@@ -141,7 +209,8 @@ def _success_data(status: int, body: bytes, image_id: str) -> Any:
     if envelope.get("success") is not True:
         if isinstance(envelope.get("error"), str):
             raise ApiError(
-                f"the service reported an error for image {image_id}: {envelope['error']}",
+                f"the service reported an error for image {image_id}: "
+                f"{replace_surrogates(envelope['error'])}",
                 image_id=image_id,
                 status=status,
             )
@@ -160,19 +229,27 @@ def _load_json(body: bytes, image_id: str) -> Any:
             # decoded directly: the sniffing costs about 1% of a cold fetch.
             return json.loads(body.decode("utf-8", "surrogatepass"))
         return json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # RecursionError: json's decoder gives up on deep nesting (a few thousand "[") so.
         raise InvalidResponse(
-            f"response body is not JSON ({exc}): {snippet(body)}", image_id=image_id
+            f"response body is not JSON ({_json_problem(exc)}): {snippet(body)}",
+            image_id=image_id,
         ) from exc
+
+
+def _json_problem(exc: ValueError | RecursionError) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deep to decode"
+    return str(exc)
 
 
 def _error_message(body: bytes) -> str:
     try:
         envelope = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):
         return snippet(body) if body else "(empty body)"
     if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
-        return str(envelope["error"])
+        return replace_surrogates(envelope["error"])
     return snippet(body)
 
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .errors import MeigenError, RateLimited, TransportError
+from .errors import MeigenError, RateLimited, ServerError, TransportError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_retryable"]
 
@@ -29,9 +29,10 @@ class RetryPolicy:
     """How failed requests are retried.
 
     Exponential backoff with full jitter: before retry ``n`` (from 0) a random wait in
-    ``[0, min(backoff_max, backoff_base * 2**n)]``. A ``Retry-After`` from the server is honoured
-    as it is, unless it asks for more than ``max_retry_after`` seconds: then
-    :class:`RateLimited` is raised at once, ``retry_after`` set, for the caller to schedule.
+    ``[0, min(backoff_max, backoff_base * 2**n)]``. A ``Retry-After`` from the server, on a 429
+    or a 503, is honoured as it is, unless it asks for more than ``max_retry_after`` seconds:
+    then the error (`RateLimited` or `ServerError`) is raised at once, ``retry_after`` set, for
+    the caller to schedule.
     A 429 without ``Retry-After`` waits at least ``rate_limited_wait`` seconds, doubling
     from there, as the service's documentation asks (10-30 s).
 
@@ -65,6 +66,10 @@ class RetryPolicy:
             return None
         if isinstance(error, RateLimited):
             return self._rate_limited_delay(retries_so_far, error.retry_after)
+        if isinstance(error, ServerError) and error.retry_after is not None:
+            # A 503's Retry-After (RFC 9110 section 10.2.3), bounded as a 429's is.
+            retry_after = error.retry_after
+            return retry_after if retry_after <= self.max_retry_after else None
         return self.backoff(retries_so_far)
 
     def backoff(self, retries_so_far: int) -> float:

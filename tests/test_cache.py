@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from clocks import FakeTimer
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from meigen_async.cache import CachePolicy, MemoryCache, parse_cache_control
 from meigen_async.models import GalleryImage
@@ -31,6 +34,20 @@ def test_parse_cache_control_keeps_a_garbage_argument_as_text() -> None:
     assert parse_cache_control("max-age=soon") == {"max-age": "soon"}
 
 
+def test_parse_cache_control_does_not_split_a_quoted_string_at_its_commas() -> None:
+    parsed = parse_cache_control('ext="a, max-age=3600", public')
+
+    assert parsed == {"ext": "a, max-age=3600", "public": None}
+
+
+def test_parse_cache_control_unescapes_quoted_pairs() -> None:
+    assert parse_cache_control(r'ext="say \"hi\", ok"') == {"ext": 'say "hi", ok'}
+
+
+def test_parse_cache_control_keeps_the_first_of_a_repeated_directive() -> None:
+    assert parse_cache_control("max-age=0, max-age=60") == {"max-age": "0"}
+
+
 # -- CachePolicy.ttl_for ------------------------------------------------------------------------
 
 
@@ -54,14 +71,50 @@ def test_max_age_less_age_is_the_ttl() -> None:
     assert CachePolicy().ttl_for(headers) == 500.0
 
 
-def test_s_maxage_is_used_when_max_age_is_absent() -> None:
-    assert CachePolicy().ttl_for({"Cache-Control": "public, s-maxage=120"}) == 120.0
+def test_the_private_cache_ignores_s_maxage_alone() -> None:
+    policy = CachePolicy(default_ttl=42.0)
+
+    assert policy.ttl_for({"Cache-Control": "public, s-maxage=120"}) == 42.0
 
 
-def test_max_age_is_preferred_over_s_maxage() -> None:
+def test_the_private_cache_takes_max_age_over_s_maxage() -> None:
     headers = {"Cache-Control": "public, s-maxage=900, max-age=60"}
 
     assert CachePolicy().ttl_for(headers) == 60.0
+
+
+def test_a_shared_cache_takes_s_maxage_over_max_age() -> None:
+    headers = {"Cache-Control": "public, s-maxage=900, max-age=60"}
+
+    assert CachePolicy().ttl_for(headers, shared=True) == 900.0
+
+
+def test_a_shared_cache_takes_s_maxage_less_age() -> None:
+    headers = {"Cache-Control": "s-maxage=900", "Age": "100"}
+
+    assert CachePolicy().ttl_for(headers, shared=True) == 800.0
+
+
+def test_a_shared_cache_uses_max_age_without_s_maxage() -> None:
+    assert CachePolicy().ttl_for({"Cache-Control": "max-age=60"}, shared=True) == 60.0
+
+
+def test_a_shared_cache_caps_s_maxage_at_max_ttl() -> None:
+    headers = {"Cache-Control": "s-maxage=86400"}
+
+    assert CachePolicy(max_ttl=100.0).ttl_for(headers, shared=True) == 100.0
+
+
+def test_the_private_cache_ignores_an_invalid_s_maxage() -> None:
+    headers = {"Cache-Control": "max-age=60, s-maxage=soon"}
+
+    assert CachePolicy().ttl_for(headers) == 60.0
+
+
+def test_a_shared_cache_reads_an_invalid_s_maxage_as_stale() -> None:
+    headers = {"Cache-Control": "max-age=60, s-maxage=soon"}
+
+    assert CachePolicy().ttl_for(headers, shared=True) is None
 
 
 def test_max_age_is_capped_at_max_ttl() -> None:
@@ -81,12 +134,32 @@ def test_max_age_zero_is_not_stored() -> None:
     assert CachePolicy().ttl_for({"Cache-Control": "max-age=0"}) is None
 
 
-@pytest.mark.parametrize("directive", ["no-store", "no-cache", "private", "No-Store"])
+@pytest.mark.parametrize("directive", ["no-store", "no-cache", "No-Store", 'no-cache="Set-Cookie"'])
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("ttl", [None, 60.0])
-def test_a_response_marked_not_storable_is_never_stored(directive: str, ttl: float | None) -> None:
+def test_a_response_marked_not_storable_is_never_stored(
+    directive: str, shared: bool, ttl: float | None
+) -> None:
     headers = {"Cache-Control": f"{directive}, max-age=600"}
 
-    assert CachePolicy(ttl=ttl).ttl_for(headers) is None
+    assert CachePolicy(ttl=ttl).ttl_for(headers, shared=shared) is None
+
+
+@pytest.mark.parametrize("directive", ["private", "Private", 'private="Set-Cookie"'])
+def test_a_private_response_is_stored_by_the_private_cache(directive: str) -> None:
+    headers = {"Cache-Control": f"{directive}, max-age=600"}
+
+    assert CachePolicy().ttl_for(headers) == 600.0
+
+
+@pytest.mark.parametrize("directive", ["private", "Private", 'private="Set-Cookie"'])
+@pytest.mark.parametrize("ttl", [None, 60.0])
+def test_a_private_response_is_never_stored_by_a_shared_cache(
+    directive: str, ttl: float | None
+) -> None:
+    headers = {"Cache-Control": f"{directive}, max-age=600"}
+
+    assert CachePolicy(ttl=ttl).ttl_for(headers, shared=True) is None
 
 
 def test_no_cache_control_gives_the_default_ttl() -> None:
@@ -101,15 +174,201 @@ def test_a_default_ttl_of_zero_stores_nothing() -> None:
     assert CachePolicy(default_ttl=0.0).ttl_for({}) is None
 
 
-@pytest.mark.parametrize("value", ["max-age=soon", "max-age=-5", "max-age=", "max-age=nan"])
-def test_a_garbage_max_age_is_ignored(value: str) -> None:
-    assert CachePolicy(default_ttl=42.0).ttl_for({"Cache-Control": value}) == 42.0
+@pytest.mark.parametrize(
+    "value",
+    [
+        "max-age=soon",
+        "max-age=abc",
+        "max-age=-5",
+        "max-age=-1",
+        "max-age=1.5",
+        "max-age=",
+        "max-age",
+        "max-age=nan",
+        "max-age=inf",
+        "max-age=1e3",
+        "max-age=\u00b2",
+        "max-age=60s",
+        'max-age="60',
+    ],
+)
+def test_a_max_age_that_is_not_delta_seconds_makes_the_response_stale(value: str) -> None:
+    assert CachePolicy(default_ttl=42.0).ttl_for({"Cache-Control": value}) is None
 
 
-def test_a_garbage_max_age_falls_back_to_s_maxage() -> None:
-    headers = {"Cache-Control": "max-age=soon, s-maxage=90"}
+def test_a_garbage_max_age_does_not_fall_back_to_s_maxage_or_expires() -> None:
+    headers = {
+        "Cache-Control": "max-age=soon, s-maxage=90",
+        "Date": "Fri, 09 Jan 2026 15:00:00 GMT",
+        "Expires": "Fri, 09 Jan 2026 16:00:00 GMT",
+    }
 
-    assert CachePolicy().ttl_for(headers) == 90.0
+    assert CachePolicy().ttl_for(headers) is None
+
+
+def test_a_max_age_too_large_to_hold_is_read_as_two_to_the_31st() -> None:
+    headers = {"Cache-Control": "max-age=" + "9" * 5000}
+
+    assert CachePolicy(max_ttl=math.inf).ttl_for(headers) == 2.0**31
+
+
+@pytest.mark.parametrize("value", ["max-age=0, max-age=60", "max-age=60, Max-Age=0"])
+def test_a_max_age_given_twice_differently_makes_the_response_stale(value: str) -> None:
+    assert CachePolicy().ttl_for({"Cache-Control": value}) is None
+
+
+def test_a_max_age_given_twice_alike_is_used() -> None:
+    headers = {"Cache-Control": 'max-age=60, public, max-age="60"'}
+
+    assert CachePolicy().ttl_for(headers) == 60.0
+
+
+def test_an_s_maxage_given_twice_differently_is_stale_for_a_shared_cache() -> None:
+    headers = {"Cache-Control": "max-age=60, s-maxage=0, s-maxage=600"}
+
+    assert CachePolicy().ttl_for(headers, shared=True) is None
+
+
+def test_a_max_age_inside_a_quoted_string_is_not_a_directive() -> None:
+    headers = {"Cache-Control": 'ext="a, max-age=3600", no-transform'}
+
+    assert CachePolicy(default_ttl=42.0).ttl_for(headers) == 42.0
+
+
+def test_a_no_store_inside_a_quoted_string_is_not_a_directive() -> None:
+    headers = {"Cache-Control": 'ext="no-store, x", max-age=60'}
+
+    assert CachePolicy().ttl_for(headers) == 60.0
+
+
+# -- Several Cache-Control lines ------------------------------------------------------------------
+
+
+def test_a_second_cache_control_line_is_read() -> None:
+    headers = CIMultiDict([("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")])
+
+    assert CachePolicy().ttl_for(CIMultiDictProxy(headers)) is None
+
+
+def test_a_max_age_on_a_second_line_is_read() -> None:
+    headers = CIMultiDict([("Cache-Control", "public"), ("cache-control", "max-age=60")])
+
+    assert CachePolicy(default_ttl=42.0).ttl_for(headers) == 60.0
+
+
+def test_max_ages_on_two_lines_that_differ_make_the_response_stale() -> None:
+    headers = CIMultiDict([("Cache-Control", "max-age=0"), ("Cache-Control", "max-age=60")])
+
+    assert CachePolicy().ttl_for(headers) is None
+
+
+def test_two_spellings_in_a_plain_dict_are_two_lines() -> None:
+    headers = {"Cache-Control": "max-age=60", "cache-control": "no-store"}
+
+    assert CachePolicy().ttl_for(headers) is None
+
+
+# -- Expires and Date -----------------------------------------------------------------------------
+
+DATE = "Fri, 09 Jan 2026 15:00:00 GMT"
+DATE_AT = 1767970800.0  # DATE in seconds since the epoch
+
+
+def test_expires_less_date_is_the_lifetime_without_max_age() -> None:
+    headers = {"Date": DATE, "Expires": "Fri, 09 Jan 2026 15:10:00 GMT"}
+
+    assert CachePolicy().ttl_for(headers, now=DATE_AT + 5000) == 600.0
+
+
+def test_expires_less_date_is_capped_and_less_age() -> None:
+    headers = {"Date": DATE, "Expires": "Sat, 10 Jan 2026 15:00:00 GMT", "Age": "100"}
+
+    assert CachePolicy(max_ttl=86400.0).ttl_for(headers) == 86300.0
+
+
+@pytest.mark.parametrize("date", [None, "yesterday", ""])
+def test_expires_without_a_valid_date_counts_from_the_receive_time(date: str | None) -> None:
+    headers = {"Expires": "Fri, 09 Jan 2026 15:10:00 GMT"}
+    if date is not None:
+        headers["Date"] = date
+
+    assert CachePolicy().ttl_for(headers, now=DATE_AT + 60) == 540.0
+
+
+@pytest.mark.parametrize("expires", ["0", "-1", "never", "", DATE + ", " + DATE])
+def test_an_invalid_expires_makes_the_response_stale(expires: str) -> None:
+    headers = {"Date": DATE, "Expires": expires}
+
+    assert CachePolicy(default_ttl=42.0).ttl_for(headers) is None
+
+
+@pytest.mark.parametrize("expires", [DATE, "Fri, 09 Jan 2026 14:00:00 GMT"])
+def test_an_expires_at_or_before_date_makes_the_response_stale(expires: str) -> None:
+    assert CachePolicy().ttl_for({"Date": DATE, "Expires": expires}) is None
+
+
+def test_max_age_wins_over_expires() -> None:
+    headers = {
+        "Cache-Control": "max-age=60",
+        "Date": DATE,
+        "Expires": "Fri, 09 Jan 2026 15:10:00 GMT",
+    }
+
+    assert CachePolicy().ttl_for(headers) == 60.0
+
+
+def test_max_age_wins_over_an_invalid_expires() -> None:
+    assert CachePolicy().ttl_for({"Cache-Control": "max-age=60", "Expires": "0"}) == 60.0
+
+
+def test_a_shared_cache_takes_s_maxage_over_expires() -> None:
+    headers = {"Cache-Control": "s-maxage=60", "Expires": "0"}
+
+    assert CachePolicy().ttl_for(headers, shared=True) == 60.0
+
+
+def test_an_explicit_ttl_overrides_a_past_expires() -> None:
+    assert CachePolicy(ttl=10.0).ttl_for({"Expires": "0"}) == 10.0
+
+
+def test_the_same_expires_with_another_date_gives_another_lifetime() -> None:
+    # The memoised lifetime is keyed on both strings, not on Expires alone.
+    expires = "Fri, 09 Jan 2026 15:10:00 GMT"
+    policy = CachePolicy()
+
+    assert policy.ttl_for({"Date": DATE, "Expires": expires}) == 600.0
+    assert policy.ttl_for({"Date": "Fri, 09 Jan 2026 15:05:00 GMT", "Expires": expires}) == 300.0
+
+
+def test_the_same_expires_without_date_follows_the_receive_time() -> None:
+    headers = {"Expires": "Fri, 09 Jan 2026 15:10:00 GMT"}
+    policy = CachePolicy()
+
+    assert policy.ttl_for(headers, now=DATE_AT) == 600.0
+    assert policy.ttl_for(headers, now=DATE_AT + 500) == 100.0
+
+
+# -- Vary -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("vary", ["*", "Accept-Encoding, *", " * "])
+@pytest.mark.parametrize("ttl", [None, 60.0])
+def test_a_response_that_varies_on_everything_is_never_stored(vary: str, ttl: float | None) -> None:
+    headers = {"Cache-Control": "max-age=600", "Vary": vary}
+
+    assert CachePolicy(ttl=ttl).ttl_for(headers) is None
+
+
+def test_a_vary_star_on_a_second_line_is_read() -> None:
+    headers = CIMultiDict([("Vary", "Accept"), ("Vary", "*"), ("Cache-Control", "max-age=60")])
+
+    assert CachePolicy().ttl_for(headers) is None
+
+
+def test_a_vary_on_named_fields_is_stored() -> None:
+    headers = {"Cache-Control": "max-age=600", "Vary": "Accept-Encoding"}
+
+    assert CachePolicy().ttl_for(headers) == 600.0
 
 
 @pytest.mark.parametrize("age", ["old", "-30", ""])

@@ -8,24 +8,32 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-from meigen_async.cli import main, read_ids, run_demo
+from meigen_async.cli import base_url_problem, main, read_ids, run_demo
 from meigen_async.models import structure_image, unstructure_image
 from meigen_async.prompt import PromptKind, parse_prompt
-from meigen_async.testing import FakeGallery, sample_images
+from meigen_async.testing import Answer, FakeGallery, sample_images
 
 MISSING = "1999999999999999999"
 PLAIN_ID = "2013572250852104677"  # nanobanana, 2048x1536, North Frame (@northframe)
 JSON_ID = "2018657825334796972"  # a JSON prompt
+
+# What json.loads makes of "\ud800" and "\udfff" in a body: strings no UTF-8 stream can write.
+LONE_TEXT = "a prompt \ud800 cut in half"
+LONE_NAME = "Caf\u00e9 \udfff"
+# What the library makes of them: U+FFFD, which every UTF-8 stream can write.
+LONE_TEXT_READ = "a prompt \ufffd cut in half"
+LONE_NAME_READ = "Caf\u00e9 \ufffd"
 
 
 async def run(*argv: str) -> int:
@@ -59,8 +67,12 @@ def ids_file(tmp_path: Path, gallery: FakeGallery) -> Path:
     return path
 
 
-async def start_cli(*argv: str) -> asyncio.subprocess.Process:
+async def start_cli(
+    *argv: str, env: dict[str, str] | None = None, wrapper: list[str] | None = None
+) -> asyncio.subprocess.Process:
+    """`python -m meigen_async ARGV`, started through `wrapper` (a command that execs it)."""
     return await asyncio.create_subprocess_exec(
+        *(wrapper or []),
         sys.executable,
         "-m",
         "meigen_async",
@@ -68,7 +80,27 @@ async def start_cli(*argv: str) -> asyncio.subprocess.Process:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else {**os.environ, **env},
     )
+
+
+@pytest.fixture
+def broken_images() -> list[dict[str, Any]]:
+    """The first five sample images; the third has lone surrogates in its text and author."""
+    images = sample_images()[:5]
+    images[2] = {**images[2], "text": LONE_TEXT, "author_display_name": LONE_NAME}
+    return images
+
+
+@pytest.fixture
+async def broken_gallery(broken_images: list[dict[str, Any]]) -> AsyncIterator[FakeGallery]:
+    async with FakeGallery(broken_images) as fake:
+        url = f"{fake.url}/api/images/{broken_images[2]['id']}"
+        async with aiohttp.ClientSession() as http, http.get(url) as response:
+            body = await response.read()
+        assert b"\\ud800" in body  # the escapes json.loads accepts, on the wire
+        fake.reset_counts()
+        yield fake
 
 
 # -- get -----------------------------------------------------------------------------------------
@@ -144,6 +176,51 @@ async def test_get_takes_the_base_url_from_the_environment(
     assert gallery.requests[PLAIN_ID] == 1
 
 
+async def test_get_prints_a_summary_with_lone_surrogates_replaced(
+    broken_gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken_id = broken_gallery.ids[2]
+    assert await run("get", "--base-url", broken_gallery.url, broken_id) == 0
+    out = capsys.readouterr().out
+    assert re.search("author\\s+Caf\u00e9 \ufffd \\(@", out)
+
+
+async def test_get_json_writes_lone_surrogates_replaced(
+    broken_gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    broken_id = broken_gallery.ids[2]
+    assert await run("get", "--json", "--base-url", broken_gallery.url, broken_id) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["text"], printed["author_display_name"]) == (LONE_TEXT_READ, LONE_NAME_READ)
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["summary", "json"])
+async def test_get_prints_to_an_ascii_stdout_without_crashing(
+    broken_gallery: FakeGallery, as_json: bool
+) -> None:
+    ids = broken_gallery.ids  # Japanese text, an emoji, an accent and lone surrogates
+    argv = ["get", "--base-url", broken_gallery.url, *(["--json"] if as_json else []), *ids]
+    process = await start_cli(*argv, env={"PYTHONIOENCODING": "ascii:strict"})
+    out, err = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert (process.returncode, err) == (0, b"")
+    text = out.decode("ascii")
+    if as_json:
+        assert [image["id"] for image in json.loads(text)] == ids
+        assert json.loads(text)[2]["author_display_name"] == LONE_NAME_READ
+        assert json.loads(text)[0] == endpoint_data(ids[0])
+    else:
+        assert re.search(r"author\s+Caf\\xe9 \\ufffd \(@", text)
+    assert sum(broken_gallery.requests.values()) == 5
+
+
+async def test_get_reports_a_server_message_with_a_lone_surrogate_in_one_line(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gallery.script(PLAIN_ID, Answer.error(404, "gone \ud800 away"))
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
+    assert "gone \ufffd away" in one_error_line(capsys.readouterr().err)
+
+
 def test_a_base_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["get", "--base-url", "ftp://127.0.0.1", PLAIN_ID])
@@ -156,6 +233,137 @@ def test_a_negative_timeout_is_a_usage_error(capsys: pytest.CaptureFixture[str])
         main(["get", "--timeout", "-1", PLAIN_ID])
     assert exit_info.value.code == 2
     assert "expected a positive number" in capsys.readouterr().err
+
+
+BAD_BASE_URLS = {
+    "port out of range": ("http://127.0.0.1:99999", "expected a port from 0 to 65535"),
+    "port not a number": ("http://127.0.0.1:abc", "expected a port from 0 to 65535"),
+    "query": ("http://127.0.0.1:8000/?x=1", "a base URL cannot have a query or a fragment"),
+    "fragment": ("http://127.0.0.1:8000/#top", "a base URL cannot have a query or a fragment"),
+    "not http": ("ftp://127.0.0.1", "expected an http:// or https:// URL"),
+    "no host": ("http://:8000", "expected an http:// or https:// URL"),
+    "broken IPv6 host": ("http://[::1", "expected an http:// or https:// URL"),
+    "a space": ("http://127.0.0.1:8000/a b", "a URL cannot hold spaces"),
+}
+
+
+def usage_error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """The one error line of a command line that argparse rejects, its status checked."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    return one_error_line(captured.err)
+
+
+def remote_argv(command: str, *options: str) -> list[str]:
+    return [command, *options, PLAIN_ID] if command == "get" else [command, *options, "-"]
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+@pytest.mark.parametrize(("url", "says"), BAD_BASE_URLS.values(), ids=BAD_BASE_URLS.keys())
+def test_a_bad_base_url_is_one_error_line_with_status_2(
+    command: str, url: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(remote_argv(command, "--base-url", url), capsys)
+    assert f"argument --base-url: {says}" in line
+    assert repr(url) in line
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+def test_an_empty_base_url_is_one_error_line_with_status_2(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(remote_argv(command, "--base-url", ""), capsys)
+    assert "expected an http:// or https:// URL, got ''" in line
+
+
+@pytest.mark.parametrize("command", ["get", "bulk"])
+@pytest.mark.parametrize(("url", "says"), BAD_BASE_URLS.values(), ids=BAD_BASE_URLS.keys())
+def test_a_bad_base_url_from_the_environment_is_named_in_one_error_line_with_status_2(
+    command: str,
+    url: str,
+    says: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", url)
+    line = usage_error(remote_argv(command), capsys)
+    assert f"$MEIGEN_BASE_URL: {says}" in line
+
+
+async def test_a_base_url_option_overrides_a_bad_one_in_the_environment(
+    gallery: FakeGallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", "http://127.0.0.1:99999")
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 0
+    assert gallery.requests[PLAIN_ID] == 1
+
+
+async def test_a_bad_base_url_in_the_environment_is_no_concern_of_serve(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MEIGEN_BASE_URL", "http://127.0.0.1:99999")
+    assert await run("serve", "--data", str(tmp_path / "nope.jsonl")) == 2
+    assert "cannot read" in one_error_line(capsys.readouterr().err)
+
+
+BAD_OPTIONS = {
+    "timeout not a number": (["get", "--timeout", "abc", PLAIN_ID], "expected a number"),
+    "timeout nan": (["get", "--timeout", "nan", PLAIN_ID], "expected a positive number"),
+    "timeout infinite": (["get", "--timeout", "inf", PLAIN_ID], "expected a positive number"),
+    "retries not a number": (["get", "--retries", "x", PLAIN_ID], "expected a whole number"),
+    "retries negative": (["bulk", "--retries", "-1", "-"], "from 0 to 100"),
+    "retries past the bound": (["bulk", "--retries", "1" + "0" * 30, "-"], "from 0 to 100"),
+    "concurrency 0": (["bulk", "--concurrency", "0", "-"], "expected a whole number >= 1"),
+    "concurrency 1.5": (["bulk", "--concurrency", "1.5", "-"], "expected a whole number"),
+    "rate limit 0": (["bulk", "--rate-limit", "0", "-"], "expected a positive number"),
+    "port out of range": (["serve", "--port", "99999"], "from 0 to 65535"),
+    "port not a number": (["serve", "--port", "http"], "expected a whole number"),
+    "no command": ([], "the following arguments are required: COMMAND"),
+    "unknown command": (["fetch"], "invalid choice: 'fetch'"),
+    "no id": (["get"], "the following arguments are required: ID"),
+    "unknown option": (["get", "--jsn", PLAIN_ID], "unrecognized arguments: --jsn"),
+}
+
+
+@pytest.mark.parametrize(("argv", "says"), BAD_OPTIONS.values(), ids=BAD_OPTIONS.keys())
+def test_a_bad_option_value_is_one_error_line_with_status_2(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = usage_error(argv, capsys)
+    assert says in line
+    assert line.endswith("--help')")
+
+
+def test_the_error_line_of_a_bad_option_points_at_the_commands_help(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = usage_error(["bulk", "--concurrency", "0", "-"], capsys)
+    assert line.endswith("(see 'meigen-async bulk --help')")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080",
+        "https://www.meigen.ai/",
+        "http://127.0.0.1:8080/mirror/",
+        "http://[::1]:8080",
+        "http://127.0.0.1:8080/?",
+    ],
+)
+def test_base_url_problem_accepts_what_a_session_accepts(url: str) -> None:
+    assert base_url_problem(url) is None
+
+
+async def test_a_bad_base_url_is_one_error_line_with_status_2_from_the_real_entry_point() -> None:
+    process = await start_cli("bulk", "-", env={"MEIGEN_BASE_URL": "http://127.0.0.1:8000/?x=1"})
+    out, err = await asyncio.wait_for(process.communicate(PLAIN_ID.encode()), timeout=30)
+    assert process.returncode == 2
+    assert out == b""
+    assert "cannot have a query or a fragment" in one_error_line(err.decode())
 
 
 @pytest.mark.parametrize("command", ["get", "bulk", "serve", "demo"])
@@ -233,6 +441,92 @@ async def test_bulk_exits_1_listing_each_failed_id_with_its_error(
             "from A-Z, a-z, 0-9, '_' and '-'",
         ]
     )
+
+
+async def test_bulk_fetches_and_writes_every_id_around_an_image_with_lone_surrogates(
+    broken_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(broken_gallery.ids), encoding="utf-8")
+    out = tmp_path / "images.jsonl"
+    # One fetch at a time: the broken image comes third, with two more to fetch after it.
+    argv = ["bulk", str(path), "-o", str(out), "--concurrency", "1"]
+    assert await run(*argv, "--base-url", broken_gallery.url) == 0
+    assert broken_gallery.requests == dict.fromkeys(broken_gallery.ids, 1)
+    lines = json_lines(out.read_text(encoding="utf-8"))
+    assert [line["id"] for line in lines] == broken_gallery.ids
+    assert (lines[2]["text"], lines[2]["author_display_name"]) == (LONE_TEXT_READ, LONE_NAME_READ)
+    assert lines[4] == endpoint_data(lines[4]["id"])
+    assert capsys.readouterr().err == ""
+
+
+async def test_bulk_writes_lone_surrogates_to_stdout_replaced(
+    broken_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "ids.txt"
+    path.write_text("\n".join(broken_gallery.ids), encoding="utf-8")
+    argv = ["bulk", str(path), "--concurrency", "1", "--base-url", broken_gallery.url]
+    assert await run(*argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5
+    assert json.loads(lines[2])["text"] == LONE_TEXT_READ
+    assert "ゆき" in "".join(lines)  # the other lines stay readable UTF-8
+
+
+async def test_bulk_writes_json_lines_to_an_ascii_stdout(broken_gallery: FakeGallery) -> None:
+    argv = ["bulk", "-", "--concurrency", "1", "--base-url", broken_gallery.url]
+    process = await start_cli(*argv, env={"PYTHONIOENCODING": "ascii:strict"})
+    ids = "\n".join(broken_gallery.ids).encode()
+    out, err = await asyncio.wait_for(process.communicate(ids), timeout=30)
+    assert (process.returncode, err) == (0, b"")
+    lines = json_lines(out.decode("ascii"))
+    assert [line["id"] for line in lines] == broken_gallery.ids
+    assert [line["author_display_name"] for line in lines] == [
+        d["author_display_name"] for d in sample_images()[:2]
+    ] + [LONE_NAME_READ] + [d["author_display_name"] for d in sample_images()[3:5]]
+
+
+class RefusingStdout(io.StringIO):
+    """A stdout whose encoding cannot carry anything about one image, in any form."""
+
+    def __init__(self, refused: str):
+        super().__init__()
+        self.refused = refused
+
+    def write(self, text: str) -> int:
+        if self.refused in text:
+            raise UnicodeEncodeError("mycodec", text, 0, 1, "cannot carry this")
+        return super().write(text)
+
+
+async def test_bulk_reports_an_image_it_cannot_write_and_goes_on(
+    gallery: FakeGallery, ids_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused = gallery.ids[2]
+    out = RefusingStdout(refused)
+    err = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    args = ["bulk", str(ids_file), "--concurrency", "1", "--base-url", gallery.url]
+    assert await run(*args) == 1
+    assert [line["id"] for line in json_lines(out.getvalue())] == [
+        i for i in gallery.ids[:5] if i != refused
+    ]
+    assert gallery.requests == dict.fromkeys(gallery.ids[:5], 1)
+    assert err.getvalue().splitlines() == [
+        "meigen-async: 1 of 5 ids failed:",
+        f"  {refused}: cannot write the image: 'mycodec' codec can't encode character "
+        f"'\\x7b' in position 0: cannot carry this",
+    ]
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_bulk_reports_a_full_disk_in_one_line_with_status_1(
+    gallery: FakeGallery, ids_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("bulk", str(ids_file), "-o", "/dev/full", "--base-url", gallery.url) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line == "meigen-async: error: cannot write '/dev/full': No space left on device"
 
 
 async def test_bulk_keeps_at_most_concurrency_requests_in_flight(
@@ -337,28 +631,54 @@ async def test_bulk_reports_an_unwritable_output_in_one_line_with_status_2(
 # -- serve ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
-    process = await start_cli("serve")
+# Execs the command line with SIGINT ignored, as a background job of a non-interactive shell or
+# nohup starts it: Python then installs no KeyboardInterrupt handler of its own.
+IGNORING_SIGINT = [
+    sys.executable,
+    "-c",
+    "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+    "os.execv(sys.executable, sys.argv[1:])",
+]
+
+
+async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None) -> str:
+    """Start `serve`, fetch an image from it, send `stop`; its stderr once it has exited 0."""
+    process = await start_cli("serve", wrapper=wrapper)
     try:
         assert process.stdout is not None
         line = await asyncio.wait_for(process.stdout.readline(), timeout=30)
         url = line.decode().strip()
-        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url)
+        assert re.fullmatch(r"http://127\.0\.0\.1:\d+", url), line
+        timeout = aiohttp.ClientTimeout(total=10)
         async with (
-            aiohttp.ClientSession() as http,
+            aiohttp.ClientSession(timeout=timeout) as http,
             http.get(f"{url}/api/images/{PLAIN_ID}") as response,
         ):
             assert response.status == 200
             assert (await response.json())["data"]["id"] == PLAIN_ID
         process.send_signal(stop)
-        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=10)
     finally:
         if process.returncode is None:
             process.kill()
             await process.wait()
-    assert process.returncode == 0
-    assert b"Traceback" not in err
+    assert process.returncode == 0, err
+    return err.decode()
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
+    err = await serve_then_stop(stop)
+    assert len(err.splitlines()) == 1  # what it serves, then nothing: no traceback, no warning
+    assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
+    stop: signal.Signals,
+) -> None:
+    err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
+    assert len(err.splitlines()) == 1, err
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(

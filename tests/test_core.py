@@ -82,7 +82,23 @@ def test_a_good_response_with_a_lifetime_is_stored_for_it() -> None:
         200, {"Cache-Control": "max-age=120"}, BODY, image_id=ID, policy=CachePolicy()
     )
 
-    assert outcome == Store(IMAGE, 120.0, 120.0)
+    assert outcome == Store(IMAGE, 120.0, None)
+
+
+def test_with_a_shared_tier_its_own_lifetime_is_read_from_s_maxage() -> None:
+    headers = {"Cache-Control": "max-age=120, s-maxage=600"}
+
+    outcome = read_response(200, headers, BODY, image_id=ID, policy=CachePolicy(), shared=True)
+
+    assert outcome == Store(IMAGE, 120.0, 600.0)
+
+
+def test_a_private_response_is_stored_in_process_only() -> None:
+    headers = {"Cache-Control": "private, max-age=120"}
+
+    outcome = read_response(200, headers, BODY, image_id=ID, policy=CachePolicy(), shared=True)
+
+    assert outcome == Store(IMAGE, 120.0, None)
 
 
 def test_a_good_response_marked_no_store_is_not_stored() -> None:

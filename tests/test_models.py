@@ -8,8 +8,11 @@ from typing import Any
 import attrs
 import cattrs
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from meigen_async import models
+from meigen_async._text import replace_surrogates
 from meigen_async.errors import ImageNotFound, InvalidResponse
 from meigen_async.models import (
     GalleryImage,
@@ -355,3 +358,119 @@ def test_the_converter_is_one_module_level_cattrs_converter() -> None:
 def test_the_module_converter_carries_the_strict_hooks() -> None:
     with pytest.raises(cattrs.BaseValidationError):
         models.converter.structure({"id": ID, "likes": "12"}, GalleryImage)
+
+
+# -- Untrusted data: foreign ids, deep nesting, lone surrogates ---------------------------------
+
+STRING_FIELDS = [
+    "text",
+    "thumbnail_url",
+    "model",
+    "sref",
+    "author_username",
+    "author_display_name",
+    "author_avatar_url",
+]
+LONE = "a\ud800b\udfffc"
+REPLACED = "a\ufffdb\ufffdc"
+
+
+def strings_of(image: GalleryImage) -> list[str]:
+    """Every string an image holds, the nested ones included."""
+    found: list[str] = []
+    for value in attrs.astuple(image, recurse=True):
+        stack = [value]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, str):
+                found.append(item)
+            elif isinstance(item, (list, tuple)):
+                stack.extend(item)
+    return found
+
+
+def nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_data_of_another_id_than_the_one_asked_for_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse, match="image 'other'") as caught:
+        structure_image(with_field("id", "other"), image_id=ID)
+
+    assert ID in str(caught.value)
+
+
+def test_data_of_the_id_asked_for_is_an_image() -> None:
+    assert structure_image(realistic_data(), image_id=ID).id == ID
+
+
+def test_a_field_nested_far_past_the_recursion_limit_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        structure_image(with_field("text", nested(100_000)))
+
+
+@pytest.mark.parametrize("name", STRING_FIELDS)
+def test_a_lone_surrogate_in_a_string_field_becomes_a_replacement_character(name: str) -> None:
+    image = structure_image(with_field(name, LONE))
+
+    assert getattr(image, name) == REPLACED
+
+
+def test_lone_surrogates_in_media_urls_become_replacement_characters() -> None:
+    image = structure_image(with_field("media_urls", [LONE, "https://ok/0.jpg"]))
+
+    assert image.media_urls == (REPLACED, "https://ok/0.jpg")
+
+
+def test_lone_surrogates_in_prompt_segments_become_replacement_characters() -> None:
+    segments = [{"label": LONE, "text": LONE}, LONE]
+    image = structure_image(with_field("prompt_segments", segments))
+
+    assert image.prompt_segments == (
+        PromptSegment(label=REPLACED, text=REPLACED),
+        PromptSegment(label="", text=REPLACED),
+    )
+
+
+def test_a_valid_string_is_kept_as_the_same_object() -> None:
+    # The hot path: ASCII and valid non-ASCII text are not copied.
+    for text in ("plain ascii", "樱花树下的女孩 🌸", "café"):
+        assert replace_surrogates(text) is text
+
+
+# Text with lone surrogates mixed in: st.text() itself leaves them out.
+UNTRUSTED_TEXT = st.lists(
+    st.text(max_size=5) | st.integers(0xD800, 0xDFFF).map(chr), max_size=6
+).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | UNTRUSTED_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(UNTRUSTED_TEXT, inner, max_size=3),
+    max_leaves=10,
+)
+FIELDS = [a.name for a in attrs.fields(GalleryImage)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES))
+def test_any_json_in_any_field_is_an_image_or_invalid_response(changes: dict[str, Any]) -> None:
+    data = {**realistic_data(), **changes}
+    try:
+        image = structure_image(data)
+    except InvalidResponse:
+        return
+    for text in strings_of(image):
+        text.encode("utf-8")  # strict: a lone surrogate would raise
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from(STRING_FIELDS), UNTRUSTED_TEXT)
+def test_every_string_of_an_image_encodes_as_utf8(name: str, text: str) -> None:
+    image = structure_image(
+        {**with_field(name, text), "media_urls": [text], "prompt_segments": [text]}
+    )
+
+    for value in strings_of(image):
+        value.encode("utf-8")

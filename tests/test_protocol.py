@@ -8,6 +8,7 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from meigen_async.errors import (
     ApiError,
@@ -22,11 +23,15 @@ from meigen_async.models import GalleryImage
 from meigen_async.protocol import (
     MAX_ID_LENGTH,
     decode_response,
+    error_for_status,
     header,
+    header_list,
     image_url,
+    parse_http_date,
     parse_retry_after,
     validate_image_id,
 )
+from meigen_async.retry import is_retryable
 
 ID = "2009629483448627597"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -205,6 +210,81 @@ def test_header_absent_is_none() -> None:
     assert header({"Content-Type": "application/json"}, "Retry-After") is None
 
 
+# -- header_list --------------------------------------------------------------------------------
+
+
+def test_header_list_joins_every_line_of_a_multidict() -> None:
+    headers = CIMultiDictProxy(
+        CIMultiDict([("Cache-Control", "max-age=60"), ("cache-control", "no-store")])
+    )
+
+    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
+
+
+def test_header_list_of_one_line_is_that_line() -> None:
+    assert header_list(CIMultiDict([("Vary", "*")]), "vary") == "*"
+
+
+def test_header_list_joins_every_spelling_in_a_plain_dict() -> None:
+    headers = {"Cache-Control": "max-age=60", "CACHE-CONTROL": "no-store", "Age": "1"}
+
+    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
+
+
+def test_header_list_finds_another_spelling_in_a_plain_dict() -> None:
+    assert header_list({"cache-control": "no-store"}, "Cache-Control") == "no-store"
+
+
+@pytest.mark.parametrize("headers", [{}, CIMultiDict(), {"Age": "1"}])
+def test_header_list_absent_is_none(headers: Any) -> None:
+    assert header_list(headers, "Cache-Control") is None
+
+
+# -- parse_http_date ----------------------------------------------------------------------------
+
+
+def test_an_http_date_is_read_as_seconds_since_the_epoch() -> None:
+    assert parse_http_date("Fri, 09 Jan 2026 14:00:00 GMT") == NOW.timestamp()
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-1", "tomorrow", "Mon, 99 Foo 2026"])
+def test_an_unreadable_http_date_is_none(value: str | None) -> None:
+    assert parse_http_date(value) is None
+
+
+# -- error_for_status: Retry-After on a 503 -----------------------------------------------------
+
+
+def test_a_503_carries_its_retry_after() -> None:
+    error = error_for_status(503, {"Retry-After": "7"}, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after == 7.0
+
+
+def test_a_503_retry_after_may_be_an_http_date() -> None:
+    value = format_datetime(datetime.now(UTC) + timedelta(seconds=90), usegmt=True)
+
+    error = error_for_status(503, {"retry-after": value}, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after is not None
+    assert 85.0 < error.retry_after <= 90.0
+
+
+@pytest.mark.parametrize(
+    ("status", "headers"),
+    [(503, {}), (503, {"Retry-After": "soon"}), (500, {"Retry-After": "7"})],
+)
+def test_a_server_error_has_no_retry_after_unless_a_503_gives_one(
+    status: int, headers: dict[str, str]
+) -> None:
+    error = error_for_status(status, headers, b"", image_id=ID)
+
+    assert isinstance(error, ServerError)
+    assert error.retry_after is None
+
+
 # -- decode_response: success -------------------------------------------------------------------
 
 
@@ -380,3 +460,132 @@ def test_an_envelope_whose_success_is_not_true_raises_invalid_response(
 ) -> None:
     with pytest.raises(InvalidResponse, match="success"):
         decode(200, body(envelope))
+
+
+# -- decode_response: redirects -----------------------------------------------------------------
+
+REDIRECT_BODY = b"<html>Moved: see the page of another site</html>"
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_raises_api_error_naming_the_location(status: int) -> None:
+    headers = {"Location": "https://elsewhere.example/api/images/x"}
+
+    with pytest.raises(ApiError) as caught:
+        decode(status, REDIRECT_BODY, headers)
+
+    assert type(caught.value) is ApiError
+    assert caught.value.status == status
+    assert "redirected to 'https://elsewhere.example/api/images/x'" in str(caught.value)
+    assert "set base_url" in str(caught.value)
+
+
+def test_a_redirect_body_is_not_quoted() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(302, REDIRECT_BODY, {"Location": "/moved"})
+
+    assert "another site" not in str(caught.value)
+
+
+def test_a_redirect_is_not_retryable() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(307, REDIRECT_BODY, {"location": "/moved"})
+
+    assert not is_retryable(caught.value)
+
+
+def test_a_redirect_status_without_a_location_says_so() -> None:
+    with pytest.raises(ApiError, match="no Location"):
+        decode(300, REDIRECT_BODY)
+
+
+def test_a_long_or_unprintable_location_is_shortened_and_printable() -> None:
+    location = "/x\ud800\n" + "y" * 10_000
+
+    with pytest.raises(ApiError) as caught:
+        decode(301, b"", {"Location": location})
+
+    message = str(caught.value)
+    message.encode("utf-8")
+    assert "\n" not in message
+    assert len(message) < 500
+
+
+# -- decode_response: the answer of another id --------------------------------------------------
+
+
+def test_data_of_another_id_raises_invalid_response_naming_both() -> None:
+    with pytest.raises(InvalidResponse) as caught:
+        decode(200, body({"success": True, "data": {**DATA, "id": "other-id"}}))
+
+    assert ID in str(caught.value)
+    assert "'other-id'" in str(caught.value)
+    assert caught.value.image_id == ID
+
+
+def test_data_of_an_id_differing_only_in_case_raises_invalid_response() -> None:
+    with pytest.raises(InvalidResponse):
+        decode_response(
+            200, JSON_HEADERS, body({"success": True, "data": {"id": "AbC"}}), image_id="abc"
+        )
+
+
+# -- decode_response: deep nesting --------------------------------------------------------------
+
+DEEP = b"[" * 5000
+
+
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [(200, InvalidResponse), (404, ImageNotFound), (503, ServerError), (400, ApiError)],
+)
+def test_a_deeply_nested_body_raises_the_statuss_error(
+    status: int, error_type: type[MeigenError]
+) -> None:
+    with pytest.raises(error_type) as caught:
+        decode(status, DEEP)
+
+    assert type(caught.value) is error_type
+
+
+def test_a_deeply_nested_200_body_is_said_to_be_nested_too_deep() -> None:
+    with pytest.raises(InvalidResponse, match="nested too deep"):
+        decode(200, DEEP)
+
+
+def test_a_deeply_nested_body_after_a_valid_prefix_raises_invalid_response() -> None:
+    payload = b'{"success": true, "data": {"id": "%s", "text": ' % ID.encode() + DEEP
+
+    with pytest.raises(InvalidResponse):
+        decode(200, payload)
+
+
+# -- decode_response: lone surrogates -----------------------------------------------------------
+
+
+def test_a_lone_surrogate_escape_becomes_a_replacement_character() -> None:
+    payload = b'{"success": true, "data": {"id": "%s", "text": "a\\udc00b"}}' % ID.encode()
+
+    assert decode(200, payload).text == "a\ufffdb"
+
+
+def test_cesu8_surrogate_bytes_become_replacement_characters() -> None:
+    # U+1F600 as CESU-8: each half of the surrogate pair encoded on its own.
+    cesu8 = "\ud83d\ude00".encode("utf-8", "surrogatepass")
+    payload = b'{"success": true, "data": {"id": "%s", "text": "' % ID.encode() + cesu8 + b'"}}'
+
+    assert decode(200, payload).text == "\ufffd\ufffd"
+
+
+def test_a_lone_surrogate_in_the_services_error_message_is_replaced() -> None:
+    with pytest.raises(ImageNotFound) as caught:
+        decode(404, b'{"success": false, "error": "gone \\ud800"}')
+
+    assert str(caught.value).endswith("gone \ufffd")
+
+
+def test_a_lone_surrogate_in_an_error_envelope_on_a_200_is_replaced() -> None:
+    with pytest.raises(ApiError) as caught:
+        decode(200, b'{"success": false, "error": "down \\ud800"}')
+
+    str(caught.value).encode("utf-8")

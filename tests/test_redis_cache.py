@@ -31,9 +31,11 @@ import redis.asyncio
 from redis_helpers import RedisServer, free_port
 
 from meigen_async import (
+    ApiError,
     GalleryImage,
     GallerySession,
     ImageNotFound,
+    InvalidResponse,
     RetryPolicy,
     ServerError,
 )
@@ -175,6 +177,21 @@ def test_keys_are_versioned_under_the_prefix() -> None:
     assert image_key("bot:", "42") == "bot:v1:image:42"
     assert missing_key("bot:", "42") == "bot:v1:missing:42"
     assert lease_key("bot:", "42") == "bot:v1:lease:42"
+
+
+def test_a_deeply_nested_stored_value_is_refused_as_unreadable() -> None:
+    with pytest.raises(ValueError, match="nested too deep"):
+        decode_image("[" * 5000, image_id="a")
+
+
+def test_a_deeply_nested_stored_404_is_refused_as_unreadable() -> None:
+    with pytest.raises(ValueError, match="nested too deep"):
+        decode_missing("[" * 5000)
+
+
+def test_a_lone_surrogate_in_a_stored_value_comes_back_replaced() -> None:
+    raw_value = b'{"fresh_until": 1, "image": {"id": "a", "author_username": "x\\ud800"}}'
+    assert decode_image(raw_value, image_id="a").image.author_username == "x\ufffd"
 
 
 # -- Back-off (pure) ------------------------------------------------------------------------------
@@ -428,6 +445,29 @@ async def test_an_image_key_lives_max_age_less_age(
     assert 495_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 500_000
 
 
+async def test_an_image_key_lives_s_maxage_not_max_age(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "max-age=60, s-maxage=600", "Age": "100"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    assert 495_000 < await raw.pttl(image_key(PREFIX, image_id)) <= 500_000
+
+
+async def test_a_private_image_is_kept_in_process_but_not_written_to_redis(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "private, max-age=600"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+        await session.get_image(image_id)
+    assert await raw.exists(image_key(PREFIX, image_id)) == 0
+    assert gallery.requests[image_id] == 1
+    assert session.stats.cache_hits == 1
+
+
 async def test_the_stale_window_lengthens_the_key_but_not_the_freshness(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
@@ -577,6 +617,50 @@ async def test_an_image_read_back_is_kept_in_process_no_longer_than_max_ttl(
         await session.get_image(image_id)
     assert session.stats.requests == 0
     assert (session.stats.cache_hits, session.stats.cache_misses) == (2, 2)
+
+
+# -- Answers never to be stored -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_a_redirect_writes_nothing_to_redis_and_is_not_followed(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis, status: int
+) -> None:
+    image_id = gallery.ids[0]
+    moved = Answer(status=status, headers={"Location": f"/moved/{image_id}"}, body=b"moved")
+    gallery.script(image_id, moved, moved)
+    async with peer(gallery.url, redis_server.url) as session:
+        for _ in range(2):
+            with pytest.raises(ApiError):
+                await session.get_image(image_id)
+    assert await raw.keys("*") == []
+    assert gallery.paths == [f"/api/images/{image_id}"] * 2
+
+
+async def test_an_answer_for_another_id_writes_nothing_to_redis(
+    gallery: FakeGallery,
+    images: list[dict[str, Any]],
+    redis_server: RedisServer,
+    raw: redis.asyncio.Redis,
+) -> None:
+    asked, answered = gallery.ids[:2]
+    other = next(data for data in images if data["id"] == answered)
+    gallery.script(asked, Answer(body=json.dumps({"success": True, "data": other}).encode()))
+    async with peer(gallery.url, redis_server.url) as session:
+        with pytest.raises(InvalidResponse):
+            await session.get_image(asked)
+    assert await raw.keys("*") == []
+
+
+async def test_a_deeply_nested_redis_value_is_a_miss_fetched_upstream(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    await raw.set(image_key(PREFIX, image_id), "[" * 5000, px=60_000)
+    async with peer(gallery.url, redis_server.url) as session:
+        image = await session.get_image(image_id)
+    assert image.id == image_id
+    assert gallery.requests[image_id] == 1
 
 
 # -- Leases ---------------------------------------------------------------------------------------

@@ -319,6 +319,32 @@ async def test_retry_after_as_an_http_date_is_waited_for(
     assert gallery.requests[image_id] == 2
 
 
+async def test_a_503_retry_after_is_waited_for_before_the_server_sees_the_retry(
+    client: GallerySession, gallery: FakeGallery
+) -> None:
+    image_id = gallery.ids[0]
+    arrivals = record_arrivals(gallery)
+    gallery.script(image_id, Answer.error(503, "Maintenance", {"Retry-After": "1"}))
+    assert (await client.get_image(image_id)).id == image_id
+    assert gallery.requests[image_id] == 2
+    # FAST backs off for at most 0.01 s: only the Retry-After explains a second's gap.
+    assert arrivals[1] - arrivals[0] >= 0.95
+    assert client.stats.retries == 1
+
+
+async def test_a_503_retry_after_beyond_max_retry_after_raises_server_error_at_once(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.error(503, "Maintenance", {"Retry-After": "120"}))
+    async with GallerySession(gallery.url, retry=fast(max_retry_after=60.0)) as client:
+        with pytest.raises(ServerError) as caught:
+            await client.get_image(image_id)
+    assert caught.value.retry_after == 120.0
+    assert caught.value.status == 503
+    assert gallery.requests[image_id] == 1
+
+
 async def test_a_bare_429_waits_at_least_rate_limited_wait(gallery: FakeGallery) -> None:
     image_id = gallery.ids[0]
     gallery.script(image_id, Answer.rate_limited())

@@ -211,6 +211,49 @@ def test_a_retry_after_parsed_from_the_header_is_honoured() -> None:
     assert pinned(0.0).delay_before_retry(0, error) == 12.0
 
 
+def server_error(retry_after: float | None = None, status: int = 503) -> ServerError:
+    return ServerError(f"HTTP {status}", image_id="1", status=status, retry_after=retry_after)
+
+
+@pytest.mark.parametrize(("draw", "retries_so_far"), [(0.0, 0), (1.0, 2)])
+def test_a_503_retry_after_is_honoured_exactly(draw: float, retries_so_far: int) -> None:
+    policy = pinned(draw, backoff_base=0.001, backoff_max=0.01)
+    assert policy.delay_before_retry(retries_so_far, server_error(7.0)) == 7.0
+
+
+def test_a_503_retry_after_is_not_capped_by_backoff_max() -> None:
+    policy = pinned(1.0, backoff_max=1.0, max_retry_after=60.0)
+    assert policy.delay_before_retry(0, server_error(30.0)) == 30.0
+
+
+def test_a_503_retry_after_of_exactly_max_retry_after_is_waited_for() -> None:
+    assert RetryPolicy(max_retry_after=60.0).delay_before_retry(0, server_error(60.0)) == 60.0
+
+
+def test_a_503_retry_after_beyond_max_retry_after_gives_up() -> None:
+    assert RetryPolicy(max_retry_after=60.0).delay_before_retry(0, server_error(60.5)) is None
+
+
+def test_a_503_retry_after_parsed_from_the_header_is_honoured() -> None:
+    error = status_error(503, retry_after="12")
+    assert isinstance(error, ServerError)
+    assert pinned(0.0).delay_before_retry(0, error) == 12.0
+
+
+def test_a_503_retry_after_does_not_outlast_max_retries() -> None:
+    assert RetryPolicy(max_retries=1).delay_before_retry(1, server_error(1.0)) is None
+
+
+def test_a_503_without_retry_after_backs_off_as_usual() -> None:
+    policy = pinned(0.5, backoff_base=2.0, backoff_max=30.0)
+    assert policy.delay_before_retry(1, server_error()) == 2.0
+
+
+def test_a_retry_after_on_a_500_is_backed_off_as_usual() -> None:
+    policy = pinned(0.5, backoff_base=2.0, backoff_max=30.0)
+    assert policy.delay_before_retry(0, status_error(500, retry_after="12")) == 1.0
+
+
 # -- delay_before_retry: a 429 without Retry-After -----------------------------------------------
 
 

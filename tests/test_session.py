@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import aclosing
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDict
 
 from meigen_async import (
     GalleryImage,
@@ -221,7 +225,10 @@ async def test_an_unreachable_server_is_a_transport_error() -> None:
         ("public, max-age=60", "120", 2),
         ("no-store", None, 2),
         ("no-cache", None, 2),
-        ("private, max-age=3600", None, 2),
+        # The in-process cache is a private cache: it may keep a private response.
+        ("private, max-age=3600", None, 1),
+        ("max-age=0, max-age=3600", None, 2),
+        ("max-age=1.5", None, 2),
         (None, None, 1),
     ],
 )
@@ -236,6 +243,53 @@ async def test_cache_control_and_age_decide_whether_a_response_is_reused(
             await client.get_image(image_id)
             await client.get_image(image_id)
     assert fake.requests[image_id] == requests
+
+
+@asynccontextmanager
+async def serving(
+    data: dict[str, Any], headers: list[tuple[str, str]]
+) -> AsyncIterator[tuple[str, Counter[str]]]:
+    """A one-image server on 127.0.0.1 answering with ``headers`` (repeats kept as lines)."""
+    seen: Counter[str] = Counter()
+    envelope = json.dumps({"success": True, "data": data})
+
+    async def image(request: web.Request) -> web.Response:
+        seen[request.match_info["image_id"]] += 1
+        return web.Response(
+            text=envelope, content_type="application/json", headers=CIMultiDict(headers)
+        )
+
+    app = web.Application()
+    app.router.add_get("/api/images/{image_id}", image)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", seen
+    finally:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("lines", "requests"),
+    [
+        ([("Cache-Control", "max-age=60"), ("Cache-Control", "no-store")], 2),
+        ([("Cache-Control", "max-age=60"), ("Cache-Control", "max-age=0")], 2),
+        ([("Cache-Control", "max-age=60"), ("Vary", "Accept"), ("Vary", "*")], 2),
+        ([("Cache-Control", "public"), ("Cache-Control", "max-age=60")], 1),
+    ],
+    ids=["no-store", "conflicting-max-age", "vary-star", "max-age-second"],
+)
+async def test_every_line_of_a_repeated_header_is_read(
+    images: list[dict[str, Any]], lines: list[tuple[str, str]], requests: int
+) -> None:
+    image_id = images[0]["id"]
+    async with serving(images[0], lines) as (url, seen), GallerySession(url) as client:
+        await client.get_image(image_id)
+        await client.get_image(image_id)
+    assert seen[image_id] == requests
 
 
 async def test_an_expired_entry_is_fetched_again(gallery: FakeGallery) -> None:
