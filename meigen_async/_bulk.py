@@ -11,9 +11,9 @@ import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 
 from ._flight import Flight, SingleFlight
+from ._protocol import validate_image_id
 from .errors import MeigenError
 from .models import GalleryImage, ImageResult
-from .protocol import validate_image_id
 
 __all__ = ["gather_images", "refuse_single_id", "stream_images"]
 

@@ -13,10 +13,10 @@ from collections.abc import Mapping
 
 import attrs
 
+from ._protocol import decode_response
 from .cache import CachePolicy, MemoryCache
 from .errors import ImageNotFound, MeigenError, TransportError
 from .models import GalleryImage, SessionStats
-from .protocol import decode_response
 from .retry import RetryPolicy, is_retryable
 
 __all__ = [

@@ -35,11 +35,11 @@ class RawResponse:
 def image_urls(base_url: str) -> Callable[[str], URL]:
     """A function giving the URL of a *validated* image id, ready for aiohttp.
 
-    Its URLs equal `protocol.image_url`'s, but they are built from the base parsed once, the
+    Its URLs equal `_protocol.image_url`'s, but they are built from the base parsed once, the
     id's path given as already encoded: a valid id holds only unreserved characters, so there
     is nothing to quote. aiohttp then neither parses nor quotes the URL again (measured: about
     5 µs a request for distinct ids, some 2% of a cold fetch). Give it only ids that
-    `protocol.validate_image_id` accepted.
+    `_protocol.validate_image_id` accepted.
 
     Raises:
         ValueError: `base_url` is not an absolute http(s) URL, or has a query or fragment.

@@ -20,8 +20,8 @@ import attrs
 from cachetools import LRUCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._protocol import header, header_list, parse_http_date
 from .models import GalleryImage
-from .protocol import header, header_list, parse_http_date
 
 __all__ = [
     "CachePolicy",

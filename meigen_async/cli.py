@@ -30,12 +30,12 @@ from urllib.parse import urlsplit
 
 import attrs
 
+from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
 from .errors import MeigenError
 from .models import GalleryImage, unstructure_image
 from .prompt import PromptKind
-from .protocol import validate_image_id
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
 from .testing import FakeGallery, load_jsonl, sample_images

@@ -18,13 +18,13 @@ from ._bulk import gather_images, refuse_single_id, stream_images
 from ._core import COALESCED, Lookup, Tally, look_up, remembered_404
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
+from ._protocol import validate_image_id
 from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls
 from ._upstream import Pacer, Upstream, pacer_for
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
 from .models import GalleryImage, ImageResult, SessionStats
-from .protocol import validate_image_id
 from .retry import RetryPolicy
 from .shared import SharedCache
 

@@ -10,17 +10,7 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from meigen_async.errors import (
-    ApiError,
-    ImageNotFound,
-    InvalidImageId,
-    InvalidResponse,
-    MeigenError,
-    RateLimited,
-    ServerError,
-)
-from meigen_async.models import GalleryImage
-from meigen_async.protocol import (
+from meigen_async._protocol import (
     MAX_ID_LENGTH,
     decode_response,
     error_for_status,
@@ -31,6 +21,16 @@ from meigen_async.protocol import (
     parse_retry_after,
     validate_image_id,
 )
+from meigen_async.errors import (
+    ApiError,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidResponse,
+    MeigenError,
+    RateLimited,
+    ServerError,
+)
+from meigen_async.models import GalleryImage
 from meigen_async.retry import is_retryable
 
 ID = "2009629483448627597"

@@ -16,7 +16,7 @@ from meigen_async import (
     ServerError,
     TransportError,
 )
-from meigen_async.protocol import error_for_status
+from meigen_async._protocol import error_for_status
 from meigen_async.retry import RETRYABLE_STATUSES, RetryPolicy, is_retryable
 
 RETRYABLE = [408, 429, 500, 502, 503, 504]

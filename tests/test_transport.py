@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from meigen_async._protocol import image_url
 from meigen_async._transport import AiohttpTransport, RawResponse, image_urls
 from meigen_async.errors import InvalidResponse, TransportError
-from meigen_async.protocol import image_url
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
