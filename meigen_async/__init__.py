@@ -11,6 +11,7 @@ from .errors import (
     ServerError,
     TransportError,
 )
+from .limits import LocalRateLimiter, RateLimiter
 from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
@@ -24,11 +25,13 @@ __all__ = [
     "ImageResult",
     "InvalidImageId",
     "InvalidResponse",
+    "LocalRateLimiter",
     "MeigenError",
     "Prompt",
     "PromptKind",
     "PromptSegment",
     "RateLimited",
+    "RateLimiter",
     "RetryPolicy",
     "ServerError",
     "SessionStats",

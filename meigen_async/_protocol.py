@@ -8,6 +8,7 @@ calls these; tests exercise them with sample bodies and headers alone.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -30,7 +31,9 @@ from .errors import (
 from .models import GalleryImage, structure_image
 
 __all__ = [
+    "MAX_COOL_DOWN",
     "MAX_ID_LENGTH",
+    "cool_down_after",
     "decode_response",
     "error_for_status",
     "header",
@@ -44,6 +47,13 @@ __all__ = [
 
 MAX_ID_LENGTH = 128
 """The longest id accepted."""
+
+MAX_COOL_DOWN = 300.0
+"""The longest pause a response can impose on every request (seconds): more is cut to this."""
+
+# An X-RateLimit-Reset this large is a time since the epoch (this one is 2001-09-09), smaller
+# is seconds from now: GitHub-style services send the one, the IETF RateLimit draft the other.
+_EPOCH_RESET = 1_000_000_000
 
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _SNIPPET = 80
@@ -142,6 +152,50 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
         when = when.replace(tzinfo=UTC)
     current = now if now is not None else datetime.now(UTC)
     return max(0.0, (when - current).total_seconds())
+
+
+def cool_down_after(status: int, headers: Mapping[str, str], *, now: float) -> float | None:
+    """Seconds during which no request should be sent, after this response; None: no pause.
+
+    - A 429 or a 503 with a readable `Retry-After` (seconds or an HTTP-date): that long.
+    - Any response with `X-RateLimit-Remaining: 0` and an `X-RateLimit-Reset`: until the
+      reset, the budget being spent before a 429 says so. The reset is read as seconds from
+      now, or as a time since the epoch when it is 1,000,000,000 or more.
+
+    `now` is the time since the epoch, for HTTP-dates and epoch resets. The pause is cut to
+    `MAX_COOL_DOWN`; one of 0, in the past, or unreadable is None.
+    """
+    pause: float | None = None
+    if status in (429, 503):
+        retry_after = header(headers, "Retry-After")
+        if retry_after is not None:
+            pause = parse_retry_after(retry_after, now=datetime.fromtimestamp(now, UTC))
+    if pause is None:
+        pause = _until_reset(headers, now)
+    if pause is None or not pause > 0:
+        return None
+    return min(pause, MAX_COOL_DOWN)
+
+
+def _until_reset(headers: Mapping[str, str], now: float) -> float | None:
+    remaining = header(headers, "X-RateLimit-Remaining")
+    if remaining is None or remaining.strip() != "0":
+        return None
+    reset = _number(header(headers, "X-RateLimit-Reset"))
+    if reset is None:
+        return None
+    return reset - now if reset >= _EPOCH_RESET else reset
+
+
+def _number(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        number = float(value.strip())
+    except ValueError:
+        return None
+    # float() also reads "nan", "inf" and "1_0": none is a reset.
+    return number if math.isfinite(number) and "_" not in value else None
 
 
 def decode_response(

@@ -8,15 +8,17 @@ What a response means and whether to retry are decided in `_core`.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, TypeVar
 
-from aiolimiter import AsyncLimiter
 from yarl import URL
 
 from ._core import SENT, Tally, after_failure, for_image
+from ._protocol import cool_down_after
 from ._transport import RawResponse
 from .errors import MeigenError, TransportError
+from .limits import LocalRateLimiter, RateLimiter
 from .retry import RetryPolicy
 
 __all__ = ["Pacer", "Upstream", "pacer_for"]
@@ -28,19 +30,20 @@ Send = Callable[[URL], Awaitable[RawResponse]]
 
 
 class Pacer(Protocol):
-    """Paces requests: `acquire` returns when the next one may go."""
+    """Paces requests: `acquire` returns when the next one may go.
+
+    The older, smaller form of `meigen_async.RateLimiter`: a pacer without `cool_down` is
+    never told of a 429.
+    """
 
     async def acquire(self) -> None:
         """Wait for the next request's turn."""
         ...
 
 
-def pacer_for(rate: float) -> AsyncLimiter:
-    """A local pacer letting `rate` requests a second through (aiolimiter's leaky bucket)."""
-    # aiolimiter counts whole requests per period: below one a second, widen the period.
-    if rate >= 1:
-        return AsyncLimiter(rate, 1.0)
-    return AsyncLimiter(1, 1.0 / rate)
+def pacer_for(rate: float) -> LocalRateLimiter:
+    """A local limiter letting `rate` requests a second through (aiolimiter's leaky bucket)."""
+    return LocalRateLimiter(rate)
 
 
 class Upstream:
@@ -51,8 +54,10 @@ class Upstream:
         concurrency: Most requests in flight at once, across every caller.
         retry: When a failed attempt is tried again.
         tally: Where requests and retries are counted.
-        pacer: Paces requests (None: as fast as the slots allow).
+        pacer: Paces requests (None: as fast as the slots allow); told of each response
+            asking for a pause (`cool_down_after`) when it is a `RateLimiter`.
         sleep: Waits before a retry; `asyncio.sleep` but in tests.
+        wall_clock: Seconds since the epoch, to read dates in headers; `time.time` but in tests.
 
     """
 
@@ -65,13 +70,16 @@ class Upstream:
         tally: Tally,
         pacer: Pacer | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self._send = send
         self._slots = asyncio.Semaphore(concurrency)
         self.retry = retry
         self._tally = tally
         self._pacer = pacer
+        self._limiter = pacer if isinstance(pacer, RateLimiter) else None
         self._sleep = sleep
+        self._wall_clock = wall_clock
         self.closed = False
 
     def close(self) -> None:
@@ -106,4 +114,10 @@ class Upstream:
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
-            return await self._send(url)
+            response = await self._send(url)
+        if self._limiter is not None:
+            pause = cool_down_after(response.status, response.headers, now=self._wall_clock())
+            if pause is not None:
+                # Before the response is read: the retry of a 429 already waits for the pause.
+                await self._limiter.cool_down(pause)
+        return response

@@ -24,6 +24,7 @@ from ._transport import AiohttpTransport, default_user_agent, image_urls
 from ._upstream import Pacer, Upstream, pacer_for
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
+from .limits import RateLimiter
 from .models import GalleryImage, ImageResult, SessionStats
 from .retry import RetryPolicy
 from .shared import SharedCache
@@ -60,8 +61,10 @@ class GallerySession:
         user_agent: The `User-Agent` header; a `meigen-async/<version>` one by default.
         retry: How failed requests are retried; `RetryPolicy(max_retries=0)` disables.
         rate_limit: Most upstream requests per second for the whole session (None: no
-            limit), or a pacer: any object with an `async acquire()` that returns when the
-            next request may go.
+            limit; a number: a `LocalRateLimiter`, with a cool-down after a 429), or a
+            `RateLimiter` (`acquire` and `cool_down`), such as
+            `meigen_async.redis_cache.RedisRateLimiter`, to share one budget among
+            processes; an object with `acquire` alone paces without cool-downs.
         stale_if_error: Seconds past expiry an image may still be served when the upstream
             fails with a retryable error after every retry.
         cache: None for an in-process `MemoryCache(cache_size, stale_window=stale_if_error)`;
@@ -87,7 +90,7 @@ class GallerySession:
         session: aiohttp.ClientSession | None = None,
         user_agent: str | None = None,
         retry: RetryPolicy | None = None,
-        rate_limit: float | Pacer | None = None,
+        rate_limit: float | RateLimiter | Pacer | None = None,
         stale_if_error: float = 0.0,
         cache: MemoryCache | SharedCache | None = None,
     ):

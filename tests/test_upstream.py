@@ -176,3 +176,43 @@ async def test_the_pacer_is_asked_once_per_attempt_inside_a_slot() -> None:
 
     assert pacer.acquired == 2  # the retry is paced too
     assert send.sent == 2
+
+
+class CoolingLimiter:
+    """A `RateLimiter` recording the cool-downs it is told of."""
+
+    def __init__(self) -> None:
+        self.acquired = 0
+        self.pauses: list[float] = []
+
+    async def acquire(self) -> None:
+        self.acquired += 1
+
+    async def cool_down(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+async def test_a_429_with_retry_after_tells_the_limiter_to_cool_down() -> None:
+    send = Script(RawResponse(429, {"Retry-After": "2"}, b""), OK)
+    limiter = CoolingLimiter()
+
+    await upstream(send, pacer=limiter).request(URL_, read_body, image_id="1")
+
+    assert limiter.pauses == [2.0]
+
+
+async def test_a_spent_budget_on_a_good_response_tells_the_limiter_to_cool_down() -> None:
+    headers = {"X-RateLimit-Remaining": "0", "X-RateLimit-Reset": "3"}
+    send = Script(RawResponse(200, headers, b"ok"))
+    limiter = CoolingLimiter()
+
+    assert await upstream(send, pacer=limiter).request(URL_, read_body, image_id="1") == b"ok"
+    assert limiter.pauses == [3.0]
+
+
+async def test_an_ordinary_response_tells_the_limiter_nothing() -> None:
+    limiter = CoolingLimiter()
+
+    await upstream(Script(OK), pacer=limiter).request(URL_, read_body, image_id="1")
+
+    assert (limiter.acquired, limiter.pauses) == (1, [])
