@@ -5,13 +5,14 @@ from .errors import (
     ApiError,
     ImageNotFound,
     InvalidImageId,
+    InvalidQuery,
     InvalidResponse,
     MeigenError,
     RateLimited,
     ServerError,
     TransportError,
 )
-from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
+from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
 from .session import GallerySession
@@ -23,6 +24,7 @@ __all__ = [
     "ImageNotFound",
     "ImageResult",
     "InvalidImageId",
+    "InvalidQuery",
     "InvalidResponse",
     "MeigenError",
     "Prompt",
@@ -30,6 +32,7 @@ __all__ = [
     "PromptSegment",
     "RateLimited",
     "RetryPolicy",
+    "SearchHit",
     "ServerError",
     "SessionStats",
     "TransportError",
