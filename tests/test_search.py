@@ -176,7 +176,7 @@ def test_a_503_is_server_error_with_its_retry_after() -> None:
 
 
 def test_a_redirect_is_api_error_naming_where_and_is_not_followed() -> None:
-    with pytest.raises(ApiError, match="redirected to 'http://evil.example/'") as caught:
+    with pytest.raises(ApiError, match=r"redirected to 'http://evil\.example/'") as caught:
         decode_page(302, {"Location": "http://evil.example/"}, b"")
     assert caught.value.status == 302
 

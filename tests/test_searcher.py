@@ -86,7 +86,7 @@ async def test_bad_queries_and_pages_are_refused_with_zero_requests(
     ):
         with pytest.raises(InvalidQuery):
             await call()
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="empty"):
         client.iter_search("")
     with pytest.raises(InvalidQuery):
         client.iter_search("neon", max_results=0)
