@@ -5,6 +5,7 @@ from .errors import (
     ApiError,
     ImageNotFound,
     InvalidImageId,
+    InvalidQuery,
     InvalidResponse,
     MeigenError,
     RateLimited,
@@ -12,7 +13,7 @@ from .errors import (
     TransportError,
 )
 from .limits import LocalRateLimiter, RateLimiter
-from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
+from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
 from .session import GallerySession
@@ -24,6 +25,7 @@ __all__ = [
     "ImageNotFound",
     "ImageResult",
     "InvalidImageId",
+    "InvalidQuery",
     "InvalidResponse",
     "LocalRateLimiter",
     "MeigenError",
@@ -33,6 +35,7 @@ __all__ = [
     "RateLimited",
     "RateLimiter",
     "RetryPolicy",
+    "SearchHit",
     "ServerError",
     "SessionStats",
     "TransportError",

@@ -120,13 +120,19 @@ def read_response(
 # -- After a failed attempt ----------------------------------------------------------------------
 
 
-def for_image(error: MeigenError, image_id: str, retries: int) -> MeigenError:
-    """`error`, from a transport that knows only URLs, told for `image_id` after `retries`."""
+def for_image(
+    error: MeigenError, image_id: str | None, retries: int, *, subject: str | None = None
+) -> MeigenError:
+    """`error`, from a transport that knows only URLs, told for `image_id` after `retries`.
+
+    `subject` names what the request was for instead of `image {image_id}` (a search page).
+    """
     after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    what = subject if subject is not None else f"image {image_id}"
     if isinstance(error, TransportError):
-        message = f"request for image {image_id} failed: {error.message}{after}"
+        message = f"request for {what} failed: {error.message}{after}"
     else:
-        message = f"image {image_id}: {error.message}{after}"
+        message = f"{what}: {error.message}{after}"
     return type(error)(message, image_id=image_id, status=error.status)
 
 

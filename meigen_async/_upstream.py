@@ -86,11 +86,19 @@ class Upstream:
         """Send nothing more: a fetch that outlives its cancellation fails instead."""
         self.closed = True
 
-    async def request(self, url: URL, read: Callable[[RawResponse], T], *, image_id: str) -> T:
+    async def request(
+        self,
+        url: URL,
+        read: Callable[[RawResponse], T],
+        *,
+        image_id: str | None,
+        subject: str | None = None,
+    ) -> T:
         """GET `url` until `read` accepts a response or the retry policy gives up.
 
         `read` turns a response into the result or raises its `MeigenError`; a transport
-        failure is one too. The last error is raised when no retry is left, naming `image_id`.
+        failure is one too. The last error is raised when no retry is left, naming `image_id`
+        (or `subject`, what a request for no image was for, such as a search page).
         """
         retries = 0
         while True:
@@ -100,7 +108,9 @@ class Upstream:
                 retry = after_failure(error, retries, self.retry)
                 if retry is None:
                     if error.image_id is None:
-                        raise for_image(error, image_id, retries) from error.__cause__
+                        raise for_image(
+                            error, image_id, retries, subject=subject
+                        ) from error.__cause__
                     raise
             retries += 1
             self._tally.record(retry)

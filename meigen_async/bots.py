@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import html
 import json
+import random
 import re
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from .models import GalleryImage
+from .models import GalleryImage, SearchHit
 from .prompt import Prompt, PromptKind
 
-__all__ = ["ELLIPSIS", "discord_embed", "telegram_caption", "truncate"]
+__all__ = ["ELLIPSIS", "discord_embed", "pick_inspiration", "telegram_caption", "truncate"]
 
 ELLIPSIS = "…"
 """What a cut text ends with: one character, U+2026."""
@@ -303,3 +304,22 @@ def telegram_caption(
         text = truncate(image.text.strip(), budget, utf16=True)
         body = escape(text) if markdown or not text else f"<i>{_html(text)}</i>"
     return f"{body}{separator}{escape(footer)}" if body else escape(footer)
+
+
+# -- Choosing from a search ----------------------------------------------------------------------
+
+
+def pick_inspiration(
+    hits: Sequence[SearchHit], *, top: int = 3, rng: random.Random | None = None
+) -> SearchHit | None:
+    """One of the `top` best-liked `hits`, at random (`rng`, or the module's); None if none.
+
+    What an `/inspire <words>` command shows: a well-liked image, not always the same one.
+
+        hit = pick_inspiration(await gallery.search("cherry blossom"))
+        image = await gallery.get_image(hit.id)
+    """
+    if not hits:
+        return None
+    best = sorted(hits, key=lambda hit: hit.likes, reverse=True)[: max(top, 1)]
+    return (rng or random).choice(best)

@@ -1,4 +1,4 @@
-"""The ``meigen-async`` command line: ``get``, ``bulk``, ``serve`` and ``demo``.
+"""The ``meigen-async`` command line: ``get``, ``bulk``, ``search``, ``serve`` and ``demo``.
 
 Every command that talks to a gallery takes ``--base-url`` (default: ``$MEIGEN_BASE_URL``, else
 the real service) and ``--timeout``. Bad input is reported as one ``meigen-async: error: ...``
@@ -34,7 +34,7 @@ from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
 from .errors import MeigenError
-from .models import GalleryImage, unstructure_image
+from .models import GalleryImage, SearchHit, converter, unstructure_image
 from .prompt import PromptKind
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
@@ -386,6 +386,37 @@ def _flush(out: TextIO, path: str | None) -> None:
         raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
 
 
+# -- search --------------------------------------------------------------------------------------
+
+
+def hit_line(hit: SearchHit) -> str:
+    """One readable line for a search hit: id, model, author, likes, the prompt's first line."""
+    author = f"@{hit.author_username}" if hit.author_username else hit.author_display_name or "-"
+    first = next((line.strip() for line in hit.text.splitlines() if line.strip()), "")
+    if len(first) > 80:
+        first = first[:79] + "…"
+    return f"{hit.id}  {hit.model or '-'}  {author}  {hit.likes:,} likes  {first}"
+
+
+async def _search(args: argparse.Namespace) -> int:
+    try:
+        async with _session(args) as session:
+            hits = session.iter_search(args.query, max_results=args.max, page_size=args.limit)
+            async with aclosing(hits):
+                async for hit in hits:
+                    if args.ids:
+                        _print(hit.id, sys.stdout)
+                    elif args.json:
+                        _print_json(converter.unstructure(hit), sys.stdout)
+                    else:
+                        _print(hit_line(hit), sys.stdout)
+    except ValueError as exc:  # InvalidQuery: before any request
+        raise CommandError(str(exc)) from None
+    except MeigenError as error:
+        raise CommandError(error.message, _EXIT_FAILED) from None
+    return _EXIT_OK
+
+
 # -- serve ---------------------------------------------------------------------------------------
 
 
@@ -639,6 +670,7 @@ examples:
   meigen-async get 2009629483448627597
   meigen-async get --json 2009629483448627597 2013572250852104677
   meigen-async bulk ids.txt -o images.jsonl --concurrency 32
+  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
   meigen-async serve --port 8080
   meigen-async demo
 
@@ -662,6 +694,17 @@ runs in flat memory. Each image is written as one JSON line as soon as it arrive
 completion order. Failed ids are listed on stderr at the end.
 
 exit status: 0 when every id was fetched, 1 when one failed, 2 for bad input."""
+
+_SEARCH_EXAMPLES = """\
+examples:
+  meigen-async search "cherry blossom"
+  meigen-async search "neon city" --json --max 50 > hits.jsonl
+  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+
+Pages through GET /api/search by offset, each id once, until the results end or --max.
+The service does not document its search, limits it per address, and may change it.
+
+exit status: 0 when the search ran, 1 when it failed, 2 for bad input."""
 
 _SERVE_EXAMPLES = """\
 examples:
@@ -756,6 +799,34 @@ def build_parser() -> argparse.ArgumentParser:
         help="most requests per second (default: no limit)",
     )
     bulk.set_defaults(run=_bulk)
+
+    search = commands.add_parser(
+        "search",
+        parents=[remote],
+        help="find gallery ids by words of their prompts or authors",
+        description="Search the gallery (GET /api/search) and list the hits.",
+        epilog=_SEARCH_EXAMPLES,
+        formatter_class=formatter,
+    )
+    search.add_argument("query", metavar="QUERY", help="the words to search for")
+    search.add_argument(
+        "--limit",
+        type=_int_at_least(1, 20),
+        default=20,
+        metavar="N",
+        help="results a page, 1 to 20 (default: 20)",
+    )
+    search.add_argument(
+        "--max",
+        type=_int_at_least(1),
+        default=100,
+        metavar="M",
+        help="the most hits to list (default: 100)",
+    )
+    shown = search.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="one JSON object a hit (JSON Lines)")
+    shown.add_argument("--ids", action="store_true", help="one id a line, for 'bulk -'")
+    search.set_defaults(run=_search)
 
     serve = commands.add_parser(
         "serve",

@@ -11,6 +11,7 @@ __all__ = [
     "ApiError",
     "ImageNotFound",
     "InvalidImageId",
+    "InvalidQuery",
     "InvalidResponse",
     "MeigenError",
     "RateLimited",
@@ -34,6 +35,10 @@ class MeigenError(Exception):
 
 class InvalidImageId(MeigenError, ValueError):
     """The id is not a gallery id; raised before any network I/O."""
+
+
+class InvalidQuery(MeigenError, ValueError):
+    """A search query, `limit` or `offset` the search does not take; raised before any I/O."""
 
 
 # -- The server answered with an error status ----------------------------------------------------

@@ -22,9 +22,11 @@ __all__ = [
     "GalleryImage",
     "ImageResult",
     "PromptSegment",
+    "SearchHit",
     "SessionStats",
     "converter",
     "structure_image",
+    "structure_search_hit",
     "unstructure_image",
 ]
 
@@ -65,6 +67,34 @@ class GalleryImage:
 
         Computed on first access and kept: later accesses return the same object.
         """
+        return parse_prompt(self.text)
+
+
+@attrs.frozen
+class SearchHit:
+    """One result of the gallery's search: a summary of an image, not the full image.
+
+    The fields the search answers with, under the names and with the types and null-tolerance
+    of `GalleryImage`. Fetch the full image with `GallerySession.get_image(hit.id)`; a hit is
+    never stored as an image.
+    """
+
+    id: str
+    text: str = ""
+    prompt_ready: bool | None = None
+    media_urls: tuple[str, ...] = ()
+    thumbnail_url: str | None = None
+    image_width: int | None = None
+    image_height: int | None = None
+    model: str | None = None
+    likes: int = 0
+    views: int = 0
+    author_username: str | None = None
+    author_display_name: str | None = None
+
+    @functools.cached_property
+    def prompt(self) -> Prompt:
+        """The text, parsed as `GalleryImage.prompt` parses it; computed once and kept."""
         return parse_prompt(self.text)
 
 
@@ -258,13 +288,44 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     return image
 
 
+_structure_hit = converter.get_structure_hook(SearchHit)
+
+
+def structure_search_hit(data: Any) -> SearchHit:
+    r"""Build a `SearchHit` from one item of a search page's `data` list.
+
+    As `structure_image`: unknown fields are ignored, nulls take the defaults, and lone
+    surrogates in strings become U+FFFD.
+
+    Raises:
+        InvalidResponse: the item is not an object, has no string `id`, or a field has the
+            wrong type (named in the message).
+
+    """
+    if not isinstance(data, dict):
+        raise InvalidResponse(f"a search result should be an object, got {type(data).__name__}")
+    present = {key: value for key, value in data.items() if value is not None}
+    try:
+        hit: SearchHit = _structure_hit(present, SearchHit)
+    except (
+        cattrs.BaseValidationError,
+        ValueError,
+        TypeError,
+        KeyError,
+        RecursionError,
+        OverflowError,
+    ) as exc:
+        raise InvalidResponse(_describe(exc, "search result")) from exc
+    return hit
+
+
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:
     """Turn an image back into the endpoint's ``data`` object (JSON-ready)."""
     data: dict[str, Any] = converter.unstructure(image)
     return data
 
 
-def _describe(exc: BaseException) -> str:
+def _describe(exc: BaseException, what: str = "image data") -> str:
     if isinstance(exc, cattrs.BaseValidationError):
-        return "invalid image data: " + "; ".join(cattrs.transform_error(exc, path="data"))
-    return f"invalid image data: {exc}"
+        return f"invalid {what}: " + "; ".join(cattrs.transform_error(exc, path="data"))
+    return f"invalid {what}: {exc}"

@@ -19,13 +19,14 @@ from ._core import COALESCED, Lookup, Tally, look_up, remembered_404
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
 from ._protocol import validate_image_id
+from ._searcher import Searcher
 from ._shared_tier import SharedTier
-from ._transport import AiohttpTransport, default_user_agent, image_urls
+from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
 from ._upstream import Pacer, Upstream, pacer_for
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
 from .limits import RateLimiter
-from .models import GalleryImage, ImageResult, SessionStats
+from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
 from .shared import SharedCache
 
@@ -72,6 +73,9 @@ class GallerySession:
             window apply); or a shared cache (a `SharedCache`, such as
             `meigen_async.redis_cache.RedisCache`), put behind an in-process cache built as
             for None. A cache passed in is never closed by this object.
+        search_ttl: Seconds to keep a search page when the server gives no lifetime (the
+            server's `Cache-Control` otherwise, capped at `max_ttl`); 0 keeps none. Pages
+            are kept in process only, apart from the images.
 
     """
 
@@ -93,6 +97,7 @@ class GallerySession:
         rate_limit: float | RateLimiter | Pacer | None = None,
         stale_if_error: float = 0.0,
         cache: MemoryCache | SharedCache | None = None,
+        search_ttl: float = 60.0,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -103,6 +108,7 @@ class GallerySession:
             "rate_limit must be positive",
         )
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
+        _require(search_ttl >= 0, "search_ttl must not be negative")
         self.base_url = base_url.rstrip("/")
         image_url = image_urls(self.base_url)
         self.concurrency = concurrency
@@ -146,6 +152,12 @@ class GallerySession:
             image_url=image_url,
             tally=self._tally,
         )
+        self._searcher = Searcher(
+            parse_base_url(self.base_url),
+            upstream=upstream,
+            policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
+            cache_pages=cache_size > 0 and search_ttl > 0,
+        )
         self._flights: SingleFlight[GalleryImage] = SingleFlight(
             fetcher.fetch,
             task_name=FETCH_TASK_PREFIX.__add__,
@@ -183,6 +195,7 @@ class GallerySession:
         self._closed = True
         self._upstream.close()
         await self._flights.close()
+        await self._searcher.close()
         if self._shared is not None:
             await self._shared.drain()
         await self._transport.close()
@@ -295,6 +308,44 @@ class GallerySession:
             concurrency=self.concurrency,
         )
 
+    # -- Search --------------------------------------------------------------------------------
+
+    async def search(self, query: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
+        """One page of the gallery's search for `query`: up to `limit` hits from `offset`.
+
+        `GET /api/search`, which the service does not document and may change. Pages share
+        this session's concurrency bound, rate limit and retries; each is kept `search_ttl`
+        seconds (or as the server's `Cache-Control` says), and identical pages asked at once
+        share one request. A page shorter than `limit` is the last.
+
+        Raises:
+            InvalidQuery: before any I/O, for a query that is blank or longer than 200
+                characters once stripped, or a `limit` outside 1 to 20 or `offset` below 0
+                (a `ValueError`).
+            MeigenError: the search failed, as one of its subclasses (`RateLimited` when the
+                service's limit on searches was hit and no retry was left).
+
+        """
+        self._ensure_open()
+        return await self._searcher.search(query, limit, offset)
+
+    def iter_search(
+        self, query: str, *, max_results: int | None = 100, page_size: int = 20
+    ) -> AsyncGenerator[SearchHit, None]:
+        """Yield the hits for `query`, page after page by offset, each id once.
+
+        One page is in flight at a time. It stops at a page shorter than `page_size`, after
+        `max_results` hits (None: no bound), or at a page that adds no id not yet yielded.
+        Pages are fetched and kept as by `search`.
+
+        Raises:
+            InvalidQuery: at the call, before any I/O, for a bad query, `page_size` (1 to
+                20) or `max_results` (>= 1 or None).
+
+        """
+        self._ensure_open()
+        return self._searcher.iter_search(query, max_results=max_results, page_size=page_size)
+
     # -- Cache control and counters ------------------------------------------------------------
 
     def invalidate(self, image_id: str) -> None:
@@ -308,12 +359,13 @@ class GallerySession:
             self._shared.invalidate_later(image_id)
 
     def clear_cache(self) -> None:
-        """Forget every cached image and remembered 404.
+        """Forget every cached image, remembered 404 and search page.
 
         With a shared cache, it is cleared too, for every process using it: in a task, as for
         `invalidate()`.
         """
         self._cache.clear()
+        self._searcher.clear()
         if self._shared is not None:
             self._shared.clear_later()
 

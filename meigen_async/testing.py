@@ -14,12 +14,18 @@ before the normal one (an error status with headers, a delay, a dropped connecti
 truncated or oversized body, an HTML page), so a test can prove its code survives them.
 
     gallery.script(image_id, Answer.error(503), Answer.rate_limited(retry_after=2))
+
+It serves ``GET /api/search?q=...&limit=N&offset=K`` too, over the same images: an image
+matches when every word of the query is a word of its text or its author's names, ignoring
+case. :attr:`FakeGallery.searches` records what each search asked, as the server read it, and
+:meth:`FakeGallery.script_search` queues faults for the search as :meth:`script` does for ids.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from importlib import resources
@@ -37,6 +43,7 @@ DEFAULT_CACHE_CONTROL = "public, max-age=3600"
 
 _NOT_FOUND = {"success": False, "error": "Image not found"}
 _JSON = "application/json"
+_WORD = re.compile(r"\w+")
 _CHUNK = 16384
 
 
@@ -193,6 +200,11 @@ class FakeGallery:
         self.paths: list[str] = []
         self.in_flight = 0
         self.max_in_flight = 0
+        self.searches: list[tuple[str, int, int]] = []
+        """Each search received: its query (`q`, decoded), limit and offset."""
+        self.search_scripts: deque[Answer] = deque()
+        self.search_cache_control: str | None = None
+        """The `Cache-Control` of search answers (None: no header)."""
         self._port = port
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -228,8 +240,18 @@ class FakeGallery:
         """Queue answers for ``image_id``, given in order before the normal one resumes."""
         self.scripts.setdefault(image_id, deque()).extend(answers)
 
+    def script_search(self, *answers: Answer) -> None:
+        """Queue answers for the next searches, whatever they ask, before normal ones resume."""
+        self.search_scripts.extend(answers)
+
+    def search_results(self, query: str) -> list[dict[str, Any]]:
+        """The images a search for `query` matches, in the order they were given."""
+        wanted = set(_WORD.findall(query.lower()))
+        return [data for data in self.images.values() if wanted and wanted <= _words(data)]
+
     def reset_counts(self) -> None:
         """Zero the request counters."""
+        self.searches.clear()
         self.requests.clear()
         self.user_agents.clear()
         self.paths.clear()
@@ -241,6 +263,7 @@ class FakeGallery:
         """Bind to 127.0.0.1 and start serving."""
         app = web.Application()
         app.router.add_get("/api/images/{image_id}", self._serve_image)
+        app.router.add_get("/api/search", self._serve_search)
         app.router.add_route("*", "/{tail:.*}", self._serve_unknown)
         app.on_response_prepare.append(self._count_path)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -301,14 +324,50 @@ class FakeGallery:
         status, headers, body = self._normal(image_id)
         return web.Response(status=status, headers=headers, body=body, content_type=_JSON)
 
+    async def _serve_search(self, request: web.Request) -> web.StreamResponse:
+        query = request.query.get("q", "")
+        try:
+            limit = int(request.query.get("limit", "20"))
+            offset = int(request.query.get("offset", "0"))
+        except ValueError:
+            limit = offset = -1
+        self.searches.append((query, limit, offset))
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            normal = self._search_answer(query, limit, offset)
+            if self.search_scripts:
+                answer = self.search_scripts.popleft()
+                return await self._scripted(request, "", answer, normal)
+            status, headers, body = normal
+            return web.Response(status=status, headers=headers, body=body, content_type=_JSON)
+        finally:
+            self.in_flight -= 1
+
+    def _search_answer(
+        self, query: str, limit: int, offset: int
+    ) -> tuple[int, dict[str, str], bytes]:
+        if not 1 <= limit <= 100 or offset < 0:
+            error = {"success": False, "error": "Invalid limit or offset"}
+            return 400, {}, json.dumps(error).encode()
+        page = self.search_results(query)[offset : offset + limit]
+        headers = {"Cache-Control": self.search_cache_control} if self.search_cache_control else {}
+        return 200, headers, json.dumps({"success": True, "data": page}).encode()
+
     async def _scripted(
-        self, request: web.Request, image_id: str, answer: Answer
+        self,
+        request: web.Request,
+        image_id: str,
+        answer: Answer,
+        normal: tuple[int, dict[str, str], bytes] | None = None,
     ) -> web.StreamResponse:
         if answer.delay:
             await asyncio.sleep(answer.delay)
         if answer.drop:
             return _hang_up(request)
-        status, headers, body = self._normal(image_id)
+        status, headers, body = normal if normal is not None else self._normal(image_id)
         if answer.body is not None:
             status, headers, body = answer.status, {}, answer.body
         headers = {**headers, **answer.headers}
@@ -335,3 +394,10 @@ class FakeGallery:
 
     async def _serve_unknown(self, request: web.Request) -> web.Response:
         return web.json_response({"success": False, "error": "Not found"}, status=404)
+
+
+def _words(data: Mapping[str, Any]) -> set[str]:
+    fields = (data.get("text"), data.get("author_username"), data.get("author_display_name"))
+    return {
+        word for field in fields if isinstance(field, str) for word in _WORD.findall(field.lower())
+    }

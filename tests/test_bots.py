@@ -376,3 +376,23 @@ def test_caption_cuts_a_huge_display_name_so_that_the_prompt_stays() -> None:
 def test_caption_refuses_another_parse_mode() -> None:
     with pytest.raises(ValueError, match="parse_mode"):
         telegram_caption(BASE, "Markdown")  # type: ignore[arg-type]
+
+
+# -- pick_inspiration ----------------------------------------------------------------------------
+
+
+def test_pick_inspiration_picks_among_the_best_liked_hits() -> None:
+    import random
+
+    from meigen_async import SearchHit
+    from meigen_async.bots import pick_inspiration
+
+    hits = [SearchHit(id=f"{n}", likes=n) for n in (5, 50, 1, 40, 30, 2)]
+    picks = {pick_inspiration(hits, top=3, rng=random.Random(seed)).id for seed in range(50)}  # type: ignore[union-attr]
+    assert picks == {"50", "40", "30"}
+
+
+def test_pick_inspiration_of_no_hits_is_none() -> None:
+    from meigen_async.bots import pick_inspiration
+
+    assert pick_inspiration([]) is None

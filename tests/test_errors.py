@@ -11,6 +11,7 @@ from meigen_async.errors import (
     ApiError,
     ImageNotFound,
     InvalidImageId,
+    InvalidQuery,
     InvalidResponse,
     MeigenError,
     RateLimited,
@@ -22,6 +23,7 @@ SUBCLASSES = [
     ApiError,
     ImageNotFound,
     InvalidImageId,
+    InvalidQuery,
     InvalidResponse,
     RateLimited,
     ServerError,
@@ -39,6 +41,10 @@ def test_every_exported_error_is_covered() -> None:
     exported = {getattr(errors, name) for name in errors.__all__}
 
     assert exported == {MeigenError, *SUBCLASSES}
+
+
+def test_invalid_query_is_also_a_value_error() -> None:
+    assert issubclass(InvalidQuery, ValueError)
 
 
 def test_invalid_image_id_is_also_a_value_error() -> None:

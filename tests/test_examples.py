@@ -128,7 +128,7 @@ async def test_discord_bot_opens_its_session_in_setup_hook_and_closes_it_in_clos
     shared = bot.gallery
     assert not shared.closed
     assert shared.base_url == gallery.url
-    assert [command.name for command in bot.tree.get_commands()] == ["image"]
+    assert [command.name for command in bot.tree.get_commands()] == ["image", "inspire"]
     await bot.close()
     assert shared.closed
 
@@ -264,3 +264,125 @@ def test_telegram_example_refuses_to_start_without_a_token(
     monkeypatch.delenv("TELEGRAM_TOKEN", raising=False)
     with pytest.raises(SystemExit, match="TELEGRAM_TOKEN"):
         telegram_bot.asyncio.run(telegram_bot.main())
+
+
+# -- /inspire ------------------------------------------------------------------------------------
+
+
+async def best_liked(session: GallerySession, words: str, top: int = 3) -> list[str]:
+    hits = await session.search(words)
+    return [hit.id for hit in sorted(hits, key=lambda hit: hit.likes, reverse=True)[:top]]
+
+
+async def test_discord_inspire_shows_one_of_the_best_liked_matches(
+    discord_bot: ModuleType, gallery: FakeGallery, session: GallerySession
+) -> None:
+    reply = await discord_bot.inspire_reply(session, "studio")
+    best = await best_liked(session, "studio")
+    [image_id] = [i for i in best if gallery.requests[i] == 1]
+    assert reply.title == discord_embed(await session.get_image(image_id))["title"]
+    assert len(gallery.searches) == 1
+
+
+async def test_discord_inspire_says_when_nothing_matches(
+    discord_bot: ModuleType, session: GallerySession
+) -> None:
+    assert await discord_bot.inspire_reply(session, "zebra") == (
+        "Nothing in the gallery matches 'zebra'."
+    )
+
+
+async def test_discord_inspire_refuses_a_blank_search_without_a_request(
+    discord_bot: ModuleType, gallery: FakeGallery, session: GallerySession
+) -> None:
+    assert (await discord_bot.inspire_reply(session, "  ")).startswith("Give me a few words")
+    assert gallery.total_requests == 0
+
+
+async def test_discord_inspire_says_when_the_gallery_is_unreachable(
+    discord_bot: ModuleType, unreachable: GallerySession
+) -> None:
+    reply = await discord_bot.inspire_reply(unreachable, "studio")
+    assert reply.startswith("The gallery is not answering")
+
+
+async def test_discord_inspire_command_defers_then_sends_the_embed(
+    discord_bot: ModuleType, session: GallerySession
+) -> None:
+    interaction = SimpleNamespace(
+        client=SimpleNamespace(gallery=session),
+        response=SimpleNamespace(defer=AsyncMock()),
+        followup=SimpleNamespace(send=AsyncMock()),
+    )
+    await discord_bot.inspire_command.callback(interaction, words="studio")
+    interaction.response.defer.assert_awaited_once()
+    assert isinstance(
+        interaction.followup.send.await_args.kwargs["embed"], discord_bot.discord.Embed
+    )
+
+
+async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
+    telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
+) -> None:
+    reply = await telegram_bot.inspire_reply(session, "studio")
+    best = await best_liked(session, "studio")
+    [image_id] = [i for i in best if gallery.requests[i] == 1]
+    image = await session.get_image(image_id)
+    assert reply == telegram_bot.Reply(image.media_urls[0], telegram_caption(image, "HTML"))
+
+
+async def test_telegram_inspire_explains_the_command_without_words(
+    telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
+) -> None:
+    assert await telegram_bot.inspire_reply(session, None) == telegram_bot.INSPIRE_USAGE
+    assert await telegram_bot.inspire_reply(session, "  ") == telegram_bot.INSPIRE_USAGE
+    assert gallery.total_requests == 0
+
+
+async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
+    telegram_bot: ModuleType, session: GallerySession
+) -> None:
+    reply = await telegram_bot.inspire_reply(session, "<b>zebra</b>")
+    assert reply == telegram_bot.Reply(
+        None, "Nothing in the gallery matches <i>&lt;b&gt;zebra&lt;/b&gt;</i>."
+    )
+
+
+async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_request(
+    telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
+) -> None:
+    reply = await telegram_bot.inspire_reply(session, "x" * 201)
+    assert reply.text.startswith("That search is too long")
+    assert gallery.total_requests == 0
+
+
+async def test_telegram_dispatcher_routes_inspire(
+    telegram_bot: ModuleType, gallery: FakeGallery
+) -> None:
+    from aiogram.types import Update
+
+    bot, calls = recording_bot()
+    text = "/inspire studio"
+    update = Update.model_validate(
+        {
+            "update_id": 1,
+            "message": {
+                "message_id": 1,
+                "date": 0,
+                "chat": {"id": 1, "type": "private"},
+                "from": {"id": 7, "is_bot": False, "first_name": "Ann"},
+                "text": text,
+                "entities": [{"type": "bot_command", "offset": 0, "length": len("/inspire")}],
+            },
+        },
+        context={"bot": bot},
+    )
+    dispatcher = telegram_bot.build_dispatcher(gallery.url)
+    await dispatcher.emit_startup(dispatcher=dispatcher)
+    try:
+        await dispatcher.feed_update(bot, update)
+    finally:
+        await dispatcher.emit_shutdown(dispatcher=dispatcher)
+    [sent] = calls
+    assert type(sent).__name__ == "SendPhoto"
+    assert gallery.searches == [("studio", 20, 0)]

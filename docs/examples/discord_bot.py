@@ -1,4 +1,4 @@
-"""A Discord bot that answers ``/image <id>`` with a MeiGen gallery image as an embed.
+"""A Discord bot that answers ``/image <id>`` and ``/inspire <words>`` with gallery embeds.
 
 Run it with ``pip install 'meigen-async[bots]'`` and::
 
@@ -21,8 +21,14 @@ import os
 import discord
 from discord import app_commands
 
-from meigen_async import GallerySession, ImageNotFound, InvalidImageId, MeigenError
-from meigen_async.bots import discord_embed
+from meigen_async import (
+    GallerySession,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidQuery,
+    MeigenError,
+)
+from meigen_async.bots import discord_embed, pick_inspiration
 from meigen_async.session import DEFAULT_BASE_URL
 
 
@@ -35,6 +41,20 @@ async def image_reply(gallery: GallerySession, image_id: str) -> discord.Embed |
         return "That is not a gallery id: ids are letters, digits, '_' and '-'."
     except ImageNotFound:
         return f"The gallery has no image {image_id}."
+    except MeigenError:
+        return "The gallery is not answering right now; please try again in a minute."
+    return discord.Embed.from_dict(discord_embed(image))
+
+
+async def inspire_reply(gallery: GallerySession, words: str) -> discord.Embed | str:
+    """What the bot answers to ``/inspire <words>``: one of the best-liked matches, or why not."""
+    try:
+        hit = pick_inspiration(await gallery.search(words))
+        if hit is None:
+            return f"Nothing in the gallery matches {words.strip()!r}."
+        image = await gallery.get_image(hit.id)
+    except InvalidQuery:
+        return "Give me a few words to search for (at most 200 characters)."
     except MeigenError:
         return "The gallery is not answering right now; please try again in a minute."
     return discord.Embed.from_dict(discord_embed(image))
@@ -58,9 +78,10 @@ class GalleryBot(discord.Client):
         return self._gallery
 
     async def setup_hook(self) -> None:
-        """Open the gallery session and register ``/image`` before connecting."""
+        """Open the gallery session and register the commands before connecting."""
         self._gallery = GallerySession(self.base_url)
         self.tree.add_command(image_command, guild=self.guild)
+        self.tree.add_command(inspire_command, guild=self.guild)
         await self.tree.sync(guild=self.guild)
 
     async def close(self) -> None:
@@ -79,6 +100,18 @@ async def image_command(interaction: discord.Interaction[GalleryBot], image_id: 
     # Discord wants an answer within 3 seconds: acknowledge now, send the result when it comes.
     await interaction.response.defer(thinking=True)
     reply = await image_reply(interaction.client.gallery, image_id)
+    if isinstance(reply, discord.Embed):
+        await interaction.followup.send(embed=reply)
+    else:
+        await interaction.followup.send(reply)
+
+
+@app_commands.command(name="inspire", description="Show a well-liked gallery image about a theme.")
+@app_commands.describe(words="What to look for, e.g. cherry blossom")
+async def inspire_command(interaction: discord.Interaction[GalleryBot], words: str) -> None:
+    """``/inspire <words>``: reply with the embed of one of the best-liked matches."""
+    await interaction.response.defer(thinking=True)
+    reply = await inspire_reply(interaction.client.gallery, words)
     if isinstance(reply, discord.Embed):
         await interaction.followup.send(embed=reply)
     else:

@@ -1,4 +1,4 @@
-"""A Telegram bot (aiogram 3) that answers ``/image <id>`` with a MeiGen gallery image.
+"""A Telegram bot (aiogram 3) answering ``/image <id>`` and ``/inspire <words>`` with images.
 
 Run it with ``pip install 'meigen-async[bots]'`` and::
 
@@ -15,6 +15,7 @@ against a ``FakeGallery``.
 from __future__ import annotations
 
 import asyncio
+import html
 import os
 from typing import NamedTuple
 
@@ -23,8 +24,15 @@ from aiogram.enums import ParseMode
 from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
-from meigen_async import GallerySession, ImageNotFound, InvalidImageId, MeigenError
-from meigen_async.bots import telegram_caption
+from meigen_async import (
+    GalleryImage,
+    GallerySession,
+    ImageNotFound,
+    InvalidImageId,
+    InvalidQuery,
+    MeigenError,
+)
+from meigen_async.bots import pick_inspiration, telegram_caption
 from meigen_async.session import DEFAULT_BASE_URL
 
 
@@ -53,14 +61,52 @@ async def image_reply(gallery: GallerySession, image_id: str | None) -> Reply:
         return Reply(None, f"The gallery has no image <code>{image_id}</code>.")
     except MeigenError:
         return Reply(None, "The gallery is not answering right now; please try again in a minute.")
+    return photo_reply(image)
+
+
+INSPIRE_USAGE = Reply(
+    None, "Send <code>/inspire &lt;words&gt;</code>, e.g. <code>/inspire cherry blossom</code>."
+)
+
+
+async def inspire_reply(gallery: GallerySession, words: str | None) -> Reply:
+    """What the bot answers to ``/inspire <words>``: one of the best-liked matches, or why not."""
+    if not words or not words.strip():
+        return INSPIRE_USAGE
+    try:
+        hit = pick_inspiration(await gallery.search(words))
+        if hit is None:
+            return Reply(
+                None, f"Nothing in the gallery matches <i>{html.escape(words.strip())}</i>."
+            )
+        image = await gallery.get_image(hit.id)
+    except InvalidQuery:
+        return Reply(None, "That search is too long: at most 200 characters.")
+    except MeigenError:
+        return Reply(None, "The gallery is not answering right now; please try again in a minute.")
+    return photo_reply(image)
+
+
+def photo_reply(image: GalleryImage) -> Reply:
+    """The photo of `image` with its HTML caption."""
     photo = image.media_urls[0] if image.media_urls else image.thumbnail_url
-    caption = telegram_caption(image, parse_mode="HTML")
-    return Reply(photo, caption)
+    return Reply(photo, telegram_caption(image, parse_mode="HTML"))
 
 
 async def image_command(message: Message, command: CommandObject, gallery: GallerySession) -> None:
     """``/image <id>``: reply with the photo and its caption."""
     reply = await image_reply(gallery, command.args)
+    if reply.photo is not None:
+        await message.answer_photo(reply.photo, caption=reply.text, parse_mode=ParseMode.HTML)
+    else:
+        await message.answer(reply.text, parse_mode=ParseMode.HTML)
+
+
+async def inspire_command(
+    message: Message, command: CommandObject, gallery: GallerySession
+) -> None:
+    """``/inspire <words>``: reply with one of the best-liked matches."""
+    reply = await inspire_reply(gallery, command.args)
     if reply.photo is not None:
         await message.answer_photo(reply.photo, caption=reply.text, parse_mode=ParseMode.HTML)
     else:
@@ -83,6 +129,7 @@ def build_dispatcher(base_url: str = DEFAULT_BASE_URL) -> Dispatcher:
     """A dispatcher with the ``/image`` handler and the session's lifecycle hooks."""
     router = Router(name="meigen-gallery")
     router.message.register(image_command, Command("image"))
+    router.message.register(inspire_command, Command("inspire"))
     dispatcher = Dispatcher(base_url=base_url)
     dispatcher.include_router(router)
     dispatcher.startup.register(open_gallery)

@@ -1,0 +1,309 @@
+"""`GallerySession.search` and `iter_search` over loopback, against FakeGallery.
+
+What the server saw is counted: each search `FakeGallery.searches` received, as it read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from meigen_async import (
+    ApiError,
+    GallerySession,
+    InvalidQuery,
+    RateLimited,
+    RetryPolicy,
+    SearchHit,
+)
+from meigen_async.testing import Answer, FakeGallery
+
+NO_WAIT = RetryPolicy(backoff_base=0, rate_limited_wait=0)
+
+
+def neon(count: int, start: int = 0) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{1000 + i}", "text": f"neon city at night, take {i}", "likes": i}
+        for i in range(start, start + count)
+    ]
+
+
+@pytest.fixture
+async def city() -> AsyncIterator[FakeGallery]:
+    """45 neon-city images and 5 others."""
+    others = [{"id": f"{9000 + i}", "text": "a quiet forest"} for i in range(5)]
+    async with FakeGallery([*neon(45), *others]) as fake:
+        yield fake
+
+
+@pytest.fixture
+async def client(city: FakeGallery) -> AsyncIterator[GallerySession]:
+    async with GallerySession(city.url, retry=NO_WAIT) as session:
+        yield session
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["cherry blossom", "rock & roll", "#sunset", "what?", "a+b=c/d", "100% 桜 ネオン", "é\u0301"],
+)
+async def test_the_server_sees_exactly_the_query_sent(
+    gallery: FakeGallery, session: GallerySession, query: str
+) -> None:
+    await session.search(query)
+    assert gallery.searches == [(query, 20, 0)]
+
+
+async def test_the_query_goes_percent_encoded_with_type_posts(
+    gallery: FakeGallery, session: GallerySession
+) -> None:
+    await session.search("rock & roll #1?", limit=5, offset=10)
+    assert gallery.paths == [
+        "/api/search?q=rock%20%26%20roll%20%231%3F&type=posts&limit=5&offset=10"
+    ]
+
+
+async def test_search_returns_the_matching_hits_of_the_page(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    hits = await client.search("NEON city", limit=5, offset=40)
+    assert [hit.id for hit in hits] == ["1040", "1041", "1042", "1043", "1044"]
+    assert hits[0] == SearchHit(id="1040", text="neon city at night, take 40", likes=40)
+
+
+async def test_bad_queries_and_pages_are_refused_with_zero_requests(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    for call in (
+        lambda: client.search("   "),
+        lambda: client.search("x" * 201),
+        lambda: client.search("neon", limit=0),
+        lambda: client.search("neon", limit=21),
+        lambda: client.search("neon", offset=-20),
+    ):
+        with pytest.raises(InvalidQuery):
+            await call()
+    with pytest.raises(ValueError, match="empty"):
+        client.iter_search("")
+    with pytest.raises(InvalidQuery):
+        client.iter_search("neon", max_results=0)
+    assert city.total_requests == 0
+
+
+async def test_iter_search_pages_by_offset_until_a_short_page(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    ids = [hit.id async for hit in client.iter_search("neon", max_results=None)]
+    assert ids == [f"{1000 + i}" for i in range(45)]
+    assert city.searches == [("neon", 20, 0), ("neon", 20, 20), ("neon", 20, 40)]
+
+
+async def test_iter_search_stops_at_max_results(city: FakeGallery, client: GallerySession) -> None:
+    hits = [hit async for hit in client.iter_search("neon", max_results=25)]
+    assert len(hits) == 25
+    assert [offset for _, _, offset in city.searches] == [0, 20]
+
+
+async def test_iter_search_stops_at_an_empty_page(client: GallerySession) -> None:
+    async with FakeGallery(neon(20)) as exact:
+        async with GallerySession(exact.url) as session:
+            hits = [hit async for hit in session.iter_search("neon", max_results=None)]
+        assert len(hits) == 20
+        assert [offset for _, _, offset in exact.searches] == [0, 20]
+
+
+async def test_iter_search_yields_each_id_once_when_the_pages_shift(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    seen = []
+    async for hit in client.iter_search("neon", max_results=None, page_size=10):
+        seen.append(hit.id)
+        if len(seen) == 10:
+            # A new image at the top moves everything one place down: offset 10 starts
+            # with the tenth hit, already yielded.
+            city.images = {"999": neon(1, 99)[0] | {"id": "999"}, **city.images}
+    # The new one came before the offsets reached; the shifted-in repeat was dropped.
+    assert seen == [f"{1000 + i}" for i in range(45)]
+
+
+async def test_iter_search_stops_at_a_page_adding_no_new_id(city: FakeGallery) -> None:
+    repeated = Answer(body=b'{"success": true, "data": [{"id": "1"}, {"id": "2"}]}')
+    city.script_search(repeated, repeated, repeated)
+    async with GallerySession(city.url) as session:
+        ids = [hit.id async for hit in session.iter_search("neon", max_results=None, page_size=2)]
+    assert ids == ["1", "2"]
+    assert len(city.searches) == 2
+
+
+async def test_iter_search_keeps_one_page_in_flight(images: list[dict[str, Any]]) -> None:
+    async with FakeGallery(neon(60), delay=0.02) as slow:
+        async with GallerySession(slow.url) as session:
+            hits = [hit async for hit in session.iter_search("neon", max_results=60)]
+        assert len(hits) == 60
+        assert slow.max_in_flight == 1
+
+
+async def test_a_429_during_paging_is_retried_after_its_retry_after(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    pages = client.iter_search("neon", max_results=None)
+    first = [await anext(pages) for _ in range(20)]
+    city.script_search(Answer.rate_limited(retry_after=0))
+    rest = [hit async for hit in pages]
+    assert len(first) + len(rest) == 45
+    assert [offset for _, _, offset in city.searches] == [0, 20, 20, 40]
+    assert client.stats.retries == 1
+
+
+async def test_a_429_with_no_retry_left_is_rate_limited_naming_the_page(
+    city: FakeGallery,
+) -> None:
+    city.script_search(Answer.rate_limited(retry_after=0), Answer.rate_limited(retry_after=0))
+    async with GallerySession(city.url, retry=RetryPolicy(max_retries=1)) as session:
+        with pytest.raises(
+            RateLimited, match=r"search 'neon' \(limit 20, offset 0\).*after 1 retry"
+        ):
+            await session.search("neon")
+    assert len(city.searches) == 2
+
+
+async def test_a_page_is_served_from_its_cache_the_second_time(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    first = await client.search("neon", limit=5)
+    again = await client.search("  neon ", limit=5)
+    assert first == again
+    assert len(city.searches) == 1
+
+
+async def test_iter_search_reuses_pages_search_fetched(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    await client.search("neon")
+    hits = [hit async for hit in client.iter_search("neon", max_results=20)]
+    assert len(hits) == 20
+    assert len(city.searches) == 1
+
+
+async def test_pages_of_other_limits_or_offsets_are_fetched_apart(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    await client.search("neon", limit=5)
+    await client.search("neon", limit=6)
+    await client.search("neon", limit=5, offset=5)
+    assert len(city.searches) == 3
+
+
+async def test_search_ttl_zero_keeps_no_page(city: FakeGallery) -> None:
+    async with GallerySession(city.url, search_ttl=0) as session:
+        await session.search("neon")
+        await session.search("neon")
+    assert len(city.searches) == 2
+
+
+async def test_the_servers_no_store_keeps_no_page(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    city.search_cache_control = "no-store"
+    await client.search("neon")
+    await client.search("neon")
+    assert len(city.searches) == 2
+
+
+async def test_clear_cache_forgets_the_pages(city: FakeGallery, client: GallerySession) -> None:
+    await client.search("neon")
+    client.clear_cache()
+    await client.search("neon")
+    assert len(city.searches) == 2
+
+
+async def test_a_hit_is_never_stored_as_an_image(city: FakeGallery, client: GallerySession) -> None:
+    [hit] = await client.search("neon", limit=1)
+    image = await client.get_image(hit.id)
+    assert city.requests[hit.id] == 1
+    assert image.text == hit.text
+
+
+async def test_identical_pages_asked_at_once_share_one_request(city: FakeGallery) -> None:
+    city.delay = 0.05
+    async with GallerySession(city.url) as session:
+        pages = await asyncio.gather(*(session.search("neon") for _ in range(5)))
+    assert all(page == pages[0] for page in pages)
+    assert len(city.searches) == 1
+
+
+async def test_searches_and_images_share_the_concurrency_bound(city: FakeGallery) -> None:
+    city.delay = 0.02
+    async with GallerySession(city.url, concurrency=1) as session:
+        await asyncio.gather(
+            session.search("neon"),
+            session.search("forest"),
+            session.get_image("1000"),
+            session.get_image("1001"),
+        )
+    assert city.max_in_flight == 1
+    assert city.total_requests == 4
+
+
+async def test_searches_share_the_rate_limit(city: FakeGallery) -> None:
+    class Pacer:
+        acquired = 0
+
+        async def acquire(self) -> None:
+            Pacer.acquired += 1
+
+    async with GallerySession(city.url, rate_limit=Pacer()) as session:
+        await session.search("neon")
+        await session.get_image("1000")
+    assert Pacer.acquired == 2
+
+
+async def test_a_service_error_envelope_is_api_error(city: FakeGallery) -> None:
+    city.script_search(Answer(body=b'{"error": "search is disabled"}'))
+    async with GallerySession(city.url) as session:
+        with pytest.raises(ApiError, match="search is disabled"):
+            await session.search("neon")
+
+
+async def test_a_redirect_is_refused_and_never_followed() -> None:
+    seen: list[str] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        raise web.HTTPFound("/elsewhere")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    try:
+        async with GallerySession(f"http://{host}:{port}") as session:
+            with pytest.raises(ApiError, match="does not follow redirects") as caught:
+                await session.search("neon")
+    finally:
+        await runner.cleanup()
+    assert caught.value.status == 302
+    assert seen == ["/api/search"]
+
+
+async def test_an_unreachable_gallery_is_a_transport_error_naming_the_search() -> None:
+    async with FakeGallery() as stopped:
+        url = stopped.url
+    async with GallerySession(url, retry=RetryPolicy(max_retries=0)) as session:
+        with pytest.raises(Exception, match=r"request for search 'neon' .* failed") as caught:
+            await session.search("neon")
+    assert type(caught.value).__name__ == "TransportError"
+
+
+async def test_search_on_a_closed_session_is_refused(city: FakeGallery) -> None:
+    session = GallerySession(city.url)
+    await session.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await session.search("neon")
+    assert city.total_requests == 0
