@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: test demo docs bench clean
+.PHONY: test quick demo docs bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,11 @@ test: $(VENV)/.installed
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
+# The tests not marked slow (no subprocesses, Redis processes, big hypothesis runs or real
+# waits): a few seconds, for the edit-test loop. `make test` still runs everything.
+quick: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "not slow"
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m meigen_async demo

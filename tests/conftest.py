@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from clocks import FakeTimer
+from helpers import FAST
 
 from meigen_async import GallerySession
 from meigen_async.testing import FakeGallery, sample_images
@@ -60,6 +61,13 @@ async def session(gallery: FakeGallery) -> AsyncIterator[GallerySession]:
     """A session on the sample gallery."""
     async with GallerySession(gallery.url) as client:
         yield client
+
+
+@pytest.fixture
+async def client(gallery: FakeGallery) -> AsyncIterator[GallerySession]:
+    """A session on the sample gallery that retries without waiting."""
+    async with GallerySession(gallery.url, retry=FAST) as session:
+        yield session
 
 
 @pytest.fixture

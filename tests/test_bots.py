@@ -134,6 +134,7 @@ def embed_texts(embed: dict[str, Any]) -> list[str]:
     return texts
 
 
+@pytest.mark.slow
 @given(images)
 @property_settings
 def test_embed_stays_within_every_discord_limit(gallery_image: GalleryImage) -> None:
@@ -149,6 +150,7 @@ def test_embed_stays_within_every_discord_limit(gallery_image: GalleryImage) -> 
     assert sum(map(len, embed_texts(embed))) <= 6000
 
 
+@pytest.mark.slow
 @given(images)
 @property_settings
 def test_embed_never_leaves_a_code_fence_open(gallery_image: GalleryImage) -> None:
@@ -306,6 +308,7 @@ def visible_markdown_v2(caption: str) -> str:
 # -- Telegram ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @given(images)
 @property_settings
 def test_html_caption_is_well_formed_and_shows_at_most_1024_characters(
@@ -314,6 +317,7 @@ def test_html_caption_is_well_formed_and_shows_at_most_1024_characters(
     assert utf16_len(visible_html(telegram_caption(gallery_image, "HTML"))) <= 1024
 
 
+@pytest.mark.slow
 @given(images)
 @property_settings
 def test_markdown_v2_caption_is_escaped_and_shows_at_most_1024_characters(

@@ -194,6 +194,7 @@ async def test_get_json_writes_lone_surrogates_replaced(
     assert (printed["text"], printed["author_display_name"]) == (LONE_TEXT_READ, LONE_NAME_READ)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("as_json", [False, True], ids=["summary", "json"])
 async def test_get_prints_to_an_ascii_stdout_without_crashing(
     broken_gallery: FakeGallery, as_json: bool
@@ -358,6 +359,7 @@ def test_base_url_problem_accepts_what_a_session_accepts(url: str) -> None:
     assert base_url_problem(url) is None
 
 
+@pytest.mark.slow
 async def test_a_bad_base_url_is_one_error_line_with_status_2_from_the_real_entry_point() -> None:
     process = await start_cli("bulk", "-", env={"MEIGEN_BASE_URL": "http://127.0.0.1:8000/?x=1"})
     out, err = await asyncio.wait_for(process.communicate(PLAIN_ID.encode()), timeout=30)
@@ -416,6 +418,7 @@ async def test_bulk_skips_blank_lines_and_surrounding_whitespace(
     assert captured.err == ""
 
 
+@pytest.mark.slow
 async def test_bulk_reads_stdin_and_writes_json_lines_to_stdout(gallery: FakeGallery) -> None:
     process = await start_cli("bulk", "-", "--base-url", gallery.url)
     ids = "\n".join(gallery.ids[:10]).encode()
@@ -473,6 +476,7 @@ async def test_bulk_writes_lone_surrogates_to_stdout_replaced(
     assert "ゆき" in "".join(lines)  # the other lines stay readable UTF-8
 
 
+@pytest.mark.slow
 async def test_bulk_writes_json_lines_to_an_ascii_stdout(broken_gallery: FakeGallery) -> None:
     argv = ["bulk", "-", "--concurrency", "1", "--base-url", broken_gallery.url]
     process = await start_cli(*argv, env={"PYTHONIOENCODING": "ascii:strict"})
@@ -529,6 +533,7 @@ async def test_bulk_reports_a_full_disk_in_one_line_with_status_1(
     assert line == "meigen-async: error: cannot write '/dev/full': No space left on device"
 
 
+@pytest.mark.slow
 async def test_bulk_keeps_at_most_concurrency_requests_in_flight(
     slow_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -666,6 +671,7 @@ async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None
     return err.decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
     err = await serve_then_stop(stop)
@@ -673,6 +679,7 @@ async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Sig
     assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
     stop: signal.Signals,
@@ -754,6 +761,7 @@ def test_demo_without_rich_says_how_to_install_it(
 # -- The package ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_importing_the_package_imports_neither_the_command_line_nor_rich() -> None:
     check = (
         "import sys, meigen_async, meigen_async.bots, meigen_async.testing; "

@@ -46,6 +46,7 @@ def discord_bot() -> ModuleType:
     return load_example("discord_bot", "discord")
 
 
+# Importing aiogram takes seconds: the tests using this fixture are marked slow.
 @pytest.fixture(scope="module")
 def telegram_bot() -> ModuleType:
     return load_example("telegram_bot", "aiogram")
@@ -144,6 +145,7 @@ def test_discord_example_refuses_to_start_without_a_token(
 # -- Telegram ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_telegram_reply_is_the_photo_with_its_html_caption(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -152,6 +154,7 @@ async def test_telegram_reply_is_the_photo_with_its_html_caption(
     assert reply == telegram_bot.Reply(image.media_urls[0], telegram_caption(image, "HTML"))
 
 
+@pytest.mark.slow
 async def test_telegram_reply_explains_the_command_when_the_id_is_missing(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -159,6 +162,7 @@ async def test_telegram_reply_explains_the_command_when_the_id_is_missing(
     assert await telegram_bot.image_reply(session, "   ") == telegram_bot.USAGE
 
 
+@pytest.mark.slow
 async def test_telegram_reply_says_when_the_gallery_has_no_such_image(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -166,6 +170,7 @@ async def test_telegram_reply_says_when_the_gallery_has_no_such_image(
     assert reply == telegram_bot.Reply(None, f"The gallery has no image <code>{MISSING}</code>.")
 
 
+@pytest.mark.slow
 async def test_telegram_reply_says_when_the_id_is_not_a_gallery_id(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -175,6 +180,7 @@ async def test_telegram_reply_says_when_the_id_is_not_a_gallery_id(
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_telegram_reply_says_when_the_gallery_is_unreachable(
     telegram_bot: ModuleType, unreachable: GallerySession
 ) -> None:
@@ -182,6 +188,7 @@ async def test_telegram_reply_says_when_the_gallery_is_unreachable(
     assert reply.text.startswith("The gallery is not answering")
 
 
+@pytest.mark.slow
 async def test_telegram_dispatcher_opens_the_session_at_startup_and_closes_it_at_shutdown(
     telegram_bot: ModuleType, gallery: FakeGallery
 ) -> None:
@@ -222,6 +229,7 @@ def recording_bot() -> tuple[Any, list[Any]]:
     return Bot("123456:TEST-TOKEN", session=RecordingSession()), calls
 
 
+@pytest.mark.slow
 async def test_telegram_image_command_sends_the_photo_through_the_dispatcher(
     telegram_bot: ModuleType, gallery: FakeGallery
 ) -> None:
@@ -258,6 +266,7 @@ async def test_telegram_image_command_sends_the_photo_through_the_dispatcher(
     assert gallery.requests[PLAIN_ID] == 1
 
 
+@pytest.mark.slow
 def test_telegram_example_refuses_to_start_without_a_token(
     telegram_bot: ModuleType, monkeypatch: pytest.MonkeyPatch
 ) -> None:

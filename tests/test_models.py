@@ -453,6 +453,7 @@ JSON_VALUES = st.recursive(
 FIELDS = [a.name for a in attrs.fields(GalleryImage)]
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES))
 def test_any_json_in_any_field_is_an_image_or_invalid_response(changes: dict[str, Any]) -> None:
@@ -465,6 +466,7 @@ def test_any_json_in_any_field_is_an_image_or_invalid_response(changes: dict[str
         text.encode("utf-8")  # strict: a lone surrogate would raise
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(STRING_FIELDS), UNTRUSTED_TEXT)
 def test_every_string_of_an_image_encodes_as_utf8(name: str, text: str) -> None:

@@ -468,6 +468,7 @@ json_documents = st.one_of(
 )
 
 
+@pytest.mark.slow
 @settings(deadline=None)
 @given(json_documents, st.sampled_from([None, 2]), st.booleans())
 def test_valid_json_round_trips_to_json_loads(

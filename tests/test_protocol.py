@@ -1,4 +1,8 @@
-"""The endpoint's contract as plain functions: ids, the URL, Retry-After, and decoding bodies."""
+"""The endpoint's contract as plain functions: ids, the URL, Retry-After, and decoding bodies.
+
+The last section checks the bodies that are not the envelope end to end, against FakeGallery
+over loopback: what the caller of a session sees of them.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,10 @@ from email.utils import format_datetime
 from typing import Any
 
 import pytest
+from helpers import fast
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from meigen_async import GallerySession
 from meigen_async._protocol import (
     MAX_ID_LENGTH,
     decode_response,
@@ -32,6 +38,7 @@ from meigen_async.errors import (
 )
 from meigen_async.models import GalleryImage
 from meigen_async.retry import is_retryable
+from meigen_async.testing import Answer, FakeGallery
 
 ID = "2009629483448627597"
 JSON_HEADERS = {"Content-Type": "application/json"}
@@ -589,3 +596,50 @@ def test_a_lone_surrogate_in_an_error_envelope_on_a_200_is_replaced() -> None:
         decode(200, b'{"success": false, "error": "down \\ud800"}')
 
     str(caught.value).encode("utf-8")
+
+
+# -- Over loopback: bodies that are not the envelope -------------------------------------------
+
+
+async def test_an_html_page_is_an_invalid_response_quoting_the_page(
+    client: GallerySession, gallery: FakeGallery
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.html())
+    with pytest.raises(InvalidResponse) as caught:
+        await client.get_image(image_id)
+    message = str(caught.value)
+    assert "DOCTYPE" in message
+    assert len(message) < 300  # a snippet, not the whole page
+    assert caught.value.image_id == image_id
+
+
+async def test_truncated_json_is_an_invalid_response_quoting_the_body(
+    client: GallerySession, gallery: FakeGallery
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.truncated(keep=40))
+    with pytest.raises(InvalidResponse, match="not JSON") as caught:
+        await client.get_image(image_id)
+    assert '{"success": true' in str(caught.value)
+
+
+async def test_json_without_the_envelope_is_an_invalid_response(
+    client: GallerySession, gallery: FakeGallery
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer(body=b'{"id": "1"}'))
+    with pytest.raises(InvalidResponse) as caught:
+        await client.get_image(image_id)
+    assert '"id"' in str(caught.value)
+
+
+async def test_an_html_error_page_keeps_its_status_and_quotes_the_page(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.html(502))
+    async with GallerySession(gallery.url, retry=fast(max_retries=0)) as client:
+        with pytest.raises(ServerError, match="Bad Gateway") as caught:
+            await client.get_image(image_id)
+    assert caught.value.status == 502

@@ -257,6 +257,7 @@ def test_a_success_of_an_operation_sent_before_the_outage_does_not_end_it() -> N
 # -- Importing and building -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_importing_the_package_does_not_import_redis() -> None:
     code = "import sys, meigen_async, meigen_async.cache; print('redis' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
@@ -383,6 +384,7 @@ async def test_a_waiter_looks_at_the_lease_before_the_value() -> None:
 # -- Sharing between processes --------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_an_image_fetched_by_one_process_is_read_from_redis_by_another(
     gallery: FakeGallery, redis_server: RedisServer
 ) -> None:
@@ -396,6 +398,7 @@ async def test_an_image_fetched_by_one_process_is_read_from_redis_by_another(
     assert session.stats.requests == 0
 
 
+@pytest.mark.slow
 async def test_concurrent_misses_in_four_processes_make_one_request_per_id(
     images: list[dict[str, Any]], redis_server: RedisServer
 ) -> None:
@@ -407,6 +410,7 @@ async def test_concurrent_misses_in_four_processes_make_one_request_per_id(
     assert sum(w["requests"] for w in workers) == len(ids)
 
 
+@pytest.mark.slow
 async def test_a_404_found_by_one_process_is_shared_with_another(
     gallery: FakeGallery, redis_server: RedisServer
 ) -> None:
@@ -666,6 +670,7 @@ async def test_a_deeply_nested_redis_value_is_a_miss_fetched_upstream(
 # -- Leases ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_lease_nobody_releases_is_waited_for_a_bounded_time_then_fetched_past(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
@@ -779,6 +784,7 @@ async def test_a_redis_that_refuses_connections_fails_no_call_and_warns_once(
     assert len(records(logs, logging.WARNING)) == 1
 
 
+@pytest.mark.slow
 async def test_a_redis_that_never_answers_costs_at_most_its_timeout(
     gallery: FakeGallery,
 ) -> None:
@@ -794,6 +800,7 @@ async def test_a_redis_that_never_answers_costs_at_most_its_timeout(
     assert elapsed < 1.5
 
 
+@pytest.mark.slow
 async def test_a_redis_that_stops_answering_costs_a_call_at_most_its_timeout(
     gallery: FakeGallery, redis_server: RedisServer
 ) -> None:
@@ -821,6 +828,7 @@ async def test_killing_redis_mid_run_loses_no_request(
     assert len(records(logs, logging.WARNING)) == 1
 
 
+@pytest.mark.slow
 async def test_a_restarted_redis_is_used_again(
     gallery: FakeGallery,
     redis_server: RedisServer,

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from helpers import in_backoff
 from multidict import CIMultiDict
 
 from meigen_async import (
@@ -26,7 +27,7 @@ from meigen_async import (
 )
 from meigen_async.models import structure_image
 from meigen_async.session import FETCH_TASK_PREFIX
-from meigen_async.testing import FakeGallery
+from meigen_async.testing import Answer, FakeGallery
 
 NO_RETRY = RetryPolicy(max_retries=0)
 
@@ -430,6 +431,7 @@ async def test_cancelling_get_images_leaves_no_fetch_behind(
     assert (await slow_session.get_image(slow_gallery.ids[0])).id == slow_gallery.ids[0]
 
 
+@pytest.mark.slow
 async def test_concurrency_bounds_requests_in_flight_across_calls(
     slow_gallery: FakeGallery,
 ) -> None:
@@ -472,6 +474,7 @@ async def test_iter_images_accepts_an_async_iterable(
     assert sorted(r.id for r in results) == sorted(gallery.ids[:8])
 
 
+@pytest.mark.slow
 async def test_iter_images_consumes_ids_lazily_and_keeps_concurrency_in_flight(
     slow_gallery: FakeGallery,
 ) -> None:
@@ -608,6 +611,7 @@ class DeafToCancellation:
         pass
 
 
+@pytest.mark.slow
 async def test_close_waits_for_a_fetch_whose_waiter_left_and_that_lost_its_cancellation(
     gallery: FakeGallery,
 ) -> None:
@@ -683,3 +687,146 @@ async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[st
         with pytest.raises(TransportError, match="timed out"):
             await client.get_image(fake.ids[0])
         assert not http.closed
+
+
+@pytest.mark.parametrize(("option", "value"), [("rate_limit", 0), ("stale_if_error", -1)])
+def test_nonsense_resilience_options_are_refused(option: str, value: float) -> None:
+    with pytest.raises(ValueError, match=option):
+        GallerySession(**{option: value})
+
+
+# -- Cancellation during a backoff ----------------------------------------------------------------
+
+
+async def test_cancelling_one_waiter_during_a_backoff_leaves_the_others_fetch_running(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+        doomed = asyncio.create_task(client.get_image(image_id))
+        survivor = asyncio.create_task(client.get_image(image_id))
+        await asyncio.sleep(0.05)
+        assert gallery.requests[image_id] == 1  # the fetch is sleeping before its retry
+        doomed.cancel()
+        image = await survivor
+        assert doomed.cancelled()
+        assert image.id == image_id
+        assert client.stats.retries == 1
+    assert gallery.requests[image_id] == 2
+
+
+async def test_cancelling_every_waiter_during_a_backoff_stops_the_retries(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+        waiters = [asyncio.create_task(client.get_image(image_id)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        for waiter in waiters:
+            waiter.cancel()
+        await asyncio.gather(*waiters, return_exceptions=True)
+        await asyncio.sleep(0)
+        assert fetch_tasks() == []
+        await asyncio.sleep(0.1)
+        assert gallery.requests[image_id] == 1
+        assert (await client.get_image(image_id)).id == image_id
+    assert gallery.requests[image_id] == 2
+
+
+async def test_closing_the_session_during_a_backoff_fails_the_waiter_cleanly(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer.error(503))
+    client = GallerySession(gallery.url, retry=in_backoff(0.1))
+    waiter = asyncio.create_task(client.get_image(image_id))
+    await asyncio.sleep(0.05)
+    await client.close()
+    with pytest.raises(TransportError, match="closed"):
+        await waiter
+    assert fetch_tasks() == []
+    await asyncio.sleep(0.1)
+    assert gallery.requests[image_id] == 1
+
+
+async def test_cancelling_get_images_during_backoffs_leaves_no_fetch_behind(
+    gallery: FakeGallery,
+) -> None:
+    ids = gallery.ids[:8]
+    for image_id in ids:
+        gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+        bulk = asyncio.create_task(client.get_images(ids))
+        await asyncio.sleep(0.05)
+        assert len(fetch_tasks()) == len(ids)
+        bulk.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bulk
+        assert fetch_tasks() == []
+        await asyncio.sleep(0.1)
+        assert all(gallery.requests[i] == 1 for i in ids)  # no retry went out
+        assert [image.id for image in await client.get_images(ids)] == ids
+
+
+async def test_cancelling_get_images_spares_another_callers_shared_fetch(
+    gallery: FakeGallery,
+) -> None:
+    ids = gallery.ids[:4]
+    for image_id in ids:
+        gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+        bulk = asyncio.create_task(client.get_images(ids))
+        bystander = asyncio.create_task(client.get_image(ids[0]))
+        await asyncio.sleep(0.05)
+        bulk.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await bulk
+        assert (await bystander).id == ids[0]
+        assert [t.get_name() for t in fetch_tasks()] == []
+    assert gallery.requests[ids[0]] == 2
+    assert all(gallery.requests[i] == 1 for i in ids[1:])
+
+
+async def test_closing_an_iter_images_consumer_early_leaves_no_fetch_behind(
+    gallery: FakeGallery,
+) -> None:
+    slow_ids = gallery.ids[1:9]
+    for image_id in slow_ids:
+        gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+        async with aclosing(client.iter_images([gallery.ids[0], *slow_ids])) as results:
+            async for result in results:
+                assert result.id == gallery.ids[0]
+                await asyncio.sleep(0.05)  # the others are now waiting to retry
+                break
+        assert fetch_tasks() == []
+        await asyncio.sleep(0.1)
+        assert all(gallery.requests[i] == 1 for i in slow_ids)
+        results_after = [r async for r in client.iter_images(slow_ids)]
+        assert all(r.ok for r in results_after)
+
+
+async def test_cancelling_the_task_consuming_iter_images_leaves_no_fetch_behind(
+    gallery: FakeGallery,
+) -> None:
+    ids = gallery.ids[:8]
+    for image_id in ids:
+        gallery.script(image_id, Answer.error(503))
+    async with GallerySession(gallery.url, retry=in_backoff(0.1)) as client:
+
+        async def consume() -> None:
+            async with aclosing(client.iter_images(ids)) as results:
+                async for _ in results:
+                    pass
+
+        consumer = asyncio.create_task(consume())
+        await asyncio.sleep(0.05)
+        consumer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await consumer
+        assert fetch_tasks() == []
+        await asyncio.sleep(0.1)
+        assert all(gallery.requests[i] == 1 for i in ids)
+        assert (await client.get_image(ids[0])).id == ids[0]

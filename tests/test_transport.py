@@ -1,23 +1,34 @@
-"""One GET with aiohttp, mocked with aioresponses: the body, its size limit, translated errors."""
+"""One GET with aiohttp: the body, its size limit, translated errors.
+
+Mostly mocked with aioresponses; the body limits are also checked end to end against
+FakeGallery over loopback, where the bodies really are streamed, chunked or compressed.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import inspect
+import json
 import socket
 from types import SimpleNamespace
 from typing import Any, cast
 
 import aiohttp
+import attrs
 import pytest
 from aioresponses import aioresponses
+from helpers import FAST, body_size
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from yarl import URL
 
+from meigen_async import GallerySession
 from meigen_async._protocol import image_url
 from meigen_async._transport import AiohttpTransport, RawResponse, image_urls
 from meigen_async.errors import InvalidResponse, TransportError
+from meigen_async.models import structure_image
+from meigen_async.testing import Answer, FakeGallery
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
@@ -279,3 +290,79 @@ async def test_a_closed_port_is_told_in_plain_words_with_aiohttps_error_as_cause
 
     assert str(caught.value) == f"cannot connect to 127.0.0.1:{port}: connection refused"
     assert isinstance(caught.value.__cause__, aiohttp.ClientConnectorError)
+
+
+# -- Body limits over loopback -------------------------------------------------------------------
+
+
+async def test_a_body_over_the_limit_by_content_length_is_refused_before_it_is_read(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    # The connection drops 100 bytes in: reading the body at all would be a TransportError.
+    big = attrs.evolve(Answer.oversized(50_000), hang_up_after=100)
+    gallery.script(image_id, big)
+    async with GallerySession(gallery.url, retry=FAST, max_body_bytes=10_000) as client:
+        with pytest.raises(InvalidResponse, match="Content-Length") as caught:
+            await client.get_image(image_id)
+    assert "max_body_bytes=10000" in caught.value.message
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_chunked_body_over_the_limit_is_refused_without_reading_on(
+    gallery: FakeGallery,
+) -> None:
+    image_id = gallery.ids[0]
+    # The connection drops 2 MB in: reading that far would be a TransportError.
+    big = attrs.evolve(Answer.oversized(5_000_000, chunked=True), hang_up_after=2_000_000)
+    gallery.script(image_id, big)
+    async with GallerySession(gallery.url, retry=FAST, max_body_bytes=10_000) as client:
+        with pytest.raises(InvalidResponse, match="streamed") as caught:
+            await client.get_image(image_id)
+    assert "max_body_bytes=10000" in caught.value.message
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_compressed_body_is_held_to_the_limit_once_inflated(gallery: FakeGallery) -> None:
+    image_id = gallery.ids[0]
+    inflated = json.dumps({"success": True, "data": {"id": image_id, "text": "a" * 5_000_000}})
+    bomb = gzip.compress(inflated.encode())
+    assert len(bomb) < 10_000
+    gallery.script(image_id, Answer(body=bomb, headers={"Content-Encoding": "gzip"}))
+    async with GallerySession(gallery.url, retry=FAST, max_body_bytes=10_000) as client:
+        with pytest.raises(InvalidResponse, match="max_body_bytes"):
+            await client.get_image(image_id)
+    assert gallery.requests[image_id] == 1
+
+
+async def test_a_compressed_body_within_the_limit_is_accepted(
+    gallery: FakeGallery, images: list[dict[str, Any]]
+) -> None:
+    image_id = gallery.ids[0]
+    body = gzip.compress(json.dumps({"success": True, "data": images[0]}).encode())
+    gallery.script(image_id, Answer(body=body, headers={"Content-Encoding": "gzip"}))
+    async with GallerySession(gallery.url, max_body_bytes=body_size(images[0])) as client:
+        assert await client.get_image(image_id) == structure_image(images[0])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_exactly_at_the_limit_is_accepted(
+    gallery: FakeGallery, images: list[dict[str, Any]], chunked: bool
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer(chunked=chunked))
+    limit = body_size(images[0])
+    async with GallerySession(gallery.url, max_body_bytes=limit) as client:
+        assert await client.get_image(image_id) == structure_image(images[0])
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+async def test_a_body_one_byte_over_the_limit_is_refused(
+    gallery: FakeGallery, images: list[dict[str, Any]], chunked: bool
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.script(image_id, Answer(chunked=chunked))
+    limit = body_size(images[0]) - 1
+    async with GallerySession(gallery.url, max_body_bytes=limit) as client:
+        with pytest.raises(InvalidResponse, match="max_body_bytes"):
+            await client.get_image(image_id)

@@ -1,0 +1,77 @@
+"""Helpers shared by the tests that script faults against FakeGallery.
+
+Fast retry policies, the fetch tasks still running, body sizes, and the times at which a
+gallery saw its requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from bisect import bisect_left
+from collections import Counter
+from typing import Any
+
+import attrs
+
+from meigen_async.retry import RetryPolicy
+from meigen_async.session import FETCH_TASK_PREFIX
+from meigen_async.testing import FakeGallery
+
+FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.01, rate_limited_wait=0.01)
+"""Retries within milliseconds: the behaviour of the default policy, without the waiting."""
+
+
+def fast(**changes: Any) -> RetryPolicy:
+    """FAST with some settings changed."""
+    return attrs.evolve(FAST, **changes)
+
+
+def in_backoff(seconds: float, **changes: Any) -> RetryPolicy:
+    """A policy whose every backoff lasts exactly ``seconds``: long enough to act during it."""
+    return RetryPolicy(
+        backoff_base=seconds,
+        backoff_max=seconds,
+        random=lambda: 1.0,
+        **changes,
+    )
+
+
+def fetch_tasks() -> list[asyncio.Task[Any]]:
+    """Upstream fetches still running."""
+    return [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith(FETCH_TASK_PREFIX) and not t.done()
+    ]
+
+
+def body_size(data: dict[str, Any]) -> int:
+    """The size of the envelope FakeGallery sends for ``data``."""
+    return len(json.dumps({"success": True, "data": data}).encode())
+
+
+class _Arrivals(Counter[str]):
+    """A request counter that also notes when each request arrived."""
+
+    def __init__(self, times: list[float]):
+        super().__init__()
+        self.times = times
+
+    def __setitem__(self, key: str, value: int) -> None:
+        self.times.append(time.monotonic())
+        super().__setitem__(key, value)
+
+
+def record_arrivals(gallery: FakeGallery) -> list[float]:
+    """The monotonic times at which ``gallery`` receives image requests, kept as they come."""
+    times: list[float] = []
+    gallery.requests = _Arrivals(times)
+    return times
+
+
+def most_in_any_window(times: list[float], seconds: float) -> int:
+    """The most of ``times`` falling within any span of ``seconds``."""
+    ordered = sorted(times)
+    return max(bisect_left(ordered, t + seconds) - i for i, t in enumerate(ordered))
