@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import pytest
 from yarl import URL
@@ -24,11 +24,13 @@ class Script:
     def __init__(self, *answers: RawResponse | MeigenError) -> None:
         self.answers = list(answers)
         self.sent = 0
+        self.headers: list[Mapping[str, str] | None] = []
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def __call__(self, url: URL) -> RawResponse:
+    async def __call__(self, url: URL, headers: Mapping[str, str] | None) -> RawResponse:
         self.sent += 1
+        self.headers.append(headers)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -60,7 +62,7 @@ def read_body(raw: RawResponse) -> bytes:
 
 
 def upstream(
-    send: Callable[[URL], object],
+    send: Callable[[URL, Mapping[str, str] | None], object],
     *,
     retry: RetryPolicy | None = None,
     concurrency: int = 4,
@@ -176,3 +178,16 @@ async def test_the_pacer_is_asked_once_per_attempt_inside_a_slot() -> None:
 
     assert pacer.acquired == 2  # the retry is paced too
     assert send.sent == 2
+
+
+async def test_the_request_headers_given_go_with_every_attempt_retries_included() -> None:
+    script = Script(RawResponse(503, {}, b""))
+    headers = {"If-None-Match": '"abc"'}
+    await upstream(script).request(URL_, read_body, image_id="1", headers=headers)
+    assert script.headers == [headers, headers]
+
+
+async def test_a_plain_request_sends_no_extra_headers() -> None:
+    script = Script()
+    await upstream(script).request(URL_, read_body, image_id="1")
+    assert script.headers == [None]
