@@ -32,9 +32,7 @@ async def fresh_gallery(images: list[dict[str, Any]]) -> AsyncIterator[FakeGalle
         yield fake
 
 
-def session_on(
-    gallery: FakeGallery, timer: FakeTimer, **options: Any
-) -> GallerySession:
+def session_on(gallery: FakeGallery, timer: FakeTimer, **options: Any) -> GallerySession:
     options.setdefault("retry", RetryPolicy(max_retries=0))
     return GallerySession(gallery.url, cache=MemoryCache(100, timer=timer), **options)
 
