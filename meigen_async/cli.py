@@ -47,9 +47,9 @@ __all__ = [
     "BASE_URL_ENV",
     "DemoReport",
     "base_url_problem",
+    "bulk_summary",
     "main",
     "read_ids",
-    "bulk_summary",
     "run_demo",
     "summarize",
 ]

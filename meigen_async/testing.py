@@ -340,7 +340,10 @@ class FakeGallery:
             await asyncio.sleep(answer.delay)
         if answer.drop:
             return _hang_up(request)
-        status, headers, body = self._normal(image_id, request)
+        # A fault (a cut-off body, chunks) is one of the body: it is served as a 200, whatever
+        # the request's validators; a plain answer (a delay, extra headers) may be a 304.
+        faulty = answer.keep is not None or answer.hang_up_after is not None or answer.chunked
+        status, headers, body = self._normal(image_id, None if faulty else request)
         if status == 304 and answer.body is None:
             return web.Response(status=304, headers={**headers, **answer.headers})
         if answer.body is not None:
