@@ -7,8 +7,12 @@ bodies look and weigh like real ones, about 1 KiB), so the server keeps nothing 
 - ``GET /api/images/{id}``: the image at once;
 - ``GET /delay/{ms}/api/images/{id}``: the image after ``ms`` milliseconds (use
   ``{url}/delay/20`` as a client's base URL);
-- ``GET /_stats``: ``{"image_requests": n, "per_id": {...}}``, where ``per_id`` counts only
-  the delayed route (the burst scenario's handful of ids);
+- ``GET /fresh/{ms}/{validators}/api/images/{id}``: the image after ``ms`` milliseconds, fresh
+  for one second (``max-age=1``); with ``validators`` 1, a strong ``ETag`` and ``304 Not
+  Modified`` to a matching ``If-None-Match`` (the freshness scenario);
+- ``GET /_stats``: ``{"image_requests": n, "per_id": {...}, "body_bytes": n,
+  "not_modified": n}``, where ``per_id`` counts only the delayed route (the burst scenario's
+  handful of ids), ``body_bytes`` the image bodies sent and ``not_modified`` the 304s;
 - ``POST /_reset``: zero the counters.
 
 Run it with ``python -m benchmarks.server``; it prints one JSON line ``{"port": ..., "pid": ...}``
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import signal
@@ -67,6 +72,22 @@ class _Gallery:
     def __init__(self) -> None:
         self.image_requests = 0
         self.per_id: Counter[str] = Counter()
+        self.body_bytes = 0
+        self.not_modified = 0
+
+    async def fresh_image(self, request: web.Request) -> web.Response:
+        self.image_requests += 1
+        await asyncio.sleep(int(request.match_info["ms"]) / 1000)
+        image_id = request.match_info["image_id"]
+        body = json.dumps({"success": True, "data": generated_image(image_id)}).encode()
+        headers = {"Cache-Control": "public, max-age=1"}
+        if request.match_info["validators"] == "1":
+            headers["ETag"] = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+            if request.headers.get("If-None-Match") == headers["ETag"]:
+                self.not_modified += 1
+                return web.Response(status=304, headers=headers)
+        self.body_bytes += len(body)
+        return web.Response(body=body, headers=headers, content_type="application/json")
 
     def answer(self, image_id: str) -> web.Response:
         if not image_id.isascii() or not image_id.isdigit():
@@ -86,11 +107,20 @@ class _Gallery:
         return self.answer(image_id)
 
     async def stats(self, request: web.Request) -> web.Response:
-        return web.json_response({"image_requests": self.image_requests, "per_id": self.per_id})
+        return web.json_response(
+            {
+                "image_requests": self.image_requests,
+                "per_id": self.per_id,
+                "body_bytes": self.body_bytes,
+                "not_modified": self.not_modified,
+            }
+        )
 
     async def reset(self, request: web.Request) -> web.Response:
         self.image_requests = 0
         self.per_id.clear()
+        self.body_bytes = 0
+        self.not_modified = 0
         return web.json_response({"ok": True})
 
 
@@ -100,6 +130,9 @@ def make_app() -> web.Application:
     app = web.Application()
     app.router.add_get("/api/images/{image_id}", gallery.image)
     app.router.add_get(r"/delay/{ms:\d+}/api/images/{image_id}", gallery.delayed_image)
+    app.router.add_get(
+        r"/fresh/{ms:\d+}/{validators:[01]}/api/images/{image_id}", gallery.fresh_image
+    )
     app.router.add_get("/_stats", gallery.stats)
     app.router.add_post("/_reset", gallery.reset)
     return app

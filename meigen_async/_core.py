@@ -1,7 +1,8 @@
 """What a fetch does next, decided with plain values: no asyncio, no aiohttp.
 
 `GallerySession` does the I/O and asks these functions at each step: what the cache holds for an
-id (`look_up`), what a response means (`read_response`), whether a failed attempt is tried again
+id (`look_up`, `freshness`), what a response means (`read_response`, a 304 included), whether a
+failed attempt is tried again
 (`after_failure`), and what a fetch that gave up ends in (`after_giving_up`). `Tally` turns
 those outcomes into the counters of `SessionStats`: the one place where a counter moves.
 """
@@ -13,19 +14,21 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._protocol import decode_response
+from ._protocol import Validators, decode_response, validators_from
 from .cache import CachePolicy, MemoryCache
-from .errors import ImageNotFound, MeigenError, TransportError
+from .errors import ImageNotFound, InvalidResponse, MeigenError, TransportError
 from .models import GalleryImage, SessionStats
 from .retry import RetryPolicy, is_retryable
 
 __all__ = [
     "COALESCED",
+    "REFRESHED",
     "SENT",
     "SHARED_HIT",
     "DontStore",
     "Lookup",
     "Raise",
+    "Refresh",
     "Retry",
     "ServeStale",
     "Store",
@@ -33,6 +36,7 @@ __all__ = [
     "after_failure",
     "after_giving_up",
     "for_image",
+    "freshness",
     "look_up",
     "read_response",
     "remembered_404",
@@ -51,13 +55,40 @@ class Lookup(enum.Enum):
     """A remembered 404: `ImageNotFound`, with no request."""
     MISS = "miss"
     """Nothing usable: the shared tier or the upstream has to answer."""
+    STALE = "stale"
+    """An expired image with validators: a miss, answered by a conditional request."""
+    REFRESH = "refresh"
+    """Expired, but within its stale-while-revalidate window: served, and refreshed behind."""
+
+
+def freshness(
+    now: float, fresh_until: float, revalidate_until: float, has_validators: bool
+) -> Lookup:
+    """What a stored image is worth at `now`: a hit, one to serve and refresh, or a miss.
+
+    A miss is `STALE` when the image can be revalidated (it has validators), else `MISS`.
+    """
+    if now < fresh_until:
+        return Lookup.HIT
+    if now < revalidate_until:
+        return Lookup.REFRESH
+    return Lookup.STALE if has_validators else Lookup.MISS
 
 
 def look_up(cache: MemoryCache, image_id: str) -> tuple[Lookup, GalleryImage | None]:
-    """What `cache` holds for `image_id`, and the image when it is a hit."""
+    """What `cache` holds for `image_id`, and the image when it is one to answer with.
+
+    The image comes with `HIT` and `REFRESH` only: an expired image is never the answer, but
+    within its stale-while-revalidate window.
+    """
     image = cache.get(image_id)
     if image is not None:
         return Lookup.HIT, image
+    entry = cache.entry(image_id)
+    if entry is not None:
+        stored, fresh_until, revalidate_until, _, validators = entry
+        lookup = freshness(cache.now(), fresh_until, revalidate_until, validators is not None)
+        return lookup, (stored if lookup is Lookup.REFRESH else None)
     return (Lookup.KNOWN_MISSING if cache.is_missing(image_id) else Lookup.MISS), None
 
 
@@ -75,12 +106,21 @@ def remembered_404(image_id: str) -> ImageNotFound:
 class Store:
     """A good response: keep `image` `ttl` seconds in process and `shared_ttl` in a shared tier.
 
-    None for either means not there: what that tier held for the id goes.
+    None for either means not there: what that tier held for the id goes. `validators` are
+    kept with it, for a later conditional request; `revalidate_window` is how long past
+    expiry it may be served while a background refresh runs.
     """
 
     image: GalleryImage
     ttl: float | None
     shared_ttl: float | None
+    validators: Validators | None = None
+    revalidate_window: float = 0.0
+
+
+@attrs.frozen
+class Refresh(Store):
+    """A 304: the stored `image` is still good; its lifetime is renewed from the 304's headers."""
 
 
 @attrs.frozen
@@ -98,23 +138,41 @@ def read_response(
     image_id: str,
     policy: CachePolicy,
     shared: bool = False,
+    stored: tuple[GalleryImage, Validators] | None = None,
 ) -> Store | DontStore:
     """What one response means: an image to store, one not to store, or its error, raised.
 
     With `shared`, the lifetime in a shared tier is read too (RFC 9111 gives a shared cache its
-    own: `s-maxage` first, `private` never stored); else it is None.
+    own: `s-maxage` first, `private` never stored); else it is None. `stored` is the image and
+    validators a conditional request was sent with: a 304 then renews that image (`Refresh`),
+    its lifetime and validators read from the 304's own headers (RFC 9111 section 4.3.4).
 
     Raises:
-        MeigenError: the response stands for an error (its status, or a body that is not an
-            image); the caller's retry decision comes next.
+        MeigenError: the response stands for an error (its status, a body that is not an
+            image, a 304 to a request that was not conditional); the caller's retry decision
+            comes next.
 
     """
-    image = decode_response(status, headers, body, image_id=image_id)
+    if status == 304:
+        if stored is None:
+            raise InvalidResponse(
+                f"HTTP 304 for image {image_id}, but the request was not conditional",
+                image_id=image_id,
+                status=304,
+            )
+        image, kept = stored
+        validators: Validators | None = kept.updated_by(validators_from(headers))
+        new: type[Store] = Refresh
+    else:
+        image = decode_response(status, headers, body, image_id=image_id)
+        validators = validators_from(headers)
+        new = Store
     ttl = policy.ttl_for(headers)
     shared_ttl = policy.ttl_for(headers, shared=True) if shared else None
     if ttl is None and shared_ttl is None:
         return DontStore(image)
-    return Store(image, ttl, shared_ttl)
+    window = policy.revalidate_window(headers) if ttl is not None else 0.0
+    return new(image, ttl, shared_ttl, validators, window)
 
 
 # -- After a failed attempt ----------------------------------------------------------------------
@@ -185,6 +243,7 @@ class _Event(enum.Enum):
     SENT = "sent"
     COALESCED = "coalesced"
     SHARED_HIT = "shared hit"
+    REFRESHED = "refreshed"
 
 
 SENT = _Event.SENT
@@ -193,14 +252,26 @@ COALESCED = _Event.COALESCED
 """A call joined the fetch already in flight for its id."""
 SHARED_HIT = _Event.SHARED_HIT
 """The shared tier answered a miss of the in-process cache."""
+REFRESHED = _Event.REFRESHED
+"""A background refresh (stale-while-revalidate) got its answer."""
 
-Outcome = Lookup | _Event | Retry | ServeStale | Raise
+Outcome = Lookup | _Event | Retry | ServeStale | Raise | Refresh
 
 
 class Tally:
     """The counters of a session, moved only by `record`ing the outcomes above."""
 
-    __slots__ = ("coalesced", "errors", "hits", "misses", "requests", "retries", "stale_served")
+    __slots__ = (
+        "coalesced",
+        "errors",
+        "hits",
+        "misses",
+        "refreshed",
+        "requests",
+        "retries",
+        "revalidated",
+        "stale_served",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -210,6 +281,8 @@ class Tally:
         self.retries = 0
         self.errors = 0
         self.stale_served = 0
+        self.revalidated = 0
+        self.refreshed = 0
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome."""
@@ -217,14 +290,21 @@ class Tally:
         if outcome is Lookup.HIT or outcome is Lookup.KNOWN_MISSING or outcome is SHARED_HIT:
             # Remembered 404s and the shared tier's answers are answers from a cache too.
             self.hits += 1
-        elif outcome is Lookup.MISS:
+        elif outcome is Lookup.MISS or outcome is Lookup.STALE:
             self.misses += 1
+        elif outcome is Lookup.REFRESH:
+            # Answered from the cache at once; the refresh behind it is counted when done.
+            self.hits += 1
         elif outcome is SENT:
             self.requests += 1
         elif outcome is COALESCED:
             self.coalesced += 1
         elif isinstance(outcome, Retry):
             self.retries += 1
+        elif isinstance(outcome, Refresh):
+            self.revalidated += 1
+        elif outcome is REFRESHED:
+            self.refreshed += 1
         elif isinstance(outcome, ServeStale):
             # A fetch that failed, rescued by stale data: an error, and a stale answer.
             self.errors += 1
@@ -242,4 +322,6 @@ class Tally:
             retries=self.retries,
             errors=self.errors,
             stale_served=self.stale_served,
+            revalidated=self.revalidated,
+            refreshed=self.refreshed,
         )

@@ -1,8 +1,8 @@
 """What a flight's task runs for one id: the shared tier, then the upstream, then the caches.
 
 `Fetcher` is the I/O shell around `_core`'s decisions: it asks the shared tier (when there is
-one), sends through `Upstream`, stores what `read_response` says to store, and ends a failed
-fetch as `after_giving_up` says.
+one), sends through `Upstream` (a conditional request when the stored image has validators),
+stores what `read_response` says to store, and ends a failed fetch as `after_giving_up` says.
 """
 
 from __future__ import annotations
@@ -15,12 +15,14 @@ from ._core import (
     SHARED_HIT,
     DontStore,
     Raise,
+    Refresh,
     Store,
     Tally,
     after_giving_up,
     read_response,
     remembered_404,
 )
+from ._protocol import conditional_headers
 from ._shared_tier import SharedTier
 from ._transport import RawResponse
 from ._upstream import Upstream
@@ -60,6 +62,9 @@ class Fetcher:
         self._policy = policy
         self._image_url = image_url
         self._tally = tally
+        self.refreshing: set[str] = set()
+        """Ids fetched as background refreshes: their caller already has the stale image, so
+        a failure ends in its error rather than in that image again (stale-if-error)."""
         # Without a shared tier the task runs the upstream loop itself: one frame less for
         # every resumption of every request.
         self.fetch = self._fetch_upstream if shared is None else self._fetch_shared
@@ -84,32 +89,55 @@ class Fetcher:
     async def _fetch_upstream(self, image_id: str) -> GalleryImage:
         policy = self._policy
         shared = self._shared is not None
+        # An image kept past its freshness with validators is asked after conditionally.
+        stored = self._cache.validators(image_id)
 
         def read(raw: RawResponse) -> Store | DontStore:
             return read_response(
-                raw.status, raw.headers, raw.body, image_id=image_id, policy=policy, shared=shared
+                raw.status,
+                raw.headers,
+                raw.body,
+                image_id=image_id,
+                policy=policy,
+                shared=shared,
+                stored=stored,
             )
 
         try:
             outcome = await self._upstream.request(
-                self._image_url(image_id), read, image_id=image_id
+                self._image_url(image_id),
+                read,
+                image_id=image_id,
+                headers=None if stored is None else conditional_headers(stored[1]),
             )
         except MeigenError as error:
             return await self._give_up(image_id, error)
-        if isinstance(outcome, Store) and outcome.ttl is not None:
-            self._cache.set(image_id, outcome.image, outcome.ttl)
+        if isinstance(outcome, Store):
+            if isinstance(outcome, Refresh):
+                self._tally.record(outcome)
+            if outcome.ttl is not None:
+                self._cache.set(
+                    image_id,
+                    outcome.image,
+                    outcome.ttl,
+                    validators=outcome.validators,
+                    revalidate_window=outcome.revalidate_window,
+                )
+            else:
+                self._cache.invalidate(image_id)
+            if self._shared is not None:
+                await self._shared.store(
+                    image_id, outcome.image, outcome.shared_ttl, outcome.validators
+                )
         else:
             self._cache.invalidate(image_id)
-        if self._shared is not None:
-            await self._shared.store(
-                image_id, outcome.image, outcome.shared_ttl if isinstance(outcome, Store) else None
-            )
+            if self._shared is not None:
+                await self._shared.store(image_id, outcome.image, None)
         return outcome.image
 
     async def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
-        ending = after_giving_up(
-            error, stale=self._cache.get_stale(image_id), negative_ttl=self._policy.negative_ttl
-        )
+        stale = None if image_id in self.refreshing else self._cache.get_stale(image_id)
+        ending = after_giving_up(error, stale=stale, negative_ttl=self._policy.negative_ttl)
         self._tally.record(ending)
         if not isinstance(ending, Raise):
             return ending.image

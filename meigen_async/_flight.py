@@ -60,6 +60,10 @@ class SingleFlight(Generic[V]):
         """How many keys have a task in flight."""
         return len(self._flights)
 
+    def running(self, key: str) -> bool:
+        """Whether `key` has a task in flight."""
+        return key in self._flights
+
     def join(self, key: str, loop: asyncio.AbstractEventLoop) -> tuple[Flight[V], bool]:
         """Wait on `key`'s task, starting it in `loop` if there is none.
 

@@ -16,6 +16,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from ._text import printable, replace_surrogates
@@ -33,6 +34,8 @@ from .models import GalleryImage, structure_image
 __all__ = [
     "MAX_COOL_DOWN",
     "MAX_ID_LENGTH",
+    "Validators",
+    "conditional_headers",
     "cool_down_after",
     "decode_response",
     "error_for_status",
@@ -43,6 +46,7 @@ __all__ = [
     "parse_retry_after",
     "snippet",
     "validate_image_id",
+    "validators_from",
 ]
 
 MAX_ID_LENGTH = 128
@@ -312,3 +316,68 @@ def snippet(body: bytes) -> str:
     text = body[: _SNIPPET * 4].decode("utf-8", "replace")
     text = " ".join(text.split())
     return repr(text if len(text) <= _SNIPPET else text[:_SNIPPET] + "...")
+
+
+# -- Validators (RFC 9110 section 8.8) -----------------------------------------------------------
+
+# A validator is sent back as a request header: only visible ASCII and spaces, and not too long,
+# so that a hostile or broken server cannot make the next request invalid (aiohttp refuses a
+# header with a CR or LF in it, with a raw ValueError).
+_MAX_VALIDATOR = 512
+_VALIDATOR = re.compile(r"[\x20-\x7e]+")
+
+
+@attrs.frozen
+class Validators:
+    """What a stored image is revalidated with: its `ETag` and its `Last-Modified`."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def updated_by(self, newer: Validators | None) -> Validators:
+        """These validators, with those a 304 carried taking their place (RFC 9111 4.3.4)."""
+        if newer is None:
+            return self
+        return Validators(
+            etag=newer.etag or self.etag, last_modified=newer.last_modified or self.last_modified
+        )
+
+
+def _validator(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > _MAX_VALIDATOR or not _VALIDATOR.fullmatch(value):
+        return None
+    return value
+
+
+def validators_from(headers: Mapping[str, str]) -> Validators | None:
+    """The `ETag` and `Last-Modified` of a response, or None when it has neither usable.
+
+    A value that could not be sent back as a header (control characters, not ASCII, longer
+    than 512 characters) counts as absent, and so does a `Last-Modified` that is no date.
+    """
+    etag = _validator(header(headers, "ETag"))
+    last_modified = _validator(header(headers, "Last-Modified"))
+    if last_modified is not None and parse_http_date(last_modified) is None:
+        last_modified = None
+    if etag is None and last_modified is None:
+        return None
+    return Validators(etag=etag, last_modified=last_modified)
+
+
+def conditional_headers(validators: Validators | None) -> dict[str, str] | None:
+    """The request headers revalidating an image stored with `validators` (None: none).
+
+    `If-None-Match` carries the `ETag`, `If-Modified-Since` the `Last-Modified`; a server
+    holding both evaluates the first (RFC 9110 section 13.2.2).
+    """
+    if validators is None:
+        return None
+    headers: dict[str, str] = {}
+    if validators.etag is not None:
+        headers["If-None-Match"] = validators.etag
+    if validators.last_modified is not None:
+        headers["If-Modified-Since"] = validators.last_modified
+    return headers or None

@@ -11,6 +11,7 @@ from typing import Any
 
 import attrs
 
+from ._protocol import Validators
 from .cache import CachePolicy, MemoryCache
 from .models import GalleryImage
 from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
@@ -175,21 +176,43 @@ class SharedTier:
                 return None
             self.memory.set_missing(image_id, left)
             return Claim(missing=True)
+        validators = (
+            Validators(etag=entry.etag, last_modified=entry.last_modified)
+            if entry.etag is not None or entry.last_modified is not None
+            else None
+        )
         if left > 0:
-            self.memory.set(image_id, entry.image, left)
+            self.memory.set(image_id, entry.image, left, validators=validators)
             return Claim(image=entry.image)
-        if left + self.memory.stale_window > 0 and self.memory.get_stale(image_id) is None:
+        if (left + self.memory.stale_window > 0 or validators is not None) and self.memory.entry(
+            image_id
+        ) is None:
             # Expired but in its stale window: kept so that stale_if_error can serve it if the
-            # upstream fails now.
-            self.memory.set(image_id, entry.image, left)
+            # upstream fails now; or with validators, so that the fetch revalidates it.
+            self.memory.set(image_id, entry.image, left, validators=validators)
         return None
 
-    async def store(self, image_id: str, image: GalleryImage, ttl: float | None) -> None:
+    async def store(
+        self,
+        image_id: str,
+        image: GalleryImage,
+        ttl: float | None,
+        validators: Validators | None = None,
+    ) -> None:
         """Share a fetched image for ``ttl`` seconds; None (not storable) forgets the old one."""
         if ttl is None:
             await self.shared.invalidate(image_id)
-        else:
+        elif validators is None:
             await self.shared.set(image_id, image, ttl, self.memory.stale_window)
+        else:
+            await self.shared.set(
+                image_id,
+                image,
+                ttl,
+                self.memory.stale_window,
+                etag=validators.etag,
+                last_modified=validators.last_modified,
+            )
 
     async def store_missing(self, image_id: str, ttl: float) -> None:
         """Share a 404 for ``ttl`` seconds (0: not remembered, not shared)."""

@@ -138,8 +138,10 @@ class AiohttpTransport:
         if self._owns_http and self._http is not None:
             await self._http.close()
 
-    async def send(self, url: URL) -> RawResponse:
+    async def send(self, url: URL, headers: Mapping[str, str] | None = None) -> RawResponse:
         """GET `url` and read the body within `timeout` seconds and `max_body_bytes`.
+
+        `headers` are sent on top of the session's own (a conditional request's validators).
 
         Raises:
             TransportError: the request did not complete (its `__cause__` says why).
@@ -147,10 +149,13 @@ class AiohttpTransport:
 
         """
         http = self.open()
+        options = self._options
+        if headers:
+            options = {**options, "headers": {**options.get("headers", {}), **headers}}
         try:
             async with (
                 asyncio.timeout(self.timeout),
-                http.get(url, **self._options) as resp,
+                http.get(url, **options) as resp,
             ):
                 body = await _read_limited(resp, self.max_body_bytes)
                 return RawResponse(resp.status, resp.headers, body)

@@ -1,7 +1,8 @@
 """The upstream loop: a concurrency slot, pacing, one attempt, and the sleep before a retry.
 
-`Upstream` is written against a `send(url) -> RawResponse` callable (the aiohttp transport is
-one) and an injectable `sleep`, so that its retry and pacing logic is tested on a fake clock.
+`Upstream` is written against a `send(url, headers) -> RawResponse` callable (the aiohttp
+transport is one) and an injectable `sleep`, so that its retry and pacing logic is tested on a
+fake clock.
 What a response means and whether to retry are decided in `_core`.
 """
 
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol, TypeVar
 
 from yarl import URL
@@ -25,8 +26,8 @@ __all__ = ["Pacer", "Upstream", "pacer_for"]
 
 T = TypeVar("T")
 
-Send = Callable[[URL], Awaitable[RawResponse]]
-"""One HTTP GET: the response, or `TransportError`."""
+Send = Callable[[URL, Mapping[str, str] | None], Awaitable[RawResponse]]
+"""One HTTP GET with extra request headers (or None): the response, or `TransportError`."""
 
 
 class Pacer(Protocol):
@@ -93,8 +94,9 @@ class Upstream:
         *,
         image_id: str | None,
         subject: str | None = None,
+        headers: Mapping[str, str] | None = None,
     ) -> T:
-        """GET `url` until `read` accepts a response or the retry policy gives up.
+        """GET `url`, with `headers` on top, until `read` accepts a response or retries end.
 
         `read` turns a response into the result or raises its `MeigenError`; a transport
         failure is one too. The last error is raised when no retry is left, naming `image_id`
@@ -103,7 +105,7 @@ class Upstream:
         retries = 0
         while True:
             try:
-                return read(await self._attempt(url))
+                return read(await self._attempt(url, headers))
             except MeigenError as error:
                 retry = after_failure(error, retries, self.retry)
                 if retry is None:
@@ -116,7 +118,7 @@ class Upstream:
             self._tally.record(retry)
             await self._sleep(retry.delay)
 
-    async def _attempt(self, url: URL) -> RawResponse:
+    async def _attempt(self, url: URL, headers: Mapping[str, str] | None) -> RawResponse:
         async with self._slots:
             # Paced inside the slot: tokens taken while queueing would be spent in a burst.
             if self._pacer is not None:
@@ -124,7 +126,7 @@ class Upstream:
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
-            response = await self._send(url)
+            response = await self._send(url, headers)
         if self._limiter is not None:
             pause = cool_down_after(response.status, response.headers, now=self._wall_clock())
             if pause is not None:

@@ -20,7 +20,7 @@ import attrs
 from cachetools import LRUCache
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._protocol import header, header_list, parse_http_date
+from ._protocol import Validators, header, header_list, parse_http_date
 from .models import GalleryImage
 
 __all__ = [
@@ -221,6 +221,27 @@ class CachePolicy:
     default_ttl: float = 300.0
     max_ttl: float = 3600.0
     negative_ttl: float = 30.0
+    stale_while_revalidate: float = 0.0
+
+    def revalidate_window(self, headers: Mapping[str, str]) -> float:
+        """Seconds past expiry a response may be served while it is refreshed in the background.
+
+        The server's `stale-while-revalidate=N` (RFC 5861) when it gives one, capped at this
+        policy's `stale_while_revalidate` when that is set, else at `max_ttl`; without the
+        directive, `stale_while_revalidate`.
+        """
+        cap = self.stale_while_revalidate
+        given = [
+            argument
+            for name, argument in _directives(header_list(headers, "Cache-Control"))
+            if name == "stale-while-revalidate"
+        ]
+        if not given:
+            return cap
+        seconds = _delta_seconds(given[0])
+        if seconds is None:
+            return cap
+        return min(seconds, cap if cap > 0 else self.max_ttl)
 
     @property
     def longest_ttl(self) -> float:
@@ -273,15 +294,20 @@ class CachePolicy:
         return remaining if remaining > 0 else None
 
 
-# A stored image, the monotonic time until which it is fresh, and until which it is kept.
-_Entry = tuple[GalleryImage, float, float]
+# A stored image, the monotonic times until which it is fresh, until which it may be served
+# while refreshed (stale-while-revalidate), and until which it is kept; and its validators.
+_Entry = tuple[GalleryImage, float, float, float, Validators | None]
+
+_FOREVER = float("inf")
 
 
 class MemoryCache:
     """Images and remembered 404s, each bounded to ``maxsize`` entries (0 disables both).
 
     An image stays stored ``stale_window`` seconds past its freshness so that it can still
-    be served when the upstream fails; :meth:`get` only ever returns fresh ones.
+    be served when the upstream fails; :meth:`get` only ever returns fresh ones. One stored
+    with validators (an `ETag`, a `Last-Modified`) stays past that, for as long as the LRU
+    has room, so that it can be revalidated with a conditional request.
 
     Each entry carries its own expiry. The stores are cachetools ``LRUCache``s holding those
     stamps, checked on access: a hit is one lookup and one clock read, where cachetools'
@@ -302,6 +328,10 @@ class MemoryCache:
         self._images: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
         self._missing: LRUCache[str, float] = LRUCache(max(maxsize, 1))
 
+    def now(self) -> float:
+        """The cache's clock, in its own (monotonic) seconds."""
+        return self._timer()
+
     def get(self, image_id: str) -> GalleryImage | None:
         """The fresh image stored for ``image_id``, or None."""
         # Asked before indexing: a miss by KeyError costs two exceptions inside cachetools,
@@ -310,24 +340,68 @@ class MemoryCache:
         images = self._images
         if image_id not in images:
             return None
-        image, fresh_until, _ = images[image_id]
-        return image if self._timer() < fresh_until else None
+        entry = images[image_id]
+        return entry[0] if self._timer() < entry[1] else None
 
-    def get_stale(self, image_id: str) -> GalleryImage | None:
-        """The image stored for ``image_id`` even if no longer fresh, within the stale window."""
+    def entry(self, image_id: str) -> _Entry | None:
+        """Everything stored for ``image_id``, fresh or not, while it is kept; None otherwise.
+
+        The tuple is `(image, fresh_until, revalidate_until, keep_until, validators)`, the
+        times on this cache's clock (`now`).
+        """
         entry = self._images.get(image_id)
         if entry is None:
             return None
-        if self._timer() < entry[2]:
-            return entry[0]
+        if self._timer() < entry[3]:
+            return entry
         del self._images[image_id]
         return None
 
-    def set(self, image_id: str, image: GalleryImage, ttl: float) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds."""
+    def get_stale(self, image_id: str) -> GalleryImage | None:
+        """The image stored for ``image_id`` even if no longer fresh, within the stale window."""
+        entry = self.entry(image_id)
+        if entry is None:
+            return None
+        if self._timer() < entry[1] + self.stale_window:
+            return entry[0]
+        return None
+
+    def validators(self, image_id: str) -> tuple[GalleryImage, Validators] | None:
+        """The image stored for ``image_id`` and its validators, fresh or not, when it has them."""
+        entry = self.entry(image_id)
+        if entry is None or entry[4] is None:
+            return None
+        return entry[0], entry[4]
+
+    def set(
+        self,
+        image_id: str,
+        image: GalleryImage,
+        ttl: float,
+        *,
+        validators: Validators | None = None,
+        revalidate_window: float = 0.0,
+    ) -> None:
+        """Store ``image`` as fresh for ``ttl`` seconds (0 or less: stored already expired).
+
+        ``validators`` keep it past its stale window, for revalidation; ``revalidate_window``
+        is how long past expiry it may be served while being refreshed.
+        """
         if self.maxsize > 0:
             fresh_until = self._timer() + ttl
-            self._images[image_id] = (image, fresh_until, fresh_until + self.stale_window)
+            revalidate_until = fresh_until + revalidate_window
+            keep_until = (
+                _FOREVER
+                if validators is not None
+                else max(fresh_until + self.stale_window, revalidate_until)
+            )
+            self._images[image_id] = (
+                image,
+                fresh_until,
+                revalidate_until,
+                keep_until,
+                validators,
+            )
             if self._missing:
                 self._missing.pop(image_id, None)
 
@@ -359,6 +433,6 @@ class MemoryCache:
         self._missing.clear()
 
     def __len__(self) -> int:
-        """How many images are stored, stale ones in their window included."""
+        """How many images are stored, stale ones kept (in their window, or to revalidate) too."""
         now = self._timer()
-        return sum(1 for _, _, keep_until in self._images.values() if now < keep_until)
+        return sum(1 for entry in self._images.values() if now < entry[3])

@@ -34,7 +34,7 @@ from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
 from .errors import MeigenError
-from .models import GalleryImage, SearchHit, converter, unstructure_image
+from .models import GalleryImage, SearchHit, SessionStats, converter, unstructure_image
 from .prompt import PromptKind
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
@@ -47,6 +47,7 @@ __all__ = [
     "BASE_URL_ENV",
     "DemoReport",
     "base_url_problem",
+    "bulk_summary",
     "main",
     "read_ids",
     "run_demo",
@@ -329,6 +330,7 @@ def _console(stream: TextIO) -> Console:
 async def _bulk(args: argparse.Namespace) -> int:
     failures: list[tuple[str, str]] = []
     done = 0
+    stats: SessionStats | None = None
     with _open_input(args.file) as source, _open_output(args.output) as out:
         total = _count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
         with _progress(sys.stderr, total) as advance:
@@ -348,16 +350,29 @@ async def _bulk(args: argparse.Namespace) -> int:
                             else:
                                 failures.append((result.id, str(result.error)))
                             advance(ok)
+                    stats = session.stats
             except UnicodeDecodeError as exc:
                 name = "stdin" if args.file == "-" else repr(args.file)
                 raise CommandError(f"cannot read {name}: not UTF-8 text: {exc}") from None
         _flush(out, args.output)
+    if stats is not None and sys.stderr.isatty():
+        # Beside the progress bar: a pipe's reader gets only the failures on stderr.
+        _print(bulk_summary(done, stats), sys.stderr)
     if failures:
         _print(f"{_PROG}: {len(failures):,} of {done:,} ids failed:", sys.stderr)
         for image_id, message in failures:
             _print(f"  {image_id}: {message}", sys.stderr)
         return _EXIT_FAILED
     return _EXIT_OK
+
+
+def bulk_summary(done: int, stats: SessionStats) -> str:
+    """The line `bulk` ends with on a terminal: ids done, and what the session's counters say."""
+    return (
+        f"{_PROG}: {done:,} ids, {stats.requests:,} upstream requests, "
+        f"{stats.cache_hits:,} cache hits, {stats.coalesced:,} coalesced, "
+        f"{stats.revalidated:,} revalidated (304), {stats.refreshed:,} refreshed in the background"
+    )
 
 
 def _write_image(out: TextIO, path: str | None, image: GalleryImage) -> str | None:
@@ -500,6 +515,10 @@ class DemoReport:
     """Distinct images whose prompt is JSON."""
     repaired_prompts: int
     """Distinct images whose JSON prompt needed repairing to parse."""
+    revalidated: int = 0
+    """Expired images a 304 renewed."""
+    refreshed: int = 0
+    """Background refreshes done (stale-while-revalidate)."""
 
 
 async def run_demo(*, seed: int = 7) -> DemoReport:
@@ -535,6 +554,8 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
         plain_prompts=kinds[PromptKind.PLAIN],
         json_prompts=kinds[PromptKind.JSON],
         repaired_prompts=sum(image.prompt.repaired for image in distinct),
+        revalidated=stats.revalidated,
+        refreshed=stats.refreshed,
     )
 
 
@@ -558,6 +579,8 @@ def _print_demo(report: DemoReport) -> None:
         ("upstream requests", f"{report.requests}"),
         ("cache hits", f"{report.cache_hits}"),
         ("coalesced requests", f"{report.coalesced}"),
+        ("revalidated (304)", f"{report.revalidated}"),
+        ("refreshed in the background", f"{report.refreshed}"),
         ("errors", f"{len(report.errors)}"),
         ("plain-text prompts", f"{report.plain_prompts}"),
         ("JSON prompts", f"{report.json_prompts}"),

@@ -130,6 +130,10 @@ class SessionStats:
     """Upstream fetches that ended in an error."""
     stale_served: int = 0
     """Expired entries served because the upstream failed."""
+    revalidated: int = 0
+    """Expired images a `304 Not Modified` renewed, with no body sent."""
+    refreshed: int = 0
+    """Background refreshes (stale-while-revalidate) that got their answer."""
 
 
 # -- Structuring ---------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ from .shared import SharedEntry, SharedImage, SharedMissing
 
 __all__ = [
     "KEY_VERSION",
+    "VALIDATOR_KEEP",
     "Backoff",
     "RedisCache",
     "RedisRateLimiter",
@@ -59,6 +60,13 @@ logger = logging.getLogger("meigen_async")
 
 KEY_VERSION = "v1"
 """Part of every key: a change of the value format gets a new version, never a misread."""
+
+VALIDATOR_KEEP = 3600.0
+"""Seconds an image with validators is kept past its stale window, to be revalidated.
+
+Redis has no LRU of this library's deciding: an expired entry is worth keeping only while a
+conditional request may still find it unchanged, and an hour bounds what it costs.
+"""
 
 _T = TypeVar("_T")
 
@@ -145,9 +153,24 @@ def stored_pattern(prefix: str) -> str:
     return f"{_glob_escape(prefix)}{KEY_VERSION}:*"
 
 
-def encode_image(image: GalleryImage, fresh_until: float) -> str:
-    """The JSON stored for an image: the endpoint's ``data`` object and its expiry time."""
-    return json.dumps({"fresh_until": fresh_until, "image": unstructure_image(image)})
+def encode_image(
+    image: GalleryImage,
+    fresh_until: float,
+    *,
+    etag: str | None = None,
+    last_modified: str | None = None,
+) -> str:
+    """The JSON stored for an image: the endpoint's ``data`` object, its expiry, its validators.
+
+    The validators are left out when absent; a value written before they existed reads as an
+    image without them (the format only gained optional keys, so `KEY_VERSION` stays).
+    """
+    value: dict[str, Any] = {"fresh_until": fresh_until, "image": unstructure_image(image)}
+    if etag is not None:
+        value["etag"] = etag
+    if last_modified is not None:
+        value["last_modified"] = last_modified
+    return json.dumps(value)
 
 
 def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
@@ -168,7 +191,22 @@ def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
         raise ValueError(str(error)) from error
     if image.id != image_id:
         raise ValueError(f"it holds image {image.id!r}")
-    return SharedImage(image=image, fresh_until=float(value["fresh_until"]))
+    etag, last_modified = value.get("etag"), value.get("last_modified")
+    if not (_is_validator(etag) and _is_validator(last_modified)):
+        raise ValueError("its validators are not strings")
+    return SharedImage(
+        image=image,
+        fresh_until=float(value["fresh_until"]),
+        etag=etag,
+        last_modified=last_modified,
+    )
+
+
+def _is_validator(value: object) -> bool:
+    # Sent back as a request header: a string of visible ASCII, as validators_from keeps.
+    return value is None or (
+        isinstance(value, str) and 0 < len(value) <= 512 and value.isascii() and value.isprintable()
+    )
 
 
 def encode_missing(until: float) -> str:
@@ -396,13 +434,26 @@ class RedisCache:
         await self._call(lambda: self._delete_if_equal(keys=[key], args=[raw]), None)
 
     async def set(
-        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+        self,
+        image_id: str,
+        image: GalleryImage,
+        ttl: float,
+        stale_window: float,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
+        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer.
+
+        With validators, it is kept `VALIDATOR_KEEP` seconds longer still, to be revalidated.
+        """
         if ttl <= 0:
             return
-        value = encode_image(image, time.time() + ttl)
-        expiry = _milliseconds(ttl + max(stale_window, 0.0))
+        value = encode_image(image, time.time() + ttl, etag=etag, last_modified=last_modified)
+        keep = max(stale_window, 0.0)
+        if etag is not None or last_modified is not None:
+            keep += VALIDATOR_KEEP
+        expiry = _milliseconds(ttl + keep)
 
         async def write() -> None:
             async with self.client.pipeline(transaction=True) as pipe:

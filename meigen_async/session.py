@@ -8,6 +8,7 @@ docs/architecture.md for how they fit together.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from types import TracebackType
 from typing import Literal, overload
@@ -15,7 +16,7 @@ from typing import Literal, overload
 import aiohttp
 
 from ._bulk import gather_images, refuse_single_id, stream_images
-from ._core import COALESCED, Lookup, Tally, look_up, remembered_404
+from ._core import COALESCED, REFRESHED, Lookup, Tally, look_up, remembered_404
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
 from ._protocol import validate_image_id
@@ -31,6 +32,8 @@ from .retry import RetryPolicy
 from .shared import SharedCache
 
 __all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
+
+logger = logging.getLogger("meigen_async")
 
 DEFAULT_BASE_URL = "https://www.meigen.ai"
 """The real service."""
@@ -68,6 +71,10 @@ class GallerySession:
             processes; an object with `acquire` alone paces without cool-downs.
         stale_if_error: Seconds past expiry an image may still be served when the upstream
             fails with a retryable error after every retry.
+        stale_while_revalidate: Seconds past expiry an image is still served at once, while
+            one background request refreshes it (conditional when it can be). The server's
+            own `stale-while-revalidate=N` directive counts too, capped at this value when it
+            is set, or at `max_ttl`.
         cache: None for an in-process `MemoryCache(cache_size, stale_window=stale_if_error)`;
             a `MemoryCache` to use as the in-process cache as it is (its own size and stale
             window apply); or a shared cache (a `SharedCache`, such as
@@ -98,6 +105,7 @@ class GallerySession:
         stale_if_error: float = 0.0,
         cache: MemoryCache | SharedCache | None = None,
         search_ttl: float = 60.0,
+        stale_while_revalidate: float = 0.0,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -109,11 +117,16 @@ class GallerySession:
         )
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
         _require(search_ttl >= 0, "search_ttl must not be negative")
+        _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
         self.base_url = base_url.rstrip("/")
         image_url = image_urls(self.base_url)
         self.concurrency = concurrency
         self.policy = CachePolicy(
-            ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
+            ttl=ttl,
+            default_ttl=default_ttl,
+            max_ttl=max_ttl,
+            negative_ttl=negative_ttl,
+            stale_while_revalidate=stale_while_revalidate,
         )
         self.retry = retry if retry is not None else RetryPolicy()
         shared: SharedTier | None = None
@@ -144,7 +157,7 @@ class GallerySession:
             tally=self._tally,
             pacer=pacer,
         )
-        fetcher = Fetcher(
+        self._fetcher = fetcher = Fetcher(
             cache=self._cache,
             shared=shared,
             upstream=upstream,
@@ -186,6 +199,7 @@ class GallerySession:
     async def close(self) -> None:
         """Cancel fetches in flight, wait for every task started, close the HTTP session.
 
+        Background refreshes are fetches too: cancelled and waited for, none outlives this.
         Idempotent. A caller still waiting on a cancelled fetch gets `TransportError`. With a
         shared cache, the deletions and lease releases still running are waited for; the
         cache itself is left open, for whoever made it to close.
@@ -214,7 +228,9 @@ class GallerySession:
     async def get_image(self, image_id: str) -> GalleryImage:
         """The image with this id, from the cache or the service.
 
-        Concurrent calls for one id share one upstream request.
+        Concurrent calls for one id share one upstream request. An image past its freshness
+        but within its stale-while-revalidate window is returned at once, and refreshed by
+        one background request shared by every caller.
 
         Raises:
             InvalidImageId: before any I/O, when the id is not a gallery id.
@@ -238,8 +254,56 @@ class GallerySession:
             if lookup is Lookup.KNOWN_MISSING:
                 self._tally.record(lookup)
                 raise remembered_404(valid_id)
+            if lookup is Lookup.REFRESH:
+                self._refresh(valid_id)
         self._tally.record(lookup)
         return image
+
+    def peek(self, image_id: str) -> GalleryImage | None:
+        """The fresh image the in-process cache holds for `image_id`, or None: no I/O at all.
+
+        For a caller that must answer now (a bot inside Discord's 3-second window): nothing
+        is fetched, refreshed or asked of a shared cache, and only the hit or miss is counted.
+
+        Raises:
+            InvalidImageId: the id is not a gallery id.
+
+        """
+        image = self._cache.get(image_id) if type(image_id) is str else None
+        if image is None:
+            validate_image_id(image_id)
+        self._tally.record(Lookup.HIT if image is not None else Lookup.MISS)
+        return image
+
+    def _refresh(self, image_id: str) -> None:
+        """Start the background refresh of `image_id`, unless a fetch of it is in flight.
+
+        It rides the id's flight like a miss (a miss meanwhile joins it), held by a done
+        callback rather than a waiting caller, so that nobody waits for it.
+        """
+        if self._closed or self._flights.running(image_id):
+            return
+        self._fetcher.refreshing.add(image_id)
+        flight, _ = self._flights.join(image_id, asyncio.get_running_loop())
+        flight.task.add_done_callback(lambda task: self._refreshed(flight))
+
+    def _refreshed(self, flight: Flight[GalleryImage]) -> None:
+        self._fetcher.refreshing.discard(flight.key)
+        self._flights.leave(flight)
+        task = flight.task
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._tally.record(REFRESHED)
+        else:
+            # Counted as an error by the fetch; nobody waits for it, so it is said here, once.
+            logger.warning(
+                "background refresh of image %s failed, serving the stored image until its "
+                "stale-while-revalidate window ends: %s",
+                flight.key,
+                error,
+            )
 
     def _join(self, image_id: str, loop: asyncio.AbstractEventLoop) -> Flight[GalleryImage]:
         """Wait on the fetch of a valid id that missed the cache, starting it if needed."""

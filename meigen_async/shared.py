@@ -26,6 +26,10 @@ class SharedImage:
 
     image: GalleryImage
     fresh_until: float
+    etag: str | None = None
+    """The image's `ETag`, to revalidate it with once expired (None: none)."""
+    last_modified: str | None = None
+    """The image's `Last-Modified`, likewise."""
 
 
 @attrs.frozen
@@ -52,9 +56,22 @@ class SharedCache(Protocol):
         ...
 
     async def set(
-        self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
+        self,
+        image_id: str,
+        image: GalleryImage,
+        ttl: float,
+        stale_window: float,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
+        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer.
+
+        ``etag`` and ``last_modified`` are its validators, handed back in the `SharedImage`
+        (the session passes them only when the image has some, so an implementation written
+        before they existed keeps working with servers that send none). An entry with them
+        may be kept longer than its stale window, so that it can be revalidated.
+        """
         ...
 
     async def set_missing(self, image_id: str, ttl: float) -> None:

@@ -24,10 +24,13 @@ case. :attr:`FakeGallery.searches` records what each search asked, as the server
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from importlib import resources
 from pathlib import Path
 from types import TracebackType
@@ -35,6 +38,8 @@ from typing import Any
 
 import attrs
 from aiohttp import web
+
+from ._protocol import parse_http_date
 
 __all__ = ["DEFAULT_CACHE_CONTROL", "Answer", "FakeGallery", "load_jsonl", "sample_images"]
 
@@ -178,6 +183,10 @@ class FakeGallery:
         cache_control: The ``Cache-Control`` header of successful responses (None: no header).
         delay: Seconds each request waits before answering, to make requests overlap.
         port: The port to bind on 127.0.0.1; 0 picks a free one.
+        validators: Send a strong `ETag` (a hash of the body, so changing an image changes
+            it) and a `Last-Modified` (the image's `updated_at`, else `created_at`), and
+            answer `If-None-Match` / `If-Modified-Since` with `304 Not Modified`; False
+            sends neither and ignores conditional requests.
 
     """
 
@@ -188,11 +197,17 @@ class FakeGallery:
         cache_control: str | None = DEFAULT_CACHE_CONTROL,
         delay: float = 0.0,
         port: int = 0,
+        validators: bool = True,
     ):
         items = images.values() if isinstance(images, Mapping) else images
         self.images: dict[str, dict[str, Any]] = {_image_id(data): dict(data) for data in items}
         self.cache_control = cache_control
         self.delay = delay
+        self.validators = validators
+        self.conditional: Counter[str] = Counter()
+        """Requests per id that carried `If-None-Match` or `If-Modified-Since`."""
+        self.not_modified: Counter[str] = Counter()
+        """`304 Not Modified` answers sent per id (with no body)."""
         self.extra_headers: dict[str, dict[str, str]] = {}
         self.scripts: dict[str, deque[Answer]] = {}
         self.requests: Counter[str] = Counter()
@@ -253,6 +268,8 @@ class FakeGallery:
         """Zero the request counters."""
         self.searches.clear()
         self.requests.clear()
+        self.conditional.clear()
+        self.not_modified.clear()
         self.user_agents.clear()
         self.paths.clear()
         self.max_in_flight = self.in_flight
@@ -299,6 +316,8 @@ class FakeGallery:
     async def _serve_image(self, request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
         self.requests[image_id] += 1
+        if "If-None-Match" in request.headers or "If-Modified-Since" in request.headers:
+            self.conditional[image_id] += 1
         self.user_agents[request.headers.get("User-Agent", "")] += 1
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
@@ -308,20 +327,33 @@ class FakeGallery:
             queue = self.scripts.get(image_id)
             if queue:
                 return await self._scripted(request, image_id, queue.popleft())
-            return self._answer(image_id)
+            return self._answer(request, image_id)
         finally:
             self.in_flight -= 1
 
-    def _normal(self, image_id: str) -> tuple[int, dict[str, str], bytes]:
+    def _normal(
+        self, image_id: str, request: web.Request | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
         data = self.images.get(image_id)
         if data is None:
             return 404, {}, json.dumps(_NOT_FOUND).encode()
         headers = {"Cache-Control": self.cache_control} if self.cache_control else {}
+        body = json.dumps({"success": True, "data": data}).encode()
+        if self.validators:
+            headers["ETag"] = f'"{hashlib.sha256(body).hexdigest()[:20]}"'
+            last_modified = _last_modified(data)
+            if last_modified is not None:
+                headers["Last-Modified"] = last_modified
         headers.update(self.extra_headers.get(image_id, {}))
-        return 200, headers, json.dumps({"success": True, "data": data}).encode()
+        if request is not None and self.validators and _not_modified(request, headers):
+            self.not_modified[image_id] += 1
+            return 304, headers, b""
+        return 200, headers, body
 
-    def _answer(self, image_id: str) -> web.Response:
-        status, headers, body = self._normal(image_id)
+    def _answer(self, request: web.Request, image_id: str) -> web.Response:
+        status, headers, body = self._normal(image_id, request)
+        if status == 304:
+            return web.Response(status=304, headers=headers)
         return web.Response(status=status, headers=headers, body=body, content_type=_JSON)
 
     async def _serve_search(self, request: web.Request) -> web.StreamResponse:
@@ -367,7 +399,15 @@ class FakeGallery:
             await asyncio.sleep(answer.delay)
         if answer.drop:
             return _hang_up(request)
-        status, headers, body = normal if normal is not None else self._normal(image_id)
+        # A fault (a cut-off body, chunks) is one of the body: it is served as a 200, whatever
+        # the request's validators; a plain answer (a delay, extra headers) may be a 304.
+        faulty = answer.keep is not None or answer.hang_up_after is not None or answer.chunked
+        if normal is not None:
+            status, headers, body = normal
+        else:
+            status, headers, body = self._normal(image_id, None if faulty else request)
+        if status == 304 and answer.body is None:
+            return web.Response(status=304, headers={**headers, **answer.headers})
         if answer.body is not None:
             status, headers, body = answer.status, {}, answer.body
         headers = {**headers, **answer.headers}
@@ -401,3 +441,32 @@ def _words(data: Mapping[str, Any]) -> set[str]:
     return {
         word for field in fields if isinstance(field, str) for word in _WORD.findall(field.lower())
     }
+
+
+def _last_modified(data: Mapping[str, Any]) -> str | None:
+    """The image's `updated_at` (else `created_at`) as an HTTP-date, when it reads as one."""
+    for field in ("updated_at", "created_at"):
+        value = data.get(field)
+        if isinstance(value, str):
+            try:
+                when = datetime.fromisoformat(value)
+            except ValueError:
+                continue
+            if when.tzinfo is not None:
+                return format_datetime(when.astimezone(UTC), usegmt=True)
+    return None
+
+
+def _not_modified(request: web.Request, headers: Mapping[str, str]) -> bool:
+    """Whether a conditional request's validators match (RFC 9110 section 13.2.2)."""
+    if_none_match = request.headers.get("If-None-Match")
+    if if_none_match is not None:
+        etag = headers.get("ETag")
+        if etag is None:
+            return False
+        # Weak comparison: W/"x" and "x" match.
+        tags = {tag.strip().removeprefix("W/") for tag in if_none_match.split(",")}
+        return "*" in tags or etag.removeprefix("W/") in tags
+    since = parse_http_date(request.headers.get("If-Modified-Since"))
+    modified = parse_http_date(headers.get("Last-Modified"))
+    return since is not None and modified is not None and modified <= since

@@ -8,6 +8,7 @@ import pytest
 from clocks import FakeTimer
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from meigen_async._protocol import Validators
 from meigen_async.cache import CachePolicy, MemoryCache, parse_cache_control
 from meigen_async.models import GalleryImage
 
@@ -632,3 +633,40 @@ def test_the_cache_module_knows_no_shared_cache_implementation() -> None:
     }
 
     assert not any("redis" in module or "sqlite" in module for module in imported)
+
+
+def test_an_expired_image_with_validators_is_kept_past_its_stale_window(timer: FakeTimer) -> None:
+    cache = MemoryCache(10, stale_window=5, timer=timer)
+    cache.set("a", GalleryImage(id="a"), 10, validators=Validators(etag='"1"'))
+    timer.now += 10_000
+
+    assert cache.get("a") is None
+    assert cache.get_stale("a") is None
+    assert cache.validators("a") == (GalleryImage(id="a"), Validators(etag='"1"'))
+
+
+def test_an_expired_image_without_validators_goes_after_its_stale_window(timer: FakeTimer) -> None:
+    cache = MemoryCache(10, stale_window=5, timer=timer)
+    cache.set("a", GalleryImage(id="a"), 10)
+    timer.now += 16
+
+    assert cache.entry("a") is None
+    assert len(cache) == 0
+
+
+def test_expired_images_with_validators_give_way_to_the_lru(timer: FakeTimer) -> None:
+    cache = MemoryCache(2, timer=timer)
+    cache.set("a", GalleryImage(id="a"), 10, validators=Validators(etag='"1"'))
+    timer.now += 100
+    cache.set("b", GalleryImage(id="b"), 10)
+    cache.set("c", GalleryImage(id="c"), 10)
+
+    assert cache.validators("a") is None
+
+
+def test_an_image_is_kept_through_its_revalidate_window(timer: FakeTimer) -> None:
+    cache = MemoryCache(10, timer=timer)
+    cache.set("a", GalleryImage(id="a"), 10, revalidate_window=20)
+    timer.now += 25
+
+    assert cache.entry("a") is not None

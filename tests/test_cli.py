@@ -599,6 +599,20 @@ async def test_bulk_draws_a_progress_bar_with_a_rate_on_a_terminal(
     assert len(json_lines(captured.out)) == 5
 
 
+async def test_bulk_ends_with_a_summary_of_the_counters_on_a_terminal(
+    gallery: FakeGallery,
+    ids_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert await run("bulk", str(ids_file), "--base-url", gallery.url) == 0
+    assert (
+        "meigen-async: 5 ids, 5 upstream requests, 0 cache hits, 0 coalesced, "
+        "0 revalidated (304), 0 refreshed in the background"
+    ) in capsys.readouterr().err
+
+
 async def test_bulk_draws_no_progress_bar_when_stderr_is_not_a_terminal(
     gallery: FakeGallery, ids_file: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -746,6 +760,8 @@ def test_demo_command_prints_a_table_of_its_figures(
     assert row("errors") == "1"
     assert int(row("plain-text prompts")) + int(row("JSON prompts")) == 60
     assert row("repaired JSON prompts").isdigit()
+    assert row("revalidated \\(304\\)") == "0"
+    assert row("refreshed in the background") == "0"
     assert re.fullmatch(r"\d+\.\d{3}s", row("time taken"))
     assert MISSING in out
 

@@ -8,11 +8,13 @@ import pytest
 
 from meigen_async._core import (
     COALESCED,
+    REFRESHED,
     SENT,
     SHARED_HIT,
     DontStore,
     Lookup,
     Raise,
+    Refresh,
     Retry,
     ServeStale,
     Store,
@@ -20,9 +22,11 @@ from meigen_async._core import (
     after_failure,
     after_giving_up,
     for_image,
+    freshness,
     look_up,
     read_response,
 )
+from meigen_async._protocol import Validators, conditional_headers, validators_from
 from meigen_async.cache import CachePolicy, MemoryCache
 from meigen_async.errors import (
     ApiError,
@@ -218,3 +222,166 @@ def test_the_tally_counts_each_outcome_under_its_counter() -> None:
 
 def test_a_new_tally_is_all_zeros() -> None:
     assert Tally().snapshot() == SessionStats()
+
+
+# -- Freshness -----------------------------------------------------------------------------------
+
+ETAG = '"v1"'
+LAST_MODIFIED = "Thu, 07 Aug 2025 21:09:16 GMT"
+VALIDATORS = Validators(etag=ETAG, last_modified=LAST_MODIFIED)
+
+
+def test_freshness_before_expiry_is_a_hit() -> None:
+    assert freshness(10.0, 60.0, 90.0, True) is Lookup.HIT
+
+
+def test_freshness_within_the_revalidate_window_serves_and_refreshes() -> None:
+    assert freshness(70.0, 60.0, 90.0, False) is Lookup.REFRESH
+
+
+def test_freshness_past_the_window_with_validators_is_stale() -> None:
+    assert freshness(95.0, 60.0, 90.0, True) is Lookup.STALE
+
+
+def test_freshness_past_the_window_without_validators_is_a_miss() -> None:
+    assert freshness(95.0, 60.0, 90.0, False) is Lookup.MISS
+
+
+def test_an_expired_image_with_validators_is_stale_without_the_image() -> None:
+    clock = Clock()
+    cache = MemoryCache(10, timer=clock)
+    cache.set(ID, IMAGE, 60, validators=VALIDATORS)
+    clock.now = 10_000
+
+    assert look_up(cache, ID) == (Lookup.STALE, None)
+
+
+def test_an_image_in_its_revalidate_window_is_a_refresh_with_the_image() -> None:
+    clock = Clock()
+    cache = MemoryCache(10, timer=clock)
+    cache.set(ID, IMAGE, 60, revalidate_window=30)
+    clock.now = 75
+
+    assert look_up(cache, ID) == (Lookup.REFRESH, IMAGE)
+
+
+def test_an_image_past_its_revalidate_window_without_validators_is_a_miss() -> None:
+    clock = Clock()
+    cache = MemoryCache(10, timer=clock)
+    cache.set(ID, IMAGE, 60, revalidate_window=30)
+    clock.now = 91
+
+    assert look_up(cache, ID) == (Lookup.MISS, None)
+
+
+def test_a_response_keeps_its_etag_and_last_modified() -> None:
+    headers = {"Cache-Control": "max-age=60", "ETag": ETAG, "Last-Modified": LAST_MODIFIED}
+    outcome = read_response(200, headers, BODY, image_id=ID, policy=CachePolicy())
+
+    assert outcome == Store(IMAGE, 60.0, None, VALIDATORS, 0.0)
+
+
+def test_a_304_renews_the_stored_image_with_the_304s_own_lifetime() -> None:
+    outcome = read_response(
+        304,
+        {"Cache-Control": "max-age=120"},
+        b"",
+        image_id=ID,
+        policy=CachePolicy(),
+        stored=(IMAGE, VALIDATORS),
+    )
+
+    assert outcome == Refresh(IMAGE, 120.0, None, VALIDATORS, 0.0)
+
+
+def test_a_304_takes_the_new_etag_it_carries_and_keeps_the_old_last_modified() -> None:
+    outcome = read_response(
+        304,
+        {"Cache-Control": "max-age=120", "ETag": '"v2"'},
+        b"",
+        image_id=ID,
+        policy=CachePolicy(),
+        stored=(IMAGE, VALIDATORS),
+    )
+
+    assert isinstance(outcome, Refresh)
+    assert outcome.validators == Validators(etag='"v2"', last_modified=LAST_MODIFIED)
+
+
+def test_a_304_saying_no_store_renews_nothing() -> None:
+    outcome = read_response(
+        304,
+        {"Cache-Control": "no-store"},
+        b"",
+        image_id=ID,
+        policy=CachePolicy(),
+        stored=(IMAGE, VALIDATORS),
+    )
+
+    assert outcome == DontStore(IMAGE)
+
+
+def test_a_304_to_a_request_that_was_not_conditional_is_an_invalid_response() -> None:
+    with pytest.raises(InvalidResponse, match="not conditional"):
+        read_response(304, {}, b"", image_id=ID, policy=CachePolicy())
+
+
+def test_the_servers_stale_while_revalidate_gives_the_window() -> None:
+    headers = {"Cache-Control": "max-age=60, stale-while-revalidate=30"}
+    outcome = read_response(200, headers, BODY, image_id=ID, policy=CachePolicy())
+
+    assert isinstance(outcome, Store)
+    assert outcome.revalidate_window == 30.0
+
+
+def test_the_servers_stale_while_revalidate_is_capped_at_the_sessions_value() -> None:
+    policy = CachePolicy(stale_while_revalidate=10)
+
+    assert policy.revalidate_window({"Cache-Control": "stale-while-revalidate=30"}) == 10.0
+
+
+def test_the_servers_stale_while_revalidate_is_capped_at_max_ttl_when_the_session_sets_none() -> (
+    None
+):
+    policy = CachePolicy(max_ttl=100)
+
+    assert policy.revalidate_window({"Cache-Control": "stale-while-revalidate=99999"}) == 100.0
+
+
+def test_without_the_directive_the_window_is_the_sessions() -> None:
+    policy = CachePolicy(stale_while_revalidate=15)
+
+    assert policy.revalidate_window({"Cache-Control": "max-age=60"}) == 15.0
+
+
+def test_conditional_headers_carry_both_validators() -> None:
+    assert conditional_headers(VALIDATORS) == {
+        "If-None-Match": ETAG,
+        "If-Modified-Since": LAST_MODIFIED,
+    }
+
+
+def test_no_validators_make_no_conditional_headers() -> None:
+    assert conditional_headers(None) is None
+
+
+def test_a_validator_that_could_not_be_sent_back_is_dropped() -> None:
+    headers = {"ETag": '"a\r\nX-Evil: 1"', "Last-Modified": "not a date"}
+
+    assert validators_from(headers) is None
+
+
+def test_a_weak_etag_is_kept_as_it_came() -> None:
+    assert validators_from({"ETag": 'W/"x"'}) == Validators(etag='W/"x"')
+
+
+def test_the_tally_counts_a_304_as_revalidated_and_a_refresh_as_refreshed() -> None:
+    tally = Tally()
+    tally.record(Refresh(IMAGE, 60.0, None, VALIDATORS))
+    tally.record(REFRESHED)
+    tally.record(Lookup.REFRESH)
+    tally.record(Lookup.STALE)
+
+    assert tally.snapshot() == SessionStats(
+        revalidated=1, refreshed=1, cache_hits=1, cache_misses=1
+    )

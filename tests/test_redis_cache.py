@@ -43,6 +43,7 @@ from meigen_async._shared_tier import SharedTier
 from meigen_async.cache import MemoryCache
 from meigen_async.models import structure_image
 from meigen_async.redis_cache import (
+    VALIDATOR_KEEP,
     Backoff,
     RedisCache,
     decode_image,
@@ -442,6 +443,7 @@ async def test_a_shared_hit_counts_as_a_cache_hit_and_sends_no_request(
 async def test_an_image_key_lives_max_age_less_age(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
+    gallery.validators = False  # with them, the key is kept longer: see below
     image_id = gallery.ids[0]
     gallery.extra_headers[image_id] = {"Cache-Control": "max-age=600", "Age": "100"}
     async with peer(gallery.url, redis_server.url) as session:
@@ -452,6 +454,7 @@ async def test_an_image_key_lives_max_age_less_age(
 async def test_an_image_key_lives_s_maxage_not_max_age(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
+    gallery.validators = False  # with them, the key is kept longer: see below
     image_id = gallery.ids[0]
     gallery.extra_headers[image_id] = {"Cache-Control": "max-age=60, s-maxage=600", "Age": "100"}
     async with peer(gallery.url, redis_server.url) as session:
@@ -475,6 +478,7 @@ async def test_a_private_image_is_kept_in_process_but_not_written_to_redis(
 async def test_the_stale_window_lengthens_the_key_but_not_the_freshness(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
+    gallery.validators = False  # with them, the key is kept longer: see below
     image_id = gallery.ids[0]
     gallery.extra_headers[image_id] = {"Cache-Control": "max-age=600"}
     async with peer(gallery.url, redis_server.url, stale_if_error=60) as session:
@@ -852,3 +856,63 @@ async def test_a_restarted_redis_is_used_again(
             pytest.fail("nothing was written to the restarted Redis")
     assert len(records(logs, logging.WARNING)) == 1
     assert len(records(logs, logging.INFO)) == 1
+
+
+# -- Validators ----------------------------------------------------------------------------------
+
+
+def test_an_image_value_keeps_its_validators() -> None:
+    image = GalleryImage(id="a")
+    raw_value = encode_image(image, 1234.5, etag='"v1"', last_modified="Thu, 07 Aug 2025 GMT")
+    entry = decode_image(raw_value, image_id="a")
+    assert (entry.etag, entry.last_modified) == ('"v1"', "Thu, 07 Aug 2025 GMT")
+
+
+def test_a_value_written_before_validators_reads_as_an_image_without_them() -> None:
+    raw_value = json.dumps({"fresh_until": 1234.5, "image": {"id": "a"}})
+    entry = decode_image(raw_value, image_id="a")
+    assert (entry.image.id, entry.etag, entry.last_modified) == ("a", None, None)
+
+
+@pytest.mark.parametrize("etag", [12, "", "a\r\nX-Evil: 1", "é"])
+def test_a_value_with_a_validator_that_cannot_be_sent_back_is_unreadable(etag: object) -> None:
+    raw_value = json.dumps({"fresh_until": 1234.5, "image": {"id": "a"}, "etag": etag})
+    with pytest.raises(ValueError, match="validators"):
+        decode_image(raw_value, image_id="a")
+
+
+async def test_an_image_with_validators_is_kept_in_redis_past_its_stale_window(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    gallery.extra_headers[image_id] = {"Cache-Control": "max-age=600"}
+    async with peer(gallery.url, redis_server.url) as session:
+        await session.get_image(image_id)
+    kept = await raw.pttl(image_key(PREFIX, image_id))
+    assert 600_000 + VALIDATOR_KEEP * 1000 - 5_000 < kept <= 600_000 + VALIDATOR_KEEP * 1000
+
+
+async def test_an_expired_image_from_redis_is_revalidated_with_its_etag(
+    gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
+) -> None:
+    image_id = gallery.ids[0]
+    async with peer(gallery.url, redis_server.url) as first:
+        image = await first.get_image(image_id)
+    raw_value = await raw.get(image_key(PREFIX, image_id))
+    assert raw_value is not None
+    etag = decode_image(raw_value, image_id=image_id).etag
+    assert etag is not None
+    await raw.set(
+        image_key(PREFIX, image_id), encode_image(image, time.time() - 1, etag=etag), px=60_000
+    )
+    async with peer(gallery.url, redis_server.url) as second:
+        again = await second.get_image(image_id)
+        stats = second.stats
+    renewed = await raw.get(image_key(PREFIX, image_id))
+    assert renewed is not None
+
+    assert again == image
+    assert gallery.conditional[image_id] == 1
+    assert gallery.not_modified[image_id] == 1
+    assert stats.revalidated == 1
+    assert decode_image(renewed, image_id=image_id).fresh_until > time.time() + 3000

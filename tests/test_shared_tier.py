@@ -177,3 +177,16 @@ async def test_an_expired_image_is_a_miss_but_is_not_dropped(timer: FakeTimer) -
     claim = await tier_on(shared, timer).claim("a")
     assert claim.token == "token"
     assert shared.invalidated == []
+
+
+async def test_an_expired_image_with_validators_is_kept_in_process_to_be_revalidated(
+    timer: FakeTimer,
+) -> None:
+    from meigen_async._protocol import Validators
+
+    entry = SharedImage(image=A, fresh_until=NOW - 10_000, etag='"v1"')
+    tier = tier_on(OneEntry(entry), timer)
+    claim = await tier.claim("a")
+    assert claim.token == "token"
+    assert tier.memory.get("a") is None
+    assert tier.memory.validators("a") == (A, Validators(etag='"v1"'))

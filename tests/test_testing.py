@@ -396,3 +396,48 @@ async def test_close_is_idempotent_and_stops_serving(http: aiohttp.ClientSession
 
 async def test_close_before_start_does_nothing() -> None:
     await FakeGallery().close()
+
+
+async def test_the_fake_sends_a_strong_etag_that_changes_with_the_image() -> None:
+    async with (
+        FakeGallery([{"id": "a", "created_at": "2025-08-07T21:09:16+00:00"}]) as fake,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"{fake.url}/api/images/a"
+        async with http.get(url) as first:
+            before = first.headers["ETag"]
+            last_modified = first.headers["Last-Modified"]
+        fake.images["a"]["likes"] = 5
+        async with http.get(url) as second:
+            after = second.headers["ETag"]
+    assert before.startswith('"')  # strong: not W/
+    assert before != after
+    assert last_modified == "Thu, 07 Aug 2025 21:09:16 GMT"
+
+
+async def test_the_fake_answers_if_modified_since_with_a_304() -> None:
+    async with (
+        FakeGallery([{"id": "a", "created_at": "2025-08-07T21:09:16+00:00"}]) as fake,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {"If-Modified-Since": "Fri, 08 Aug 2025 00:00:00 GMT"}
+        async with http.get(f"{fake.url}/api/images/a", headers=headers) as response:
+            status, body = response.status, await response.read()
+    assert (status, body) == (304, b"")
+    assert fake.not_modified["a"] == 1
+
+
+async def test_the_fake_without_validators_sends_none_and_ignores_conditions() -> None:
+    async with (
+        FakeGallery(
+            [{"id": "a", "created_at": "2025-08-07T21:09:16+00:00"}], validators=False
+        ) as fake,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {"If-None-Match": "*"}
+        async with http.get(f"{fake.url}/api/images/a", headers=headers) as response:
+            status = response.status
+            sent = set(response.headers)
+    assert status == 200
+    assert "ETag" not in sent
+    assert "Last-Modified" not in sent

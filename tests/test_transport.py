@@ -366,3 +366,21 @@ async def test_a_body_one_byte_over_the_limit_is_refused(
     async with GallerySession(gallery.url, max_body_bytes=limit) as client:
         with pytest.raises(InvalidResponse, match="max_body_bytes"):
             await client.get_image(image_id)
+
+
+async def test_the_headers_given_to_send_reach_the_server_and_a_304_comes_back_bodiless() -> None:
+    from meigen_async.testing import FakeGallery
+
+    async with FakeGallery([{"id": ID, "created_at": "2025-08-07T21:09:16+00:00"}]) as gallery:
+        transport = AiohttpTransport(timeout=5, max_body_bytes=10_000, headers={})
+        try:
+            url = image_urls(gallery.url)(ID)
+            first = await transport.send(url)
+            etag = first.headers["ETag"]
+            second = await transport.send(url, {"If-None-Match": etag})
+        finally:
+            await transport.close()
+
+    assert (second.status, second.body) == (304, b"")
+    assert gallery.conditional[ID] == 1
+    assert gallery.not_modified[ID] == 1

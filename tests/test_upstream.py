@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -41,11 +41,13 @@ class Script:
     def __init__(self, *answers: RawResponse | MeigenError) -> None:
         self.answers = list(answers)
         self.sent = 0
+        self.headers: list[Mapping[str, str] | None] = []
         self.in_flight = 0
         self.most_in_flight = 0
 
-    async def __call__(self, url: URL) -> RawResponse:
+    async def __call__(self, url: URL, headers: Mapping[str, str] | None) -> RawResponse:
         self.sent += 1
+        self.headers.append(headers)
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
         try:
@@ -77,7 +79,7 @@ def read_body(raw: RawResponse) -> bytes:
 
 
 def upstream(
-    send: Callable[[URL], object],
+    send: Callable[[URL, Mapping[str, str] | None], object],
     *,
     retry: RetryPolicy | None = None,
     concurrency: int = 4,
@@ -251,7 +253,7 @@ async def test_a_request_queued_for_a_slot_takes_no_pacing_turn_until_it_has_one
     gate = asyncio.Event()
     sent = 0
 
-    async def held(url: URL) -> RawResponse:
+    async def held(url: URL, headers: object = None) -> RawResponse:
         nonlocal sent
         sent += 1
         await gate.wait()
@@ -276,7 +278,7 @@ async def test_every_retry_is_paced_after_its_backoff_like_a_first_attempt() -> 
     log: list[str] = []
     answers = [RawResponse(503, {}, b"")] * 14
 
-    async def send(url: URL) -> RawResponse:
+    async def send(url: URL, headers: object = None) -> RawResponse:
         log.append("send")
         return answers.pop(0) if answers else OK
 
@@ -655,3 +657,16 @@ async def test_a_fetch_cancelled_while_waiting_for_the_rate_limit_sends_nothing(
         assert gallery.requests[others[4]] == 0
         assert fetch_tasks() == []
         assert (await client.get_image(others[4])).id == others[4]
+
+
+async def test_the_request_headers_given_go_with_every_attempt_retries_included() -> None:
+    script = Script(RawResponse(503, {}, b""))
+    headers = {"If-None-Match": '"abc"'}
+    await upstream(script).request(URL_, read_body, image_id="1", headers=headers)
+    assert script.headers == [headers, headers]
+
+
+async def test_a_plain_request_sends_no_extra_headers() -> None:
+    script = Script()
+    await upstream(script).request(URL_, read_body, image_id="1")
+    assert script.headers == [None]
