@@ -10,6 +10,7 @@ from .errors import (
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 )
 from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
@@ -33,6 +34,7 @@ __all__ = [
     "ServerError",
     "SessionStats",
     "TransportError",
+    "UpstreamUnreachable",
     "__version__",
     "parse_prompt",
 ]

@@ -20,6 +20,7 @@ refuses at once, busy timeout or not).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -242,10 +243,8 @@ class SQLiteCache:
         self._finished = True
         if self._connection is not None:
             connection, self._connection = self._connection, None
-            try:
+            with contextlib.suppress(sqlite3.Error):  # closing is best effort
                 connection.close()
-            except sqlite3.Error:  # pragma: no cover - closing is best effort
-                pass
 
     # -- In the worker thread ------------------------------------------------------------------
 
@@ -314,10 +313,8 @@ class SQLiteCache:
             result = operation(connection)
         except sqlite3.Error as error:
             if connection.in_transaction:
-                try:
+                with contextlib.suppress(sqlite3.Error):
                     connection.execute("ROLLBACK")
-                except sqlite3.Error:
-                    pass
             if isinstance(error, sqlite3.DatabaseError) and not isinstance(
                 error, sqlite3.OperationalError
             ):
@@ -371,8 +368,7 @@ class SQLiteCache:
         count: int = connection.execute("SELECT count(*) FROM entries").fetchone()[0]
         if count > self.max_entries:
             connection.execute(
-                "DELETE FROM entries WHERE id IN "
-                "(SELECT id FROM entries ORDER BY expires LIMIT ?)",
+                "DELETE FROM entries WHERE id IN (SELECT id FROM entries ORDER BY expires LIMIT ?)",
                 (count - self.max_entries,),
             )
             count = self.max_entries
