@@ -57,7 +57,7 @@ async def _write(path: str, count: int) -> None:
         stored = 0
         while stored < count:
             batch = range(stored, min(stored + 50, count))
-            # Another id each, the same image: the cache checks ids on read, not on write.
+            # Another id each, the same image: the test reads the rows, not the entries.
             await asyncio.gather(*(cache.set(f"w{i}", image, 3600, 0) for i in batch))
             stored = batch[-1] + 1
             print(f"stored {stored}", flush=True)
