@@ -27,6 +27,7 @@ import math
 import os
 import secrets
 import sqlite3
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -64,7 +65,8 @@ CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS leases (
     id TEXT PRIMARY KEY,
     token TEXT NOT NULL,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    pid INTEGER NOT NULL
 );
 """
 
@@ -165,6 +167,8 @@ class SQLiteCache:
     Give it to `GallerySession` as `cache=`; the session keeps its own in-process cache in
     front of it. The file and its table are made on first use. Of concurrent misses for one id
     in several processes, one fetches (a lease row with an expiry, as `RedisCache` uses a key).
+    A lease row also names its process: one left by a process that is gone (killed mid-fetch)
+    is taken over at once instead of waited out.
 
     At most `max_entries` images and 404s are kept: past it, those closest to expiry go first;
     expired rows are deleted as writes come. Each process trims after its own writes, so
@@ -476,14 +480,27 @@ class SQLiteCache:
         """
         token = secrets.token_hex(8)
 
+        pid = os.getpid()
+
         def take(connection: sqlite3.Connection) -> bool:
             now = time.time()
             # One statement, so atomic: a lease row is taken if absent or expired.
             cursor = connection.execute(
-                "INSERT INTO leases (id, token, expires) VALUES (?, ?, ?) "
+                "INSERT INTO leases (id, token, expires, pid) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET token = excluded.token, "
-                "expires = excluded.expires WHERE leases.expires <= ?",
-                (image_id, token, now + ms / 1000, now),
+                "expires = excluded.expires, pid = excluded.pid WHERE leases.expires <= ?",
+                (image_id, token, now + ms / 1000, pid, now),
+            )
+            if cursor.rowcount == 1:
+                return True
+            holder = _holder(connection, image_id)
+            if holder is None or _alive(holder[1]):
+                return False
+            # Its process is gone (killed mid-fetch): nobody will store or release it. Taken
+            # over only if still that one, so that two takers cannot both win.
+            cursor = connection.execute(
+                "UPDATE leases SET token = ?, expires = ?, pid = ? WHERE id = ? AND token = ?",
+                (token, now + ms / 1000, pid, image_id, holder[0]),
             )
             return cursor.rowcount == 1
 
@@ -493,10 +510,8 @@ class SQLiteCache:
         """Whether some process holds the lease to fetch `image_id` (False while the file fails)."""
 
         def held(connection: sqlite3.Connection) -> bool:
-            row = connection.execute(
-                "SELECT 1 FROM leases WHERE id = ? AND expires > ?", (image_id, time.time())
-            ).fetchone()
-            return row is not None
+            holder = _holder(connection, image_id)
+            return holder is not None and _alive(holder[1])
 
         return await self._call(held, False)
 
@@ -519,6 +534,28 @@ def _upsert(
         )
 
     return write
+
+
+def _holder(connection: sqlite3.Connection, image_id: str) -> tuple[str, int] | None:
+    """The token and process id of the lease on `image_id` still in force, if any."""
+    row = connection.execute(
+        "SELECT token, pid FROM leases WHERE id = ? AND expires > ?", (image_id, time.time())
+    ).fetchone()
+    return None if row is None else (str(row[0]), int(row[1]))
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (the file is shared by one host's processes)."""
+    if pid == os.getpid() or sys.platform == "win32":
+        # On Windows os.kill(pid, 0) would terminate the process: trust the expiry there.
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists, as another user's process
+        return True
+    return True
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:

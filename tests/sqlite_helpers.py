@@ -39,9 +39,9 @@ async def _fetch(gallery_url: str, path: str, ids: list[str]) -> None:
 
 
 async def _write(path: str, count: int) -> None:
+    from meigen_async.models import structure_image
     from meigen_async.sqlite_cache import SQLiteCache
     from meigen_async.testing import sample_images
-    from meigen_async.models import structure_image
 
     warnings: list[str] = []
 
