@@ -76,7 +76,7 @@ def test_fields_the_entry_class_does_not_know_are_ignored_on_read(
     "raw", ["[]", "not json", '{"fresh_until": "soon", "image": {}}', '{"fresh_until": NaN}']
 )
 def test_a_stored_value_that_is_not_an_image_entry_is_refused(raw: str) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"."):
         decode_entry("image", raw, image_id="1")
 
 
@@ -166,8 +166,8 @@ async def test_an_expired_lease_can_be_taken_by_another(tmp_path: Path) -> None:
 
 
 async def test_a_lease_left_by_a_dead_process_is_taken_at_once(tmp_path: Path) -> None:
-    dead = subprocess.Popen([sys.executable, "-c", ""])
-    dead.wait()
+    dead = await asyncio.create_subprocess_exec(sys.executable, "-c", "")
+    await dead.wait()
     async with SQLiteCache(tmp_path / "c.sqlite") as cache:
         assert not await cache.lease_held("x")  # makes the file
         with sqlite3.connect(tmp_path / "c.sqlite") as connection:
@@ -253,7 +253,8 @@ async def test_sigkill_mid_write_keeps_committed_rows_and_the_file_usable(
 ) -> None:
     path = tmp_path / "c.sqlite"
     [worker] = await start_workers("write", str(path), "1000000", count=1)
-    assert worker.stdin is not None and worker.stdout is not None
+    assert worker.stdin is not None
+    assert worker.stdout is not None
     worker.stdin.write(b"go\n")
     committed = 0
     while committed < 500:
