@@ -108,9 +108,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
             warm = await asyncio.to_thread(_child, who, "warm", url, path, 0, warm_ids)
             warm["upstream"] = (await fetch_stats(url))["image_requests"] - before
             before = (await fetch_stats(url))["image_requests"]
-            misses = await asyncio.to_thread(
-                _child, who, "misses", url, path, 10**6, _MISSES
-            )
+            misses = await asyncio.to_thread(_child, who, "misses", url, path, 10**6, _MISSES)
             misses["upstream"] = (await fetch_stats(url))["image_requests"] - before
             raw[who] = {"warm": warm, "misses": misses}
             figures[f"{who}: warm reads"] = summarise([warm])

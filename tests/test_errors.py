@@ -16,6 +16,7 @@ from meigen_async.errors import (
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 )
 
 SUBCLASSES = [
@@ -26,6 +27,7 @@ SUBCLASSES = [
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 ]
 
 
