@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import burst, cold, freshness, report, scale, warm
+from . import burst, cold, freshness, report, scale, sqlite, warm
 from .common import Config, log, ratio_entry, summarise
 from .server import ServerProcess
 
@@ -29,6 +29,7 @@ SCENARIOS: dict[str, Callable[[str, Config], Awaitable[dict[str, Any]]]] = {
     "burst": burst.run,
     "scale": scale.run,
     "freshness": freshness.run,
+    "sqlite": sqlite.run,
 }
 ALL = (*SCENARIOS, "prompt_parsing")
 

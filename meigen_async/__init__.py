@@ -11,6 +11,7 @@ from .errors import (
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 )
 from .limits import LocalRateLimiter, RateLimiter
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
@@ -39,6 +40,7 @@ __all__ = [
     "ServerError",
     "SessionStats",
     "TransportError",
+    "UpstreamUnreachable",
     "__version__",
     "parse_prompt",
 ]

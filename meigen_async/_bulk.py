@@ -12,10 +12,16 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callab
 
 from ._flight import Flight, SingleFlight
 from ._protocol import validate_image_id
-from .errors import MeigenError
+from .errors import MeigenError, TransportError, UpstreamUnreachable
 from .models import GalleryImage, ImageResult
 
-__all__ = ["gather_images", "refuse_single_id", "stream_images"]
+__all__ = [
+    "gather_images",
+    "refuse_single_id",
+    "should_stop",
+    "stream_images",
+    "transport_streak",
+]
 
 LookUp = Callable[[object], GalleryImage | None]
 """A cached image or None for a miss; a bad id or a known 404 raised."""
@@ -77,6 +83,20 @@ async def gather_images(
     return [outcomes[_key(image_id)] for image_id in wanted]
 
 
+def transport_streak(streak: int, outcome: GalleryImage | MeigenError) -> int:
+    """The run of consecutive ids the upstream could not be reached for, after one more fetch.
+
+    A `TransportError` (refused, DNS, every attempt timed out) lengthens it; anything the
+    upstream answered, a 404 or a 5xx included, ends it.
+    """
+    return streak + 1 if isinstance(outcome, TransportError) else 0
+
+
+def should_stop(streak: int, limit: int | None) -> bool:
+    """Whether a bulk run stops now: `limit` consecutive ids failed to reach the upstream."""
+    return limit is not None and streak >= limit
+
+
 async def stream_images(
     ids: Iterable[str] | AsyncIterable[str],
     *,
@@ -84,10 +104,17 @@ async def stream_images(
     join: Join,
     flights: SingleFlight[GalleryImage],
     concurrency: int,
+    stop_after_transport_failures: int | None = None,
 ) -> AsyncGenerator[ImageResult, None]:
-    """An `ImageResult` per id as each completes, reading ids only `concurrency` ahead."""
+    """An `ImageResult` per id as each completes, reading ids only `concurrency` ahead.
+
+    With `stop_after_transport_failures=N`, after N consecutive fetches failed with a
+    `TransportError` it reads no more ids, cancels the fetches running, yields each of their
+    ids with an `UpstreamUnreachable`, and ends.
+    """
     loop = asyncio.get_running_loop()
     source = _aiter(ids)
+    streak = 0
     # The fetch tasks waited on, each with the flights (one per id asked, duplicates too) it
     # answers.
     running: dict[asyncio.Task[GalleryImage], list[Flight[GalleryImage]]] = {}
@@ -115,15 +142,31 @@ async def stream_images(
             if not running:
                 return
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            last_failure: MeigenError | None = None
             for task in done:
                 for flight in running.pop(task):
                     waiting -= 1
                     flights.leave(flight)
                     outcome = _expected(flights.outcome(flight))
+                    streak = transport_streak(streak, outcome)
                     if isinstance(outcome, MeigenError):
+                        last_failure = outcome
                         yield ImageResult(flight.key, error=outcome)
                     else:
                         yield ImageResult(flight.key, image=outcome)
+            if should_stop(streak, stop_after_transport_failures) and last_failure is not None:
+                cut_off = [f for waiting_on in running.values() for f in waiting_on]
+                running.clear()
+                await flights.leave_all(cut_off)
+                for flight in cut_off:
+                    stopped = UpstreamUnreachable(
+                        f"image {flight.key} was not fetched: the upstream failed for "
+                        f"{streak} ids in a row (last: {last_failure.message})",
+                        image_id=flight.key,
+                    )
+                    stopped.__cause__ = last_failure
+                    yield ImageResult(flight.key, error=stopped)
+                return
     finally:
         await flights.leave_all(f for waiting_on in running.values() for f in waiting_on)
 

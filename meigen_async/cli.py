@@ -19,12 +19,14 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import aclosing, contextmanager, suppress
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
 from urllib.parse import urlsplit
 
@@ -33,11 +35,12 @@ import attrs
 from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
-from .errors import MeigenError
+from .errors import MeigenError, UpstreamUnreachable
 from .models import GalleryImage, SearchHit, SessionStats, converter, unstructure_image
 from .prompt import PromptKind
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
+from .sqlite_cache import SQLiteCache
 from .testing import FakeGallery, load_jsonl, sample_images
 
 if TYPE_CHECKING:
@@ -48,7 +51,10 @@ __all__ = [
     "DemoReport",
     "base_url_problem",
     "bulk_summary",
+    "default_cache_path",
+    "failure_summary",
     "main",
+    "read_done_ids",
     "read_ids",
     "run_demo",
     "summarize",
@@ -245,12 +251,12 @@ def _open_input(path: str) -> Iterator[TextIO]:
 
 
 @contextmanager
-def _open_output(path: str | None) -> Iterator[TextIO]:
+def _open_output(path: str | None, *, append: bool = False) -> Iterator[TextIO]:
     if path is None or path == "-":
         yield sys.stdout
         return
     try:
-        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed below
+        stream = open(path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
     except OSError as exc:
         raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
     try:
@@ -327,41 +333,165 @@ def _console(stream: TextIO) -> Console:
     return Console(file=cast("TextIO", _SafeStream(stream)))
 
 
+def read_done_ids(path: str) -> set[str]:
+    """The ids of the images already in the JSON Lines file `path`, for `bulk --resume`.
+
+    A trailing line without its newline (a run killed mid-write) is cut off the file, so that
+    appending starts on a line of its own; a missing file is no ids.
+    """
+    done: set[str] = set()
+    try:
+        with open(path, "rb+") as stream:
+            # Line by line: an output of millions of images is never held whole.
+            complete = 0
+            for line in stream:
+                if not line.endswith(b"\n"):
+                    stream.truncate(complete)
+                    break
+                complete += len(line)
+                image_id = _record_id(line)
+                if image_id is not None:
+                    done.add(image_id)
+    except FileNotFoundError:
+        return done
+    except OSError as exc:
+        raise CommandError(f"cannot resume from {path!r}: {exc.strerror or exc}") from None
+    return done
+
+
+def _record_id(line: bytes) -> str | None:
+    try:
+        record = json.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    image_id = record.get("id") if isinstance(record, dict) else None
+    return image_id if isinstance(image_id, str) else None
+
+
+_LISTED_FAILURES = 10
+"""Up to this many failures are listed one a line; more are grouped by kind."""
+
+
+def failure_summary(failures: Sequence[tuple[str, str, str]], done: int) -> list[str]:
+    """The lines reporting `failures` (id, kind, message) out of `done` ids, for stderr.
+
+    A few failures are listed one a line; more are grouped by kind, with a count, a few
+    example ids and one message each.
+    """
+    lines = [f"{_PROG}: {len(failures):,} of {done:,} ids failed:"]
+    if len(failures) <= _LISTED_FAILURES:
+        lines.extend(f"  {image_id}: {message}" for image_id, _, message in failures)
+        return lines
+    groups: dict[str, list[tuple[str, str]]] = {}
+    for image_id, kind, message in failures:
+        groups.setdefault(kind, []).append((image_id, message))
+    for kind, members in sorted(groups.items(), key=lambda item: -len(item[1])):
+        examples = ", ".join(image_id for image_id, _ in members[:3])
+        more = ", ..." if len(members) > 3 else ""
+        lines.append(f"  {kind}: {len(members):,} ids ({examples}{more})")
+        lines.append(f"    e.g. {members[0][1]}")
+    return lines
+
+
+def _stop_after(concurrency: int) -> int:
+    # More than two full waves of requests: one network blip fails every request in flight
+    # at once, and should not end a long job; the ids started after it failing too should.
+    return max(20, 2 * concurrency)
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    argv = list(getattr(args, "argv", None) or [])
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join([_PROG, *argv])
+
+
 async def _bulk(args: argparse.Namespace) -> int:
-    failures: list[tuple[str, str]] = []
-    done = 0
+    failures: list[tuple[str, str, str]] = []
+    done = written = read = skipped = 0
     stats: SessionStats | None = None
-    with _open_input(args.file) as source, _open_output(args.output) as out:
+    to_stdout = args.output is None or args.output == "-"
+    if args.resume and to_stdout:
+        raise CommandError("--resume needs -o OUT: the file to read the done ids from")
+    finished = read_done_ids(args.output) if args.resume else set()
+    failed_out = _open_failed(args.failed)
+    unreachable: UpstreamUnreachable | None = None
+    not_attempted: list[str] = []
+    with _open_input(args.file) as source, _open_output(args.output, append=args.resume) as out:
+
+        def wanted() -> Iterator[str]:
+            nonlocal read, skipped
+            for image_id in read_ids(source):
+                if image_id in finished:
+                    skipped += 1
+                    continue
+                read += 1
+                yield image_id
+
+        ids = wanted()
         total = _count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
         with _progress(sys.stderr, total) as advance:
             try:
                 async with _session(args) as session:
                     # Closed on the way out, so that an error here cancels its fetches at once.
-                    results = session.iter_images(read_ids(source))
+                    results = session.iter_images(
+                        ids, stop_after_transport_failures=_stop_after(args.concurrency)
+                    )
                     async with aclosing(results):
                         async for result in results:
-                            done += 1
                             ok = result.ok
+                            if isinstance(result.error, UpstreamUnreachable):
+                                unreachable = result.error
+                                not_attempted.append(result.id)
+                                continue
+                            done += 1
                             if result.image is not None:
                                 problem = _write_image(out, args.output, result.image)
                                 if problem is not None:
-                                    failures.append((result.id, problem))
+                                    failures.append((result.id, "WriteError", problem))
                                     ok = False
-                            else:
-                                failures.append((result.id, str(result.error)))
+                                else:
+                                    written += 1
+                            elif result.error is not None:
+                                kind = type(result.error).__name__
+                                failures.append((result.id, kind, str(result.error)))
                             advance(ok)
                     stats = session.stats
+                if unreachable is not None:
+                    not_attempted.extend(ids)
             except UnicodeDecodeError as exc:
                 name = "stdin" if args.file == "-" else repr(args.file)
                 raise CommandError(f"cannot read {name}: not UTF-8 text: {exc}") from None
+            except asyncio.CancelledError:
+                _flush(out, args.output)
+                _write_failed(failed_out, failures, not_attempted)
+                where = "stdout" if to_stdout else args.output
+                _print(
+                    f"{_PROG}: interrupted: {written:,} of {read:,} ids read were written to "
+                    f"{where}" + (f" ({skipped:,} already there)" if skipped else ""),
+                    sys.stderr,
+                )
+                if not to_stdout:
+                    _print(f"{_PROG}: resume with: {_resume_command(args)}", sys.stderr)
+                raise
         _flush(out, args.output)
+    _write_failed(failed_out, failures, not_attempted)
+    if unreachable is not None:
+        cause = unreachable.__cause__
+        reason = cause.message if isinstance(cause, MeigenError) else str(unreachable)
+        _error(
+            f"the gallery at {args.base_url} is unreachable ({reason}): stopped after "
+            f"{_stop_after(args.concurrency)} ids in a row failed to reach it; "
+            f"{len(not_attempted):,} ids were not attempted"
+            + (f" (listed in {args.failed})" if args.failed else "")
+        )
     if stats is not None and sys.stderr.isatty():
         # Beside the progress bar: a pipe's reader gets only the failures on stderr.
         _print(bulk_summary(done, stats), sys.stderr)
     if failures:
-        _print(f"{_PROG}: {len(failures):,} of {done:,} ids failed:", sys.stderr)
-        for image_id, message in failures:
-            _print(f"  {image_id}: {message}", sys.stderr)
+        for line in failure_summary(failures, done):
+            _print(line, sys.stderr)
+    if failures or unreachable is not None:
         return _EXIT_FAILED
     return _EXIT_OK
 
@@ -373,6 +503,31 @@ def bulk_summary(done: int, stats: SessionStats) -> str:
         f"{stats.cache_hits:,} cache hits, {stats.coalesced:,} coalesced, "
         f"{stats.revalidated:,} revalidated (304), {stats.refreshed:,} refreshed in the background"
     )
+
+
+def _open_failed(path: str | None) -> TextIO | None:
+    if path is None:
+        return None
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def _write_failed(
+    stream: TextIO | None, failures: Sequence[tuple[str, str, str]], not_attempted: list[str]
+) -> None:
+    """Write the failed and not attempted ids, one a line, to `--failed`."""
+    if stream is None or stream.closed:
+        return
+    try:
+        with stream:
+            for image_id, _, _ in failures:
+                _print(image_id, stream)
+            for image_id in not_attempted:
+                _print(image_id, stream)
+    except OSError as exc:
+        raise CommandError(_cannot_write(stream.name, exc), _EXIT_FAILED) from None
 
 
 def _write_image(out: TextIO, path: str | None, image: GalleryImage) -> str | None:
@@ -662,17 +817,57 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
     return parse
 
 
-def _session(args: argparse.Namespace) -> GallerySession:
+def default_cache_path() -> Path:
+    """Where the CLI keeps its SQLite cache: `$XDG_CACHE_HOME/meigen-async/cache.sqlite`.
+
+    Without `XDG_CACHE_HOME` (or with a relative one, which the spec says to ignore), under
+    `~/.cache`.
+    """
+    base = os.environ.get("XDG_CACHE_HOME", "")
+    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
+    return root / "meigen-async" / "cache.sqlite"
+
+
+def _open_cache(args: argparse.Namespace) -> SQLiteCache | None:
+    """The SQLite cache the options ask for, or None (`--no-cache`, or no place for it)."""
+    if getattr(args, "no_cache", True):
+        return None
+    path = Path(args.cache).expanduser() if args.cache is not None else default_cache_path()
     try:
-        return GallerySession(
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _print(
+            f"{_PROG}: warning: cannot make {str(path.parent)!r} ({exc.strerror or exc}): "
+            "running without the cache",
+            sys.stderr,
+        )
+        return None
+    return SQLiteCache(path)
+
+
+@asynccontextmanager
+async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
+    """The session the options ask for, with the SQLite cache behind it unless `--no-cache`."""
+    cache = _open_cache(args)
+    try:
+        session = GallerySession(
             args.base_url,
             timeout=args.timeout,
             retry=RetryPolicy(max_retries=args.retries),
             concurrency=getattr(args, "concurrency", 16),
             rate_limit=getattr(args, "rate_limit", None),
+            cache=cache,
         )
     except ValueError as exc:  # the options are checked when parsed; this is a backstop
+        if cache is not None:
+            await cache.close()
         raise CommandError(str(exc)) from None
+    try:
+        async with session:
+            yield session
+    finally:
+        if cache is not None:
+            await cache.close()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -714,7 +909,10 @@ examples:
 
 The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
 runs in flat memory. Each image is written as one JSON line as soon as it arrives, in
-completion order. Failed ids are listed on stderr at the end.
+completion order. Failed ids are reported on stderr at the end (grouped by kind when there
+are many), and written to --failed. --resume skips the ids already in OUT and appends, so an
+interrupted job (Ctrl-C, a kill) carries on where it stopped. When the gallery cannot be
+reached for 20 ids in a row (2 x --concurrency when more), bulk stops at once.
 
 exit status: 0 when every id was fetched, 1 when one failed, 2 for bad input."""
 
@@ -779,6 +977,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="retries of a request that failed in a retryable way (default: 3)",
     )
+    remote.add_argument(
+        "--cache",
+        metavar="PATH",
+        default=None,
+        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/cache.sqlite, "
+        "else ~/.cache/meigen-async/cache.sqlite)",
+    )
+    remote.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="keep nothing between runs: no SQLite cache",
+    )
 
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     get = commands.add_parser(
@@ -820,6 +1030,16 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="R",
         help="most requests per second (default: no limit)",
+    )
+    bulk.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the ids already in OUT (a trailing partial line is dropped) and append",
+    )
+    bulk.add_argument(
+        "--failed",
+        metavar="FAILED.txt",
+        help="write the ids that failed or were not attempted here, one a line",
     )
     bulk.set_defaults(run=_bulk)
 
@@ -907,6 +1127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]
     if hasattr(args, "base_url") and args.base_url is None:
         args.base_url = _default_base_url(parser)
     if args.command in ("demo",) or (args.command == "bulk" and sys.stderr.isatty()):

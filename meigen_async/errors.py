@@ -17,6 +17,7 @@ __all__ = [
     "RateLimited",
     "ServerError",
     "TransportError",
+    "UpstreamUnreachable",
 ]
 
 
@@ -95,3 +96,11 @@ class TransportError(MeigenError):
 
 class InvalidResponse(MeigenError):
     """The body is not the documented envelope: not JSON, wrong shape, or a field of wrong type."""
+
+
+class UpstreamUnreachable(TransportError):
+    """Not attempted, or given up on: the upstream failed for a run of consecutive ids.
+
+    What `iter_images(..., stop_after_transport_failures=N)` reports for the ids still running
+    when it stops; the last transport failure of the run is the `__cause__`.
+    """

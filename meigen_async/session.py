@@ -349,7 +349,10 @@ class GallerySession:
         )
 
     def iter_images(
-        self, ids: Iterable[str] | AsyncIterable[str]
+        self,
+        ids: Iterable[str] | AsyncIterable[str],
+        *,
+        stop_after_transport_failures: int | None = None,
     ) -> AsyncGenerator[ImageResult, None]:
         """Yield an `ImageResult` per id, as each completes.
 
@@ -358,11 +361,23 @@ class GallerySession:
         never raised. Leaving the loop early cancels the fetches still running; wrap the
         iterator in `contextlib.aclosing` to make that happen at once.
 
+        With `stop_after_transport_failures=N`, a run of N consecutive ids whose fetch failed
+        with a `TransportError` (refused, DNS, every attempt timed out; no answer of the
+        upstream in between) stops the iteration: no more ids are read, the fetches running
+        are cancelled and yielded with an `UpstreamUnreachable` error, and the iterator ends.
+        The ids not read are left in `ids`.
+
         Raises:
             TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.
+            ValueError: `stop_after_transport_failures` is less than 1.
 
         """
         refuse_single_id(ids)
+        if stop_after_transport_failures is not None:
+            _require(
+                stop_after_transport_failures >= 1,
+                "stop_after_transport_failures must be at least 1",
+            )
         self._ensure_open()
         return stream_images(
             ids,
@@ -370,6 +385,7 @@ class GallerySession:
             join=self._join,
             flights=self._flights,
             concurrency=self.concurrency,
+            stop_after_transport_failures=stop_after_transport_failures,
         )
 
     # -- Search --------------------------------------------------------------------------------

@@ -36,6 +36,14 @@ async def fail_on_loop_errors() -> AsyncIterator[None]:
         pytest.fail(f"the event loop reported: {[c.get('message') for c in reported]}")
 
 
+@pytest.fixture(autouse=True)
+def cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh `$XDG_CACHE_HOME` a test: the CLI's SQLite cache never outlives a test."""
+    home = tmp_path_factory.mktemp("cache-home")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(home))
+    return home
+
+
 @pytest.fixture
 def images() -> list[dict[str, Any]]:
     """The bundled sample gallery's data objects."""

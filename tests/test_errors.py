@@ -17,6 +17,7 @@ from meigen_async.errors import (
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 )
 
 SUBCLASSES = [
@@ -28,6 +29,7 @@ SUBCLASSES = [
     RateLimited,
     ServerError,
     TransportError,
+    UpstreamUnreachable,
 ]
 
 

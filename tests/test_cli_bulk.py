@@ -1,0 +1,194 @@
+"""The CLI's persistent cache and `bulk --resume`, `--failed` and failing fast.
+
+The kill tests run a real `python -m meigen_async bulk` and check OUT line by line afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from redis_helpers import free_port
+
+from meigen_async import GallerySession, RetryPolicy, UpstreamUnreachable
+from meigen_async._bulk import should_stop, transport_streak
+from meigen_async.cli import failure_summary, main, read_done_ids
+from meigen_async.errors import ImageNotFound, TransportError
+from meigen_async.testing import FakeGallery
+
+
+async def run(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def start_bulk(*argv: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "meigen_async",
+        "bulk",
+        *argv,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+def check_output(path: Path, ids: list[str]) -> None:
+    """Every line of OUT is a JSON image, each id once, none missing."""
+    text = path.read_text(encoding="utf-8")
+    assert text.endswith("\n")
+    written = [json.loads(line)["id"] for line in text.splitlines()]
+    assert sorted(written) == sorted(ids)
+
+
+def has_bytes(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 0
+
+
+async def wait_for_bytes(path: Path) -> None:
+    # Another process writes it: there is no event to wait on, only the file to look at.
+    while not await asyncio.to_thread(has_bytes, path):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+
+
+# -- Pure decisions -------------------------------------------------------------------------------
+
+
+def test_a_transport_failure_lengthens_the_streak_and_any_answer_ends_it() -> None:
+    refused = TransportError("refused")
+    assert transport_streak(transport_streak(0, refused), refused) == 2
+    assert transport_streak(5, ImageNotFound("404")) == 0
+
+
+def test_bulk_stops_only_when_the_streak_reaches_the_limit() -> None:
+    assert not should_stop(19, 20)
+    assert should_stop(20, 20)
+    assert not should_stop(1000, None)
+
+
+def test_many_failures_are_grouped_by_kind_with_counts_and_examples() -> None:
+    failures = [(f"n{i}", "ImageNotFound", f"HTTP 404 for image n{i}") for i in range(12)]
+    failures.append(("t1", "TransportError", "refused"))
+    assert failure_summary(failures, 100) == [
+        "meigen-async: 13 of 100 ids failed:",
+        "  ImageNotFound: 12 ids (n0, n1, n2, ...)",
+        "    e.g. HTTP 404 for image n0",
+        "  TransportError: 1 ids (t1)",
+        "    e.g. refused",
+    ]
+
+
+def test_resuming_drops_a_trailing_partial_line_and_reads_the_done_ids(tmp_path: Path) -> None:
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n{"id": "c", "pro', encoding="utf-8")
+    assert read_done_ids(str(out)) == {"a", "b"}
+    assert out.read_text(encoding="utf-8") == '{"id": "a"}\nnot json\n{"id": "b"}\n'
+
+
+# -- The library option ---------------------------------------------------------------------------
+
+
+async def test_iter_images_stops_after_n_transport_failures_without_reading_the_rest() -> None:
+    read: list[str] = []
+
+    def ids() -> Any:
+        for i in range(1000):
+            read.append(str(i))
+            yield str(i)
+
+    url = f"http://127.0.0.1:{free_port()}"
+    async with GallerySession(url, retry=RetryPolicy(max_retries=0), concurrency=4) as s:
+        results = [r async for r in s.iter_images(ids(), stop_after_transport_failures=10)]
+    errors = [type(r.error) for r in results]
+    # Fetches that finish together are all reported before the stop: a few past 10.
+    assert 10 <= errors.count(TransportError) < 10 + 4
+    # Those still running at the stop (none when every refusal comes at once) are cut off.
+    assert set(errors) <= {TransportError, UpstreamUnreachable}
+    assert {r.id for r in results} == set(read)
+    assert len(read) < 20
+
+
+# -- The command line -----------------------------------------------------------------------------
+
+
+async def test_get_twice_makes_one_request(gallery: FakeGallery) -> None:
+    for _ in range(2):
+        assert await run("get", gallery.ids[0], "--base-url", gallery.url) == 0
+    assert gallery.requests[gallery.ids[0]] == 1
+
+
+async def test_no_cache_makes_a_request_each_run(gallery: FakeGallery) -> None:
+    for _ in range(2):
+        assert await run("get", gallery.ids[0], "--no-cache", "--base-url", gallery.url) == 0
+    assert gallery.requests[gallery.ids[0]] == 2
+
+
+async def test_cache_puts_the_file_where_it_is_told(gallery: FakeGallery, tmp_path: Path) -> None:
+    path = tmp_path / "deep" / "mine.sqlite"
+    assert await run("get", gallery.ids[0], "--cache", str(path), "--base-url", gallery.url) == 0
+    assert path.exists()
+
+
+async def test_the_default_cache_is_under_xdg_cache_home(
+    gallery: FakeGallery, cache_home: Path
+) -> None:
+    assert await run("get", gallery.ids[0], "--base-url", gallery.url) == 0
+    assert (cache_home / "meigen-async" / "cache.sqlite").exists()
+
+
+async def test_resume_skips_the_ids_already_written_and_appends(
+    gallery: FakeGallery, tmp_path: Path
+) -> None:
+    ids, out = gallery.ids[:8], tmp_path / "out.jsonl"
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    first = json.dumps({"id": ids[0]}) + "\n"
+    out.write_text(first + '{"id": "partial', encoding="utf-8")
+    args = [str(tmp_path / "ids.txt"), "-o", str(out), "--resume", "--no-cache"]
+    assert await run("bulk", *args, "--base-url", gallery.url) == 0
+    check_output(out, ids)
+    assert ids[0] not in gallery.requests
+
+
+async def test_an_unreachable_gallery_stops_bulk_with_one_message_and_lists_the_rest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = [str(10**18 + i) for i in range(300)]
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n", encoding="utf-8")
+    failed = tmp_path / "failed.txt"
+    url = f"http://127.0.0.1:{free_port()}"
+    args = [str(tmp_path / "ids.txt"), "--failed", str(failed), "--retries", "0"]
+    assert await run("bulk", *args, "--base-url", url) == 1
+    err = capsys.readouterr().err
+    assert err.count(f"the gallery at {url} is unreachable") == 1
+    assert "ids were not attempted" in err
+    assert sorted(failed.read_text(encoding="utf-8").split()) == sorted(ids)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+async def test_a_killed_bulk_resumed_writes_each_id_once(
+    images: list[dict[str, Any]], tmp_path: Path, how: signal.Signals
+) -> None:
+    out, ids_file = tmp_path / "out.jsonl", tmp_path / "ids.txt"
+    async with FakeGallery(images, delay=0.02) as gallery:
+        ids = gallery.ids
+        ids_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
+        args = [str(ids_file), "-o", str(out), "--concurrency", "2", "--base-url", gallery.url]
+        process = await start_bulk(*args)
+        await wait_for_bytes(out)
+        process.send_signal(how)
+        _, err = await process.communicate()
+        assert process.returncode == (-9 if how == signal.SIGKILL else 130)
+        if how == signal.SIGINT:
+            assert "resume with: meigen-async bulk" in err.decode()
+            assert "--resume" in err.decode()
+        assert len(out.read_text(encoding="utf-8").splitlines()) < len(ids)
+        resumed = await start_bulk(*args, "--resume")
+        _, err = await resumed.communicate()
+        assert resumed.returncode == 0, err
+    check_output(out, ids)
