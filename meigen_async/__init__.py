@@ -6,11 +6,17 @@ from .errors import (
     ImageNotFound,
     InvalidImageId,
     InvalidResponse,
+    MediaError,
+    MediaHTTPError,
+    MediaNotAllowed,
+    MediaNotAnImage,
+    MediaTooLarge,
     MeigenError,
     RateLimited,
     ServerError,
     TransportError,
 )
+from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
@@ -24,6 +30,13 @@ __all__ = [
     "ImageResult",
     "InvalidImageId",
     "InvalidResponse",
+    "MediaError",
+    "MediaFile",
+    "MediaHTTPError",
+    "MediaNotAllowed",
+    "MediaNotAnImage",
+    "MediaResult",
+    "MediaTooLarge",
     "MeigenError",
     "Prompt",
     "PromptKind",
