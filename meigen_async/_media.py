@@ -386,8 +386,9 @@ async def stream_media(
             files, failure = await download(image)
         except MeigenError as error:  # the image's data, or an id no path can be made of
             name = item.id if isinstance(item, GalleryImage) else str(item)
-            return MediaResult(name, error=error)
-        return MediaResult(image.id, tuple(files), failure)
+            given = item if isinstance(item, GalleryImage) else None
+            return MediaResult(name, error=error, image=given)
+        return MediaResult(image.id, tuple(files), failure, image)
 
     exhausted = False
     try:

@@ -11,6 +11,7 @@ from pathlib import Path
 import attrs
 
 from .errors import MeigenError
+from .models import GalleryImage
 
 __all__ = ["DEFAULT_MAX_MEDIA_BYTES", "DEFAULT_MEDIA_HOSTS", "MediaFile", "MediaResult"]
 
@@ -57,6 +58,8 @@ class MediaResult:
     id: str
     files: tuple[MediaFile, ...] = ()
     error: MeigenError | None = None
+    image: GalleryImage | None = None
+    """The image's data, when it was fetched (or given)."""
 
     @property
     def ok(self) -> bool:
