@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import burst, cold, report, scale, warm
+from . import burst, cold, media, report, scale, warm
 from .common import Config, log, ratio_entry, summarise
 from .server import ServerProcess
 
@@ -28,6 +28,7 @@ SCENARIOS: dict[str, Callable[[str, Config], Awaitable[dict[str, Any]]]] = {
     "cold": cold.run,
     "burst": burst.run,
     "scale": scale.run,
+    "media": media.run,
 }
 ALL = (*SCENARIOS, "prompt_parsing")
 

@@ -323,13 +323,15 @@ def _write_error(path: Path, exc: OSError, url: str) -> MediaWriteError:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in its directory, fsync and rename."""
+    """Write `data` to `path` through a temporary file in its directory and a rename.
+
+    Not fsynced: it is for the manifest, which a crash can at worst leave empty or old, and
+    an unreadable manifest only makes a rerun download again (the files it lists are fsynced).
+    """
     temp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
     try:
         with open(temp, "xb") as stream:
             stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
         os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
