@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import burst, cold, freshness, report, scale, sqlite, warm
+from . import burst, cold, freshness, media, report, scale, sqlite, warm
 from .common import Config, log, ratio_entry, summarise
 from .server import ServerProcess
 
@@ -30,6 +30,7 @@ SCENARIOS: dict[str, Callable[[str, Config], Awaitable[dict[str, Any]]]] = {
     "scale": scale.run,
     "freshness": freshness.run,
     "sqlite": sqlite.run,
+    "media": media.run,
 }
 ALL = (*SCENARIOS, "prompt_parsing")
 

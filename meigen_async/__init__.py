@@ -7,6 +7,11 @@ from .errors import (
     InvalidImageId,
     InvalidQuery,
     InvalidResponse,
+    MediaError,
+    MediaHTTPError,
+    MediaNotAllowed,
+    MediaNotAnImage,
+    MediaTooLarge,
     MeigenError,
     RateLimited,
     ServerError,
@@ -14,6 +19,7 @@ from .errors import (
     UpstreamUnreachable,
 )
 from .limits import LocalRateLimiter, RateLimiter
+from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
@@ -29,6 +35,13 @@ __all__ = [
     "InvalidQuery",
     "InvalidResponse",
     "LocalRateLimiter",
+    "MediaError",
+    "MediaFile",
+    "MediaHTTPError",
+    "MediaNotAllowed",
+    "MediaNotAnImage",
+    "MediaResult",
+    "MediaTooLarge",
     "MeigenError",
     "Prompt",
     "PromptKind",

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO, cast
@@ -36,7 +36,8 @@ from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
 from .errors import MeigenError, UpstreamUnreachable
-from .models import GalleryImage, SearchHit, SessionStats, converter, unstructure_image
+from .media import MediaResult
+from .models import GalleryImage, ImageResult, SearchHit, SessionStats, converter, unstructure_image
 from .prompt import PromptKind
 from .retry import RetryPolicy
 from .session import DEFAULT_BASE_URL, GallerySession
@@ -274,10 +275,13 @@ def _cannot_write(path: str | None, exc: OSError) -> str:
 
 
 @contextmanager
-def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], None]]:
-    """Yield ``advance(ok)``; it draws a rich progress bar when ``stream`` is a terminal."""
+def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[..., None]]:
+    """Yield ``advance(ok, size=0)``; it draws a rich progress bar when ``stream`` is a tty.
+
+    ``size`` is the media bytes the image brought, shown next to the count when not zero.
+    """
     if not stream.isatty():
-        yield lambda ok: None
+        yield lambda ok, size=0: None
         return
     from rich.progress import (
         BarColumn,
@@ -313,16 +317,19 @@ def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], No
         redirect_stderr=False,
     )
     failed = 0
+    media_bytes = 0
     with progress:
         task = progress.add_task("fetching", total=total)
 
-        def advance(ok: bool) -> None:
-            nonlocal failed
-            if ok:
-                progress.advance(task)
-            else:
-                failed += 1
-                progress.update(task, advance=1, description=f"fetching ({failed:,} failed)")
+        def advance(ok: bool, size: int = 0) -> None:
+            nonlocal failed, media_bytes
+            failed += not ok
+            media_bytes += size
+            notes = [f"{failed:,} failed"] if failed else []
+            if media_bytes:
+                notes.insert(0, f"{media_bytes / 1e6:,.1f} MB of media")
+            description = f"fetching ({', '.join(notes)})" if notes else "fetching"
+            progress.update(task, advance=1, description=description)
 
         yield advance
 
@@ -434,8 +441,12 @@ async def _bulk(args: argparse.Namespace) -> int:
             try:
                 async with _session(args) as session:
                     # Closed on the way out, so that an error here cancels its fetches at once.
-                    results = session.iter_images(
-                        ids, stop_after_transport_failures=_stop_after(args.concurrency)
+                    results: AsyncGenerator[ImageResult | MediaResult, None] = (
+                        session.iter_images(
+                            ids, stop_after_transport_failures=_stop_after(args.concurrency)
+                        )
+                        if args.media is None
+                        else session.iter_media(ids, args.media)
                     )
                     async with aclosing(results):
                         async for result in results:
@@ -446,7 +457,9 @@ async def _bulk(args: argparse.Namespace) -> int:
                                 continue
                             done += 1
                             if result.image is not None:
-                                problem = _write_image(out, args.output, result.image)
+                                problem = _write_image(
+                                    out, args.output, result.image, _media_fields(result)
+                                )
                                 if problem is not None:
                                     failures.append((result.id, "WriteError", problem))
                                     ok = False
@@ -455,7 +468,7 @@ async def _bulk(args: argparse.Namespace) -> int:
                             elif result.error is not None:
                                 kind = type(result.error).__name__
                                 failures.append((result.id, kind, str(result.error)))
-                            advance(ok)
+                            advance(ok, _media_bytes(result))
                     stats = session.stats
                 if unreachable is not None:
                     not_attempted.extend(ids)
@@ -530,14 +543,37 @@ def _write_failed(
         raise CommandError(_cannot_write(stream.name, exc), _EXIT_FAILED) from None
 
 
-def _write_image(out: TextIO, path: str | None, image: GalleryImage) -> str | None:
+def _media_fields(result: ImageResult | MediaResult) -> dict[str, Any] | None:
+    """What bulk --media adds to an image's line: its ``media`` list."""
+    if not isinstance(result, MediaResult):
+        return None
+    return {
+        "media": [
+            {
+                "path": str(media.path),
+                "bytes": media.bytes,
+                "sha256": media.sha256,
+                "content_type": media.content_type,
+            }
+            for media in result.files
+        ]
+    }
+
+
+def _media_bytes(result: ImageResult | MediaResult) -> int:
+    return sum(m.bytes for m in result.files) if isinstance(result, MediaResult) else 0
+
+
+def _write_image(
+    out: TextIO, path: str | None, image: GalleryImage, extra: dict[str, Any] | None = None
+) -> str | None:
     """Write one JSON line; what went wrong with this image, or None.
 
     A record that cannot be written is reported and the run goes on. A stream that cannot be
     written to (a full disk) stops the run: every record after it would fail the same way.
     """
     try:
-        _print_json(unstructure_image(image), out)
+        _print_json({**unstructure_image(image), **(extra or {})}, out)
     except BrokenPipeError:
         raise  # the reader has gone: main() exits quietly
     except OSError as exc:
@@ -585,6 +621,29 @@ async def _search(args: argparse.Namespace) -> int:
     except MeigenError as error:
         raise CommandError(error.message, _EXIT_FAILED) from None
     return _EXIT_OK
+
+
+# -- download ------------------------------------------------------------------------------------
+
+
+async def _download(args: argparse.Namespace) -> int:
+    ids: list[str] = args.ids
+    for image_id in ids:
+        try:
+            validate_image_id(image_id)
+        except MeigenError as error:
+            raise CommandError(error.message) from None
+    failed = 0
+    async with _session(args) as session:
+        results = session.iter_media(ids, args.output)
+        async with aclosing(results):
+            async for result in results:
+                for media in result.files:
+                    _print(f"{media.path}\t{media.bytes}\t{media.content_type}", sys.stdout)
+                if result.error is not None:
+                    failed += 1
+                    _error(result.error.message)
+    return _EXIT_FAILED if failed else _EXIT_OK
 
 
 # -- serve ---------------------------------------------------------------------------------------
@@ -857,6 +916,7 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
             concurrency=getattr(args, "concurrency", 16),
             rate_limit=getattr(args, "rate_limit", None),
             cache=cache,
+            **_media_options(args),
         )
     except ValueError as exc:  # the options are checked when parsed; this is a backstop
         if cache is not None:
@@ -868,6 +928,11 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
     finally:
         if cache is not None:
             await cache.close()
+
+
+def _media_options(args: argparse.Namespace) -> dict[str, Any]:
+    hosts = getattr(args, "media_hosts", None)
+    return {} if hosts is None else {"media_hosts": hosts}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -945,6 +1010,28 @@ example:
 Starts the bundled sample gallery on 127.0.0.1, fetches it the way a busy bot would
 (duplicates, a missing id, a burst of calls for one popular image, a second pass from the
 cache) and shows what the session did. Sends nothing to the real service."""
+
+
+def _add_media_host(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--media-host",
+        dest="media_hosts",
+        action="append",
+        metavar="HOST",
+        help="a host media may be downloaded from; repeatable, replaces the defaults "
+        "(images.meigen.ai, pbs.twimg.com)",
+    )
+
+
+_DOWNLOAD_EXAMPLES = """\
+examples:
+  meigen-async download 2009629483448627597 -o media/
+  meigen-async download 2009629483448627597 2013572250852104677
+
+Prints one line per file (path, bytes, type). Files already complete (see DIR/{id}/manifest.json)
+are not downloaded again. Only http(s) URLs on the media hosts are requested.
+
+exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1041,7 +1128,28 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FAILED.txt",
         help="write the ids that failed or were not attempted here, one a line",
     )
+    bulk.add_argument(
+        "--media",
+        metavar="DIR",
+        help="also download each image's media files into DIR/{id}/{index}{ext}",
+    )
+    _add_media_host(bulk)
     bulk.set_defaults(run=_bulk)
+
+    download = commands.add_parser(
+        "download",
+        parents=[remote],
+        help="download the media files of a few images",
+        description="Download the media files of each ID into DIR/{id}/{index}{ext}.",
+        epilog=_DOWNLOAD_EXAMPLES,
+        formatter_class=formatter,
+    )
+    download.add_argument("ids", nargs="+", metavar="ID", help="a gallery image id")
+    download.add_argument(
+        "-o", "--output", metavar="DIR", default="media", help="where to write (default: media)"
+    )
+    _add_media_host(download)
+    download.set_defaults(run=_download)
 
     search = commands.add_parser(
         "search",

@@ -13,6 +13,15 @@ __all__ = [
     "InvalidImageId",
     "InvalidQuery",
     "InvalidResponse",
+    "MediaError",
+    "MediaHTTPError",
+    "MediaNotAllowed",
+    "MediaNotAnImage",
+    "MediaRateLimited",
+    "MediaServerError",
+    "MediaTooLarge",
+    "MediaTransportError",
+    "MediaWriteError",
     "MeigenError",
     "RateLimited",
     "ServerError",
@@ -104,3 +113,66 @@ class UpstreamUnreachable(TransportError):
     What `iter_images(..., stop_after_transport_failures=N)` reports for the ids still running
     when it stops; the last transport failure of the run is the `__cause__`.
     """
+
+
+# -- Downloading media files ---------------------------------------------------------------------
+
+
+class MediaError(MeigenError):
+    """A media file of an image could not be downloaded; `url` is the file's URL.
+
+    `status` is the HTTP status that came back, when one did; `retry_after` the seconds a
+    429 or a 503 asked us to wait, else None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        image_id: str | None = None,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ):
+        MeigenError.__init__(self, message, image_id=image_id, status=status)
+        self.url = url
+        self.retry_after = retry_after
+
+
+class MediaNotAllowed(MediaError, ValueError):
+    """The URL, or a redirect's target, is not http(s) on a host of `media_hosts`.
+
+    Raised before any request to it: a refused URL costs no traffic.
+    """
+
+
+class MediaTooLarge(MediaError):
+    """The file is larger than `max_media_bytes` (by `Content-Length`, or while streaming)."""
+
+
+class MediaNotAnImage(MediaError):
+    """What came back is not an image of the type its `Content-Type` names.
+
+    An HTML page served with 200 (a CDN error, a bot challenge) is the usual case; the message
+    says what came back.
+    """
+
+
+class MediaHTTPError(MediaError):
+    """The media host answered with an error status (`status`)."""
+
+
+class MediaRateLimited(MediaHTTPError, RateLimited):
+    """The media host answered 429; retried after its `Retry-After`, as a gallery 429 is."""
+
+
+class MediaServerError(MediaHTTPError, ServerError):
+    """The media host failed (5xx); retried as a gallery 5xx is."""
+
+
+class MediaTransportError(MediaError, TransportError):
+    """The media request did not complete: refused, dropped, cut off or timed out."""
+
+
+class MediaWriteError(MediaError):
+    """The file could not be written under the output directory (its `OSError` as cause)."""

@@ -8,7 +8,9 @@ docs/architecture.md for how they fit together.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import os
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from types import TracebackType
 from typing import Literal, overload
@@ -19,6 +21,8 @@ from ._bulk import gather_images, refuse_single_id, stream_images
 from ._core import COALESCED, REFRESHED, Lookup, Tally, look_up, remembered_404
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
+from ._media import MediaDownloader, stream_media
+from ._media_rules import host_set
 from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_tier import SharedTier
@@ -27,6 +31,7 @@ from ._upstream import Pacer, Upstream, pacer_for
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
 from .limits import RateLimiter
+from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
 from .shared import SharedCache
@@ -84,6 +89,12 @@ class GallerySession:
             server's `Cache-Control` otherwise, capped at `max_ttl`); 0 keeps none. Pages
             are kept in process only, apart from the images.
 
+
+        media_hosts: The only hosts `download_media` and `iter_media` request (exact names;
+            http and https only), redirects included.
+        max_media_bytes: A larger media file is refused as `MediaTooLarge`.
+        media_concurrency: Most media requests in flight at once to one host.
+
     """
 
     def __init__(
@@ -106,6 +117,9 @@ class GallerySession:
         cache: MemoryCache | SharedCache | None = None,
         search_ttl: float = 60.0,
         stale_while_revalidate: float = 0.0,
+        media_hosts: Iterable[str] = DEFAULT_MEDIA_HOSTS,
+        max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
+        media_concurrency: int = 8,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -118,6 +132,9 @@ class GallerySession:
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
         _require(search_ttl >= 0, "search_ttl must not be negative")
         _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
+
+        _require(max_media_bytes > 0, "max_media_bytes must be positive")
+        _require(media_concurrency >= 1, "media_concurrency must be at least 1")
         self.base_url = base_url.rstrip("/")
         image_url = image_urls(self.base_url)
         self.concurrency = concurrency
@@ -177,6 +194,16 @@ class GallerySession:
             closed_error=_closed_error,
             outcomes=(MeigenError,),
         )
+        self.media_concurrency = media_concurrency
+        self._media = MediaDownloader(
+            http=self._transport.open,
+            hosts=host_set(media_hosts),
+            max_bytes=max_media_bytes,
+            concurrency=media_concurrency,
+            retry=self.retry,
+            pacer=pacer,
+            timeout=timeout,
+        )
         self._closed = False
 
     # -- Lifecycle -----------------------------------------------------------------------------
@@ -208,6 +235,7 @@ class GallerySession:
             return
         self._closed = True
         self._upstream.close()
+        self._media.close()
         await self._flights.close()
         await self._searcher.close()
         if self._shared is not None:
@@ -425,6 +453,51 @@ class GallerySession:
         """
         self._ensure_open()
         return self._searcher.iter_search(query, max_results=max_results, page_size=page_size)
+
+    # -- Media files ---------------------------------------------------------------------------
+
+    async def download_media(
+        self, image: GalleryImage, out: str | os.PathLike[str]
+    ) -> list[MediaFile]:
+        """Download every media URL of `image` into `out/{id}/{index}{ext}`; see docs/media.md.
+
+        A file already there and recorded complete in the image's `manifest.json` (same URL,
+        size and SHA-256) is not requested again.
+
+        Raises:
+            MediaError: a file could not be downloaded (the others were); its subclass says why.
+            InvalidImageId: `image.id` is not a gallery id.
+
+        """
+        self._ensure_open()
+        files, error = await self._media.download_image(image, out)
+        if error is not None:
+            raise error
+        return files
+
+    def iter_media(
+        self,
+        images: Iterable[str | GalleryImage] | AsyncIterable[str | GalleryImage],
+        out: str | os.PathLike[str],
+    ) -> AsyncGenerator[MediaResult, None]:
+        """Yield a `MediaResult` per id or image, as each completes, downloading its media.
+
+        Ids are fetched first (through the cache). At most twice `media_concurrency` images
+        are worked on at once, and `images` is read only that far ahead. Errors are reported
+        in the results, never raised.
+
+        Raises:
+            TypeError: `images` is a single `str` or `bytes`.
+
+        """
+        refuse_single_id(images)
+        self._ensure_open()
+        return stream_media(
+            images,
+            get_image=self.get_image,
+            download=functools.partial(self._media.download_image, root=out),
+            limit=2 * self.media_concurrency,
+        )
 
     # -- Cache control and counters ------------------------------------------------------------
 

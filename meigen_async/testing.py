@@ -27,6 +27,8 @@ import asyncio
 import hashlib
 import json
 import re
+import struct
+import zlib
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
@@ -41,7 +43,16 @@ from aiohttp import web
 
 from ._protocol import parse_http_date
 
-__all__ = ["DEFAULT_CACHE_CONTROL", "Answer", "FakeGallery", "load_jsonl", "sample_images"]
+__all__ = [
+    "DEFAULT_CACHE_CONTROL",
+    "Answer",
+    "FakeGallery",
+    "jpeg_bytes",
+    "load_jsonl",
+    "png_bytes",
+    "sample_images",
+    "webp_bytes",
+]
 
 DEFAULT_CACHE_CONTROL = "public, max-age=3600"
 """What the fake sends by default: the real service documents an hour of caching."""
@@ -70,7 +81,8 @@ class Answer:
         headers: Extra response headers (``Retry-After``, ``Cache-Control``, ...).
         delay: Seconds to wait before answering.
         body: The body; None for the normal one (the envelope on 2xx, the error JSON otherwise).
-        content_type: The ``Content-Type`` header.
+        content_type: The ``Content-Type`` header; None for the normal one (JSON for an image,
+            the file's own type for a media file).
         keep: Send only the first ``keep`` bytes of the body, framed as if complete.
         hang_up_after: Promise the whole body, send this many bytes, then drop the connection.
         drop: Drop the connection without answering.
@@ -82,7 +94,7 @@ class Answer:
     headers: Mapping[str, str] = attrs.field(factory=dict)
     delay: float = 0.0
     body: bytes | None = None
-    content_type: str = "application/json"
+    content_type: str | None = None
     keep: int | None = None
     hang_up_after: int | None = None
     drop: bool = False
@@ -135,6 +147,11 @@ class Answer:
         """A JSON body of ``size`` bytes, with or without a ``Content-Length``."""
         filler = b'{"success": true, "data": {"id": "x", "text": "' + b"a" * size + b'"}}'
         return cls(body=filler, chunked=chunked)
+
+    @classmethod
+    def redirect(cls, location: str, status: int = 302) -> Answer:
+        """A redirect to ``location`` (absolute or relative), with an empty body."""
+        return cls(status=status, headers={"Location": location}, body=b"")
 
     @classmethod
     def wrong_content_type(cls, content_type: str = "text/plain") -> Answer:
@@ -220,6 +237,9 @@ class FakeGallery:
         self.search_scripts: deque[Answer] = deque()
         self.search_cache_control: str | None = None
         """The `Cache-Control` of search answers (None: no header)."""
+        self.media: dict[str, tuple[bytes, str]] = {}
+        self.media_requests: Counter[str] = Counter()
+        self.media_scripts: dict[str, deque[Answer]] = {}
         self._port = port
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
@@ -272,6 +292,7 @@ class FakeGallery:
         self.not_modified.clear()
         self.user_agents.clear()
         self.paths.clear()
+        self.media_requests.clear()
         self.max_in_flight = self.in_flight
 
     # -- Serving -------------------------------------------------------------------------------
@@ -281,6 +302,7 @@ class FakeGallery:
         app = web.Application()
         app.router.add_get("/api/images/{image_id}", self._serve_image)
         app.router.add_get("/api/search", self._serve_search)
+        app.router.add_get("/media/{name}", self._serve_media)
         app.router.add_route("*", "/{tail:.*}", self._serve_unknown)
         app.on_response_prepare.append(self._count_path)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -411,26 +433,54 @@ class FakeGallery:
         if answer.body is not None:
             status, headers, body = answer.status, {}, answer.body
         headers = {**headers, **answer.headers}
-        if answer.keep is not None:
-            body = body[: answer.keep]
-        if answer.hang_up_after is None and not answer.chunked:
-            return web.Response(
-                status=status, headers=headers, body=body, content_type=answer.content_type
-            )
-        response = web.StreamResponse(status=status, headers=headers)
-        response.content_type = answer.content_type
-        if answer.chunked:
-            response.enable_chunked_encoding()
-        else:
-            response.content_length = len(body)
-        await response.prepare(request)
-        sent = body if answer.hang_up_after is None else body[: answer.hang_up_after]
-        for start in range(0, len(sent), _CHUNK):
-            await response.write(sent[start : start + _CHUNK])
-        if answer.hang_up_after is not None:
-            return _hang_up(request, response)
-        await response.write_eof()
-        return response
+        return await _respond(request, answer, status, headers, body, _JSON)
+
+    # -- Media files ---------------------------------------------------------------------------
+
+    def add_media(self, name: str, body: bytes, content_type: str) -> str:
+        """Serve ``body`` at ``/media/{name}`` under ``content_type``; its URL, once started.
+
+        Image data's ``media_urls`` can point here (give the session ``media_hosts`` holding
+        ``127.0.0.1``). Requests are counted in ``media_requests``.
+        """
+        self.media[name] = (body, content_type)
+        return self.media_url(name) if self._url is not None else f"/media/{name}"
+
+    def media_url(self, name: str) -> str:
+        """The URL of media file ``name`` (served or not: a missing one answers 404)."""
+        return f"{self.url}/media/{name}"
+
+    def script_media(self, name: str, *answers: Answer) -> None:
+        """Queue answers for media file ``name``, given in order before the normal one.
+
+        A scripted answer with no body sends the file's own bytes: ``Answer.slow``,
+        ``Answer.cut_off``, ``Answer.truncated``, ``Answer.wrong_content_type`` apply to it.
+        """
+        self.media_scripts.setdefault(name, deque()).extend(answers)
+
+    async def _serve_media(self, request: web.Request) -> web.StreamResponse:
+        name = request.match_info["name"]
+        self.media_requests[name] += 1
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            body, content_type = self.media.get(name, (b"not found", "text/plain"))
+            status = 200 if name in self.media else 404
+            queue = self.media_scripts.get(name)
+            answer = queue.popleft() if queue else Answer()
+            if answer.delay:
+                await asyncio.sleep(answer.delay)
+            if answer.drop:
+                return _hang_up(request)
+            headers: dict[str, str] = {}
+            if answer.body is not None:
+                status, body = answer.status, answer.body
+            headers.update(answer.headers)
+            return await _respond(request, answer, status, headers, body, content_type)
+        finally:
+            self.in_flight -= 1
 
     async def _serve_unknown(self, request: web.Request) -> web.Response:
         return web.json_response({"success": False, "error": "Not found"}, status=404)
@@ -470,3 +520,92 @@ def _not_modified(request: web.Request, headers: Mapping[str, str]) -> bool:
     since = parse_http_date(request.headers.get("If-Modified-Since"))
     modified = parse_http_date(headers.get("Last-Modified"))
     return since is not None and modified is not None and modified <= since
+
+
+async def _respond(
+    request: web.Request,
+    answer: Answer,
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    normal_type: str,
+) -> web.StreamResponse:
+    """Send ``body`` as ``answer`` says: whole, truncated, chunked or cut off."""
+    content_type = answer.content_type or normal_type
+    if answer.keep is not None:
+        body = body[: answer.keep]
+    if answer.hang_up_after is None and not answer.chunked:
+        return web.Response(status=status, headers=headers, body=body, content_type=content_type)
+    response = web.StreamResponse(status=status, headers=headers)
+    response.content_type = content_type
+    if answer.chunked:
+        response.enable_chunked_encoding()
+    else:
+        response.content_length = len(body)
+    await response.prepare(request)
+    sent = body if answer.hang_up_after is None else body[: answer.hang_up_after]
+    for start in range(0, len(sent), _CHUNK):
+        await response.write(sent[start : start + _CHUNK])
+    if answer.hang_up_after is not None:
+        return _hang_up(request, response)
+    await response.write_eof()
+    return response
+
+
+# -- Small real images, for media tests -----------------------------------------------------------
+
+
+def png_bytes(width: int = 4, height: int = 3, rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:
+    """A real PNG of one colour, `width` by `height` pixels (8-bit RGB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    row = b"\x00" + bytes(rgb) * width
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(row * height))
+        + chunk(b"IEND", b"")
+    )
+
+
+def jpeg_bytes(width: int = 4, height: int = 3) -> bytes:
+    """A real baseline JPEG of one grey, `width` by `height` pixels (1 to 65535 each).
+
+    Built by hand: one component, flat quantisation, and Huffman tables of one code each, so
+    that every 8x8 block is two bits (no DC change, end of block).
+    """
+    if not (0 < width < 65536 and 0 < height < 65536):
+        raise ValueError("a JPEG is 1 to 65535 pixels a side")
+
+    def segment(marker: int, data: bytes) -> bytes:
+        return struct.pack(">BBH", 0xFF, marker, len(data) + 2) + data
+
+    one_code = b"\x01" + b"\x00" * 15 + b"\x00"  # one code of length 1, for symbol 0
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    bits = "00" * blocks
+    bits += "1" * (-len(bits) % 8)  # padded with ones, as the standard asks
+    scan = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return (
+        b"\xff\xd8"
+        + segment(0xDB, b"\x00" + b"\x01" * 64)
+        + segment(0xC0, struct.pack(">BHHBBBB", 8, height, width, 1, 1, 0x11, 0))
+        + segment(0xC4, b"\x00" + one_code)
+        + segment(0xC4, b"\x10" + one_code)
+        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
+        + scan
+        + b"\xff\xd9"
+    )
+
+
+_WEBP_5X3 = bytes.fromhex(
+    "524946461e000000574542505650384c110000002f0480000007508f2297a7ff8188e87f0000"
+)
+
+
+def webp_bytes() -> bytes:
+    """A real lossless WebP, 5 by 3 pixels of one colour (made once with libwebp)."""
+    return _WEBP_5X3

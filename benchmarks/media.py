@@ -1,0 +1,188 @@
+"""Scenario: media downloads, ours (`iter_media`) against a raw aiohttp loop streaming to disk.
+
+A media server runs in its own process on 127.0.0.1 (``python -m benchmarks.media PORT``),
+serving the same PNG-headed file of ``size`` bytes at ``/media/{n}``. Both sides download
+``files`` distinct URLs with 8 requests in flight (ours: ``media_concurrency=8`` on the one
+host; raw: an ``asyncio.Semaphore(8)``) into a fresh directory each round, in 64 KiB chunks.
+Ours also checks the host, sniffs the type, hashes with SHA-256, writes a temporary file,
+fsyncs it, renames it and writes a manifest per image; the raw loop writes the final name and
+nothing more. Memory: the peak traced by tracemalloc while ours downloads N and then 4N small
+files: flat means the peak does not grow with N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import sys
+import tempfile
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from meigen_async import GalleryImage, GallerySession
+
+from .common import Config, Metrics, alternate, log, perf_counter, ratio_entry, summarise
+from .common import target_entry as target
+from .peers import raw_session
+
+__all__ = ["run"]
+
+_CHUNK = 65536
+_CONCURRENCY = 8
+
+
+def _body(size: int) -> bytes:
+    header = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + (640).to_bytes(4, "big") * 2
+    return header + bytes(range(256)) * (size // 256) + b"\0" * (size % 256)
+
+
+async def _serve(port: int) -> None:
+    bodies: dict[int, bytes] = {}
+
+    async def media(request: web.Request) -> web.Response:
+        size = int(request.query.get("size", "262144"))
+        body = bodies.get(size)
+        if body is None:
+            body = bodies[size] = _body(size)
+        return web.Response(body=body, content_type="image/png")
+
+    app = web.Application()
+    app.router.add_get("/media/{name}", media)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    print(runner.addresses[0][1], flush=True)
+    await asyncio.Event().wait()
+
+
+async def _start_server() -> tuple[asyncio.subprocess.Process, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "benchmarks.media", "0", stdout=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None
+    port = int((await process.stdout.readline()).decode())
+    return process, f"http://127.0.0.1:{port}"
+
+
+def _images(base: str, count: int, size: int, tag: str) -> list[GalleryImage]:
+    return [
+        GalleryImage(id=f"{tag}{n}", media_urls=(f"{base}/media/{tag}{n}?size={size}",))
+        for n in range(count)
+    ]
+
+
+async def _ours(gallery_url: str, images: list[GalleryImage], out: Path) -> int:
+    total = 0
+    async with GallerySession(
+        gallery_url, media_hosts=["127.0.0.1"], media_concurrency=_CONCURRENCY
+    ) as session:
+        async for result in session.iter_media(images, out):
+            if result.error is not None:
+                raise result.error
+            total += sum(media.bytes for media in result.files)
+    return total
+
+
+async def run(url: str, config: Config) -> dict[str, Any]:
+    files, size, rounds = (200, 256 * 1024, 3) if config.quick else (400, 256 * 1024, 7)
+    memory_small = 500 if config.quick else 1000
+    server, base = await _start_server()
+    scratch = Path(tempfile.mkdtemp(prefix="meigen-media-bench-"))
+    try:
+        images = _images(base, files, size, "t")
+
+        async def ours() -> Metrics:
+            out = scratch / "ours"
+            shutil.rmtree(out, ignore_errors=True)
+            start = perf_counter()
+            total = await _ours(url, images, out)
+            elapsed = perf_counter() - start
+            return {"mb_per_s": total / elapsed / 1e6, "files_per_s": files / elapsed}
+
+        async def raw() -> Metrics:
+            out = scratch / "raw"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            total = 0
+            async with raw_session(limit=100) as http:
+                slots = asyncio.Semaphore(_CONCURRENCY)
+
+                async def one(n: int, image: GalleryImage) -> None:
+                    nonlocal total
+                    async with slots, http.get(image.media_urls[0]) as resp:
+                        resp.raise_for_status()
+                        with open(out / f"{n}.png", "wb") as stream:  # noqa: ASYNC230 - as ours
+                            async for chunk in resp.content.iter_chunked(_CHUNK):
+                                stream.write(chunk)
+                                total += len(chunk)
+
+                start = perf_counter()
+                await asyncio.gather(*(one(n, image) for n, image in enumerate(images)))
+                elapsed = perf_counter() - start
+            return {"mb_per_s": total / elapsed / 1e6, "files_per_s": files / elapsed}
+
+        log(
+            f"media: {files} files of {size // 1024} KiB, {_CONCURRENCY} in flight, {rounds} rounds"
+        )
+        alt = await alternate(ours, {"raw aiohttp": raw}, rounds, label="media")
+
+        peaks: dict[str, float] = {}
+        for count in (memory_small, 4 * memory_small):
+            out = scratch / f"memory{count}"
+            small = _images(base, count, 4096, f"m{count}_")
+            tracemalloc.start()
+            await _ours(url, small, out)
+            peaks[f"{count} files"] = tracemalloc.get_traced_memory()[1] / 2**20
+            tracemalloc.stop()
+            shutil.rmtree(out, ignore_errors=True)
+            log(f"  media memory: {count} files, traced peak {peaks[f'{count} files']:.2f} MiB")
+    finally:
+        server.terminate()
+        await server.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    figures = {
+        "ours": summarise(alt.all_ours()),
+        "raw aiohttp": summarise(alt.peers["raw aiohttp"]),
+    }
+    row = ratio_entry(
+        label="ours / raw aiohttp",
+        metric="mb_per_s",
+        unit="MB/s",
+        higher_is_better=True,
+        ours=figures["ours"]["mb_per_s"]["median"],
+        peer=figures["raw aiohttp"]["mb_per_s"]["median"],
+        pair_ratios=alt.pair_ratios["raw aiohttp"]["mb_per_s"],
+    )
+    small_peak, large_peak = peaks.values()
+    growth = large_peak / small_peak if small_peak else float("inf")
+    return {
+        "title": "Media downloads",
+        "measures": "MB/s of downloading distinct files to disk; traced memory peak vs files",
+        "params": {"files": files, "size": size, "concurrency": _CONCURRENCY, "rounds": rounds},
+        "figures": figures,
+        "memory_peak_mib": peaks,
+        "ratios": [row],
+        "targets": [
+            target(
+                "media download throughput vs raw aiohttp loop",
+                value=row["ratio"],
+                goal=">= 0.9x",
+                met=row["ratio"] >= 0.9,
+            ),
+            target(
+                f"traced memory peak, {4 * memory_small} files / {memory_small} files",
+                value=growth,
+                goal="<= 1.5x (flat)",
+                met=growth <= 1.5,
+            ),
+        ],
+    }
+
+
+if __name__ == "__main__":
+    asyncio.run(_serve(int(sys.argv[1])))

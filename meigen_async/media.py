@@ -1,0 +1,67 @@
+"""What a media download gives back: `MediaFile` per file written, `MediaResult` per image.
+
+The downloading itself is `GallerySession.download_media` and `GallerySession.iter_media`;
+see docs/media.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from .errors import MeigenError
+from .models import GalleryImage
+
+__all__ = ["DEFAULT_MAX_MEDIA_BYTES", "DEFAULT_MEDIA_HOSTS", "MediaFile", "MediaResult"]
+
+DEFAULT_MEDIA_HOSTS: tuple[str, ...] = ("images.meigen.ai", "pbs.twimg.com")
+"""The hosts media is downloaded from by default: the gallery's image host and Twitter's."""
+
+DEFAULT_MAX_MEDIA_BYTES = 20 * 1024 * 1024
+"""The largest media file downloaded by default: 20 MiB."""
+
+
+@attrs.frozen(slots=True)
+class MediaFile:
+    """One media file on disk, complete and verified.
+
+    Args:
+        url: The URL it was downloaded from (the image's, before any redirect).
+        path: Where it is: `{out}/{image id}/{index}{ext}`, the extension from its verified type.
+        bytes: Its size.
+        sha256: The hex SHA-256 of its bytes.
+        content_type: Its verified type, such as `image/png`.
+        width: Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None.
+        height: Its height in pixels, likewise.
+
+    """
+
+    url: str
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+
+
+@attrs.frozen(slots=True)
+class MediaResult:
+    """The outcome for one image of `iter_media`: the files written, and the error if any.
+
+    `files` holds every file that was written (or found complete) even when another of the
+    image's files failed; `error` is the first failure: fetching the image's data, or one of
+    its files.
+    """
+
+    id: str
+    files: tuple[MediaFile, ...] = ()
+    error: MeigenError | None = None
+    image: GalleryImage | None = None
+    """The image's data, when it was fetched (or given)."""
+
+    @property
+    def ok(self) -> bool:
+        """True when every media file of the image is on disk."""
+        return self.error is None

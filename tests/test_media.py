@@ -1,0 +1,278 @@
+"""Media downloads against real loopback servers: what each server saw, and what is on disk."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from contextlib import aclosing
+from pathlib import Path
+
+import pytest
+
+from meigen_async import GalleryImage, GallerySession, RetryPolicy
+from meigen_async._media import MediaDownloader
+from meigen_async._media_rules import host_set
+from meigen_async.errors import (
+    ImageNotFound,
+    MediaHTTPError,
+    MediaNotAllowed,
+    MediaNotAnImage,
+    MediaTooLarge,
+    MediaTransportError,
+)
+from meigen_async.testing import Answer, FakeGallery, jpeg_bytes, png_bytes, webp_bytes
+
+LOOPBACK = ("127.0.0.1",)
+NO_RETRY = RetryPolicy(max_retries=0)
+
+
+async def _served(gallery: FakeGallery, **files: tuple[bytes, str]) -> dict[str, str]:
+    return {name: gallery.add_media(name, body, kind) for name, (body, kind) in files.items()}
+
+
+def _session(gallery: FakeGallery, **options: object) -> GallerySession:
+    options.setdefault("media_hosts", LOOPBACK)
+    return GallerySession(gallery.url, **options)  # type: ignore[arg-type]
+
+
+def _leftovers(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+async def test_every_media_url_is_written_under_the_id_with_its_verified_type(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(
+            gallery,
+            a=(png_bytes(5, 2), "image/png"),
+            b=(jpeg_bytes(17, 9), "image/jpeg"),
+            c=(webp_bytes(), "image/webp"),
+        )
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery) as session:
+            files = await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1, "b": 1, "c": 1}
+    assert [f.path for f in files] == [tmp_path / "img1" / n for n in ("0.png", "1.jpg", "2.webp")]
+    assert [(f.width, f.height) for f in files] == [(5, 2), (17, 9), (5, 3)]
+    assert files[1].path.read_bytes() == jpeg_bytes(17, 9)
+    assert files[1].sha256 == hashlib.sha256(jpeg_bytes(17, 9)).hexdigest()
+    assert files[1].bytes == len(jpeg_bytes(17, 9))
+    assert files[1].content_type == "image/jpeg"
+    assert _leftovers(tmp_path / "img1") == ["0.png", "1.jpg", "2.webp", "manifest.json"]
+
+
+async def test_a_url_off_the_media_hosts_is_refused_with_no_request(tmp_path):
+    async with FakeGallery() as gallery:
+        url = gallery.add_media("a", png_bytes(), "image/png")
+        image = GalleryImage(id="img1", media_urls=(url,))
+        async with GallerySession(gallery.url) as session:  # default hosts: not loopback
+            with pytest.raises(MediaNotAllowed, match="not in media_hosts") as caught:
+                await session.download_media(image, tmp_path)
+        assert gallery.total_requests == 0
+    assert caught.value.url == url
+    assert caught.value.image_id == "img1"
+
+
+async def test_a_redirect_off_the_media_hosts_is_never_requested(tmp_path):
+    async with FakeGallery() as gallery, FakeGallery() as elsewhere:
+        target = elsewhere.add_media("a", png_bytes(), "image/png").replace(
+            "127.0.0.1", "localhost"
+        )
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", Answer.redirect(target))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery) as session:
+            with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts"):
+                await session.download_media(image, tmp_path)
+        assert gallery.media_requests["a"] == 1
+        assert elsewhere.total_requests == 0
+
+
+async def test_a_redirect_on_the_media_hosts_is_followed(tmp_path):
+    async with FakeGallery() as gallery:
+        await _served(gallery, a=(png_bytes(), "image/png"), b=(png_bytes(3, 3), "image/png"))
+        gallery.script_media("a", Answer.redirect("/media/b", status=301))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery) as session:
+            [media] = await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1, "b": 1}
+    assert (media.width, media.url) == (3, gallery.media_url("a"))
+
+
+async def test_more_than_three_redirects_are_an_error(tmp_path):
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", *[Answer.redirect("/media/a")] * 5)
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery) as session:
+            with pytest.raises(MediaHTTPError, match="more than 3 redirects"):
+                await session.download_media(image, tmp_path)
+        assert gallery.media_requests["a"] == 4
+
+
+async def test_an_html_page_served_with_200_is_an_error_naming_it_and_leaves_no_file(tmp_path):
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", Answer.html())
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery) as session:
+            with pytest.raises(MediaNotAnImage, match="an HTML page") as caught:
+                await session.download_media(image, tmp_path)
+    assert caught.value.status == 200
+    assert _leftovers(tmp_path / "img1") == []
+
+
+async def test_bytes_of_another_type_than_the_content_type_are_refused(tmp_path):
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", jpeg_bytes(), "image/jpeg")
+        gallery.script_media("a", Answer.wrong_content_type("image/png"))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery) as session:
+            with pytest.raises(MediaNotAnImage, match="the bytes are JPEG"):
+                await session.download_media(image, tmp_path)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_a_file_past_max_media_bytes_is_refused(tmp_path, chunked):
+    big = png_bytes() + b"\0" * 300_000
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", Answer(body=big, content_type="image/png", chunked=chunked))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery, max_media_bytes=100_000) as session:
+            with pytest.raises(MediaTooLarge, match="max_media_bytes=100000") as caught:
+                await session.download_media(image, tmp_path)
+    why = "streamed body exceeded it" if chunked else "Content-Length is"
+    assert why in caught.value.message
+    assert _leftovers(tmp_path / "img1") == []
+
+
+async def test_a_cut_off_body_is_retried_and_only_the_whole_file_lands(tmp_path):
+    body = png_bytes(300, 300, rgb=(1, 2, 3)) + bytes(range(256)) * 400
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", body, "image/png")
+        gallery.script_media("a", Answer.cut_off(after=50_000))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        retry = RetryPolicy(max_retries=1, backoff_base=0)
+        async with _session(gallery, retry=retry) as session:
+            [media] = await session.download_media(image, tmp_path)
+        assert gallery.media_requests["a"] == 2
+    assert media.path.read_bytes() == body
+
+
+async def test_a_cut_off_body_with_no_retry_left_leaves_no_file_under_a_final_name(tmp_path):
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", png_bytes() + b"\0" * 100_000, "image/png")
+        gallery.script_media("a", Answer.cut_off(after=40_000))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery, retry=NO_RETRY) as session:
+            with pytest.raises(MediaTransportError, match=r"cut off|closed"):
+                await session.download_media(image, tmp_path)
+    assert _leftovers(tmp_path / "img1") == []
+
+
+async def test_a_server_slower_than_the_timeout_is_a_transport_error(tmp_path):
+    async with FakeGallery() as gallery:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", Answer.slow(2))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        async with _session(gallery, retry=NO_RETRY, timeout=0.2) as session:
+            with pytest.raises(MediaTransportError, match="timed out"):
+                await session.download_media(image, tmp_path)
+
+
+async def test_a_rerun_skips_complete_files_with_no_request(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery) as session:
+            first = await session.download_media(image, tmp_path)
+            gallery.reset_counts()
+            again = await session.download_media(image, tmp_path)
+        assert gallery.total_requests == 0
+    assert again == first
+
+
+async def test_a_rerun_downloads_again_a_file_changed_on_disk(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery) as session:
+            first = await session.download_media(image, tmp_path)
+            damaged = bytearray(first[0].path.read_bytes())
+            damaged[-5] ^= 0xFF  # same size, other bytes: only the SHA-256 tells
+            first[0].path.write_bytes(bytes(damaged))
+            gallery.reset_counts()
+            await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1}
+    assert first[0].path.read_bytes() == png_bytes()
+
+
+async def test_one_failing_file_leaves_the_others_written_and_recorded(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"], gallery.media_url("missing")))
+        async with _session(gallery, retry=NO_RETRY) as session:
+            with pytest.raises(MediaHTTPError, match="HTTP 404"):
+                await session.download_media(image, tmp_path)
+    manifest = json.loads((tmp_path / "img1" / "manifest.json").read_text())
+    assert [entry["name"] for entry in manifest["files"]] == ["0.png"]
+
+
+async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async with FakeGallery() as gallery, GallerySession(gallery.url) as session:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", Answer.rate_limited(retry_after=7))
+        downloader = MediaDownloader(
+            http=session._transport.open,
+            hosts=host_set(LOOPBACK),
+            max_bytes=1 << 20,
+            concurrency=2,
+            retry=RetryPolicy(),
+            sleep=sleep,
+        )
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        files, error = await downloader.download_image(image, tmp_path)
+        assert gallery.media_requests["a"] == 2
+    assert (slept, error, len(files)) == ([7.0], None, 1)
+
+
+async def test_media_concurrency_bounds_the_requests_to_one_host(tmp_path):
+    async with FakeGallery(delay=0.05) as gallery:
+        urls = await _served(gallery, **{f"f{n}": (png_bytes(), "image/png") for n in range(6)})
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery, media_concurrency=2) as session:
+            files = await session.download_media(image, tmp_path)
+        assert (gallery.max_in_flight, len(files)) == (2, 6)
+
+
+async def test_iter_media_fetches_ids_and_reports_each_outcome(tmp_path):
+    async with FakeGallery() as gallery:
+        url = gallery.add_media("a", png_bytes(), "image/png")
+        gallery.images["good"] = {"id": "good", "media_urls": [url]}
+        async with _session(gallery) as session:
+            results = session.iter_media(["good", "gone"], tmp_path)
+            async with aclosing(results):
+                by_id = {result.id: result async for result in results}
+        assert gallery.requests == {"good": 1, "gone": 1}
+        assert gallery.media_requests == {"a": 1}
+    assert by_id["good"].ok
+    assert by_id["good"].files[0].path == tmp_path / "good" / "0.png"
+    assert isinstance(by_id["gone"].error, ImageNotFound)
+    assert not by_id["gone"].ok
+
+
+async def test_iter_media_takes_images_without_fetching_them(tmp_path):
+    async with FakeGallery() as gallery:
+        url = gallery.add_media("a", png_bytes(), "image/png")
+        async with _session(gallery) as session:
+            results = [
+                r
+                async for r in session.iter_media([GalleryImage("x", media_urls=(url,))], tmp_path)
+            ]
+        assert gallery.requests == {}
+    assert [r.ok for r in results] == [True]
