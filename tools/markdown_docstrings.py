@@ -42,6 +42,31 @@ RENDERED_MODULES = (
 
 ROLE = re.compile(r":(?:py:)?(class|meth|func|data|attr|mod|exc|obj):`(~?)([^`]+)`")
 LITERAL = re.compile(r"(?<!`)``(?!`)([^`\n]+?)``(?!`)")
+LINE_LENGTH = 100
+ITEM = re.compile(r"\s+[\w*]+(?: \([^)]*\))?: ")
+
+
+def wrap_line(line: str) -> list[str]:
+    """`line` split at spaces to fit `LINE_LENGTH`, continuations indented as Markdown wants.
+
+    A links makes a line longer than the role it replaces; the continuation of a Google-style
+    section item ("name: ...") is indented four more, of a list item two more.
+    """
+    indent = line[: len(line) - len(line.lstrip())]
+    if ITEM.match(line):
+        more = indent + "    "
+    elif line.lstrip().startswith("- "):
+        more = indent + "  "
+    else:
+        more = indent
+    lines: list[str] = []
+    while len(line) > LINE_LENGTH:
+        cut = line.rfind(" ", len(indent) + 1, LINE_LENGTH + 1)
+        if cut == -1:
+            break
+        lines.append(line[:cut].rstrip())
+        line, indent = more + line[cut + 1 :], more
+    return [*lines, line]
 
 
 def _lookup(package: griffe.Module, path: str) -> griffe.Object | griffe.Alias | None:
@@ -124,16 +149,31 @@ def _docstrings(tree: ast.Module, module: str) -> Iterator[tuple[ast.Constant, l
 
 
 def convert_text(text: str, resolver: Resolver, scopes: list[str]) -> str:
-    """`text` with its reST roles and literals written as Markdown."""
+    """`text` with its reST roles and literals written as Markdown, long lines wrapped.
 
-    def role(match: re.Match[str]) -> str:
-        short, name = match.group(2) == "~", match.group(3)
-        shown = name.rsplit(".", 1)[-1] if short else name
-        anchor = resolver.link(name, scopes)
-        return f"[`{shown}`][{anchor}]" if anchor else f"`{shown}`"
+    The summary line stays one line: where a link would not fit there, the role becomes a
+    code span.
+    """
 
-    text = ROLE.sub(role, text)
-    return LITERAL.sub(lambda m: f"`{m.group(1)}`", text)
+    def convert(line: str, *, links: bool) -> str:
+        def role(match: re.Match[str]) -> str:
+            short, name = match.group(2) == "~", match.group(3)
+            shown = name.rsplit(".", 1)[-1] if short else name
+            anchor = resolver.link(name, scopes) if links else None
+            return f"[`{shown}`][{anchor}]" if anchor else f"`{shown}`"
+
+        return LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line))
+
+    lines: list[str] = []
+    for number, line in enumerate(text.split("\n")):
+        new = convert(line, links=True)
+        if new == line:
+            lines.append(line)
+        elif number == 0:
+            lines.append(new if len(new) <= LINE_LENGTH else convert(line, links=False))
+        else:
+            lines.extend(wrap_line(new))
+    return "\n".join(lines)
 
 
 def convert_file(path: Path, resolver: Resolver) -> str:
@@ -157,7 +197,7 @@ def convert_file(path: Path, resolver: Resolver) -> str:
     for node, scopes in _docstrings(ast.parse(source), ".".join(parts)):
         assert node.end_lineno is not None
         assert node.end_col_offset is not None
-        begin = offset(node.lineno, node.col_offset)
+        begin = starts[node.lineno - 1]  # the indentation counts towards the line length
         end = offset(node.end_lineno, node.end_col_offset)
         old = source[begin:end]
         new = convert_text(old, resolver, scopes)
