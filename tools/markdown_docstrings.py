@@ -44,16 +44,17 @@ ROLE = re.compile(r":(?:py:)?(class|meth|func|data|attr|mod|exc|obj):`(~?)([^`]+
 LITERAL = re.compile(r"(?<!`)``(?!`)([^`\n]+?)``(?!`)")
 LINE_LENGTH = 100
 ITEM = re.compile(r"\s+[\w*]+(?: \([^)]*\))?: ")
+SECTION = re.compile(r"\s*(?:Args|Arguments|Parameters|Attributes|Raises|Returns|Yields):\s*$")
 
 
-def wrap_line(line: str) -> list[str]:
+def wrap_line(line: str, *, in_section: bool = False) -> list[str]:
     """`line` split at spaces to fit `LINE_LENGTH`, continuations indented as Markdown wants.
 
     A links makes a line longer than the role it replaces; the continuation of a Google-style
     section item ("name: ...") is indented four more, of a list item two more.
     """
     indent = line[: len(line) - len(line.lstrip())]
-    if ITEM.match(line):
+    if in_section and ITEM.match(line):
         more = indent + "    "
     elif line.lstrip().startswith("- "):
         more = indent + "  "
@@ -165,14 +166,19 @@ def convert_text(text: str, resolver: Resolver, scopes: list[str]) -> str:
         return LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line))
 
     lines: list[str] = []
+    in_section = False
     for number, line in enumerate(text.split("\n")):
+        if SECTION.match(line):
+            in_section = True
+        elif not line.strip():
+            in_section = False
         new = convert(line, links=True)
         if new == line:
             lines.append(line)
         elif number == 0:
             lines.append(new if len(new) <= LINE_LENGTH else convert(line, links=False))
         else:
-            lines.extend(wrap_line(new))
+            lines.extend(wrap_line(new, in_section=in_section))
     return "\n".join(lines)
 
 
