@@ -1,14 +1,14 @@
-"""The ``meigen-async`` command line: ``get``, ``bulk``, ``serve`` and ``demo``.
+"""The `meigen-async` command line: `get`, `bulk`, `serve` and `demo`.
 
-Every command that talks to a gallery takes ``--base-url`` (default: ``$MEIGEN_BASE_URL``, else
-the real service) and ``--timeout``. Bad input is reported as one ``meigen-async: error: ...``
+Every command that talks to a gallery takes `--base-url` (default: `$MEIGEN_BASE_URL`, else
+the real service) and `--timeout`. Bad input is reported as one `meigen-async: error: ...`
 line on stderr with exit status 2; failed fetches give exit status 1.
 
 Whatever it writes goes through `_write`, so that no string (a lone surrogate from a server's
 JSON, text a non-UTF-8 terminal cannot show) can stop a run halfway.
 
-rich (the ``cli`` extra) draws the progress bar and the demo's table. It is imported only
-where it is needed, so ``get``, ``serve`` and a non-interactive ``bulk`` run without it.
+rich (the `cli` extra) draws the progress bar and the demo's table. It is imported only
+where it is needed, so `get`, `serve` and a non-interactive `bulk` run without it.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ __all__ = [
 _PROG = "meigen-async"
 
 BASE_URL_ENV = "MEIGEN_BASE_URL"
-"""The environment variable that sets the default ``--base-url``."""
+"""The environment variable that sets the default `--base-url`."""
 
 _EXIT_OK = 0
 _EXIT_FAILED = 1
@@ -68,7 +68,7 @@ _MAX_RETRIES = 100
 
 
 class CommandError(Exception):
-    """A failure to report as one ``meigen-async: error: ...`` line and an exit status."""
+    """A failure to report as one `meigen-async: error: ...` line and an exit status."""
 
     def __init__(self, message: str, status: int = _EXIT_USAGE):
         super().__init__(message)
@@ -209,7 +209,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 def read_ids(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the ids of ``lines``, one a line, whitespace stripped and blank lines skipped.
+    """Yield the ids of `lines`, one a line, whitespace stripped and blank lines skipped.
 
     A generator: it reads a line only when the next id is wanted.
     """
@@ -268,7 +268,7 @@ def _cannot_write(path: str | None, exc: OSError) -> str:
 
 @contextmanager
 def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], None]]:
-    """Yield ``advance(ok)``; it draws a rich progress bar when ``stream`` is a terminal."""
+    """Yield `advance(ok)`; it draws a rich progress bar when `stream` is a terminal."""
     if not stream.isatty():
         yield lambda ok: None
         return
@@ -390,7 +390,7 @@ def _flush(out: TextIO, path: str | None) -> None:
 
 
 def _load_gallery(path: str) -> list[dict[str, Any]]:
-    """The ``data`` objects of a JSON Lines file, or one line saying what is wrong with it."""
+    """The `data` objects of a JSON Lines file, or one line saying what is wrong with it."""
     try:
         return load_jsonl(path)
     except OSError as exc:
@@ -684,7 +684,7 @@ cache) and shows what the session did. Sends nothing to the real service."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``meigen-async`` and its commands."""
+    """The argument parser of `meigen-async` and its commands."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
@@ -810,7 +810,7 @@ def _default_base_url(parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run the command line with `argv` (default: `sys.argv[1:]`); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if hasattr(args, "base_url") and args.base_url is None:

@@ -1,8 +1,8 @@
 """The exception hierarchy: one base to catch, subclasses named for what happened.
 
-Every error carries the data a caller branches on: ``image_id`` and ``status``
-(``None`` where not known), and ``retry_after`` (seconds the server asked us to wait, from
-``Retry-After``) on `RateLimited` and `ServerError`.
+Every error carries the data a caller branches on: `image_id` and `status`
+(`None` where not known), and `retry_after` (seconds the server asked us to wait, from
+`Retry-After`) on `RateLimited` and `ServerError`.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class ImageNotFound(MeigenError):
 
 
 class RateLimited(MeigenError):
-    """The service asked us to slow down (HTTP 429); ``retry_after`` is in seconds, if it said."""
+    """The service asked us to slow down (HTTP 429); `retry_after` is in seconds, if it said."""
 
     def __init__(
         self,

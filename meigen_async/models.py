@@ -221,13 +221,14 @@ _structure_gallery_image = converter.get_structure_hook(GalleryImage)
 
 
 def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
-    r"""Build a :class:`GalleryImage` from the envelope's ``data`` object.
+    r"""Build a [`GalleryImage`][meigen_async.GalleryImage] from the envelope's `data` object.
 
     Every string field has its lone surrogates (a JSON `\ud800` escape, CESU-8 bytes) replaced
     by U+FFFD, so that every string of the image encodes as UTF-8.
 
-    Raises :class:`InvalidResponse`, naming the field, when a field has the wrong type, and
-    when ``image_id`` is given and the data's `id` is another one.
+    Raises [`InvalidResponse`][meigen_async.InvalidResponse], naming the field, when a field has the
+    wrong type, and
+    when `image_id` is given and the data's `id` is another one.
     """
     if not isinstance(data, dict):
         raise InvalidResponse(
@@ -259,7 +260,7 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
 
 
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:
-    """Turn an image back into the endpoint's ``data`` object (JSON-ready)."""
+    """Turn an image back into the endpoint's `data` object (JSON-ready)."""
     data: dict[str, Any] = converter.unstructure(image)
     return data
 

@@ -1,9 +1,13 @@
-"""``RedisCache``: a :class:`~meigen_async.cache.SharedCache` in Redis, for many processes.
+"""`RedisCache`: a `SharedCache` in Redis, for many processes.
 
-Needs the ``redis`` extra (``pip install 'meigen-async[redis]'``, redis-py's asyncio client).
-The key layout and the value format are pure functions (:func:`image_key`, :func:`encode_image`,
-:func:`decode_image`, ...), and so is :class:`Backoff`, which decides when a failing Redis is
-tried again; :class:`RedisCache` is the part that talks to Redis, and the one place where
+Needs the `redis` extra (`pip install 'meigen-async[redis]'`, redis-py's asyncio client).
+The key layout and the value format are pure functions
+([`image_key`][meigen_async.redis_cache.image_key],
+[`encode_image`][meigen_async.redis_cache.encode_image],
+[`decode_image`][meigen_async.redis_cache.decode_image], ...), and so is
+[`Backoff`][meigen_async.redis_cache.Backoff], which decides when a failing Redis is
+tried again; [`RedisCache`][meigen_async.redis_cache.RedisCache] is the part that talks to Redis,
+and the one place where
 redis-py's exceptions are caught.
 
     async with RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:") as cache:
@@ -65,17 +69,17 @@ return 0
 
 
 def image_key(prefix: str, image_id: str) -> str:
-    """The key of the image stored for ``image_id``."""
+    """The key of the image stored for `image_id`."""
     return f"{prefix}{KEY_VERSION}:image:{image_id}"
 
 
 def missing_key(prefix: str, image_id: str) -> str:
-    """The key of the 404 remembered for ``image_id``."""
+    """The key of the 404 remembered for `image_id`."""
     return f"{prefix}{KEY_VERSION}:missing:{image_id}"
 
 
 def lease_key(prefix: str, image_id: str) -> str:
-    """The key of the lease to fetch ``image_id``."""
+    """The key of the lease to fetch `image_id`."""
     return f"{prefix}{KEY_VERSION}:lease:{image_id}"
 
 
@@ -84,20 +88,21 @@ def _glob_escape(text: str) -> str:
 
 
 def stored_pattern(prefix: str) -> str:
-    """A ``SCAN MATCH`` pattern for every key under ``prefix`` (images, 404s and leases)."""
+    """A `SCAN MATCH` pattern for every key under `prefix` (images, 404s and leases)."""
     return f"{_glob_escape(prefix)}{KEY_VERSION}:*"
 
 
 def encode_image(image: GalleryImage, fresh_until: float) -> str:
-    """The JSON stored for an image: the endpoint's ``data`` object and its expiry time."""
+    """The JSON stored for an image: the endpoint's `data` object and its expiry time."""
     return json.dumps({"fresh_until": fresh_until, "image": unstructure_image(image)})
 
 
 def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
-    """Read what :func:`encode_image` wrote for ``image_id``.
+    """Read what [`encode_image`][meigen_async.redis_cache.encode_image] wrote for `image_id`.
 
     Raises:
-        ValueError: the value is not what :func:`encode_image` writes (its expiry is not a
+        ValueError: the value is not what [`encode_image`][meigen_async.redis_cache.encode_image]
+            writes (its expiry is not a
             finite, positive time), or it holds another id's image.
 
     """
@@ -120,10 +125,11 @@ def encode_missing(until: float) -> str:
 
 
 def decode_missing(raw: str | bytes) -> SharedMissing:
-    """Read what :func:`encode_missing` wrote.
+    """Read what [`encode_missing`][meigen_async.redis_cache.encode_missing] wrote.
 
     Raises:
-        ValueError: the value is not what :func:`encode_missing` writes (its expiry is not a
+        ValueError: the value is not what
+            [`encode_missing`][meigen_async.redis_cache.encode_missing] writes (its expiry is not a
             finite, positive time).
 
     """
@@ -159,8 +165,11 @@ def _milliseconds(seconds: float) -> int:
 class Backoff:
     """When to try a failing backend again: after 0.5 s, then twice as long each time, up to 5 s.
 
-    Pure: the caller reports each operation's outcome and asks :meth:`ready` before the next.
-    :meth:`failed` and :meth:`succeeded` say when an outage starts and ends, to log just that.
+    Pure: the caller reports each operation's outcome and asks
+    [`ready`][meigen_async.redis_cache.Backoff.ready] before the next.
+    [`failed`][meigen_async.redis_cache.Backoff.failed] and
+    [`succeeded`][meigen_async.redis_cache.Backoff.succeeded] say when an outage starts and ends, to
+    log just that.
     """
 
     def __init__(
@@ -207,7 +216,7 @@ class Backoff:
         return False
 
     def succeeded(self, started: float) -> bool:
-        """Record an operation sent at ``started`` that worked; True when it ends an outage."""
+        """Record an operation sent at `started` that worked; True when it ends an outage."""
         if self._down_since is None or started < self._down_since:
             # An operation sent before the outage began proves nothing about now.
             return False
@@ -221,32 +230,34 @@ class Backoff:
 
 
 class RedisCache:
-    """Images and 404s in Redis, shared by every process using the same Redis and ``prefix``.
+    """Images and 404s in Redis, shared by every process using the same Redis and `prefix`.
 
-    Give it to :class:`~meigen_async.GallerySession` as ``cache=``: the session keeps its own
-    in-process cache in front of it. Build it from a URL, or from a ``redis.asyncio.Redis``
+    Give it to [`GallerySession`][meigen_async.GallerySession] as `cache=`: the session keeps its
+    own
+    in-process cache in front of it. Build it from a URL, or from a `redis.asyncio.Redis`
     client of yours:
 
         RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:")
         RedisCache(client=redis.asyncio.Redis(...), prefix="meigen:")
 
-    A cache built from a URL opens its own client, with ``timeout`` as its connect and read
+    A cache built from a URL opens its own client, with `timeout` as its connect and read
     timeouts and no retries (a failure is skipped over, not waited out); close it with
-    :meth:`close` or ``async with``. A client you pass in is used as it is and never closed by
+    [`close`][meigen_async.redis_cache.RedisCache.close] or `async with`. A client you pass in is
+    used as it is and never closed by
     this object: give it timeouts of its own, or a Redis outage will wait for its defaults.
     Sessions never close the cache they are given.
 
     When Redis fails (refused, timed out, an error reply), one warning is logged on the
-    ``meigen_async`` logger, the operation answers as if the cache were empty, and Redis is
+    `meigen_async` logger, the operation answers as if the cache were empty, and Redis is
     skipped for 0.5 s, then longer after each failed try, up to 5 s; the first success logs
     once at INFO. A value that cannot be read (not JSON this library wrote, an expiry that is
     not a finite positive time, another id's image) is treated as absent, logged and deleted.
 
     Args:
-        url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
-        client: A ``redis.asyncio.Redis`` to use instead of a URL.
+        url: A `redis://`, `rediss://` or `unix://` URL.
+        client: A `redis.asyncio.Redis` to use instead of a URL.
         prefix: Put in front of every key; sessions share entries only under the same prefix.
-        timeout: Seconds for connecting and for each reply, on the client built from ``url``.
+        timeout: Seconds for connecting and for each reply, on the client built from `url`.
 
     """
 
@@ -307,13 +318,13 @@ class RedisCache:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
+        """Whether [`close`][meigen_async.redis_cache.RedisCache.close] has been called."""
         return self._closed
 
     # -- SharedCache ---------------------------------------------------------------------------
 
     async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
+        """The image or 404 stored for `image_id`; an image may be past its freshness."""
         keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
         found = await self._call(lambda: self.client.mget(keys), None)
         if found is None:
@@ -335,13 +346,13 @@ class RedisCache:
         return None
 
     async def _drop(self, key: str, raw: bytes | str) -> None:
-        """Delete ``key`` if it still holds ``raw``: another process may have just fixed it."""
+        """Delete `key` if it still holds `raw`: another process may have just fixed it."""
         await self._call(lambda: self._delete_if_equal(keys=[key], args=[raw]), None)
 
     async def set(
         self, image_id: str, image: GalleryImage, ttl: float, stale_window: float
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer."""
+        """Store `image` as fresh for `ttl` seconds, kept `stale_window` seconds longer."""
         if ttl <= 0:
             return
         value = encode_image(image, time.time() + ttl)
@@ -356,7 +367,7 @@ class RedisCache:
         await self._call(write, None)
 
     async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        """Remember a 404 for `image_id` for `ttl` seconds."""
         if ttl <= 0:
             return
         value = encode_missing(time.time() + ttl)
@@ -370,7 +381,7 @@ class RedisCache:
         await self._call(write, None)
 
     async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for ``image_id``."""
+        """Forget the image or 404 stored for `image_id`."""
         keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
         await self._call(lambda: self.client.delete(*keys), None)
 
@@ -393,7 +404,7 @@ class RedisCache:
         await self._call(delete_all, None)
 
     async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
+        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
 
         While Redis is out, a token is returned all the same: there is nobody to wait for.
         """
@@ -407,19 +418,19 @@ class RedisCache:
         return token if await self._call(take, True) else None
 
     async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch ``image_id`` (False while Redis is out)."""
+        """Whether some process holds the lease to fetch `image_id` (False while Redis is out)."""
         held = await self._call(lambda: self.client.exists(lease_key(self.prefix, image_id)), 0)
         return bool(held)
 
     async def release(self, image_id: str, token: str) -> None:
-        """Give up the lease taken with ``token``; another process's lease is left alone."""
+        """Give up the lease taken with `token`; another process's lease is left alone."""
         key = lease_key(self.prefix, image_id)
         await self._call(lambda: self._delete_if_equal(keys=[key], args=[token]), None)
 
     # -- Failures ------------------------------------------------------------------------------
 
     async def _call(self, operation: Callable[[], Awaitable[_T]], fallback: _T) -> _T:
-        """Run one Redis operation; on failure, or while backing off, ``fallback``."""
+        """Run one Redis operation; on failure, or while backing off, `fallback`."""
         if self._closed or not self._backoff.ready():
             return fallback
         started = time.monotonic()

@@ -1,7 +1,7 @@
-"""``FakeGallery``: a real aiohttp server on loopback serving the endpoint's contract.
+"""`FakeGallery`: a real aiohttp server on loopback serving the endpoint's contract.
 
 For this library's tests, for users testing their own bots, and for the demo. It serves
-``GET /api/images/{id}`` from a dict or a JSON Lines file, and counts what it saw: requests per
+`GET /api/images/{id}` from a dict or a JSON Lines file, and counts what it saw: requests per
 id, every path requested, and the most requests in flight at once.
 
     async with FakeGallery.sample() as gallery:
@@ -9,7 +9,8 @@ id, every path requested, and the most requests in flight at once.
             image = await session.get_image(gallery.ids[0])
         assert gallery.requests[gallery.ids[0]] == 1
 
-It also misbehaves on demand: :meth:`FakeGallery.script` queues, per id, the answers to give
+It also misbehaves on demand: [`FakeGallery.script`][meigen_async.testing.FakeGallery.script]
+queues, per id, the answers to give
 before the normal one (an error status with headers, a delay, a dropped connection, a
 truncated or oversized body, an HTML page), so a test can prove its code survives them.
 
@@ -51,18 +52,18 @@ def _hang_up(
 
 @attrs.frozen
 class Answer:
-    """One scripted answer of :class:`FakeGallery`; the class methods build the usual faults.
+    """One scripted answer of `FakeGallery`; the class methods build the usual faults.
 
     Args:
         status: The HTTP status.
-        headers: Extra response headers (``Retry-After``, ``Cache-Control``, ...).
+        headers: Extra response headers (`Retry-After`, `Cache-Control`, ...).
         delay: Seconds to wait before answering.
         body: The body; None for the normal one (the envelope on 2xx, the error JSON otherwise).
-        content_type: The ``Content-Type`` header.
-        keep: Send only the first ``keep`` bytes of the body, framed as if complete.
+        content_type: The `Content-Type` header.
+        keep: Send only the first `keep` bytes of the body, framed as if complete.
         hang_up_after: Promise the whole body, send this many bytes, then drop the connection.
         drop: Drop the connection without answering.
-        chunked: Send the body in chunks, without a ``Content-Length``.
+        chunked: Send the body in chunks, without a `Content-Length`.
 
     """
 
@@ -80,19 +81,19 @@ class Answer:
     def error(
         cls, status: int, message: str = "Internal error", headers: Mapping[str, str] | None = None
     ) -> Answer:
-        """An error status with the service's ``{"success": false, "error": ...}`` body."""
+        """An error status with the service's `{"success": false, "error": ...}` body."""
         body = json.dumps({"success": False, "error": message}).encode()
         return cls(status=status, body=body, headers=dict(headers or {}))
 
     @classmethod
     def rate_limited(cls, retry_after: str | float | None = None) -> Answer:
-        """A 429, with ``Retry-After`` (seconds or an HTTP-date) when given."""
+        """A 429, with `Retry-After` (seconds or an HTTP-date) when given."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after}"}
         return cls.error(429, "Too many requests", headers)
 
     @classmethod
     def slow(cls, seconds: float) -> Answer:
-        """The normal answer, after ``seconds``."""
+        """The normal answer, after `seconds`."""
         return cls(delay=seconds)
 
     @classmethod
@@ -102,12 +103,12 @@ class Answer:
 
     @classmethod
     def cut_off(cls, after: int = 20) -> Answer:
-        """The normal answer, the connection dropped ``after`` bytes into the body."""
+        """The normal answer, the connection dropped `after` bytes into the body."""
         return cls(hang_up_after=after)
 
     @classmethod
     def truncated(cls, keep: int = 40) -> Answer:
-        """The normal JSON cut after ``keep`` bytes, sent as if it were whole."""
+        """The normal JSON cut after `keep` bytes, sent as if it were whole."""
         return cls(keep=keep)
 
     @classmethod
@@ -120,7 +121,7 @@ class Answer:
 
     @classmethod
     def oversized(cls, size: int, *, chunked: bool = False) -> Answer:
-        """A JSON body of ``size`` bytes, with or without a ``Content-Length``."""
+        """A JSON body of `size` bytes, with or without a `Content-Length`."""
         filler = b'{"success": true, "data": {"id": "x", "text": "' + b"a" * size + b'"}}'
         return cls(body=filler, chunked=chunked)
 
@@ -138,9 +139,9 @@ def _image_id(data: Mapping[str, Any]) -> str:
 
 
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON Lines file of ``data`` objects, skipping blank lines.
+    """Read a JSON Lines file of `data` objects, skipping blank lines.
 
-    Raises ValueError naming the line that is not a JSON object with a string ``id``.
+    Raises ValueError naming the line that is not a JSON object with a string `id`.
     """
     objects: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as lines:
@@ -164,11 +165,11 @@ def sample_images() -> list[dict[str, Any]]:
 
 
 class FakeGallery:
-    """A loopback server for ``GET /api/images/{id}``, counting what it serves.
+    """A loopback server for `GET /api/images/{id}`, counting what it serves.
 
     Args:
-        images: ``data`` objects, as a mapping by id or an iterable of objects with an ``id``.
-        cache_control: The ``Cache-Control`` header of successful responses (None: no header).
+        images: `data` objects, as a mapping by id or an iterable of objects with an `id`.
+        cache_control: The `Cache-Control` header of successful responses (None: no header).
         delay: Seconds each request waits before answering, to make requests overlap.
         port: The port to bind on 127.0.0.1; 0 picks a free one.
 
@@ -199,7 +200,7 @@ class FakeGallery:
 
     @classmethod
     def from_jsonl(cls, path: str | Path, **options: Any) -> FakeGallery:
-        """A gallery serving the ``data`` objects of a JSON Lines file."""
+        """A gallery serving the `data` objects of a JSON Lines file."""
         return cls(load_jsonl(path), **options)
 
     @classmethod
@@ -214,7 +215,7 @@ class FakeGallery:
 
     @property
     def url(self) -> str:
-        """The base URL to hand to ``GallerySession``, e.g. ``http://127.0.0.1:54321``."""
+        """The base URL to hand to `GallerySession`, e.g. `http://127.0.0.1:54321`."""
         if self._url is None:
             raise RuntimeError("the FakeGallery is not started")
         return self._url
@@ -225,7 +226,7 @@ class FakeGallery:
         return len(self.paths)
 
     def script(self, image_id: str, *answers: Answer) -> None:
-        """Queue answers for ``image_id``, given in order before the normal one resumes."""
+        """Queue answers for `image_id`, given in order before the normal one resumes."""
         self.scripts.setdefault(image_id, deque()).extend(answers)
 
     def reset_counts(self) -> None:
