@@ -218,9 +218,13 @@ class CachePolicy:
     """
 
     ttl: float | None = None
+    """Seconds to keep every image, whatever the server says; None follows the server."""
     default_ttl: float = 300.0
+    """Seconds to keep an image whose response gives no lifetime."""
     max_ttl: float = 3600.0
+    """The most seconds any server-given lifetime is trusted for."""
     negative_ttl: float = 30.0
+    """Seconds a 404 is remembered."""
 
     @property
     def longest_ttl(self) -> float:
@@ -297,8 +301,10 @@ class MemoryCache:
         stale_window: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
     ):
-        self.maxsize = maxsize
-        self.stale_window = stale_window
+        self.maxsize: int = maxsize
+        """The most images kept, and separately the most 404s remembered."""
+        self.stale_window: float = stale_window
+        """Seconds an image stays stored past its freshness, to serve if the upstream fails."""
         self._timer = timer
         self._images: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
         self._missing: LRUCache[str, float] = LRUCache(max(maxsize, 1))

@@ -34,7 +34,9 @@ class PromptSegment:
     """One labelled part of a multi-part prompt."""
 
     label: str
+    """The part's name, as the gallery labels it ("Prompt", "Negative prompt", ...)."""
     text: str
+    """The part's text."""
 
 
 @attrs.frozen
@@ -42,22 +44,39 @@ class GalleryImage:
     """A curated gallery image, every documented field under its documented name."""
 
     id: str
+    """The gallery id, the one asked for."""
     text: str = ""
+    """The prompt as posted; parsed in `prompt`."""
     prompt_ready: bool | None = None
+    """Whether the gallery marks the prompt as ready to reuse; None when it does not say."""
     prompt_segments: tuple[PromptSegment, ...] | None = None
+    """The labelled parts of a multi-part prompt, or None."""
     media_urls: tuple[str, ...] = ()
+    """The image (and any variant) URLs, in the gallery's order."""
     thumbnail_url: str | None = None
+    """A small preview's URL, or None."""
     image_width: int | None = None
+    """Width in pixels, or None when unknown."""
     image_height: int | None = None
+    """Height in pixels, or None when unknown."""
     model: str | None = None
+    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
     sref: str | None = None
+    """The Midjourney style reference code, or None."""
     created_at: datetime | None = None
+    """When it was posted, timezone-aware (UTC), or None."""
     likes: int = 0
+    """Likes on the original post."""
     views: int = 0
+    """Views of the original post."""
     retweets: int = 0
+    """Reposts of the original post."""
     author_username: str | None = None
+    """The author's handle, without the `@`, or None."""
     author_display_name: str | None = None
+    """The author's display name, or None."""
     author_avatar_url: str | None = None
+    """The author's avatar URL, or None."""
 
     @functools.cached_property
     def prompt(self) -> Prompt:
@@ -73,8 +92,11 @@ class ImageResult:
     """The outcome for one id of a bulk fetch: an image or the error that stopped it."""
 
     id: str
+    """The id asked for."""
     image: GalleryImage | None = None
+    """The image, when the fetch succeeded; else None."""
     error: MeigenError | None = None
+    """What stopped the fetch, when it failed; else None."""
 
     @property
     def ok(self) -> bool:

@@ -109,7 +109,9 @@ class PromptKind(enum.Enum):
     """Whether a prompt is plain text or a (possibly repaired) JSON document."""
 
     PLAIN = "plain"
+    """Plain text, not a JSON document."""
     JSON = "json"
+    """A JSON object or array, as written or after repair."""
 
 
 def _freeze_params(params: Mapping[str, str | None]) -> Mapping[str, str | None]:

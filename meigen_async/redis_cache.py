@@ -179,8 +179,10 @@ class Backoff:
         longest: float = 5.0,
         timer: Callable[[], float] = time.monotonic,
     ):
-        self.first = first
-        self.longest = longest
+        self.first: float = first
+        """Seconds to wait after the first failure."""
+        self.longest: float = longest
+        """The longest wait, in seconds."""
         self._timer = timer
         self._delay = 0.0
         self._down_since: float | None = None
@@ -282,8 +284,10 @@ class RedisCache:
             )
         elif url is not None:
             raise ValueError("give a url or a client, not both")
-        self.prefix = prefix
+        self.prefix: str = prefix
+        """Prepended to every key this cache writes."""
         self.client = client
+        """The redis-py asyncio client in use."""
         self._owns_client = url is not None
         self._closed = False
         self._backoff = Backoff()

@@ -36,22 +36,20 @@ class RetryPolicy:
     the caller to schedule.
     A 429 without `Retry-After` waits at least `rate_limited_wait` seconds, doubling
     from there, as the service's documentation asks (10-30 s).
-
-    Args:
-        max_retries: Retries after the first attempt; 0 disables retrying.
-        backoff_base: The first backoff's upper bound, in seconds.
-        backoff_max: The cap on any backoff, in seconds.
-        max_retry_after: The longest `Retry-After` waited for.
-        rate_limited_wait: The least wait after a 429 that gave no `Retry-After`.
-
     """
 
     max_retries: int = 3
+    """Retries after the first attempt; 0 disables retrying."""
     backoff_base: float = 0.5
+    """The first backoff's upper bound, in seconds."""
     backoff_max: float = 30.0
+    """The cap on any backoff, in seconds."""
     max_retry_after: float = 60.0
+    """The longest `Retry-After` waited for, in seconds; a longer one is raised at once."""
     rate_limited_wait: float = 10.0
+    """The least wait after a 429 that gave no `Retry-After`, in seconds."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False, eq=False)
+    """The source of jitter, a function returning a float in [0, 1); give a fixed one in tests."""
 
     def __attrs_post_init__(self) -> None:
         """Refuse settings that make no sense."""

@@ -100,13 +100,17 @@ class GallerySession:
             "rate_limit must be positive",
         )
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
-        self.base_url = base_url.rstrip("/")
+        self.base_url: str = base_url.rstrip("/")
+        """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
-        self.concurrency = concurrency
+        self.concurrency: int = concurrency
+        """Most upstream requests in flight at once."""
         self.policy = CachePolicy(
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
         )
-        self.retry = retry if retry is not None else RetryPolicy()
+        """How long responses are kept."""
+        self.retry: RetryPolicy = retry if retry is not None else RetryPolicy()
+        """How failed requests are retried."""
         shared: SharedTier | None = None
         if isinstance(cache, MemoryCache):
             self._cache = cache

@@ -25,7 +25,9 @@ class SharedImage:
     """
 
     image: GalleryImage
+    """The image stored."""
     fresh_until: float
+    """When it stops being fresh, in seconds since the epoch."""
 
 
 @attrs.frozen
@@ -33,6 +35,7 @@ class SharedMissing:
     """A 404 as a shared cache remembers it, until `until` (seconds since the epoch)."""
 
     until: float
+    """When the remembered 404 expires, in seconds since the epoch."""
 
 
 SharedEntry = SharedImage | SharedMissing

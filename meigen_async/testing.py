@@ -52,30 +52,26 @@ def _hang_up(
 
 @attrs.frozen
 class Answer:
-    """One scripted answer of `FakeGallery`; the class methods build the usual faults.
-
-    Args:
-        status: The HTTP status.
-        headers: Extra response headers (`Retry-After`, `Cache-Control`, ...).
-        delay: Seconds to wait before answering.
-        body: The body; None for the normal one (the envelope on 2xx, the error JSON otherwise).
-        content_type: The `Content-Type` header.
-        keep: Send only the first `keep` bytes of the body, framed as if complete.
-        hang_up_after: Promise the whole body, send this many bytes, then drop the connection.
-        drop: Drop the connection without answering.
-        chunked: Send the body in chunks, without a `Content-Length`.
-
-    """
+    """One scripted answer of `FakeGallery`; the class methods build the usual faults."""
 
     status: int = 200
+    """The HTTP status."""
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Extra response headers (`Retry-After`, `Cache-Control`, ...)."""
     delay: float = 0.0
+    """Seconds to wait before answering."""
     body: bytes | None = None
+    """The body; None for the normal one (the envelope on 2xx, the error JSON otherwise)."""
     content_type: str = "application/json"
+    """The `Content-Type` header."""
     keep: int | None = None
+    """Send only the first `keep` bytes of the body, framed as if complete."""
     hang_up_after: int | None = None
+    """Promise the whole body, send this many bytes, then drop the connection."""
     drop: bool = False
+    """Drop the connection without answering."""
     chunked: bool = False
+    """Send the body in chunks, without a `Content-Length`."""
 
     @classmethod
     def error(
@@ -185,15 +181,25 @@ class FakeGallery:
     ):
         items = images.values() if isinstance(images, Mapping) else images
         self.images: dict[str, dict[str, Any]] = {_image_id(data): dict(data) for data in items}
-        self.cache_control = cache_control
-        self.delay = delay
+        """The `data` objects served, by id; change it to change what is served."""
+        self.cache_control: str | None = cache_control
+        """The `Cache-Control` header of successful responses (None: no header)."""
+        self.delay: float = delay
+        """Seconds each request waits before answering."""
         self.extra_headers: dict[str, dict[str, str]] = {}
+        """Per id, headers added to its successful responses."""
         self.scripts: dict[str, deque[Answer]] = {}
+        """Per id, the scripted answers still to give (see `script`)."""
         self.requests: Counter[str] = Counter()
+        """Requests received, by id."""
         self.user_agents: Counter[str] = Counter()
+        """Requests received, by `User-Agent`."""
         self.paths: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
+        """The path of every request received, in order."""
+        self.in_flight: int = 0
+        """Requests being answered now."""
+        self.max_in_flight: int = 0
+        """The most requests answered at once so far."""
         self._port = port
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
