@@ -208,7 +208,7 @@ def discord_embed(image: GalleryImage) -> dict[str, Any]:
     """An embed for `discord.Embed.from_dict`: the prompt, the picture and its author.
 
     The title names the model and the author (or starts the prompt), the description is the
-    prompt (a ```json code block for a JSON prompt, pretty-printed when it parsed), the image
+    prompt (a fenced `json` code block for a JSON prompt, pretty-printed when it parsed), the image
     is the first media URL, the author block credits the original poster, the fields hold
     likes, views, size and style reference, the footer the gallery id. Every part is cut to
     Discord's limit (title 256, description 4096, field 256/1024, footer 2048, author 256,

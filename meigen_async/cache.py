@@ -292,6 +292,12 @@ class MemoryCache:
     stamps, checked on access: a hit is one lookup and one clock read, where cachetools'
     `TLRUCache` takes two reads and a heap (measured: 0.45 against 0.95 µs a hit, 2.4
     against 8.3 µs a store). Expired entries go when touched or when LRU evicts them.
+
+    Args:
+        maxsize: The most images kept, and separately the most 404s remembered.
+        stale_window: Seconds an image stays stored past its freshness.
+        timer: The clock, in seconds; a fake one in tests.
+
     """
 
     def __init__(

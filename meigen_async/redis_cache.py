@@ -170,6 +170,12 @@ class Backoff:
     [`failed`][meigen_async.redis_cache.Backoff.failed] and
     [`succeeded`][meigen_async.redis_cache.Backoff.succeeded] say when an outage starts and ends, to
     log just that.
+
+    Args:
+        first: Seconds to wait after the first failure.
+        longest: The longest wait, in seconds.
+        timer: The clock, in seconds; a fake one in tests.
+
     """
 
     def __init__(
@@ -286,7 +292,7 @@ class RedisCache:
             raise ValueError("give a url or a client, not both")
         self.prefix: str = prefix
         """Prepended to every key this cache writes."""
-        self.client = client
+        self.client: redis.asyncio.Redis = client
         """The redis-py asyncio client in use."""
         self._owns_client = url is not None
         self._closed = False

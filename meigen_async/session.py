@@ -105,7 +105,7 @@ class GallerySession:
         image_url = image_urls(self.base_url)
         self.concurrency: int = concurrency
         """Most upstream requests in flight at once."""
-        self.policy = CachePolicy(
+        self.policy: CachePolicy = CachePolicy(
             ttl=ttl, default_ttl=default_ttl, max_ttl=max_ttl, negative_ttl=negative_ttl
         )
         """How long responses are kept."""
