@@ -160,6 +160,12 @@ def decode_response(
     raise error_for_status(status, headers, body, image_id=image_id)
 
 
+def not_found_message(image_id: str, *, remembered: bool) -> str:
+    """The one message of a 404, saying whether the gallery answered it now or the cache did."""
+    source = "remembered in the cache, not asked again" if remembered else "from the gallery"
+    return f"image {image_id} not found (HTTP 404, {source})"
+
+
 def error_for_status(
     status: int, headers: Mapping[str, str], body: bytes, *, image_id: str
 ) -> MeigenError:
@@ -170,9 +176,11 @@ def error_for_status(
     """
     if 300 <= status < 400:
         return _redirect_error(status, header(headers, "Location"), image_id)
-    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 404:
+        # The service's own words ("Image not found") add nothing to the one 404 message.
+        message = not_found_message(image_id, remembered=False)
         return ImageNotFound(message, image_id=image_id, status=status)
+    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 429:
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)

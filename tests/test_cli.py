@@ -216,7 +216,7 @@ async def test_get_prints_to_an_ascii_stdout_without_crashing(
 async def test_get_reports_a_server_message_with_a_lone_surrogate_in_one_line(
     gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gallery.script(PLAIN_ID, Answer.error(404, "gone \ud800 away"))
+    gallery.script(PLAIN_ID, Answer.error(400, "gone \ud800 away"))
     assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
     assert "gone \ufffd away" in one_error_line(capsys.readouterr().err)
 
@@ -436,7 +436,7 @@ async def test_bulk_exits_1_listing_each_failed_id_with_its_error(
     assert head == "meigen-async: 2 of 4 ids failed:"
     assert sorted(failures) == sorted(
         [
-            f"  {MISSING}: HTTP 404 for image {MISSING}: Image not found",
+            f"  {MISSING}: image {MISSING} not found (HTTP 404, from the gallery)",
             "  bad!id: invalid image id 'bad!id': expected 1 to 128 characters "
             "from A-Z, a-z, 0-9, '_' and '-'",
         ]

@@ -218,3 +218,12 @@ def test_the_tally_counts_each_outcome_under_its_counter() -> None:
 
 def test_a_new_tally_is_all_zeros() -> None:
     assert Tally().snapshot() == SessionStats()
+
+
+def test_a_remembered_404_says_the_cache_answered_it() -> None:
+    from meigen_async._core import remembered_404
+
+    error = remembered_404("a1")
+
+    assert str(error) == "image a1 not found (HTTP 404, remembered in the cache, not asked again)"
+    assert error.status == 404
