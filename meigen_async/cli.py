@@ -47,6 +47,7 @@ __all__ = [
     "BASE_URL_ENV",
     "DemoReport",
     "base_url_problem",
+    "demo_story",
     "main",
     "read_ids",
     "run_demo",
@@ -157,21 +158,57 @@ class _SafeStream:
 
 
 def summarize(image: GalleryImage) -> str:
-    """A readable, multi-line summary of one image: prompt kind, size, model, author, media."""
+    """A readable, multi-line summary of one image: the prompt, counts, date, author, media."""
     prompt = image.prompt
     kind = "JSON" if prompt.kind is PromptKind.JSON else "plain text"
     if prompt.repaired:
         kind += " (repaired)"
     width, height = image.image_width, image.image_height
     size = f"{width}x{height}" if width is not None and height is not None else "unknown"
+    posted = image.created_at.strftime("%Y-%m-%d %H:%M UTC") if image.created_at else "unknown"
     rows = [
         ("prompt", kind),
         ("size", size),
         ("model", image.model or "unknown"),
         ("author", _attribution(image) or "unknown"),
-        ("media", image.media_urls[0] if image.media_urls else image.thumbnail_url or "none"),
+        ("posted", posted),
+        ("likes", f"{image.likes:,}"),
+        ("views", f"{image.views:,}"),
     ]
-    return "\n".join([image.id, *(f"  {label:<7}{value}" for label, value in rows)])
+    media = list(image.media_urls) or ([image.thumbnail_url] if image.thumbnail_url else [])
+    lines = [image.id, *(f"  {label:<7}{value}" for label, value in rows)]
+    lines += [f"  {'media' if n == 0 else '':<7}{url}" for n, url in enumerate(media)] or [
+        f"  {'media':<7}none"
+    ]
+    lines += ["", *(f"    {line}" for line in _prompt_lines(image))]
+    return "\n".join(lines)
+
+
+_PROMPT_LINES = 6
+_PROMPT_WIDTH = 100
+
+
+def _prompt_lines(image: GalleryImage) -> list[str]:
+    """The prompt's first lines, or for a JSON prompt its top-level fields, each cut short."""
+    prompt = image.prompt
+    if isinstance(prompt.data, dict):
+        lines = [f"{key}: {_short(value)}" for key, value in prompt.data.items()]
+    else:
+        lines = [line for line in image.text.splitlines() if line.strip()]
+    if not lines:
+        return ["(no prompt)"]
+    shown = [_cut(line) for line in lines[:_PROMPT_LINES]]
+    if len(lines) > _PROMPT_LINES:
+        shown.append(f"... ({len(lines) - _PROMPT_LINES} more lines)")
+    return shown
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= _PROMPT_WIDTH else line[: _PROMPT_WIDTH - 3] + "..."
 
 
 def _attribution(image: GalleryImage) -> str:
@@ -299,7 +336,9 @@ def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[[bool], No
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
+        TextColumn("left"),
         TimeRemainingColumn(),
         console=_console(stream),
         redirect_stdout=False,
@@ -401,10 +440,17 @@ def _load_gallery(path: str) -> list[dict[str, Any]]:
         raise CommandError(str(exc)) from None
 
 
+_IDS_SHOWN = 5
+
+
 async def _serve(args: argparse.Namespace) -> int:
     images = _load_gallery(args.data) if args.data is not None else sample_images()
     source = args.data if args.data is not None else "the bundled sample"
     gallery = FakeGallery(images, port=args.port)
+    if args.list:
+        for image_id in gallery.ids:
+            _print(image_id, sys.stdout)
+        return _EXIT_OK
     try:
         await gallery.start()
     except OSError as exc:
@@ -433,6 +479,13 @@ async def _serve(args: argparse.Namespace) -> int:
             f"try {example}; Ctrl-C to stop",
             sys.stderr,
         )
+        shown = gallery.ids[:_IDS_SHOWN]
+        more = len(gallery.ids) - len(shown)
+        _print(
+            f"{_PROG}: ids: {', '.join(shown)}"
+            + (f" and {more} more ('{_PROG} serve --list' lists them all)" if more else ""),
+            sys.stderr,
+        )
         sys.stderr.flush()
         await stop.wait()
     finally:
@@ -451,6 +504,12 @@ class DemoReport:
 
     requested: int
     """Ids in one pass, duplicates included."""
+    calls: int = attrs.field(default=0, kw_only=True)
+    """Every `get_image` call of the whole scenario: both passes and the burst."""
+    distinct: int = attrs.field(default=0, kw_only=True)
+    """Distinct ids asked for, the missing one included."""
+    missing: str = attrs.field(default="", kw_only=True)
+    """The id asked for on purpose that the gallery does not have."""
     fetched: int
     """Images returned over the second pass, duplicates included."""
     errors: dict[str, str]
@@ -471,6 +530,9 @@ class DemoReport:
     """Distinct images whose JSON prompt needed repairing to parse."""
 
 
+_BURST = 20
+
+
 async def run_demo(*, seed: int = 7) -> DemoReport:
     """Serve the bundled sample on loopback and bulk-fetch it the way a busy bot would.
 
@@ -478,12 +540,13 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     for the same popular image at once; then the whole list is asked for again.
     """
     async with FakeGallery.sample(delay=0.02) as gallery:
-        ids = gallery.ids * 2 + ["1999999999999999999"]
+        missing = "1999999999999999999"
+        ids = gallery.ids * 2 + [missing]
         random.Random(seed).shuffle(ids)
         started = time.perf_counter()
         async with GallerySession(gallery.url, concurrency=8) as session:
             popular = gallery.ids[0]
-            burst = asyncio.gather(*(session.get_image(popular) for _ in range(20)))
+            burst = asyncio.gather(*(session.get_image(popular) for _ in range(_BURST)))
             await session.get_images(ids, return_exceptions=True)
             await burst
             # A second pass, as a bot asked again later: answered from the cache.
@@ -495,6 +558,9 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     kinds = Counter(image.prompt.kind for image in distinct)
     return DemoReport(
         requested=len(ids),
+        calls=2 * len(ids) + _BURST,
+        distinct=len(set(ids)),
+        missing=missing,
         fetched=sum(isinstance(o, GalleryImage) for o in outcomes),
         errors=errors,
         requests=stats.requests,
@@ -507,39 +573,42 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     )
 
 
-def _print_demo(report: DemoReport) -> None:
-    from rich.table import Table
+def demo_story(report: DemoReport) -> list[str]:
+    """What the demo did, as sentences: calls against requests, what was saved, the prompts."""
+    saved = report.calls - report.requests
+    lines = [
+        f"{report.calls} get_image calls ({report.requested} ids a pass, twice, and a burst of "
+        f"{_BURST} for one popular image) were answered with {report.requests} upstream "
+        f"requests, one per distinct id ({report.distinct}), in {report.seconds:.2f} s.",
+        f"{saved} requests saved: the cache answered {report.cache_hits} calls, "
+        f"{report.coalesced} joined a request already in flight for their id, and "
+        f"{max(saved - report.cache_hits - report.coalesced, 0)} were duplicates within one "
+        "get_images call, fetched once.",
+    ]
+    for image_id, message in report.errors.items():
+        expected = "as expected" if image_id == report.missing else "unexpectedly"
+        lines.append(f"The id {image_id} failed {expected}: {message}.")
+    images = report.plain_prompts + report.json_prompts
+    lines.append(
+        f"Prompts of the {images} images: {report.plain_prompts} plain text, "
+        f"{report.json_prompts} JSON, of which {report.repaired_prompts} needed repairing "
+        "to parse."
+    )
+    return lines
 
+
+def _print_demo(report: DemoReport) -> None:
     console = _console(sys.stdout)
     console.print(
-        "meigen-async demo: the bundled sample gallery on 127.0.0.1, "
-        f"{report.requested} ids a pass (duplicates and one missing id included), "
-        "a burst of 20 calls for one popular image, then a second pass.",
+        "meigen-async demo: the bundled sample gallery on 127.0.0.1, asked the way a busy bot "
+        "would: every id twice with duplicates, one id that does not exist, a burst for one "
+        "popular image.",
         soft_wrap=True,
         markup=False,
         highlight=False,
     )
-    table = Table()
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    rows = [
-        ("images fetched", f"{report.fetched}"),
-        ("upstream requests", f"{report.requests}"),
-        ("cache hits", f"{report.cache_hits}"),
-        ("coalesced requests", f"{report.coalesced}"),
-        ("errors", f"{len(report.errors)}"),
-        ("plain-text prompts", f"{report.plain_prompts}"),
-        ("JSON prompts", f"{report.json_prompts}"),
-        ("repaired JSON prompts", f"{report.repaired_prompts}"),
-        ("time taken", f"{report.seconds:.3f}s"),
-    ]
-    for label, value in rows:
-        table.add_row(label, value)
-    console.print(table)
-    for image_id, message in report.errors.items():
-        console.print(
-            f"error: {image_id}: {message}", soft_wrap=True, markup=False, highlight=False
-        )
+    for line in demo_story(report):
+        console.print(f"- {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -635,26 +704,30 @@ Fetch images from MeiGen's public gallery (GET /api/images/:id), in bulk or one 
 or serve a local fake gallery to test against."""
 
 _EXAMPLES = """\
-examples:
-  meigen-async get 2009629483448627597
-  meigen-async get --json 2009629483448627597 2013572250852104677
-  meigen-async bulk ids.txt -o images.jsonl --concurrency 32
-  meigen-async serve --port 8080
+examples (offline, against the bundled sample gallery):
+  meigen-async serve --port 8080 &
+  export MEIGEN_BASE_URL=http://127.0.0.1:8080
+  meigen-async get 2013572250852104677
+  meigen-async get --json 2013572250852104677 2014980103401885690
+  meigen-async serve --list > ids.txt && meigen-async bulk ids.txt -o images.jsonl
   meigen-async demo
+
+Without --base-url or $MEIGEN_BASE_URL, get and bulk ask the real service.
 
 Run 'meigen-async COMMAND --help' for a command's options."""
 
 _GET_EXAMPLES = """\
-examples:
-  meigen-async get 2009629483448627597
-  meigen-async get --json 2009629483448627597 > image.json
+examples (start 'meigen-async serve --port 8080' first to try them offline):
   meigen-async get --base-url http://127.0.0.1:8080 2013572250852104677
+  meigen-async get --base-url http://127.0.0.1:8080 --json 2014980103401885690 > image.json
+  meigen-async get 2009629483448627597    # the real service
 
 exit status: 0 when every image was fetched, 1 when one failed, 2 for bad input."""
 
 _BULK_EXAMPLES = """\
-examples:
-  meigen-async bulk ids.txt -o images.jsonl
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async serve --list > ids.txt
+  meigen-async bulk --base-url http://127.0.0.1:8080 ids.txt -o images.jsonl
   cut -f1 export.tsv | meigen-async bulk - --concurrency 32 --rate-limit 20 > images.jsonl
 
 The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
@@ -667,6 +740,7 @@ _SERVE_EXAMPLES = """\
 examples:
   meigen-async serve
   meigen-async serve --port 8080 --data my-gallery.jsonl
+  meigen-async serve --list
 
 Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
 --data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
@@ -773,6 +847,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument(
         "--data", metavar="FILE.jsonl", help="serve these images (default: the bundled sample)"
+    )
+    serve.add_argument(
+        "--list", action="store_true", help="print the ids it would serve, one a line, and exit"
     )
     serve.set_defaults(run=_serve)
 

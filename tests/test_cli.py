@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -678,7 +679,7 @@ async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
     stop: signal.Signals,
 ) -> None:
     err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
-    assert len(err.splitlines()) == 1, err
+    assert len(err.splitlines()) == 2, err  # what it serves, and a few of its ids
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(
@@ -720,27 +721,19 @@ async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
     assert report.plain_prompts + report.json_prompts == 60
 
 
-def test_demo_command_prints_a_table_of_its_figures(
+def test_demo_tells_calls_against_requests_and_the_missing_id_as_expected(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("COLUMNS", "100")
     assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
 
-    def row(label: str) -> str:
-        match = re.search(rf"{label}\W+(\S+)", out)
-        assert match is not None, (label, out)
-        return match.group(1)
-
-    assert row("images fetched") == "120"
-    assert row("upstream requests") == "61"
-    assert row("cache hits") == "61"
-    assert int(row("coalesced requests")) >= 20
-    assert row("errors") == "1"
-    assert int(row("plain-text prompts")) + int(row("JSON prompts")) == 60
-    assert row("repaired JSON prompts").isdigit()
-    assert re.fullmatch(r"\d+\.\d{3}s", row("time taken"))
-    assert MISSING in out
+    assert "262 get_image calls" in out
+    assert "answered with 61 upstream requests" in out
+    assert "201 requests saved: the cache answered 61 calls" in out
+    assert f"The id {MISSING} failed as expected" in out
+    assert re.search(r"Prompts of the 60 images: \d+ plain text, \d+ JSON", out)
+    assert "error:" not in out
 
 
 def test_demo_without_rich_says_how_to_install_it(
@@ -761,3 +754,69 @@ async def test_importing_the_package_imports_neither_the_command_line_nor_rich()
     )
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", check)
     assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_get_shows_the_prompt_counts_date_and_every_media_url(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gallery.images[PLAIN_ID]
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 0
+    out = capsys.readouterr().out
+
+    assert data["text"].strip().splitlines()[0][:60] in out
+    assert re.search(rf"likes\s+{data['likes']:,}", out)
+    assert re.search(rf"views\s+{data['views']:,}", out)
+    assert f"posted {data['created_at'][:10]}" in out
+    for url in data["media_urls"]:
+        assert url in out
+
+
+async def test_get_shows_a_json_prompts_main_fields(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, JSON_ID) == 0
+    out = capsys.readouterr().out
+    image = structure_image(gallery.images[JSON_ID])
+    assert isinstance(image.prompt.data, dict)
+    first_key = next(iter(image.prompt.data))
+    assert re.search(rf"^    {re.escape(first_key)}: ", out, re.M)
+
+
+async def test_get_of_an_unreachable_gallery_says_it_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert (
+        await run("get", "--base-url", f"http://127.0.0.1:{port}", "--retries", "0", PLAIN_ID) == 1
+    )
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in line
+    assert "ClientConnectorError" not in line
+
+
+def test_serve_list_prints_every_id_it_would_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--list"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 60
+    assert PLAIN_ID in ids
+
+
+async def test_serve_names_a_few_of_its_ids_on_stderr() -> None:
+    err = await serve_then_stop(signal.SIGTERM)
+    assert re.search(rf"ids: {PLAIN_ID}, \d+, \d+, \d+, \d+ and 55 more", err), err
+
+
+def test_the_progress_bar_labels_its_time_columns() -> None:
+    from meigen_async import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with cli._progress(stream, 2) as advance:
+        advance(True)
+    assert "elapsed" in stream.getvalue()
+    assert "left" in stream.getvalue()
