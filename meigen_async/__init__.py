@@ -1,4 +1,4 @@
-"""Async client for MeiGen's public gallery endpoint ``GET /api/images/:id``."""
+"""Async client for MeiGen's public gallery endpoint `GET /api/images/:id`."""
 
 from ._version import __version__
 from .errors import (

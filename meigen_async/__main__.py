@@ -1,4 +1,4 @@
-"""``python -m meigen_async``: the command line."""
+"""`python -m meigen_async`: the command line."""
 
 import sys
 

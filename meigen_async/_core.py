@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._protocol import Validators, decode_response, validators_from
+from ._protocol import Validators, decode_response, not_found_message, validators_from
 from .cache import CachePolicy, MemoryCache
 from .errors import ImageNotFound, InvalidResponse, MeigenError, TransportError
 from .models import GalleryImage, SessionStats
@@ -94,9 +94,8 @@ def look_up(cache: MemoryCache, image_id: str) -> tuple[Lookup, GalleryImage | N
 
 def remembered_404(image_id: str) -> ImageNotFound:
     """The error a remembered 404 answers with."""
-    return ImageNotFound(
-        f"image {image_id} was not found (remembered 404)", image_id=image_id, status=404
-    )
+    message = not_found_message(image_id, remembered=True)
+    return ImageNotFound(message, image_id=image_id, status=404)
 
 
 # -- Reading a response --------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The endpoint's contract as plain functions: no network, no aiohttp.
 
 Validating an id, building the one URL this library requests, and turning a status, headers
-and body into a :class:`~meigen_async.models.GalleryImage` or the matching error. The session
+and body into a [`GalleryImage`][meigen_async.GalleryImage] or the matching error. The session
 calls these; tests exercise them with sample bodies and headers alone.
 """
 
@@ -67,9 +67,9 @@ _CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
 
 def validate_image_id(image_id: object) -> str:
-    """Return ``image_id`` if it is a gallery id, else raise :class:`InvalidImageId`.
+    """Return `image_id` if it is a gallery id, else raise `InvalidImageId`.
 
-    A gallery id is a non-empty string of at most 128 characters from ``[A-Za-z0-9_-]``.
+    A gallery id is a non-empty string of at most 128 characters from `[A-Za-z0-9_-]`.
     """
     if type(image_id) is str and _ID.fullmatch(image_id):
         return image_id
@@ -84,7 +84,7 @@ def validate_image_id(image_id: object) -> str:
 
 
 def image_url(base_url: str, image_id: str) -> str:
-    """The URL of one gallery image: ``{base_url}/api/images/{id}``, the id percent-quoted."""
+    """The URL of one gallery image: `{base_url}/api/images/{id}`, the id percent-quoted."""
     return f"{base_url.rstrip('/')}/api/images/{quote(image_id, safe='')}"
 
 
@@ -104,8 +104,8 @@ def header_list(headers: Mapping[str, str], name: str) -> str | None:
     """All lines of a list-valued header as one value, ignoring case, in any mapping.
 
     Several lines of one header are one comma-separated list (RFC 9110 section 5.3): aiohttp
-    keeps each line, and ``Cache-Control: max-age=60`` followed by ``Cache-Control: no-store``
-    reads as ``"max-age=60, no-store"``. In a plain mapping each spelling of the name counts
+    keeps each line, and `Cache-Control: max-age=60` followed by `Cache-Control: no-store`
+    reads as `"max-age=60, no-store"`. In a plain mapping each spelling of the name counts
     as a line. None when the header is absent.
     """
     if isinstance(headers, _CASE_INSENSITIVE):
@@ -122,7 +122,7 @@ def header_list(headers: Mapping[str, str], name: str) -> str | None:
 
 
 def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date (``Sun, 06 Nov 1994 08:49:37 GMT``) in seconds since the epoch, or None.
+    """An HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`) in seconds since the epoch, or None.
 
     None for an absent or unreadable value; a date without a zone is read as UTC.
     """
@@ -138,7 +138,7 @@ def parse_http_date(value: str | None) -> float | None:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a ``Retry-After`` value: delta-seconds or an HTTP-date.
+    """Seconds to wait from a `Retry-After` value: delta-seconds or an HTTP-date.
 
     Returns None when the value is absent or unreadable; a date in the past gives 0.
     """
@@ -207,14 +207,21 @@ def decode_response(
 ) -> GalleryImage:
     """Turn one response into an image, or raise the error it stands for.
 
-    A 2xx must carry ``{"success": true, "data": {...}}`` whose `data.id` is ``image_id``;
-    any other status becomes the matching :class:`MeigenError` subclass, with the service's
-    ``{"error": "..."}`` message. Whatever the body holds, only an image or a `MeigenError`
+    A 2xx must carry `{"success": true, "data": {...}}` whose `data.id` is `image_id`;
+    any other status becomes the matching [`MeigenError`][meigen_async.MeigenError] subclass, with
+    the service's
+    `{"error": "..."}` message. Whatever the body holds, only an image or a `MeigenError`
     comes out: JSON nested too deep to decode is `InvalidResponse` like any other non-JSON.
     """
     if 200 <= status < 300:
         return structure_image(_success_data(status, body, image_id), image_id=image_id)
     raise error_for_status(status, headers, body, image_id=image_id)
+
+
+def not_found_message(image_id: str, *, remembered: bool) -> str:
+    """The one message of a 404, saying whether the gallery answered it now or the cache did."""
+    source = "remembered in the cache, not asked again" if remembered else "from the gallery"
+    return f"image {image_id} not found (HTTP 404, {source})"
 
 
 def error_for_status(
@@ -227,9 +234,11 @@ def error_for_status(
     """
     if 300 <= status < 400:
         return _redirect_error(status, header(headers, "Location"), image_id)
-    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 404:
+        # The service's own words ("Image not found") add nothing to the one 404 message.
+        message = not_found_message(image_id, remembered=False)
         return ImageNotFound(message, image_id=image_id, status=status)
+    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
     if status == 429:
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)

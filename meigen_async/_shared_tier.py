@@ -25,8 +25,8 @@ logger = logging.getLogger("meigen_async")
 class Claim:
     """What the shared tier said about an id the in-process cache missed.
 
-    Either an answer (``image``, or ``missing`` for a remembered 404), or permission to fetch
-    upstream, with the lease ``token`` to release afterwards when this process holds one.
+    Either an answer (`image`, or `missing` for a remembered 404), or permission to fetch
+    upstream, with the lease `token` to release afterwards when this process holds one.
     """
 
     image: GalleryImage | None = None
@@ -83,9 +83,10 @@ POLL_INTERVAL = 0.025
 
 
 class SharedTier:
-    """A :class:`SharedCache` behind a session's :class:`MemoryCache`, and the lease protocol.
+    """A `SharedCache` behind a session's `MemoryCache`, and the lease protocol.
 
-    :class:`~meigen_async.GallerySession` builds one when given a shared cache, and only its
+    [`GallerySession`][meigen_async.GallerySession] builds one when given a shared cache, and only
+    its
     miss path uses it: what it finds in the shared cache goes into the in-process tier with the
     lifetime it has left, no longer than the session would keep it itself; an entry that cannot
     be right is a miss, and is deleted from the shared cache. Of concurrent misses for one id
@@ -125,7 +126,7 @@ class SharedTier:
         self._releasing: set[asyncio.Task[None]] = set()
 
     async def claim(self, image_id: str) -> Claim:
-        """Answer ``image_id`` from the shared tier, or say who fetches it upstream."""
+        """Answer `image_id` from the shared tier, or say who fetches it upstream."""
         if self._forgetting:
             # An invalidate() just before this miss must not be undone by reading the old value.
             await asyncio.wait(set(self._forgetting))
@@ -199,7 +200,7 @@ class SharedTier:
         ttl: float | None,
         validators: Validators | None = None,
     ) -> None:
-        """Share a fetched image for ``ttl`` seconds; None (not storable) forgets the old one."""
+        """Share a fetched image for `ttl` seconds; None (not storable) forgets the old one."""
         if ttl is None:
             await self.shared.invalidate(image_id)
         elif validators is None:
@@ -215,7 +216,7 @@ class SharedTier:
             )
 
     async def store_missing(self, image_id: str, ttl: float) -> None:
-        """Share a 404 for ``ttl`` seconds (0: not remembered, not shared)."""
+        """Share a 404 for `ttl` seconds (0: not remembered, not shared)."""
         if ttl > 0:
             await self.shared.set_missing(image_id, ttl)
 
@@ -224,7 +225,7 @@ class SharedTier:
         self._spawn(self._releasing, self.shared.release, image_id, token)
 
     def invalidate_later(self, image_id: str) -> None:
-        """Forget ``image_id`` in the shared tier, in a task; the next miss waits for it."""
+        """Forget `image_id` in the shared tier, in a task; the next miss waits for it."""
         self._spawn(self._forgetting, self.shared.invalidate, image_id)
 
     def clear_later(self) -> None:

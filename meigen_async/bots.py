@@ -1,8 +1,10 @@
-"""Turn a :class:`~meigen_async.models.GalleryImage` into a Discord embed or a Telegram caption.
+"""Turn a [`GalleryImage`][meigen_async.GalleryImage] into a Discord embed or a Telegram caption.
 
-No bot library is imported: :func:`discord_embed` returns a plain dict for
-``discord.Embed.from_dict``, :func:`telegram_caption` a string for ``parse_mode="HTML"`` or
-``"MarkdownV2"``. Both stay within the platform's limits whatever the prompt holds, cutting
+No bot library is imported: [`discord_embed`][meigen_async.bots.discord_embed] returns a plain dict
+for
+`discord.Embed.from_dict`, [`telegram_caption`][meigen_async.bots.telegram_caption] a string for
+`parse_mode="HTML"` or
+`"MarkdownV2"`. Both stay within the platform's limits whatever the prompt holds, cutting
 long text with an ellipsis at a character boundary (never inside a combining sequence, an
 emoji sequence, an HTML entity or a Markdown escape) and closing any code block they opened.
 
@@ -70,7 +72,7 @@ def _utf16_len(text: str) -> int:
 
 
 def _extends_previous(char: str) -> bool:
-    """Whether ``char`` belongs to the cluster of the character before it."""
+    """Whether `char` belongs to the cluster of the character before it."""
     code = ord(char)
     return (
         unicodedata.category(char) in ("Mn", "Me", "Mc")
@@ -87,7 +89,7 @@ def _is_regional_indicator(char: str) -> bool:
 
 
 def _cluster_start(text: str, cut: int) -> int:
-    """Move ``cut`` left until it does not split a character cluster of ``text``."""
+    """Move `cut` left until it does not split a character cluster of `text`."""
     while 0 < cut < len(text) and (
         _extends_previous(text[cut])
         or text[cut - 1] == "\u200d"
@@ -104,12 +106,12 @@ def _cluster_start(text: str, cut: int) -> int:
 
 
 def truncate(text: str, limit: int, *, utf16: bool = False) -> str:
-    """``text`` if it fits in ``limit`` characters, else its start and :data:`ELLIPSIS`.
+    """`text` if it fits in `limit` characters, else its start and `ELLIPSIS`.
 
     The cut never splits a character cluster that is cheap to recognise: a base and its
     combining marks, an emoji ZWJ sequence or modifier, a flag, CR LF. Trailing whitespace
-    before the ellipsis is dropped. With ``utf16`` the limit counts UTF-16 code units (what
-    Telegram counts) instead of code points (what Discord and Python's ``len`` count).
+    before the ellipsis is dropped. With `utf16` the limit counts UTF-16 code units (what
+    Telegram counts) instead of code points (what Discord and Python's `len` count).
     """
     size = _utf16_len if utf16 else len
     if size(text) <= limit:
@@ -178,7 +180,7 @@ def _discord_title(image: GalleryImage) -> str:
 
 
 def _close_fences(text: str, limit: int) -> str:
-    """``text`` cut to ``limit`` with any code fence it leaves open closed."""
+    """`text` cut to `limit` with any code fence it leaves open closed."""
     cut = truncate(text, limit)
     if cut.count(_FENCE) % 2 == 0:
         return cut
@@ -204,10 +206,10 @@ def _field(name: str, value: str) -> dict[str, Any]:
 
 
 def discord_embed(image: GalleryImage) -> dict[str, Any]:
-    """An embed for ``discord.Embed.from_dict``: the prompt, the picture and its author.
+    """An embed for `discord.Embed.from_dict`: the prompt, the picture and its author.
 
     The title names the model and the author (or starts the prompt), the description is the
-    prompt (a ```json code block for a JSON prompt, pretty-printed when it parsed), the image
+    prompt (a fenced `json` code block for a JSON prompt, pretty-printed when it parsed), the image
     is the first media URL, the author block credits the original poster, the fields hold
     likes, views, size and style reference, the footer the gallery id. Every part is cut to
     Discord's limit (title 256, description 4096, field 256/1024, footer 2048, author 256,
@@ -270,16 +272,16 @@ def _html(text: str) -> str:
 def telegram_caption(
     image: GalleryImage, parse_mode: Literal["HTML", "MarkdownV2"] = "HTML"
 ) -> str:
-    """A photo caption for Telegram's ``parse_mode``: the prompt, the author and the likes.
+    """A photo caption for Telegram's `parse_mode`: the prompt, the author and the likes.
 
-    A JSON prompt goes in a ``json`` code block (pretty-printed when it parsed), a plain one in
-    italics (HTML) or as text (MarkdownV2). Everything is escaped for ``parse_mode``, and the
+    A JSON prompt goes in a `json` code block (pretty-printed when it parsed), a plain one in
+    italics (HTML) or as text (MarkdownV2). Everything is escaped for `parse_mode`, and the
     caption shows at most 1,024 characters once Telegram has parsed it (counted in UTF-16
     code units, as Telegram does); the prompt is cut to fit, never inside an entity or an
     escape, and any block opened is closed.
 
     Raises:
-        ValueError: ``parse_mode`` is neither ``"HTML"`` nor ``"MarkdownV2"``.
+        ValueError: `parse_mode` is neither `"HTML"` nor `"MarkdownV2"`.
 
     """
     if parse_mode not in ("HTML", "MarkdownV2"):

@@ -70,9 +70,9 @@ _CacheDirectives = tuple[tuple[str, str | None], ...]
 
 
 def _directives(value: str | None) -> _CacheDirectives:
-    r"""Every directive of a ``Cache-Control`` value in order, repeats kept, names lower-cased.
+    r"""Every directive of a `Cache-Control` value in order, repeats kept, names lower-cased.
 
-    Arguments are unquoted (``"60"`` reads ``60``, ``\"`` reads ``"``); a quoted-string left
+    Arguments are unquoted (`"60"` reads `60`, `\"` reads `"`); a quoted-string left
     open is kept as it came, opening quote included, so that it reads as no valid number.
     """
     if not value:
@@ -95,9 +95,9 @@ def _directives(value: str | None) -> _CacheDirectives:
 
 
 def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """Split a ``Cache-Control`` value into lower-cased directives and their arguments.
+    """Split a `Cache-Control` value into lower-cased directives and their arguments.
 
-    Commas inside a quoted argument (``ext="a, b"``) do not split it, and quoted arguments are
+    Commas inside a quoted argument (`ext="a, b"`) do not split it, and quoted arguments are
     unquoted. A directive given more than once keeps its first argument here; when it is a
     lifetime, `server_lifetime` reads two different arguments as "stale".
     """
@@ -125,7 +125,7 @@ def _delta_seconds(argument: str | None) -> float | None:
 
 
 def _lifetime_directive(directives: _CacheDirectives, wanted: str) -> float:
-    """The one lifetime ``wanted`` gives; 0 (stale) if invalid or given twice differently."""
+    """The one lifetime `wanted` gives; 0 (stale) if invalid or given twice differently."""
     values = {_delta_seconds(argument) for name, argument in directives if name == wanted}
     # RFC 9111 section 4.2.1: conflicting lifetimes may be read as stale; so is an invalid one.
     if len(values) != 1 or None in values:
@@ -137,7 +137,7 @@ def _lifetime_directive(directives: _CacheDirectives, wanted: str) -> float:
 # Responses of one service repeat the same few Cache-Control values: read each one once.
 @functools.lru_cache(maxsize=256)
 def _control(cache_control: str | None, shared: bool) -> tuple[bool, float | None]:
-    """Whether ``Cache-Control`` lets a cache store, and the lifetime it gives (None: none)."""
+    """Whether `Cache-Control` lets a cache store, and the lifetime it gives (None: none)."""
     directives = _directives(cache_control)
     names = {name for name, _ in directives}
     # no-cache allows storing only to revalidate before each use, which this library never
@@ -154,7 +154,7 @@ def _control(cache_control: str | None, shared: bool) -> tuple[bool, float | Non
 # Keyed on both strings: a lifetime from Expires is counted from Date.
 @functools.lru_cache(maxsize=256)
 def _expires_from_date(expires: str, date: str | None) -> float | None:
-    """``Expires`` less ``Date``; 0 (stale) for an invalid Expires; None without a valid Date."""
+    """`Expires` less `Date`; 0 (stale) for an invalid Expires; None without a valid Date."""
     expires_at = parse_http_date(expires)
     if expires_at is None:
         # RFC 9111 section 5.3: an invalid date, "0" among them, means already expired.
@@ -183,13 +183,13 @@ def server_lifetime(
 ) -> tuple[bool, float | None]:
     """Whether the server lets a cache store a response, and for how many seconds more.
 
-    The lifetime (RFC 9111 section 4.2.1) is ``max-age``, or for a ``shared`` cache
-    ``s-maxage`` first; without either, ``Expires`` less ``Date`` (or less ``now``, the
-    receive time in seconds since the epoch, when ``Date`` is absent or invalid). ``Age`` is
+    The lifetime (RFC 9111 section 4.2.1) is `max-age`, or for a `shared` cache
+    `s-maxage` first; without either, `Expires` less `Date` (or less `now`, the
+    receive time in seconds since the epoch, when `Date` is absent or invalid). `Age` is
     subtracted. The seconds are None when no lifetime is given, zero or less when the
     response is stale: a lifetime given twice differently, an invalid one, an invalid or past
-    ``Expires``. ``no-store`` and ``no-cache`` forbid storing; ``private`` forbids it to a
-    ``shared`` cache only.
+    `Expires`. `no-store` and `no-cache` forbid storing; `private` forbids it to a
+    `shared` cache only.
     """
     storable, lifetime = _control(cache_control, shared)
     if not storable:
@@ -209,19 +209,24 @@ def _varies_on_everything(vary: str | None) -> bool:
 class CachePolicy:
     """How long responses are kept.
 
-    ``ttl`` overrides what the server says; otherwise the server's lifetime (`server_lifetime`:
-    ``max-age``, else ``Expires``) less ``Age``, capped at ``max_ttl``; otherwise
-    ``default_ttl``. The in-process cache is a private cache and ignores ``s-maxage``; a
-    shared cache (``shared=True``) takes ``s-maxage`` over ``max-age``. A response marked
-    ``no-store`` or ``no-cache``, or with ``Vary: *``, is never stored, whatever ``ttl`` says;
-    one marked ``private`` is stored in process but never in a shared cache.
+    `ttl` overrides what the server says; otherwise the server's lifetime (`server_lifetime`:
+    `max-age`, else `Expires`) less `Age`, capped at `max_ttl`; otherwise
+    `default_ttl`. The in-process cache is a private cache and ignores `s-maxage`; a
+    shared cache (`shared=True`) takes `s-maxage` over `max-age`. A response marked
+    `no-store` or `no-cache`, or with `Vary: *`, is never stored, whatever `ttl` says;
+    one marked `private` is stored in process but never in a shared cache.
     """
 
     ttl: float | None = None
+    """Seconds to keep every image, whatever the server says; None follows the server."""
     default_ttl: float = 300.0
+    """Seconds to keep an image whose response gives no lifetime."""
     max_ttl: float = 3600.0
+    """The most seconds any server-given lifetime is trusted for."""
     negative_ttl: float = 30.0
+    """Seconds a 404 is remembered."""
     stale_while_revalidate: float = 0.0
+    """Seconds past expiry an image may be served while one background request refreshes it."""
 
     def revalidate_window(self, headers: Mapping[str, str]) -> float:
         """Seconds past expiry a response may be served while it is refreshed in the background.
@@ -259,8 +264,8 @@ class CachePolicy:
     ) -> float | None:
         """Seconds to keep a successful response, or None when it must not be stored.
 
-        ``shared`` asks for a shared cache's lifetime (the `SharedCache` tier); ``now`` is
-        the receive time, in seconds since the epoch, for an ``Expires`` without ``Date``.
+        `shared` asks for a shared cache's lifetime (the `SharedCache` tier); `now` is
+        the receive time, in seconds since the epoch, for an `Expires` without `Date`.
         """
         # Vary: * says no later request can be known to match (RFC 9111 section 4.1).
         if isinstance(headers, _CASE_INSENSITIVE):
@@ -302,17 +307,24 @@ _FOREVER = float("inf")
 
 
 class MemoryCache:
-    """Images and remembered 404s, each bounded to ``maxsize`` entries (0 disables both).
+    """Images and remembered 404s, each bounded to `maxsize` entries (0 disables both).
 
-    An image stays stored ``stale_window`` seconds past its freshness so that it can still
-    be served when the upstream fails; :meth:`get` only ever returns fresh ones. One stored
+    An image stays stored `stale_window` seconds past its freshness so that it can still
+    be served when the upstream fails; [`get`][meigen_async.cache.MemoryCache.get] only ever returns
+    fresh ones. One stored
     with validators (an `ETag`, a `Last-Modified`) stays past that, for as long as the LRU
     has room, so that it can be revalidated with a conditional request.
 
-    Each entry carries its own expiry. The stores are cachetools ``LRUCache``s holding those
+    Each entry carries its own expiry. The stores are cachetools `LRUCache`s holding those
     stamps, checked on access: a hit is one lookup and one clock read, where cachetools'
-    ``TLRUCache`` takes two reads and a heap (measured: 0.45 against 0.95 µs a hit, 2.4
+    `TLRUCache` takes two reads and a heap (measured: 0.45 against 0.95 µs a hit, 2.4
     against 8.3 µs a store). Expired entries go when touched or when LRU evicts them.
+
+    Args:
+        maxsize: The most images kept, and separately the most 404s remembered.
+        stale_window: Seconds an image stays stored past its freshness.
+        timer: The clock, in seconds; a fake one in tests.
+
     """
 
     def __init__(
@@ -322,8 +334,10 @@ class MemoryCache:
         stale_window: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
     ):
-        self.maxsize = maxsize
-        self.stale_window = stale_window
+        self.maxsize: int = maxsize
+        """The most images kept, and separately the most 404s remembered."""
+        self.stale_window: float = stale_window
+        """Seconds an image stays stored past its freshness, to serve if the upstream fails."""
         self._timer = timer
         self._images: LRUCache[str, _Entry] = LRUCache(max(maxsize, 1))
         self._missing: LRUCache[str, float] = LRUCache(max(maxsize, 1))
@@ -333,7 +347,7 @@ class MemoryCache:
         return self._timer()
 
     def get(self, image_id: str) -> GalleryImage | None:
-        """The fresh image stored for ``image_id``, or None."""
+        """The fresh image stored for `image_id`, or None."""
         # Asked before indexing: a miss by KeyError costs two exceptions inside cachetools,
         # and every cold fetch starts with a miss. A hit pays one membership test for it
         # (about 0.06 µs; warm hits stay above the bare cachetools lookup).
@@ -344,7 +358,7 @@ class MemoryCache:
         return entry[0] if self._timer() < entry[1] else None
 
     def entry(self, image_id: str) -> _Entry | None:
-        """Everything stored for ``image_id``, fresh or not, while it is kept; None otherwise.
+        """Everything stored for `image_id`, fresh or not, while it is kept; None otherwise.
 
         The tuple is `(image, fresh_until, revalidate_until, keep_until, validators)`, the
         times on this cache's clock (`now`).
@@ -358,7 +372,7 @@ class MemoryCache:
         return None
 
     def get_stale(self, image_id: str) -> GalleryImage | None:
-        """The image stored for ``image_id`` even if no longer fresh, within the stale window."""
+        """The image stored for `image_id` even if no longer fresh, within the stale window."""
         entry = self.entry(image_id)
         if entry is None:
             return None
@@ -367,7 +381,7 @@ class MemoryCache:
         return None
 
     def validators(self, image_id: str) -> tuple[GalleryImage, Validators] | None:
-        """The image stored for ``image_id`` and its validators, fresh or not, when it has them."""
+        """The image stored for `image_id` and its validators, fresh or not, when it has them."""
         entry = self.entry(image_id)
         if entry is None or entry[4] is None:
             return None
@@ -382,9 +396,9 @@ class MemoryCache:
         validators: Validators | None = None,
         revalidate_window: float = 0.0,
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds (0 or less: stored already expired).
+        """Store `image` as fresh for `ttl` seconds (0 or less: stored already expired).
 
-        ``validators`` keep it past its stale window, for revalidation; ``revalidate_window``
+        `validators` keep it past its stale window, for revalidation; `revalidate_window`
         is how long past expiry it may be served while being refreshed.
         """
         if self.maxsize > 0:
@@ -406,7 +420,7 @@ class MemoryCache:
                 self._missing.pop(image_id, None)
 
     def is_missing(self, image_id: str) -> bool:
-        """Whether a 404 for ``image_id`` is remembered."""
+        """Whether a 404 for `image_id` is remembered."""
         missing = self._missing
         if image_id not in missing:
             return False
@@ -417,13 +431,13 @@ class MemoryCache:
         return False
 
     def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        """Remember a 404 for `image_id` for `ttl` seconds."""
         if self.maxsize > 0 and ttl > 0:
             self._missing[image_id] = self._timer() + ttl
             self._images.pop(image_id, None)
 
     def invalidate(self, image_id: str) -> None:
-        """Forget anything stored for ``image_id``."""
+        """Forget anything stored for `image_id`."""
         self._images.pop(image_id, None)
         self._missing.pop(image_id, None)
 

@@ -1,14 +1,14 @@
-"""The ``meigen-async`` command line: ``get``, ``bulk``, ``search``, ``serve`` and ``demo``.
+"""The `meigen-async` command line: `get`, `bulk`, `search`, `download`, `serve` and `demo`.
 
-Every command that talks to a gallery takes ``--base-url`` (default: ``$MEIGEN_BASE_URL``, else
-the real service) and ``--timeout``. Bad input is reported as one ``meigen-async: error: ...``
+Every command that talks to a gallery takes `--base-url` (default: `$MEIGEN_BASE_URL`, else
+the real service) and `--timeout`. Bad input is reported as one `meigen-async: error: ...`
 line on stderr with exit status 2; failed fetches give exit status 1.
 
 Whatever it writes goes through `_write`, so that no string (a lone surrogate from a server's
 JSON, text a non-UTF-8 terminal cannot show) can stop a run halfway.
 
-rich (the ``cli`` extra) draws the progress bar and the demo's table. It is imported only
-where it is needed, so ``get``, ``serve`` and a non-interactive ``bulk`` run without it.
+rich (the `cli` extra) draws the progress bar and the demo's table. It is imported only
+where it is needed, so `get`, `serve` and a non-interactive `bulk` run without it.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import attrs
 from ._protocol import validate_image_id
 from ._transport import image_urls
 from ._version import __version__
+from .cache import MemoryCache
 from .errors import MeigenError, UpstreamUnreachable
 from .media import MediaResult
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats, converter, unstructure_image
@@ -53,6 +54,7 @@ __all__ = [
     "base_url_problem",
     "bulk_summary",
     "default_cache_path",
+    "demo_story",
     "failure_summary",
     "main",
     "read_done_ids",
@@ -64,7 +66,7 @@ __all__ = [
 _PROG = "meigen-async"
 
 BASE_URL_ENV = "MEIGEN_BASE_URL"
-"""The environment variable that sets the default ``--base-url``."""
+"""The environment variable that sets the default `--base-url`."""
 
 _EXIT_OK = 0
 _EXIT_FAILED = 1
@@ -76,7 +78,7 @@ _MAX_RETRIES = 100
 
 
 class CommandError(Exception):
-    """A failure to report as one ``meigen-async: error: ...`` line and an exit status."""
+    """A failure to report as one `meigen-async: error: ...` line and an exit status."""
 
     def __init__(self, message: str, status: int = _EXIT_USAGE):
         super().__init__(message)
@@ -165,21 +167,57 @@ class _SafeStream:
 
 
 def summarize(image: GalleryImage) -> str:
-    """A readable, multi-line summary of one image: prompt kind, size, model, author, media."""
+    """A readable, multi-line summary of one image: the prompt, counts, date, author, media."""
     prompt = image.prompt
     kind = "JSON" if prompt.kind is PromptKind.JSON else "plain text"
     if prompt.repaired:
         kind += " (repaired)"
     width, height = image.image_width, image.image_height
     size = f"{width}x{height}" if width is not None and height is not None else "unknown"
+    posted = image.created_at.strftime("%Y-%m-%d %H:%M UTC") if image.created_at else "unknown"
     rows = [
         ("prompt", kind),
         ("size", size),
         ("model", image.model or "unknown"),
         ("author", _attribution(image) or "unknown"),
-        ("media", image.media_urls[0] if image.media_urls else image.thumbnail_url or "none"),
+        ("posted", posted),
+        ("likes", f"{image.likes:,}"),
+        ("views", f"{image.views:,}"),
     ]
-    return "\n".join([image.id, *(f"  {label:<7}{value}" for label, value in rows)])
+    media = list(image.media_urls) or ([image.thumbnail_url] if image.thumbnail_url else [])
+    lines = [image.id, *(f"  {label:<7}{value}" for label, value in rows)]
+    lines += [f"  {'media' if n == 0 else '':<7}{url}" for n, url in enumerate(media)] or [
+        f"  {'media':<7}none"
+    ]
+    lines += ["", *(f"    {line}" for line in _prompt_lines(image))]
+    return "\n".join(lines)
+
+
+_PROMPT_LINES = 6
+_PROMPT_WIDTH = 100
+
+
+def _prompt_lines(image: GalleryImage) -> list[str]:
+    """The prompt's first lines, or for a JSON prompt its top-level fields, each cut short."""
+    prompt = image.prompt
+    if isinstance(prompt.data, dict):
+        lines = [f"{key}: {_short(value)}" for key, value in prompt.data.items()]
+    else:
+        lines = [line for line in image.text.splitlines() if line.strip()]
+    if not lines:
+        return ["(no prompt)"]
+    shown = [_cut(line) for line in lines[:_PROMPT_LINES]]
+    if len(lines) > _PROMPT_LINES:
+        shown.append(f"... ({len(lines) - _PROMPT_LINES} more lines)")
+    return shown
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= _PROMPT_WIDTH else line[: _PROMPT_WIDTH - 3] + "..."
 
 
 def _attribution(image: GalleryImage) -> str:
@@ -217,7 +255,7 @@ async def _get(args: argparse.Namespace) -> int:
 
 
 def read_ids(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the ids of ``lines``, one a line, whitespace stripped and blank lines skipped.
+    """Yield the ids of `lines`, one a line, whitespace stripped and blank lines skipped.
 
     A generator: it reads a line only when the next id is wanted.
     """
@@ -276,9 +314,9 @@ def _cannot_write(path: str | None, exc: OSError) -> str:
 
 @contextmanager
 def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[..., None]]:
-    """Yield ``advance(ok, size=0)``; it draws a rich progress bar when ``stream`` is a tty.
+    """Yield `advance(ok, size=0)`; it draws a rich progress bar when `stream` is a tty.
 
-    ``size`` is the media bytes the image brought, shown next to the count when not zero.
+    `size` is the media bytes the image brought, shown next to the count when not zero.
     """
     if not stream.isatty():
         yield lambda ok, size=0: None
@@ -310,7 +348,9 @@ def _progress(stream: TextIO, total: int | None) -> Iterator[Callable[..., None]
         BarColumn(),
         MofNCompleteColumn(),
         RateColumn(),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
+        TextColumn("left"),
         TimeRemainingColumn(),
         console=_console(stream),
         redirect_stdout=False,
@@ -544,7 +584,7 @@ def _write_failed(
 
 
 def _media_fields(result: ImageResult | MediaResult) -> dict[str, Any] | None:
-    """What bulk --media adds to an image's line: its ``media`` list."""
+    """What bulk --media adds to an image's line: its `media` list."""
     if not isinstance(result, MediaResult):
         return None
     return {
@@ -650,7 +690,7 @@ async def _download(args: argparse.Namespace) -> int:
 
 
 def _load_gallery(path: str) -> list[dict[str, Any]]:
-    """The ``data`` objects of a JSON Lines file, or one line saying what is wrong with it."""
+    """The `data` objects of a JSON Lines file, or one line saying what is wrong with it."""
     try:
         return load_jsonl(path)
     except OSError as exc:
@@ -661,10 +701,17 @@ def _load_gallery(path: str) -> list[dict[str, Any]]:
         raise CommandError(str(exc)) from None
 
 
+_IDS_SHOWN = 5
+
+
 async def _serve(args: argparse.Namespace) -> int:
     images = _load_gallery(args.data) if args.data is not None else sample_images()
     source = args.data if args.data is not None else "the bundled sample"
     gallery = FakeGallery(images, port=args.port)
+    if args.list:
+        for image_id in gallery.ids:
+            _print(image_id, sys.stdout)
+        return _EXIT_OK
     try:
         await gallery.start()
     except OSError as exc:
@@ -693,6 +740,13 @@ async def _serve(args: argparse.Namespace) -> int:
             f"try {example}; Ctrl-C to stop",
             sys.stderr,
         )
+        shown = gallery.ids[:_IDS_SHOWN]
+        more = len(gallery.ids) - len(shown)
+        _print(
+            f"{_PROG}: ids: {', '.join(shown)}"
+            + (f" and {more} more ('{_PROG} serve --list' lists them all)" if more else ""),
+            sys.stderr,
+        )
         sys.stderr.flush()
         await stop.wait()
     finally:
@@ -711,6 +765,12 @@ class DemoReport:
 
     requested: int
     """Ids in one pass, duplicates included."""
+    calls: int = attrs.field(default=0, kw_only=True)
+    """Every `get_image` call of the whole scenario: both passes and the burst."""
+    distinct: int = attrs.field(default=0, kw_only=True)
+    """Distinct ids asked for, the missing one included."""
+    missing: str = attrs.field(default="", kw_only=True)
+    """The id asked for on purpose that the gallery does not have."""
     fetched: int
     """Images returned over the second pass, duplicates included."""
     errors: dict[str, str]
@@ -735,23 +795,52 @@ class DemoReport:
     """Background refreshes done (stale-while-revalidate)."""
 
 
+_BURST = 20
+_LATER = 3601.0
+
+
+class _DemoClock:
+    """The monotonic clock, which the demo can move an hour ahead to show what expiry does."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.ahead
+
+
 async def run_demo(*, seed: int = 7) -> DemoReport:
     """Serve the bundled sample on loopback and bulk-fetch it the way a busy bot would.
 
     The ids come with duplicates and one id that does not exist; a burst of handlers asks
-    for the same popular image at once; then the whole list is asked for again.
+    for the same popular image at once; then the whole list is asked for again; then, an hour
+    later (the cache's clock moved ahead), a burst asks for the popular image once more: it is
+    answered at once from the expired copy while one background request revalidates it.
     """
     async with FakeGallery.sample(delay=0.02) as gallery:
-        ids = gallery.ids * 2 + ["1999999999999999999"]
+        missing = "1999999999999999999"
+        ids = gallery.ids * 2 + [missing]
         random.Random(seed).shuffle(ids)
+        clock = _DemoClock()
         started = time.perf_counter()
-        async with GallerySession(gallery.url, concurrency=8) as session:
+        async with GallerySession(
+            gallery.url,
+            concurrency=8,
+            cache=MemoryCache(4096, timer=clock),
+            stale_while_revalidate=_LATER,
+        ) as session:
             popular = gallery.ids[0]
-            burst = asyncio.gather(*(session.get_image(popular) for _ in range(20)))
+            burst = asyncio.gather(*(session.get_image(popular) for _ in range(_BURST)))
             await session.get_images(ids, return_exceptions=True)
             await burst
             # A second pass, as a bot asked again later: answered from the cache.
             outcomes = await session.get_images(ids, return_exceptions=True)
+            clock.ahead = _LATER  # an hour on: every image has expired
+            await asyncio.gather(*(session.get_image(popular) for _ in range(_BURST)))
+            for _ in range(200):  # the background refresh: one request, bounded wait
+                if session.stats.refreshed:
+                    break
+                await asyncio.sleep(0.01)
             stats = session.stats
         seconds = time.perf_counter() - started
     errors = {i: str(o) for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
@@ -759,6 +848,9 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     kinds = Counter(image.prompt.kind for image in distinct)
     return DemoReport(
         requested=len(ids),
+        calls=2 * len(ids) + 2 * _BURST,
+        distinct=len(set(ids)),
+        missing=missing,
         fetched=sum(isinstance(o, GalleryImage) for o in outcomes),
         errors=errors,
         requests=stats.requests,
@@ -773,41 +865,47 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     )
 
 
-def _print_demo(report: DemoReport) -> None:
-    from rich.table import Table
+def demo_story(report: DemoReport) -> list[str]:
+    """What the demo did, as sentences: calls against requests, what was saved, the prompts."""
+    saved = report.calls - report.requests
+    lines = [
+        f"{report.calls} get_image calls ({report.requested} ids a pass, twice, and two bursts "
+        f"of {_BURST} for one popular image) were answered with {report.requests} upstream "
+        f"requests: one per distinct id ({report.distinct}), and one to revalidate, in "
+        f"{report.seconds:.2f} s.",
+        f"{saved} requests saved: the cache answered {report.cache_hits} calls, "
+        f"{report.coalesced} joined a request already in flight for their id, and "
+        f"{max(saved - report.cache_hits - report.coalesced, 0)} were duplicates within one "
+        "get_images call, fetched once.",
+        f"An hour later the popular image had expired: the second burst was answered at once "
+        f"from the expired copy, while {report.refreshed} background refresh asked the gallery "
+        f"whether it had changed; {report.revalidated} answer was 304 Not Modified, no body "
+        "sent.",
+    ]
+    for image_id, message in report.errors.items():
+        expected = "as expected" if image_id == report.missing else "unexpectedly"
+        lines.append(f"The id {image_id} failed {expected}: {message}.")
+    images = report.plain_prompts + report.json_prompts
+    lines.append(
+        f"Prompts of the {images} images: {report.plain_prompts} plain text, "
+        f"{report.json_prompts} JSON, of which {report.repaired_prompts} needed repairing "
+        "to parse."
+    )
+    return lines
 
+
+def _print_demo(report: DemoReport) -> None:
     console = _console(sys.stdout)
     console.print(
-        "meigen-async demo: the bundled sample gallery on 127.0.0.1, "
-        f"{report.requested} ids a pass (duplicates and one missing id included), "
-        "a burst of 20 calls for one popular image, then a second pass.",
+        "meigen-async demo: the bundled sample gallery on 127.0.0.1, asked the way a busy bot "
+        "would: every id twice with duplicates, one id that does not exist, a burst for one "
+        "popular image.",
         soft_wrap=True,
         markup=False,
         highlight=False,
     )
-    table = Table()
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    rows = [
-        ("images fetched", f"{report.fetched}"),
-        ("upstream requests", f"{report.requests}"),
-        ("cache hits", f"{report.cache_hits}"),
-        ("coalesced requests", f"{report.coalesced}"),
-        ("revalidated (304)", f"{report.revalidated}"),
-        ("refreshed in the background", f"{report.refreshed}"),
-        ("errors", f"{len(report.errors)}"),
-        ("plain-text prompts", f"{report.plain_prompts}"),
-        ("JSON prompts", f"{report.json_prompts}"),
-        ("repaired JSON prompts", f"{report.repaired_prompts}"),
-        ("time taken", f"{report.seconds:.3f}s"),
-    ]
-    for label, value in rows:
-        table.add_row(label, value)
-    console.print(table)
-    for image_id, message in report.errors.items():
-        console.print(
-            f"error: {image_id}: {message}", soft_wrap=True, markup=False, highlight=False
-        )
+    for line in demo_story(report):
+        console.print(f"- {line}", soft_wrap=True, markup=False, highlight=False)
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -949,27 +1047,31 @@ Fetch images from MeiGen's public gallery (GET /api/images/:id), in bulk or one 
 or serve a local fake gallery to test against."""
 
 _EXAMPLES = """\
-examples:
-  meigen-async get 2009629483448627597
-  meigen-async get --json 2009629483448627597 2013572250852104677
-  meigen-async bulk ids.txt -o images.jsonl --concurrency 32
+examples (offline, against the bundled sample gallery):
+  meigen-async serve --port 8080 &
+  export MEIGEN_BASE_URL=http://127.0.0.1:8080
+  meigen-async get 2013572250852104677
+  meigen-async get --json 2013572250852104677 2014980103401885690
+  meigen-async serve --list > ids.txt && meigen-async bulk ids.txt -o images.jsonl
   meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
-  meigen-async serve --port 8080
   meigen-async demo
+
+Without --base-url or $MEIGEN_BASE_URL, get and bulk ask the real service.
 
 Run 'meigen-async COMMAND --help' for a command's options."""
 
 _GET_EXAMPLES = """\
-examples:
-  meigen-async get 2009629483448627597
-  meigen-async get --json 2009629483448627597 > image.json
+examples (start 'meigen-async serve --port 8080' first to try them offline):
   meigen-async get --base-url http://127.0.0.1:8080 2013572250852104677
+  meigen-async get --base-url http://127.0.0.1:8080 --json 2014980103401885690 > image.json
+  meigen-async get 2009629483448627597    # the real service
 
 exit status: 0 when every image was fetched, 1 when one failed, 2 for bad input."""
 
 _BULK_EXAMPLES = """\
-examples:
-  meigen-async bulk ids.txt -o images.jsonl
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async serve --list > ids.txt
+  meigen-async bulk --base-url http://127.0.0.1:8080 ids.txt -o images.jsonl
   cut -f1 export.tsv | meigen-async bulk - --concurrency 32 --rate-limit 20 > images.jsonl
 
 The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
@@ -996,6 +1098,7 @@ _SERVE_EXAMPLES = """\
 examples:
   meigen-async serve
   meigen-async serve --port 8080 --data my-gallery.jsonl
+  meigen-async serve --list
 
 Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
 --data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
@@ -1035,7 +1138,7 @@ exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad inpu
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``meigen-async`` and its commands."""
+    """The argument parser of `meigen-async` and its commands."""
     formatter = argparse.RawDescriptionHelpFormatter
     parser = _Parser(
         prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
@@ -1196,6 +1299,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--data", metavar="FILE.jsonl", help="serve these images (default: the bundled sample)"
     )
+    serve.add_argument(
+        "--list", action="store_true", help="print the ids it would serve, one a line, and exit"
+    )
     serve.set_defaults(run=_serve)
 
     demo = commands.add_parser(
@@ -1232,7 +1338,7 @@ def _default_base_url(parser: argparse.ArgumentParser) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    """Run the command line with `argv` (default: `sys.argv[1:]`); return the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]

@@ -1,8 +1,8 @@
 """The exception hierarchy: one base to catch, subclasses named for what happened.
 
-Every error carries the data a caller branches on: ``image_id`` and ``status``
-(``None`` where not known), and ``retry_after`` (seconds the server asked us to wait, from
-``Retry-After``) on `RateLimited` and `ServerError`.
+Every error carries the data a caller branches on: `image_id` and `status`
+(`None` where not known), and `retry_after` (seconds the server asked us to wait, from
+`Retry-After`) on `RateLimited` and `ServerError`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,12 @@ class MeigenError(Exception):
 
     def __init__(self, message: str, *, image_id: str | None = None, status: int | None = None):
         super().__init__(message)
-        self.message = message
-        self.image_id = image_id
-        self.status = status
+        self.message: str = message
+        """The message, in plain words (also `str(error)`)."""
+        self.image_id: str | None = image_id
+        """The id the error is about, or None when not known."""
+        self.status: int | None = status
+        """The HTTP status the server answered with, or None when it did not answer."""
 
 
 # -- Before any request -------------------------------------------------------------------------
@@ -59,7 +62,7 @@ class ImageNotFound(MeigenError):
 
 
 class RateLimited(MeigenError):
-    """The service asked us to slow down (HTTP 429); ``retry_after`` is in seconds, if it said."""
+    """The service asked us to slow down (HTTP 429); `retry_after` is in seconds, if it said."""
 
     def __init__(
         self,
@@ -70,7 +73,8 @@ class RateLimited(MeigenError):
         retry_after: float | None = None,
     ):
         super().__init__(message, image_id=image_id, status=status)
-        self.retry_after = retry_after
+        self.retry_after: float | None = retry_after
+        """Seconds the server asked us to wait (`Retry-After`), or None if it did not say."""
 
 
 class ServerError(MeigenError):
@@ -89,7 +93,8 @@ class ServerError(MeigenError):
         retry_after: float | None = None,
     ):
         super().__init__(message, image_id=image_id, status=status)
-        self.retry_after = retry_after
+        self.retry_after: float | None = retry_after
+        """Seconds a 503 asked us to wait (`Retry-After`), or None."""
 
 
 class ApiError(MeigenError):

@@ -36,7 +36,9 @@ class PromptSegment:
     """One labelled part of a multi-part prompt."""
 
     label: str
+    """The part's name, as the gallery labels it ("Prompt", "Negative prompt", ...)."""
     text: str
+    """The part's text."""
 
 
 @attrs.frozen
@@ -44,22 +46,39 @@ class GalleryImage:
     """A curated gallery image, every documented field under its documented name."""
 
     id: str
+    """The gallery id, the one asked for."""
     text: str = ""
+    """The prompt as posted; parsed in `prompt`."""
     prompt_ready: bool | None = None
+    """Whether the gallery marks the prompt as ready to reuse; None when it does not say."""
     prompt_segments: tuple[PromptSegment, ...] | None = None
+    """The labelled parts of a multi-part prompt, or None."""
     media_urls: tuple[str, ...] = ()
+    """The image (and any variant) URLs, in the gallery's order."""
     thumbnail_url: str | None = None
+    """A small preview's URL, or None."""
     image_width: int | None = None
+    """Width in pixels, or None when unknown."""
     image_height: int | None = None
+    """Height in pixels, or None when unknown."""
     model: str | None = None
+    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
     sref: str | None = None
+    """The Midjourney style reference code, or None."""
     created_at: datetime | None = None
+    """When it was posted, timezone-aware (UTC), or None."""
     likes: int = 0
+    """Likes on the original post."""
     views: int = 0
+    """Views of the original post."""
     retweets: int = 0
+    """Reposts of the original post."""
     author_username: str | None = None
+    """The author's handle, without the `@`, or None."""
     author_display_name: str | None = None
+    """The author's display name, or None."""
     author_avatar_url: str | None = None
+    """The author's avatar URL, or None."""
 
     @functools.cached_property
     def prompt(self) -> Prompt:
@@ -103,8 +122,11 @@ class ImageResult:
     """The outcome for one id of a bulk fetch: an image or the error that stopped it."""
 
     id: str
+    """The id asked for."""
     image: GalleryImage | None = None
+    """The image, when the fetch succeeded; else None."""
     error: MeigenError | None = None
+    """What stopped the fetch, when it failed; else None."""
 
     @property
     def ok(self) -> bool:
@@ -255,13 +277,14 @@ _structure_gallery_image = converter.get_structure_hook(GalleryImage)
 
 
 def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
-    r"""Build a :class:`GalleryImage` from the envelope's ``data`` object.
+    r"""Build a [`GalleryImage`][meigen_async.GalleryImage] from the envelope's `data` object.
 
     Every string field has its lone surrogates (a JSON `\ud800` escape, CESU-8 bytes) replaced
     by U+FFFD, so that every string of the image encodes as UTF-8.
 
-    Raises :class:`InvalidResponse`, naming the field, when a field has the wrong type, and
-    when ``image_id`` is given and the data's `id` is another one.
+    Raises [`InvalidResponse`][meigen_async.InvalidResponse], naming the field, when a field has the
+    wrong type, and
+    when `image_id` is given and the data's `id` is another one.
     """
     if not isinstance(data, dict):
         raise InvalidResponse(
@@ -324,7 +347,7 @@ def structure_search_hit(data: Any) -> SearchHit:
 
 
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:
-    """Turn an image back into the endpoint's ``data`` object (JSON-ready)."""
+    """Turn an image back into the endpoint's `data` object (JSON-ready)."""
     data: dict[str, Any] = converter.unstructure(image)
     return data
 

@@ -1,11 +1,12 @@
 """Prompt parsing: tell plain-text prompts from JSON prompts, and pull out what can be reused.
 
-The endpoint's ``text`` field "may be plain text or a structured JSON prompt". Real prompts are
+The endpoint's `text` field "may be plain text or a structured JSON prompt". Real prompts are
 messy: JSON arrives in code fences, after a social-media preamble, with trailing or missing commas,
 smart quotes, non-breaking-space indentation, raw newlines inside strings, cut off mid-document, or
-as two documents back to back. :func:`parse_prompt` decides whether a text *is* JSON before it
+as two documents back to back. [`parse_prompt`][meigen_async.parse_prompt] decides whether a text
+*is* JSON before it
 repairs anything (a repairer turns anything into something), then parses it strictly when it can
-and repairs it, within bounds, when it cannot. It never raises on any ``str``.
+and repairs it, within bounds, when it cannot. It never raises on any `str`.
 
 Everything here is a pure function of the text; nothing does I/O.
 """
@@ -85,7 +86,7 @@ _TOKEN: Final = re.compile(r"\S+")
 _FLAG: Final = re.compile(r"--([A-Za-z][A-Za-z0-9_-]*)")
 _FIRST_FLAG: Final = re.compile(r"(?<!\S)--[A-Za-z]")
 _MULTI_VALUE_FLAGS: Final = frozenset({"no", "sref", "cref", "p", "profile"})
-"""Flags whose value may be several words (``--no text, watermark``, ``--sref 123 456``)."""
+"""Flags whose value may be several words (`--no text, watermark`, `--sref 123 456`)."""
 
 # After a document closes, what says it went on (it was closed too early): ask the repairer.
 _CONTINUES: Final = re.compile(rf"\s*,?\s*[{_QUOTES}]")
@@ -108,7 +109,9 @@ class PromptKind(enum.Enum):
     """Whether a prompt is plain text or a (possibly repaired) JSON document."""
 
     PLAIN = "plain"
+    """Plain text, not a JSON document."""
     JSON = "json"
+    """A JSON object or array, as written or after repair."""
 
 
 def _freeze_params(params: Mapping[str, str | None]) -> Mapping[str, str | None]:
@@ -119,11 +122,11 @@ def _freeze_params(params: Mapping[str, str | None]) -> Mapping[str, str | None]
 class Prompt:
     """A prompt text, classified and taken apart.
 
-    Compares by value. It is not hashable: ``data`` and ``params`` are mappings.
+    Compares by value. It is not hashable: `data` and `params` are mappings.
     """
 
     kind: PromptKind
-    """:attr:`PromptKind.JSON` when the text's substance is a JSON object or array."""
+    """`PromptKind.JSON` when the text's substance is a JSON object or array."""
     text: str
     """The original text, unchanged."""
     data: dict[str, Any] | list[Any] | None = None
@@ -131,18 +134,18 @@ class Prompt:
     preamble: str = ""
     """Text before the embedded JSON document, surrounding whitespace stripped; "" if none."""
     repaired: bool = False
-    """True when ``data`` came from repairing malformed JSON rather than from parsing it as is."""
+    """True when `data` came from repairing malformed JSON rather than from parsing it as is."""
     placeholders: tuple[str, ...] = ()
-    """Template slots (``[BRAND NAME]``, ``{subject}``) in order of first appearance, no repeats."""
+    """Template slots (`[BRAND NAME]`, `{subject}`) in order of first appearance, no repeats."""
     params: Mapping[str, str | None] = attrs.field(factory=dict, converter=_freeze_params)
-    """Trailing Midjourney-style ``--name value`` flags of a plain prompt (read-only)."""
+    """Trailing Midjourney-style `--name value` flags of a plain prompt (read-only)."""
 
 
 # -- Entry point ----------------------------------------------------------------------------------
 
 
 def parse_prompt(text: str) -> Prompt:
-    """Classify ``text`` as a plain or JSON prompt and take it apart; never raises on a ``str``.
+    """Classify `text` as a plain or JSON prompt and take it apart; never raises on a `str`.
 
     A text is JSON when it is a valid JSON object or array as a whole, or when, after at most a
     short preamble (a title, "Prompt:", an emoji, a model name, a code fence), it holds something
@@ -285,7 +288,7 @@ def _raw_decode(decoder: json.JSONDecoder, document: str) -> tuple[Any, str] | N
 def _documents(decoder: json.JSONDecoder, document: str) -> list[Any] | None:
     """Parse documents that follow each other (whitespace between) into a list.
 
-    None if one of them fails, or if there are more than ``_MAX_DOCUMENTS``.
+    None if one of them fails, or if there are more than `_MAX_DOCUMENTS`.
     """
     values: list[Any] = []
     index = 0
@@ -319,12 +322,12 @@ def _normalise(document: str) -> str:
 def _repair(document: str) -> dict[str, Any] | list[Any] | None:
     """Repair with json-repair, within bounds; None unless it yields a non-empty object or array.
 
-    The document is first split into the top-level documents it holds (see :func:`_split`), so
+    The document is first split into the top-level documents it holds (see `_split`), so
     that malformed documents back to back become a list of all of them, as valid ones do, and
     trailing words are dropped, as they are after a valid document. json-repair is a pure-Python
     parser whose cost grows quickly with nesting and with some shapes of broken input, so hostile
-    input never reaches it: documents longer than ``_MAX_REPAIR_CHARS`` or nested deeper than
-    ``_MAX_REPAIR_DEPTH`` are not repaired.
+    input never reaches it: documents longer than `_MAX_REPAIR_CHARS` or nested deeper than
+    `_MAX_REPAIR_DEPTH` are not repaired.
     """
     if len(document) > _MAX_REPAIR_CHARS:
         return None
@@ -362,10 +365,10 @@ def _split(document: str) -> tuple[list[str], str, int]:
     """Split a document into the top-level documents it holds: (documents, trailing, depth).
 
     A document ends where the bracket depth returns to zero. Stray closing brackets after it are
-    skipped; then another ``{`` or ``[`` starts the next document, a quote (or a comma and a
+    skipped; then another `{` or `[` starts the next document, a quote (or a comma and a
     quote) means the document was closed too early and goes on, and anything else, the end
     included, is trailing text. Brackets are counted without telling strings apart, which is
-    robust to broken strings and, at worst, misses a split. More than ``_MAX_DOCUMENTS``
+    robust to broken strings and, at worst, misses a split. More than `_MAX_DOCUMENTS`
     documents give no documents at all.
     """
     parts: list[str] = []
@@ -424,7 +427,7 @@ def _chain(first: str, rest: Iterator[str]) -> Iterator[str]:
 def _string_values(data: Any) -> Iterator[str]:
     """Yield every string value of a JSON document in document order (keys excluded).
 
-    Iterative, so that a document nested as deep as ``json.loads`` allows cannot overflow.
+    Iterative, so that a document nested as deep as `json.loads` allows cannot overflow.
     """
     stack: list[Iterator[Any]] = [iter((data,))]
     while stack:
@@ -443,10 +446,10 @@ def _string_values(data: Any) -> Iterator[str]:
 
 
 def _params(text: str) -> dict[str, str | None]:
-    """The trailing run of ``--name value`` flags of a plain prompt.
+    """The trailing run of `--name value` flags of a plain prompt.
 
     Read right to left: every flag takes the words after it up to the next flag; a flag not in
-    ``_MULTI_VALUE_FLAGS`` takes at most one word, so more words after it end the run (they are
+    `_MULTI_VALUE_FLAGS` takes at most one word, so more words after it end the run (they are
     prose, and so is everything before). A flag with no words after it maps to None.
     """
     tail = text[-_MAX_PARAMS_TAIL_CHARS:].rstrip()

@@ -1,17 +1,22 @@
-"""``RedisCache``: a :class:`~meigen_async.cache.SharedCache` in Redis, for many processes.
+"""`RedisCache`: a `SharedCache` in Redis, for many processes.
 
-Needs the ``redis`` extra (``pip install 'meigen-async[redis]'``, redis-py's asyncio client).
-The key layout and the value format are pure functions (:func:`image_key`, :func:`encode_image`,
-:func:`decode_image`, ...), and so is :class:`Backoff`, which decides when a failing Redis is
-tried again; :class:`RedisCache` is the part that talks to Redis, and the one place where
+Needs the `redis` extra (`pip install 'meigen-async[redis]'`, redis-py's asyncio client).
+The key layout and the value format are pure functions
+([`image_key`][meigen_async.redis_cache.image_key],
+[`encode_image`][meigen_async.redis_cache.encode_image],
+[`decode_image`][meigen_async.redis_cache.decode_image], ...), and so is
+[`Backoff`][meigen_async.redis_cache.Backoff], which decides when a failing Redis is
+tried again; [`RedisCache`][meigen_async.redis_cache.RedisCache] is the part that talks to Redis,
+and the one place where
 redis-py's exceptions are caught.
 
     async with RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:") as cache:
         async with GallerySession(cache=cache) as gallery:
             image = await gallery.get_image(image_id)
 
-:class:`RedisRateLimiter` shares one request budget, and the service's cool-downs, among every
-process using the same Redis and ``name``:
+[`RedisRateLimiter`][meigen_async.redis_cache.RedisRateLimiter] shares one request budget, and the
+service's cool-downs, among every
+process using the same Redis and `name`:
 
     limiter = RedisRateLimiter(client, rate=10.0, name="meigen")
     async with GallerySession(rate_limit=limiter, cache=RedisCache(client=client)) as gallery:
@@ -121,24 +126,24 @@ return string.format("%.6f", at - now)
 
 
 def image_key(prefix: str, image_id: str) -> str:
-    """The key of the image stored for ``image_id``."""
+    """The key of the image stored for `image_id`."""
     return f"{prefix}{KEY_VERSION}:image:{image_id}"
 
 
 def missing_key(prefix: str, image_id: str) -> str:
-    """The key of the 404 remembered for ``image_id``."""
+    """The key of the 404 remembered for `image_id`."""
     return f"{prefix}{KEY_VERSION}:missing:{image_id}"
 
 
 def lease_key(prefix: str, image_id: str) -> str:
-    """The key of the lease to fetch ``image_id``."""
+    """The key of the lease to fetch `image_id`."""
     return f"{prefix}{KEY_VERSION}:lease:{image_id}"
 
 
 def rate_keys(name: str) -> tuple[str, str]:
-    """The keys of the rate limiter named ``name``: its pacing state and its cool-down.
+    """The keys of the rate limiter named `name`: its pacing state and its cool-down.
 
-    Both carry the hash tag ``{name}``, so that on a Redis Cluster they live in one slot, as
+    Both carry the hash tag `{name}`, so that on a Redis Cluster they live in one slot, as
     a script touching both requires.
     """
     return f"{{{name}}}:{KEY_VERSION}:rate", f"{{{name}}}:{KEY_VERSION}:cool-down"
@@ -149,7 +154,7 @@ def _glob_escape(text: str) -> str:
 
 
 def stored_pattern(prefix: str) -> str:
-    """A ``SCAN MATCH`` pattern for every key under ``prefix`` (images, 404s and leases)."""
+    """A `SCAN MATCH` pattern for every key under `prefix` (images, 404s and leases)."""
     return f"{_glob_escape(prefix)}{KEY_VERSION}:*"
 
 
@@ -160,7 +165,7 @@ def encode_image(
     etag: str | None = None,
     last_modified: str | None = None,
 ) -> str:
-    """The JSON stored for an image: the endpoint's ``data`` object, its expiry, its validators.
+    """The JSON stored for an image: the endpoint's `data` object, its expiry, its validators.
 
     The validators are left out when absent; a value written before they existed reads as an
     image without them (the format only gained optional keys, so `KEY_VERSION` stays).
@@ -174,10 +179,11 @@ def encode_image(
 
 
 def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
-    """Read what :func:`encode_image` wrote for ``image_id``.
+    """Read what [`encode_image`][meigen_async.redis_cache.encode_image] wrote for `image_id`.
 
     Raises:
-        ValueError: the value is not what :func:`encode_image` writes (its expiry is not a
+        ValueError: the value is not what [`encode_image`][meigen_async.redis_cache.encode_image]
+            writes (its expiry is not a
             finite, positive time), or it holds another id's image.
 
     """
@@ -215,10 +221,11 @@ def encode_missing(until: float) -> str:
 
 
 def decode_missing(raw: str | bytes) -> SharedMissing:
-    """Read what :func:`encode_missing` wrote.
+    """Read what [`encode_missing`][meigen_async.redis_cache.encode_missing] wrote.
 
     Raises:
-        ValueError: the value is not what :func:`encode_missing` writes (its expiry is not a
+        ValueError: the value is not what
+            [`encode_missing`][meigen_async.redis_cache.encode_missing] writes (its expiry is not a
             finite, positive time).
 
     """
@@ -254,8 +261,17 @@ def _milliseconds(seconds: float) -> int:
 class Backoff:
     """When to try a failing backend again: after 0.5 s, then twice as long each time, up to 5 s.
 
-    Pure: the caller reports each operation's outcome and asks :meth:`ready` before the next.
-    :meth:`failed` and :meth:`succeeded` say when an outage starts and ends, to log just that.
+    Pure: the caller reports each operation's outcome and asks
+    [`ready`][meigen_async.redis_cache.Backoff.ready] before the next.
+    [`failed`][meigen_async.redis_cache.Backoff.failed] and
+    [`succeeded`][meigen_async.redis_cache.Backoff.succeeded] say when an outage starts and ends, to
+    log just that.
+
+    Args:
+        first: Seconds to wait after the first failure.
+        longest: The longest wait, in seconds.
+        timer: The clock, in seconds; a fake one in tests.
+
     """
 
     def __init__(
@@ -265,8 +281,10 @@ class Backoff:
         longest: float = 5.0,
         timer: Callable[[], float] = time.monotonic,
     ):
-        self.first = first
-        self.longest = longest
+        self.first: float = first
+        """Seconds to wait after the first failure."""
+        self.longest: float = longest
+        """The longest wait, in seconds."""
         self._timer = timer
         self._delay = 0.0
         self._down_since: float | None = None
@@ -302,7 +320,7 @@ class Backoff:
         return False
 
     def succeeded(self, started: float) -> bool:
-        """Record an operation sent at ``started`` that worked; True when it ends an outage."""
+        """Record an operation sent at `started` that worked; True when it ends an outage."""
         if self._down_since is None or started < self._down_since:
             # An operation sent before the outage began proves nothing about now.
             return False
@@ -316,32 +334,34 @@ class Backoff:
 
 
 class RedisCache:
-    """Images and 404s in Redis, shared by every process using the same Redis and ``prefix``.
+    """Images and 404s in Redis, shared by every process using the same Redis and `prefix`.
 
-    Give it to :class:`~meigen_async.GallerySession` as ``cache=``: the session keeps its own
-    in-process cache in front of it. Build it from a URL, or from a ``redis.asyncio.Redis``
+    Give it to [`GallerySession`][meigen_async.GallerySession] as `cache=`: the session keeps its
+    own
+    in-process cache in front of it. Build it from a URL, or from a `redis.asyncio.Redis`
     client of yours:
 
         RedisCache("redis://127.0.0.1:6379/0", prefix="meigen:")
         RedisCache(client=redis.asyncio.Redis(...), prefix="meigen:")
 
-    A cache built from a URL opens its own client, with ``timeout`` as its connect and read
+    A cache built from a URL opens its own client, with `timeout` as its connect and read
     timeouts and no retries (a failure is skipped over, not waited out); close it with
-    :meth:`close` or ``async with``. A client you pass in is used as it is and never closed by
+    [`close`][meigen_async.redis_cache.RedisCache.close] or `async with`. A client you pass in is
+    used as it is and never closed by
     this object: give it timeouts of its own, or a Redis outage will wait for its defaults.
     Sessions never close the cache they are given.
 
     When Redis fails (refused, timed out, an error reply), one warning is logged on the
-    ``meigen_async`` logger, the operation answers as if the cache were empty, and Redis is
+    `meigen_async` logger, the operation answers as if the cache were empty, and Redis is
     skipped for 0.5 s, then longer after each failed try, up to 5 s; the first success logs
     once at INFO. A value that cannot be read (not JSON this library wrote, an expiry that is
     not a finite positive time, another id's image) is treated as absent, logged and deleted.
 
     Args:
-        url: A ``redis://``, ``rediss://`` or ``unix://`` URL.
-        client: A ``redis.asyncio.Redis`` to use instead of a URL.
+        url: A `redis://`, `rediss://` or `unix://` URL.
+        client: A `redis.asyncio.Redis` to use instead of a URL.
         prefix: Put in front of every key; sessions share entries only under the same prefix.
-        timeout: Seconds for connecting and for each reply, on the client built from ``url``.
+        timeout: Seconds for connecting and for each reply, on the client built from `url`.
 
     """
 
@@ -366,8 +386,10 @@ class RedisCache:
             )
         elif url is not None:
             raise ValueError("give a url or a client, not both")
-        self.prefix = prefix
-        self.client = client
+        self.prefix: str = prefix
+        """Prepended to every key this cache writes."""
+        self.client: redis.asyncio.Redis = client
+        """The redis-py asyncio client in use."""
         self._owns_client = url is not None
         self._closed = False
         self._backoff = Backoff()
@@ -402,13 +424,13 @@ class RedisCache:
 
     @property
     def closed(self) -> bool:
-        """Whether :meth:`close` has been called."""
+        """Whether [`close`][meigen_async.redis_cache.RedisCache.close] has been called."""
         return self._closed
 
     # -- SharedCache ---------------------------------------------------------------------------
 
     async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
+        """The image or 404 stored for `image_id`; an image may be past its freshness."""
         keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
         found = await self._call(lambda: self.client.mget(keys), None)
         if found is None:
@@ -430,7 +452,7 @@ class RedisCache:
         return None
 
     async def _drop(self, key: str, raw: bytes | str) -> None:
-        """Delete ``key`` if it still holds ``raw``: another process may have just fixed it."""
+        """Delete `key` if it still holds `raw`: another process may have just fixed it."""
         await self._call(lambda: self._delete_if_equal(keys=[key], args=[raw]), None)
 
     async def set(
@@ -443,7 +465,7 @@ class RedisCache:
         etag: str | None = None,
         last_modified: str | None = None,
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer.
+        """Store `image` as fresh for `ttl` seconds, kept `stale_window` seconds longer.
 
         With validators, it is kept `VALIDATOR_KEEP` seconds longer still, to be revalidated.
         """
@@ -464,7 +486,7 @@ class RedisCache:
         await self._call(write, None)
 
     async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        """Remember a 404 for `image_id` for `ttl` seconds."""
         if ttl <= 0:
             return
         value = encode_missing(time.time() + ttl)
@@ -478,7 +500,7 @@ class RedisCache:
         await self._call(write, None)
 
     async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for ``image_id``."""
+        """Forget the image or 404 stored for `image_id`."""
         keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
         await self._call(lambda: self.client.delete(*keys), None)
 
@@ -501,7 +523,7 @@ class RedisCache:
         await self._call(delete_all, None)
 
     async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
+        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
 
         While Redis is out, a token is returned all the same: there is nobody to wait for.
         """
@@ -515,19 +537,19 @@ class RedisCache:
         return token if await self._call(take, True) else None
 
     async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch ``image_id`` (False while Redis is out)."""
+        """Whether some process holds the lease to fetch `image_id` (False while Redis is out)."""
         held = await self._call(lambda: self.client.exists(lease_key(self.prefix, image_id)), 0)
         return bool(held)
 
     async def release(self, image_id: str, token: str) -> None:
-        """Give up the lease taken with ``token``; another process's lease is left alone."""
+        """Give up the lease taken with `token`; another process's lease is left alone."""
         key = lease_key(self.prefix, image_id)
         await self._call(lambda: self._delete_if_equal(keys=[key], args=[token]), None)
 
     # -- Failures ------------------------------------------------------------------------------
 
     async def _call(self, operation: Callable[[], Awaitable[_T]], fallback: _T) -> _T:
-        """Run one Redis operation; on failure, or while backing off, ``fallback``."""
+        """Run one Redis operation; on failure, or while backing off, `fallback`."""
         if self._closed or not self._backoff.ready():
             return fallback
         started = time.monotonic()
@@ -556,36 +578,38 @@ class RedisCache:
 
 
 class RedisRateLimiter:
-    """One request budget for every process sharing ``name`` on one Redis; a ``RateLimiter``.
+    """One request budget for every process sharing `name` on one Redis; a `RateLimiter`.
 
-    Give it to :class:`~meigen_async.GallerySession` as ``rate_limit=``. Together, all the
-    sessions using it send at most ``rate`` requests a second, ``burst`` of them at once after
+    Give it to [`GallerySession`][meigen_async.GallerySession] as `rate_limit=`. Together, all the
+    sessions using it send at most `rate` requests a second, `burst` of them at once after
     a quiet spell (GCRA, in one Lua script on Redis's clock: the processes' clocks do not
-    matter). Each ``acquire`` books the next slot and sleeps until it, without polling Redis.
+    matter). Each `acquire` books the next slot and sleeps until it, without polling Redis.
 
-    When a response asks for a pause (a 429 or a 503 with ``Retry-After``, or
-    ``X-RateLimit-Remaining: 0`` with ``X-RateLimit-Reset``), the session calls
-    :meth:`cool_down`: "no requests until now + seconds" is written in Redis, and every process
+    When a response asks for a pause (a 429 or a 503 with `Retry-After`, or
+    `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`), the session calls
+    [`cool_down`][meigen_async.redis_cache.RedisRateLimiter.cool_down]: "no requests until now +
+    seconds" is written in Redis, and every process
     waits for it before its next request; one that had booked a slot before the pause checks
     again once it has slept, and waits out the rest.
 
     When Redis fails (refused, timed out, an error reply), one warning is logged on the
-    ``meigen_async`` logger and this process paces itself at ``rate`` alone (so N processes
-    may send N times ``rate``), keeping its own cool-downs; Redis is tried again after 0.5 s,
+    `meigen_async` logger and this process paces itself at `rate` alone (so N processes
+    may send N times `rate`), keeping its own cool-downs; Redis is tried again after 0.5 s,
     then longer after each failed try, up to 5 s, and the first success logs once at INFO.
     Nothing is raised to callers.
 
     The client is used as it is and never closed by this object; each script call is also
-    bounded by ``timeout``, so a Redis that stops answering holds a request back no longer.
+    bounded by `timeout`, so a Redis that stops answering holds a request back no longer.
 
     Args:
-        client: A ``redis.asyncio.Redis``.
+        client: A `redis.asyncio.Redis`.
         rate: Requests a second, for all the processes together.
-        name: Processes share a budget only under the same name (see :func:`rate_keys`).
+        name: Processes share a budget only under the same name (see
+            [`rate_keys`][meigen_async.redis_cache.rate_keys]).
         burst: Requests that may go at once after a quiet spell; 1 spaces every request.
         timeout: Seconds allowed for each call to Redis.
-        timer: Monotonic seconds; ``time.monotonic`` but in tests.
-        sleep: Waits; ``asyncio.sleep`` but in tests.
+        timer: Monotonic seconds; `time.monotonic` but in tests.
+        sleep: Waits; `asyncio.sleep` but in tests.
 
     """
 
@@ -645,7 +669,7 @@ class RedisRateLimiter:
             await self._sleep(left)
 
     async def cool_down(self, seconds: float) -> None:
-        """Send nothing, from any process sharing this limiter, for the next ``seconds``."""
+        """Send nothing, from any process sharing this limiter, for the next `seconds`."""
         if not seconds > 0:
             return
         # Kept here too: it holds if Redis fails, and this process needs no round trip for it.

@@ -1,6 +1,7 @@
 """When to try again, and how long to wait first: plain decisions, no I/O.
 
-The session asks :meth:`RetryPolicy.delay_before_retry` after each failed attempt and sleeps
+The session asks [`RetryPolicy.delay_before_retry`][meigen_async.RetryPolicy.delay_before_retry]
+after each failed attempt and sleeps
 for the answer, or gives up when it is None.
 """
 
@@ -28,29 +29,27 @@ def is_retryable(error: MeigenError) -> bool:
 class RetryPolicy:
     """How failed requests are retried.
 
-    Exponential backoff with full jitter: before retry ``n`` (from 0) a random wait in
-    ``[0, min(backoff_max, backoff_base * 2**n)]``. A ``Retry-After`` from the server, on a 429
-    or a 503, is honoured as it is, unless it asks for more than ``max_retry_after`` seconds:
-    then the error (`RateLimited` or `ServerError`) is raised at once, ``retry_after`` set, for
+    Exponential backoff with full jitter: before retry `n` (from 0) a random wait in
+    `[0, min(backoff_max, backoff_base * 2**n)]`. A `Retry-After` from the server, on a 429
+    or a 503, is honoured as it is, unless it asks for more than `max_retry_after` seconds:
+    then the error (`RateLimited` or `ServerError`) is raised at once, `retry_after` set, for
     the caller to schedule.
-    A 429 without ``Retry-After`` waits at least ``rate_limited_wait`` seconds, doubling
+    A 429 without `Retry-After` waits at least `rate_limited_wait` seconds, doubling
     from there, as the service's documentation asks (10-30 s).
-
-    Args:
-        max_retries: Retries after the first attempt; 0 disables retrying.
-        backoff_base: The first backoff's upper bound, in seconds.
-        backoff_max: The cap on any backoff, in seconds.
-        max_retry_after: The longest ``Retry-After`` waited for.
-        rate_limited_wait: The least wait after a 429 that gave no ``Retry-After``.
-
     """
 
     max_retries: int = 3
+    """Retries after the first attempt; 0 disables retrying."""
     backoff_base: float = 0.5
+    """The first backoff's upper bound, in seconds."""
     backoff_max: float = 30.0
+    """The cap on any backoff, in seconds."""
     max_retry_after: float = 60.0
+    """The longest `Retry-After` waited for, in seconds; a longer one is raised at once."""
     rate_limited_wait: float = 10.0
+    """The least wait after a 429 that gave no `Retry-After`, in seconds."""
     random: Callable[[], float] = attrs.field(default=random.random, repr=False, eq=False)
+    """The source of jitter, a function returning a float in [0, 1); give a fixed one in tests."""
 
     def __attrs_post_init__(self) -> None:
         """Refuse settings that make no sense."""
@@ -61,7 +60,7 @@ class RetryPolicy:
             raise ValueError("backoff, retry-after and rate-limited waits must not be negative")
 
     def delay_before_retry(self, retries_so_far: int, error: MeigenError) -> float | None:
-        """Seconds to wait before trying again after ``error``, or None to give up now."""
+        """Seconds to wait before trying again after `error`, or None to give up now."""
         if not is_retryable(error) or retries_so_far >= self.max_retries:
             return None
         if isinstance(error, RateLimited):
@@ -73,7 +72,7 @@ class RetryPolicy:
         return self.backoff(retries_so_far)
 
     def backoff(self, retries_so_far: int) -> float:
-        """A full-jitter exponential backoff for retry number ``retries_so_far`` (from 0)."""
+        """A full-jitter exponential backoff for retry number `retries_so_far` (from 0)."""
         ceiling = min(self.backoff_max, self.backoff_base * 2.0**retries_so_far)
         return ceiling * self.random()
 

@@ -132,20 +132,23 @@ class GallerySession:
         _require(stale_if_error >= 0, "stale_if_error must not be negative")
         _require(search_ttl >= 0, "search_ttl must not be negative")
         _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
-
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
-        self.base_url = base_url.rstrip("/")
+        self.base_url: str = base_url.rstrip("/")
+        """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
-        self.concurrency = concurrency
-        self.policy = CachePolicy(
+        self.concurrency: int = concurrency
+        """Most upstream requests in flight at once."""
+        self.policy: CachePolicy = CachePolicy(
             ttl=ttl,
             default_ttl=default_ttl,
             max_ttl=max_ttl,
             negative_ttl=negative_ttl,
             stale_while_revalidate=stale_while_revalidate,
         )
-        self.retry = retry if retry is not None else RetryPolicy()
+        """How long responses are kept."""
+        self.retry: RetryPolicy = retry if retry is not None else RetryPolicy()
+        """How failed requests are retried."""
         shared: SharedTier | None = None
         if isinstance(cache, MemoryCache):
             self._cache = cache

@@ -20,12 +20,14 @@ __all__ = ["SharedCache", "SharedEntry", "SharedImage", "SharedMissing"]
 class SharedImage:
     """An image as a shared cache holds it, with the wall-clock time until which it is fresh.
 
-    ``fresh_until`` is in seconds since the epoch (:func:`time.time`): a monotonic clock means
+    `fresh_until` is in seconds since the epoch (`time.time`): a monotonic clock means
     nothing to another process, so each reader works out what is left of the lifetime itself.
     """
 
     image: GalleryImage
+    """The image stored."""
     fresh_until: float
+    """When it stops being fresh, in seconds since the epoch."""
     etag: str | None = None
     """The image's `ETag`, to revalidate it with once expired (None: none)."""
     last_modified: str | None = None
@@ -34,25 +36,28 @@ class SharedImage:
 
 @attrs.frozen
 class SharedMissing:
-    """A 404 as a shared cache remembers it, until ``until`` (seconds since the epoch)."""
+    """A 404 as a shared cache remembers it, until `until` (seconds since the epoch)."""
 
     until: float
+    """When the remembered 404 expires, in seconds since the epoch."""
 
 
 SharedEntry = SharedImage | SharedMissing
-"""What :meth:`SharedCache.get` finds for an id."""
+"""What [`SharedCache.get`][meigen_async.shared.SharedCache.get] finds for an id."""
 
 
 class SharedCache(Protocol):
     """A cache several processes share, put behind each session's in-process cache.
 
     A shared cache never raises for a failure of its backend: it logs, then answers as if it
-    were empty (:meth:`get` gives None, :meth:`lease_held` False, :meth:`try_lease` a token) and
+    were empty ([`get`][meigen_async.shared.SharedCache.get] gives None,
+    [`lease_held`][meigen_async.shared.SharedCache.lease_held] False,
+    [`try_lease`][meigen_async.shared.SharedCache.try_lease] a token) and
     drops writes, so that the session falls back on its in-process cache and the upstream.
     """
 
     async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for ``image_id``; an image may be past its freshness."""
+        """The image or 404 stored for `image_id`; an image may be past its freshness."""
         ...
 
     async def set(
@@ -65,9 +70,9 @@ class SharedCache(Protocol):
         etag: str | None = None,
         last_modified: str | None = None,
     ) -> None:
-        """Store ``image`` as fresh for ``ttl`` seconds, kept ``stale_window`` seconds longer.
+        """Store `image` as fresh for `ttl` seconds, kept `stale_window` seconds longer.
 
-        ``etag`` and ``last_modified`` are its validators, handed back in the `SharedImage`
+        `etag` and `last_modified` are its validators, handed back in the `SharedImage`
         (the session passes them only when the image has some, so an implementation written
         before they existed keeps working with servers that send none). An entry with them
         may be kept longer than its stale window, so that it can be revalidated.
@@ -75,11 +80,11 @@ class SharedCache(Protocol):
         ...
 
     async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for ``image_id`` for ``ttl`` seconds."""
+        """Remember a 404 for `image_id` for `ttl` seconds."""
         ...
 
     async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for ``image_id``."""
+        """Forget the image or 404 stored for `image_id`."""
         ...
 
     async def clear(self) -> None:
@@ -87,18 +92,19 @@ class SharedCache(Protocol):
         ...
 
     async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch ``image_id`` for ``ms`` milliseconds, unless another holds it.
+        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
 
-        Returns the token to :meth:`release` it with, or None while another process holds it.
+        Returns the token to [`release`][meigen_async.shared.SharedCache.release] it with, or None
+        while another process holds it.
         """
         ...
 
     async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch ``image_id``."""
+        """Whether some process holds the lease to fetch `image_id`."""
         ...
 
     async def release(self, image_id: str, token: str) -> None:
-        """Give up the lease taken with ``token``; another process's lease is left alone."""
+        """Give up the lease taken with `token`; another process's lease is left alone."""
         ...
 
     async def close(self) -> None:

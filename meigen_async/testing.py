@@ -1,7 +1,7 @@
-"""``FakeGallery``: a real aiohttp server on loopback serving the endpoint's contract.
+"""`FakeGallery`: a real aiohttp server on loopback serving the endpoint's contract.
 
 For this library's tests, for users testing their own bots, and for the demo. It serves
-``GET /api/images/{id}`` from a dict or a JSON Lines file, and counts what it saw: requests per
+`GET /api/images/{id}` from a dict or a JSON Lines file, and counts what it saw: requests per
 id, every path requested, and the most requests in flight at once.
 
     async with FakeGallery.sample() as gallery:
@@ -9,16 +9,19 @@ id, every path requested, and the most requests in flight at once.
             image = await session.get_image(gallery.ids[0])
         assert gallery.requests[gallery.ids[0]] == 1
 
-It also misbehaves on demand: :meth:`FakeGallery.script` queues, per id, the answers to give
+It also misbehaves on demand: [`FakeGallery.script`][meigen_async.testing.FakeGallery.script]
+queues, per id, the answers to give
 before the normal one (an error status with headers, a delay, a dropped connection, a
 truncated or oversized body, an HTML page), so a test can prove its code survives them.
 
     gallery.script(image_id, Answer.error(503), Answer.rate_limited(retry_after=2))
 
-It serves ``GET /api/search?q=...&limit=N&offset=K`` too, over the same images: an image
+It serves `GET /api/search?q=...&limit=N&offset=K` too, over the same images: an image
 matches when every word of the query is a word of its text or its author's names, ignoring
-case. :attr:`FakeGallery.searches` records what each search asked, as the server read it, and
-:meth:`FakeGallery.script_search` queues faults for the search as :meth:`script` does for ids.
+case. [`FakeGallery.searches`][meigen_async.testing.FakeGallery.searches] records what each search
+asked, as the server read it, and
+[`FakeGallery.script_search`][meigen_async.testing.FakeGallery.script_search] queues faults for the
+search as `script` does for ids.
 """
 
 from __future__ import annotations
@@ -74,49 +77,45 @@ def _hang_up(
 
 @attrs.frozen
 class Answer:
-    """One scripted answer of :class:`FakeGallery`; the class methods build the usual faults.
-
-    Args:
-        status: The HTTP status.
-        headers: Extra response headers (``Retry-After``, ``Cache-Control``, ...).
-        delay: Seconds to wait before answering.
-        body: The body; None for the normal one (the envelope on 2xx, the error JSON otherwise).
-        content_type: The ``Content-Type`` header; None for the normal one (JSON for an image,
-            the file's own type for a media file).
-        keep: Send only the first ``keep`` bytes of the body, framed as if complete.
-        hang_up_after: Promise the whole body, send this many bytes, then drop the connection.
-        drop: Drop the connection without answering.
-        chunked: Send the body in chunks, without a ``Content-Length``.
-
-    """
+    """One scripted answer of `FakeGallery`; the class methods build the usual faults."""
 
     status: int = 200
+    """The HTTP status."""
     headers: Mapping[str, str] = attrs.field(factory=dict)
+    """Extra response headers (`Retry-After`, `Cache-Control`, ...)."""
     delay: float = 0.0
+    """Seconds to wait before answering."""
     body: bytes | None = None
+    """The body; None for the normal one (the envelope on 2xx, the error JSON otherwise)."""
     content_type: str | None = None
+    """The `Content-Type` header; None for the normal one (JSON for an image, the file's own
+    type for a media file)."""
     keep: int | None = None
+    """Send only the first `keep` bytes of the body, framed as if complete."""
     hang_up_after: int | None = None
+    """Promise the whole body, send this many bytes, then drop the connection."""
     drop: bool = False
+    """Drop the connection without answering."""
     chunked: bool = False
+    """Send the body in chunks, without a `Content-Length`."""
 
     @classmethod
     def error(
         cls, status: int, message: str = "Internal error", headers: Mapping[str, str] | None = None
     ) -> Answer:
-        """An error status with the service's ``{"success": false, "error": ...}`` body."""
+        """An error status with the service's `{"success": false, "error": ...}` body."""
         body = json.dumps({"success": False, "error": message}).encode()
         return cls(status=status, body=body, headers=dict(headers or {}))
 
     @classmethod
     def rate_limited(cls, retry_after: str | float | None = None) -> Answer:
-        """A 429, with ``Retry-After`` (seconds or an HTTP-date) when given."""
+        """A 429, with `Retry-After` (seconds or an HTTP-date) when given."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after}"}
         return cls.error(429, "Too many requests", headers)
 
     @classmethod
     def slow(cls, seconds: float) -> Answer:
-        """The normal answer, after ``seconds``."""
+        """The normal answer, after `seconds`."""
         return cls(delay=seconds)
 
     @classmethod
@@ -126,12 +125,12 @@ class Answer:
 
     @classmethod
     def cut_off(cls, after: int = 20) -> Answer:
-        """The normal answer, the connection dropped ``after`` bytes into the body."""
+        """The normal answer, the connection dropped `after` bytes into the body."""
         return cls(hang_up_after=after)
 
     @classmethod
     def truncated(cls, keep: int = 40) -> Answer:
-        """The normal JSON cut after ``keep`` bytes, sent as if it were whole."""
+        """The normal JSON cut after `keep` bytes, sent as if it were whole."""
         return cls(keep=keep)
 
     @classmethod
@@ -144,13 +143,13 @@ class Answer:
 
     @classmethod
     def oversized(cls, size: int, *, chunked: bool = False) -> Answer:
-        """A JSON body of ``size`` bytes, with or without a ``Content-Length``."""
+        """A JSON body of `size` bytes, with or without a `Content-Length`."""
         filler = b'{"success": true, "data": {"id": "x", "text": "' + b"a" * size + b'"}}'
         return cls(body=filler, chunked=chunked)
 
     @classmethod
     def redirect(cls, location: str, status: int = 302) -> Answer:
-        """A redirect to ``location`` (absolute or relative), with an empty body."""
+        """A redirect to `location` (absolute or relative), with an empty body."""
         return cls(status=status, headers={"Location": location}, body=b"")
 
     @classmethod
@@ -167,9 +166,9 @@ def _image_id(data: Mapping[str, Any]) -> str:
 
 
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
-    """Read a JSON Lines file of ``data`` objects, skipping blank lines.
+    """Read a JSON Lines file of `data` objects, skipping blank lines.
 
-    Raises ValueError naming the line that is not a JSON object with a string ``id``.
+    Raises ValueError naming the line that is not a JSON object with a string `id`.
     """
     objects: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as lines:
@@ -193,11 +192,11 @@ def sample_images() -> list[dict[str, Any]]:
 
 
 class FakeGallery:
-    """A loopback server for ``GET /api/images/{id}``, counting what it serves.
+    """A loopback server for `GET /api/images/{id}`, counting what it serves.
 
     Args:
-        images: ``data`` objects, as a mapping by id or an iterable of objects with an ``id``.
-        cache_control: The ``Cache-Control`` header of successful responses (None: no header).
+        images: `data` objects, as a mapping by id or an iterable of objects with an `id`.
+        cache_control: The `Cache-Control` header of successful responses (None: no header).
         delay: Seconds each request waits before answering, to make requests overlap.
         port: The port to bind on 127.0.0.1; 0 picks a free one.
         validators: Send a strong `ETag` (a hash of the body, so changing an image changes
@@ -218,35 +217,50 @@ class FakeGallery:
     ):
         items = images.values() if isinstance(images, Mapping) else images
         self.images: dict[str, dict[str, Any]] = {_image_id(data): dict(data) for data in items}
-        self.cache_control = cache_control
-        self.delay = delay
-        self.validators = validators
+        """The `data` objects served, by id; change it to change what is served."""
+        self.cache_control: str | None = cache_control
+        """The `Cache-Control` header of successful responses (None: no header)."""
+        self.delay: float = delay
+        """Seconds each request waits before answering."""
+        self.validators: bool = validators
+        """Whether answers carry an `ETag` and `Last-Modified` and conditional requests get 304."""
         self.conditional: Counter[str] = Counter()
         """Requests per id that carried `If-None-Match` or `If-Modified-Since`."""
         self.not_modified: Counter[str] = Counter()
         """`304 Not Modified` answers sent per id (with no body)."""
         self.extra_headers: dict[str, dict[str, str]] = {}
+        """Per id, headers added to its successful responses."""
         self.scripts: dict[str, deque[Answer]] = {}
+        """Per id, the scripted answers still to give (see `script`)."""
         self.requests: Counter[str] = Counter()
+        """Requests received, by id."""
         self.user_agents: Counter[str] = Counter()
+        """Requests received, by `User-Agent`."""
         self.paths: list[str] = []
-        self.in_flight = 0
-        self.max_in_flight = 0
+        """The path of every request received, in order."""
+        self.in_flight: int = 0
+        """Requests being answered now."""
+        self.max_in_flight: int = 0
+        """The most requests answered at once so far."""
         self.searches: list[tuple[str, int, int]] = []
         """Each search received: its query (`q`, decoded), limit and offset."""
         self.search_scripts: deque[Answer] = deque()
+        """The scripted answers still to give to searches (see `script_search`)."""
         self.search_cache_control: str | None = None
         """The `Cache-Control` of search answers (None: no header)."""
         self.media: dict[str, tuple[bytes, str]] = {}
+        """The media files served, by name: their bytes and `Content-Type`."""
         self.media_requests: Counter[str] = Counter()
+        """Requests received, by media file name."""
         self.media_scripts: dict[str, deque[Answer]] = {}
+        """Per media file, the scripted answers still to give (see `script_media`)."""
         self._port = port
         self._runner: web.AppRunner | None = None
         self._url: str | None = None
 
     @classmethod
     def from_jsonl(cls, path: str | Path, **options: Any) -> FakeGallery:
-        """A gallery serving the ``data`` objects of a JSON Lines file."""
+        """A gallery serving the `data` objects of a JSON Lines file."""
         return cls(load_jsonl(path), **options)
 
     @classmethod
@@ -261,7 +275,7 @@ class FakeGallery:
 
     @property
     def url(self) -> str:
-        """The base URL to hand to ``GallerySession``, e.g. ``http://127.0.0.1:54321``."""
+        """The base URL to hand to `GallerySession`, e.g. `http://127.0.0.1:54321`."""
         if self._url is None:
             raise RuntimeError("the FakeGallery is not started")
         return self._url
@@ -272,7 +286,7 @@ class FakeGallery:
         return len(self.paths)
 
     def script(self, image_id: str, *answers: Answer) -> None:
-        """Queue answers for ``image_id``, given in order before the normal one resumes."""
+        """Queue answers for `image_id`, given in order before the normal one resumes."""
         self.scripts.setdefault(image_id, deque()).extend(answers)
 
     def script_search(self, *answers: Answer) -> None:
@@ -438,23 +452,23 @@ class FakeGallery:
     # -- Media files ---------------------------------------------------------------------------
 
     def add_media(self, name: str, body: bytes, content_type: str) -> str:
-        """Serve ``body`` at ``/media/{name}`` under ``content_type``; its URL, once started.
+        """Serve `body` at `/media/{name}` under `content_type`; its URL, once started.
 
-        Image data's ``media_urls`` can point here (give the session ``media_hosts`` holding
-        ``127.0.0.1``). Requests are counted in ``media_requests``.
+        Image data's `media_urls` can point here (give the session `media_hosts` holding
+        `127.0.0.1`). Requests are counted in `media_requests`.
         """
         self.media[name] = (body, content_type)
         return self.media_url(name) if self._url is not None else f"/media/{name}"
 
     def media_url(self, name: str) -> str:
-        """The URL of media file ``name`` (served or not: a missing one answers 404)."""
+        """The URL of media file `name` (served or not: a missing one answers 404)."""
         return f"{self.url}/media/{name}"
 
     def script_media(self, name: str, *answers: Answer) -> None:
-        """Queue answers for media file ``name``, given in order before the normal one.
+        """Queue answers for media file `name`, given in order before the normal one.
 
-        A scripted answer with no body sends the file's own bytes: ``Answer.slow``,
-        ``Answer.cut_off``, ``Answer.truncated``, ``Answer.wrong_content_type`` apply to it.
+        A scripted answer with no body sends the file's own bytes: `Answer.slow`,
+        `Answer.cut_off`, `Answer.truncated`, `Answer.wrong_content_type` apply to it.
         """
         self.media_scripts.setdefault(name, deque()).extend(answers)
 
@@ -530,7 +544,7 @@ async def _respond(
     body: bytes,
     normal_type: str,
 ) -> web.StreamResponse:
-    """Send ``body`` as ``answer`` says: whole, truncated, chunked or cut off."""
+    """Send `body` as `answer` says: whole, truncated, chunked or cut off."""
     content_type = answer.content_type or normal_type
     if answer.keep is not None:
         body = body[: answer.keep]

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -217,7 +218,7 @@ async def test_get_prints_to_an_ascii_stdout_without_crashing(
 async def test_get_reports_a_server_message_with_a_lone_surrogate_in_one_line(
     gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    gallery.script(PLAIN_ID, Answer.error(404, "gone \ud800 away"))
+    gallery.script(PLAIN_ID, Answer.error(400, "gone \ud800 away"))
     assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
     assert "gone \ufffd away" in one_error_line(capsys.readouterr().err)
 
@@ -439,7 +440,7 @@ async def test_bulk_exits_1_listing_each_failed_id_with_its_error(
     assert head == "meigen-async: 2 of 4 ids failed:"
     assert sorted(failures) == sorted(
         [
-            f"  {MISSING}: HTTP 404 for image {MISSING}: Image not found",
+            f"  {MISSING}: image {MISSING} not found (HTTP 404, from the gallery)",
             "  bad!id: invalid image id 'bad!id': expected 1 to 128 characters "
             "from A-Z, a-z, 0-9, '_' and '-'",
         ]
@@ -689,7 +690,7 @@ async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
     err = await serve_then_stop(stop)
-    assert len(err.splitlines()) == 1  # what it serves, then nothing: no traceback, no warning
+    assert len(err.splitlines()) == 2  # what it serves and a few ids: no traceback, no warning
     assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
 
 
@@ -699,7 +700,7 @@ async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
     stop: signal.Signals,
 ) -> None:
     err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
-    assert len(err.splitlines()) == 1, err
+    assert len(err.splitlines()) == 2, err  # what it serves, and a few of its ids
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(
@@ -722,14 +723,15 @@ async def test_serve_reports_a_missing_data_file_in_one_line_with_status_2(
 # -- demo ----------------------------------------------------------------------------------------
 
 
-async def test_demo_fetches_the_sample_with_one_request_per_distinct_id() -> None:
+async def test_demo_fetches_the_sample_with_one_request_per_distinct_id_and_one_304() -> None:
     report = await run_demo()
     assert report.requested == 121
     assert report.fetched == 120
-    assert report.requests == 61
+    assert report.requests == 62  # 61 distinct ids, and the popular one revalidated
     assert list(report.errors) == [MISSING]
     assert report.coalesced >= 20
-    assert report.cache_hits == 61
+    assert report.cache_hits == 81  # the second pass, and the burst served while stale
+    assert (report.revalidated, report.refreshed) == (1, 1)
 
 
 async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
@@ -741,29 +743,21 @@ async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
     assert report.plain_prompts + report.json_prompts == 60
 
 
-def test_demo_command_prints_a_table_of_its_figures(
+def test_demo_tells_calls_against_requests_and_the_missing_id_as_expected(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("COLUMNS", "100")
     assert main(["demo"]) == 0
-    out = capsys.readouterr().out
+    out = re.sub(r"\s+", " ", capsys.readouterr().out)
 
-    def row(label: str) -> str:
-        match = re.search(rf"{label}\W+(\S+)", out)
-        assert match is not None, (label, out)
-        return match.group(1)
-
-    assert row("images fetched") == "120"
-    assert row("upstream requests") == "61"
-    assert row("cache hits") == "61"
-    assert int(row("coalesced requests")) >= 20
-    assert row("errors") == "1"
-    assert int(row("plain-text prompts")) + int(row("JSON prompts")) == 60
-    assert row("repaired JSON prompts").isdigit()
-    assert row("revalidated \\(304\\)") == "0"
-    assert row("refreshed in the background") == "0"
-    assert re.fullmatch(r"\d+\.\d{3}s", row("time taken"))
-    assert MISSING in out
+    assert "282 get_image calls" in out
+    assert "answered with 62 upstream requests" in out
+    assert "220 requests saved: the cache answered 81 calls" in out
+    assert "1 background refresh asked the gallery" in out
+    assert "1 answer was 304 Not Modified" in out
+    assert f"The id {MISSING} failed as expected" in out
+    assert re.search(r"Prompts of the 60 images: \d+ plain text, \d+ JSON", out)
+    assert "error:" not in out
 
 
 def test_demo_without_rich_says_how_to_install_it(
@@ -785,3 +779,69 @@ async def test_importing_the_package_imports_neither_the_command_line_nor_rich()
     )
     process = await asyncio.create_subprocess_exec(sys.executable, "-c", check)
     assert await asyncio.wait_for(process.wait(), timeout=30) == 0
+
+
+async def test_get_shows_the_prompt_counts_date_and_every_media_url(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = gallery.images[PLAIN_ID]
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 0
+    out = capsys.readouterr().out
+
+    assert data["text"].strip().splitlines()[0][:60] in out
+    assert re.search(rf"likes\s+{data['likes']:,}", out)
+    assert re.search(rf"views\s+{data['views']:,}", out)
+    assert f"posted {data['created_at'][:10]}" in out
+    for url in data["media_urls"]:
+        assert url in out
+
+
+async def test_get_shows_a_json_prompts_main_fields(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert await run("get", "--base-url", gallery.url, JSON_ID) == 0
+    out = capsys.readouterr().out
+    image = structure_image(gallery.images[JSON_ID])
+    assert isinstance(image.prompt.data, dict)
+    first_key = next(iter(image.prompt.data))
+    assert re.search(rf"^    {re.escape(first_key)}: ", out, re.M)
+
+
+async def test_get_of_an_unreachable_gallery_says_it_plainly(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert (
+        await run("get", "--base-url", f"http://127.0.0.1:{port}", "--retries", "0", PLAIN_ID) == 1
+    )
+    line = one_error_line(capsys.readouterr().err)
+    assert f"cannot connect to 127.0.0.1:{port}: connection refused" in line
+    assert "ClientConnectorError" not in line
+
+
+def test_serve_list_prints_every_id_it_would_serve(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--list"]) == 0
+    ids = capsys.readouterr().out.split()
+    assert len(ids) == 60
+    assert PLAIN_ID in ids
+
+
+async def test_serve_names_a_few_of_its_ids_on_stderr() -> None:
+    err = await serve_then_stop(signal.SIGTERM)
+    assert re.search(rf"ids: {PLAIN_ID}, \d+, \d+, \d+, \d+ and 55 more", err), err
+
+
+def test_the_progress_bar_labels_its_time_columns() -> None:
+    from meigen_async import cli
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    stream = Terminal()
+    with cli._progress(stream, 2) as advance:
+        advance(True)
+    assert "elapsed" in stream.getvalue()
+    assert "left" in stream.getvalue()

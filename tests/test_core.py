@@ -385,3 +385,12 @@ def test_the_tally_counts_a_304_as_revalidated_and_a_refresh_as_refreshed() -> N
     assert tally.snapshot() == SessionStats(
         revalidated=1, refreshed=1, cache_hits=1, cache_misses=1
     )
+
+
+def test_a_remembered_404_says_the_cache_answered_it() -> None:
+    from meigen_async._core import remembered_404
+
+    error = remembered_404("a1")
+
+    assert str(error) == "image a1 not found (HTTP 404, remembered in the cache, not asked again)"
+    assert error.status == 404

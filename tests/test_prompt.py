@@ -542,7 +542,11 @@ def test_malformed_json_nested_beyond_the_repair_depth_limit_is_plain() -> None:
 @pytest.fixture(scope="module")
 def corpus() -> list[str]:
     if not CORPUS.is_file():
-        pytest.skip(f"corpus not found at {CORPUS}")
+        pytest.skip(
+            "the real-prompt corpus (gallery-prompts.jsonl: prompts collected from the live "
+            "gallery, kept outside the repository at ../shared/corpus/) is not here; expected "
+            "in a fresh clone, where the bundled sample's prompts are tested instead"
+        )
     with CORPUS.open(encoding="utf-8") as lines:
         return [json.loads(line)["text"] for line in lines if line.strip()]
 

@@ -322,13 +322,13 @@ def test_a_success_envelope_with_a_badly_typed_field_raises_invalid_response() -
 # -- decode_response: error statuses ------------------------------------------------------------
 
 
-def test_a_404_raises_image_not_found_with_status_and_the_service_message() -> None:
+def test_a_404_raises_image_not_found_saying_the_gallery_answered_it() -> None:
     with pytest.raises(ImageNotFound) as caught:
         decode(404, NOT_FOUND)
 
     assert caught.value.status == 404
     assert caught.value.image_id == ID
-    assert "Image not found" in str(caught.value)
+    assert str(caught.value) == f"image {ID} not found (HTTP 404, from the gallery)"
 
 
 def test_a_429_with_retry_after_raises_rate_limited_with_seconds() -> None:
@@ -585,8 +585,8 @@ def test_cesu8_surrogate_bytes_become_replacement_characters() -> None:
 
 
 def test_a_lone_surrogate_in_the_services_error_message_is_replaced() -> None:
-    with pytest.raises(ImageNotFound) as caught:
-        decode(404, b'{"success": false, "error": "gone \\ud800"}')
+    with pytest.raises(ServerError) as caught:
+        decode(500, b'{"success": false, "error": "gone \\ud800"}')
 
     assert str(caught.value).endswith("gone \ufffd")
 

@@ -417,7 +417,7 @@ async def test_a_404_found_by_one_process_is_shared_with_another(
 ) -> None:
     [worker] = await run_workers(1, gallery, redis_server, [MISSING])
     async with peer(gallery.url, redis_server.url) as session:
-        with pytest.raises(ImageNotFound, match="remembered 404"):
+        with pytest.raises(ImageNotFound, match="remembered in the cache"):
             await session.get_image(MISSING)
     assert worker["outcomes"] == {MISSING: "ImageNotFound"}
     assert gallery.requests[MISSING] == 1
