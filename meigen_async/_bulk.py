@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from typing import cast
 
 from ._flight import Flight, SingleFlight
-from ._protocol import validate_image_id
 from .errors import MeigenError, TransportError, UpstreamUnreachable
 from .models import GalleryImage, ImageResult
 
@@ -57,9 +57,15 @@ async def gather_images(
     """
     loop = asyncio.get_running_loop()
     wanted = list(ids)
-    distinct: dict[object, object] = {}
-    for image_id in wanted:
-        distinct.setdefault(_key(image_id), image_id)
+    try:
+        distinct: dict[object, object] = {image_id: image_id for image_id in wanted}
+        key_of: Callable[[object], object] = _same
+    except TypeError:
+        # An unhashable id (a list): not a gallery id, keyed by identity to be refused in place.
+        distinct = {}
+        for image_id in wanted:
+            distinct.setdefault(_key(image_id), image_id)
+        key_of = _key
     outcomes: dict[object, GalleryImage | MeigenError] = {}
     waiting: list[Flight[GalleryImage]] = []
     for key, candidate in distinct.items():
@@ -68,7 +74,8 @@ async def gather_images(
             if image is not None:
                 outcomes[key] = image
             else:
-                waiting.append(join(validate_image_id(candidate), loop))
+                # look_up validated it: a miss is a gallery id.
+                waiting.append(join(cast(str, candidate), loop))
         except MeigenError as error:
             if not return_exceptions:
                 await flights.leave_all(waiting)
@@ -80,7 +87,7 @@ async def gather_images(
         first_error = next((o for o in outcomes.values() if isinstance(o, MeigenError)), None)
         if first_error is not None:
             raise first_error
-    return [outcomes[_key(image_id)] for image_id in wanted]
+    return [outcomes[key_of(image_id)] for image_id in wanted]
 
 
 def transport_streak(streak: int, outcome: GalleryImage | MeigenError) -> int:
@@ -176,6 +183,10 @@ def _expected(outcome: GalleryImage | BaseException) -> GalleryImage | MeigenErr
     if isinstance(outcome, BaseException) and not isinstance(outcome, MeigenError):
         raise outcome
     return outcome
+
+
+def _same(image_id: object) -> object:
+    return image_id
 
 
 def _key(image_id: object) -> object:

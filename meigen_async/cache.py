@@ -135,6 +135,24 @@ def _lifetime_directive(directives: _CacheDirectives, wanted: str) -> float:
 
 
 # Responses of one service repeat the same few Cache-Control values: read each one once.
+def _cache_control(headers: Mapping[str, str]) -> str | None:
+    """Every `Cache-Control` line of `headers` as one list (RFC 9110 section 5.3)."""
+    if isinstance(headers, _CASE_INSENSITIVE):
+        lines = headers.getall("Cache-Control", ())
+        return lines[0] if len(lines) == 1 else ", ".join(lines) or None
+    return header_list(headers, "Cache-Control")
+
+
+# Responses of one service repeat the same few header values: each is read once.
+@functools.lru_cache(maxsize=256)
+def _revalidate_seconds(cache_control: str | None) -> float | None:
+    """The `stale-while-revalidate` seconds of a `Cache-Control` value (RFC 5861), or None."""
+    for name, argument in _directives(cache_control):
+        if name == "stale-while-revalidate":
+            return _delta_seconds(argument)
+    return None
+
+
 @functools.lru_cache(maxsize=256)
 def _control(cache_control: str | None, shared: bool) -> tuple[bool, float | None]:
     """Whether `Cache-Control` lets a cache store, and the lifetime it gives (None: none)."""
@@ -236,14 +254,7 @@ class CachePolicy:
         directive, `stale_while_revalidate`.
         """
         cap = self.stale_while_revalidate
-        given = [
-            argument
-            for name, argument in _directives(header_list(headers, "Cache-Control"))
-            if name == "stale-while-revalidate"
-        ]
-        if not given:
-            return cap
-        seconds = _delta_seconds(given[0])
+        seconds = _revalidate_seconds(_cache_control(headers))
         if seconds is None:
             return cap
         return min(seconds, cap if cap > 0 else self.max_ttl)
@@ -271,8 +282,7 @@ class CachePolicy:
         if isinstance(headers, _CASE_INSENSITIVE):
             # aiohttp's headers, on every fetch: read directly, not through header_list
             # (measured: 0.6 µs less a response, 0.8 µs in all).
-            lines = headers.getall("Cache-Control", ())
-            cache_control = lines[0] if len(lines) == 1 else ", ".join(lines) or None
+            cache_control = _cache_control(headers)
             vary = headers.getall("Vary", ())
             if vary and _varies_on_everything(", ".join(vary)):
                 return None
