@@ -44,6 +44,7 @@ __all__ = [
     "image_url",
     "parse_http_date",
     "parse_retry_after",
+    "service_message",
     "snippet",
     "validate_image_id",
     "validators_from",
@@ -238,7 +239,7 @@ def error_for_status(
         # The service's own words ("Image not found") add nothing to the one 404 message.
         message = not_found_message(image_id, remembered=False)
         return ImageNotFound(message, image_id=image_id, status=status)
-    message = f"HTTP {status} for image {image_id}: {_error_message(body)}"
+    message = f"HTTP {status} for image {image_id}: {service_message(body)}"
     if status == 429:
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)
@@ -310,7 +311,8 @@ def _json_problem(exc: ValueError | RecursionError) -> str:
     return str(exc)
 
 
-def _error_message(body: bytes) -> str:
+def service_message(body: bytes) -> str:
+    """The service's own `{"error": "..."}` message in an error body, else a short excerpt."""
     try:
         envelope = json.loads(body)
     except (ValueError, RecursionError):

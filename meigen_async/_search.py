@@ -16,7 +16,7 @@ from urllib.parse import quote
 from cachetools import LRUCache
 from yarl import URL
 
-from ._protocol import header, parse_retry_after, snippet
+from ._protocol import header, parse_retry_after, service_message, snippet
 from ._text import printable, replace_surrogates
 from .errors import (
     ApiError,
@@ -202,7 +202,7 @@ def page_error(status: int, headers: Mapping[str, str], body: bytes) -> MeigenEr
             "moved, set base_url to it",
             status=status,
         )
-    message = f"HTTP {status}: {_error_message(body)}"
+    message = f"HTTP {status}: {service_message(body)}"
     if status == 429:
         retry_after = parse_retry_after(header(headers, "Retry-After"))
         return RateLimited(message, status=status, retry_after=retry_after)
@@ -219,16 +219,6 @@ def _load_json(body: bytes) -> Any:
     except (ValueError, RecursionError) as exc:
         problem = "nested too deep to decode" if isinstance(exc, RecursionError) else str(exc)
         raise InvalidResponse(f"response body is not JSON ({problem}): {snippet(body)}") from exc
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        envelope = json.loads(body)
-    except (ValueError, RecursionError):
-        return snippet(body) if body else "(empty body)"
-    if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
-        return replace_surrogates(envelope["error"])
-    return snippet(body)
 
 
 # -- Paging --------------------------------------------------------------------------------------

@@ -276,6 +276,19 @@ _ID_SHOWN = 140  # characters of a foreign id quoted: a valid id has at most 128
 _structure_gallery_image = converter.get_structure_hook(GalleryImage)
 
 
+# What structuring may raise for data of the wrong shape. RecursionError and OverflowError
+# too: nothing the data holds may escape as a raw exception (the hooks do not recurse, but a
+# cattrs version might).
+_STRUCTURE_FAILURES = (
+    cattrs.BaseValidationError,
+    ValueError,
+    TypeError,
+    KeyError,
+    RecursionError,
+    OverflowError,
+)
+
+
 def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     r"""Build a [`GalleryImage`][meigen_async.GalleryImage] from the envelope's `data` object.
 
@@ -294,16 +307,7 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     present = {key: value for key, value in data.items() if value is not None}
     try:
         image: GalleryImage = _structure_gallery_image(present, GalleryImage)
-    # RecursionError and OverflowError too: nothing the data holds may escape as a raw
-    # exception (the hooks do not recurse, but a cattrs version might).
-    except (
-        cattrs.BaseValidationError,
-        ValueError,
-        TypeError,
-        KeyError,
-        RecursionError,
-        OverflowError,
-    ) as exc:
+    except _STRUCTURE_FAILURES as exc:
         raise InvalidResponse(_describe(exc), image_id=image_id) from exc
     if image_id is not None and image.id != image_id:
         # Another image's data under this id would be cached as this one.
@@ -334,14 +338,7 @@ def structure_search_hit(data: Any) -> SearchHit:
     present = {key: value for key, value in data.items() if value is not None}
     try:
         hit: SearchHit = _structure_hit(present, SearchHit)
-    except (
-        cattrs.BaseValidationError,
-        ValueError,
-        TypeError,
-        KeyError,
-        RecursionError,
-        OverflowError,
-    ) as exc:
+    except _STRUCTURE_FAILURES as exc:
         raise InvalidResponse(_describe(exc, "search result")) from exc
     return hit
 
