@@ -107,7 +107,8 @@ class Upstream:
             try:
                 return read(await self._attempt(url, headers))
             except MeigenError as error:
-                retry = after_failure(error, retries, self.retry)
+                # Nothing more is sent once closed: no retry, and no sleep before one.
+                retry = None if self.closed else after_failure(error, retries, self.retry)
                 if retry is None:
                     if error.image_id is None:
                         raise for_image(

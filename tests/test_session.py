@@ -611,7 +611,6 @@ class DeafToCancellation:
         pass
 
 
-@pytest.mark.slow
 async def test_close_waits_for_a_fetch_whose_waiter_left_and_that_lost_its_cancellation(
     gallery: FakeGallery,
 ) -> None:

@@ -670,3 +670,15 @@ async def test_a_plain_request_sends_no_extra_headers() -> None:
     script = Script()
     await upstream(script).request(URL_, read_body, image_id="1")
     assert script.headers == [None]
+
+
+async def test_a_closed_upstream_sends_nothing_and_neither_retries_nor_sleeps() -> None:
+    send = Script()
+    sleep = FakeSleep()
+    loop = upstream(send, sleep=sleep)
+    loop.close()
+
+    with pytest.raises(TransportError, match="closed"):
+        await loop.request(URL_, read_body, image_id="1")
+
+    assert (send.sent, sleep.waits) == (0, [])
