@@ -18,7 +18,17 @@ from typing import Literal, overload
 import aiohttp
 
 from ._bulk import gather_images, refuse_single_id, stream_images
-from ._core import COALESCED, REFRESHED, Lookup, Tally, look_up, remembered_404
+from ._core import (
+    COALESCED,
+    HIT,
+    KNOWN_MISSING,
+    MISS,
+    REFRESH,
+    REFRESHED,
+    Tally,
+    look_up,
+    remembered_404,
+)
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
 from ._media import MediaDownloader, stream_media
@@ -269,6 +279,11 @@ class GallerySession:
             MeigenError: any other failure, as one of its subclasses.
 
         """
+        # The hit path first, inlined: a warm session answers most calls here.
+        image = self._cache.get(image_id) if type(image_id) is str else None
+        if image is not None:
+            self._tally.record(HIT)
+            return image
         image = self._look_up(image_id)
         if image is not None:
             return image
@@ -277,15 +292,13 @@ class GallerySession:
 
     def _look_up(self, image_id: object) -> GalleryImage | None:
         """A cached image, or None for a miss, counted; a bad id or a known 404 raised."""
-        lookup, image = (
-            look_up(self._cache, image_id) if type(image_id) is str else (Lookup.MISS, None)
-        )
-        if lookup is not Lookup.HIT:
+        lookup, image = look_up(self._cache, image_id) if type(image_id) is str else (MISS, None)
+        if lookup is not HIT:
             valid_id = validate_image_id(image_id)
-            if lookup is Lookup.KNOWN_MISSING:
+            if lookup is KNOWN_MISSING:
                 self._tally.record(lookup)
                 raise remembered_404(valid_id)
-            if lookup is Lookup.REFRESH:
+            if lookup is REFRESH:
                 self._refresh(valid_id)
         self._tally.record(lookup)
         return image
@@ -303,7 +316,7 @@ class GallerySession:
         image = self._cache.get(image_id) if type(image_id) is str else None
         if image is None:
             validate_image_id(image_id)
-        self._tally.record(Lookup.HIT if image is not None else Lookup.MISS)
+        self._tally.record(HIT if image is not None else MISS)
         return image
 
     def _refresh(self, image_id: str) -> None:
