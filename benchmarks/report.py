@@ -7,7 +7,6 @@ import math
 import os
 import platform
 import sys
-import textwrap
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ __all__ = [
     "environment",
     "format_tables",
     "load_results",
+    "main",
     "plot",
     "write_json",
 ]
@@ -203,43 +203,144 @@ def _rounded(value: Any) -> Any:
 
 _OURS = "#1f77b4"
 _PEER = "#9aa5b1"
+_WORSE = "#d9822b"
+# Sized for the docs page: the PNG is drawn 9 inches wide at 160 dpi (1,440 px) and shown about
+# half that wide, so 12-point text reads like the page's own.
+_WIDTH_IN = 9.0
+_DPI = 160
+_TEXT = 12
+_SMALL = 11
 
 
 def _colour(name: str) -> str:
     return _OURS if name.startswith("ours") else _PEER
 
 
-def _bars(ax: Any, figures: dict[str, Any], metric: str, title: str, *, log: bool) -> None:
+# Every bar panel spans this many decades, so that the same difference in length is the same
+# ratio in every panel: a 10% gap looks like 10%, a 1,000x gap like 1,000x.
+_DECADES = 5
+
+
+def _bars(ax: Any, figures: dict[str, Any], metric: str, title: str, unit: str) -> None:
+    """Horizontal bars of one metric on a log axis of `_DECADES` decades, names above the bars."""
     names = [name for name in figures if metric in figures[name]]
     values = [figures[name][metric]["median"] for name in names]
-    bars = ax.bar(range(len(names)), values, color=[_colour(n) for n in names])
-    labels = [
-        "\n".join(textwrap.fill(part, 16) for part in n.replace(" (", "\n(").split("\n"))
-        for n in names
-    ]
-    ax.set_xticks(range(len(names)), labels, fontsize=7)
-    ax.set_title(title, fontsize=9)
-    if log:
-        ax.set_yscale("log")
-    for bar, value in zip(bars, values, strict=True):
-        ax.annotate(
-            _number(value),
-            (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-            ha="center",
-            va="bottom",
-            fontsize=7,
-        )
-    ax.margins(y=0.15)
+    rows = range(len(names))
+    ax.barh(rows, values, color=[_colour(n) for n in names], height=0.45, align="edge")
+    low = 10 ** math.floor(math.log10(min(values) / 2))
+    ax.set_xscale("log")
+    ax.set_xlim(low, low * 10**_DECADES)
+    ax.set_ylim(len(names) - 0.3, -0.45)
+    ax.set_yticks([])
+    for row, (name, value) in enumerate(zip(names, values, strict=True)):
+        ax.text(low * 1.15, row - 0.03, name, va="bottom", fontsize=_SMALL)
+        ax.text(value * 1.2, row + 0.225, _number(value), va="center", fontsize=_SMALL)
+    ax.set_title(title, fontsize=_TEXT, loc="left")
+    ax.set_xlabel(unit + ", log scale", fontsize=_SMALL)
+    ax.tick_params(axis="x", labelsize=_SMALL)
+    ax.grid(axis="x", which="major", alpha=0.3)
 
 
 def _empty(ax: Any, title: str, why: str) -> None:
-    ax.set_title(title, fontsize=9)
-    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8, wrap=True)
+    ax.set_title(title, fontsize=_TEXT, loc="left")
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=_SMALL, wrap=True)
     ax.set_axis_off()
 
 
+_SHORT = {
+    ("warm", "calls_per_s"): "Warm hits",
+    ("cold", "ids_per_s"): "Cold bulk",
+    ("burst", "upstream_requests"): "Burst requests",
+    ("burst", "wall_s"): "Burst time",
+    ("sqlite", "calls_per_s"): "SQLite warm reads",
+    ("sqlite", "seconds"): "SQLite 500 misses written",
+}
+"""Short names for the summary's rows, by scenario and metric."""
+
+
+def _advantages(scenarios: dict[str, dict[str, Any]]) -> list[tuple[str, float]]:
+    """Each comparison with another client as "times better for ours", whichever way is better.
+
+    A ratio where lower is better (seconds, requests) is inverted, so every bar reads the same
+    way: right of 1 ours is ahead, left of it behind. Comparisons of ours with itself (scale)
+    or with a function that does less (prompt parsing) are left out.
+    """
+    rows = []
+    for key, scenario in scenarios.items():
+        if "error" in scenario or "skipped" in scenario:
+            continue
+        title = scenario.get("title", key)
+        for ratio in scenario.get("ratios", []):
+            label: str = ratio["label"]
+            if "ours / " not in label or not ratio["ratio"] or key == "prompt_parsing":
+                continue
+            peer = label.split("ours / ", 1)[1]
+            what = _SHORT.get((key, ratio["metric"]), title)
+            value = ratio["ratio"] if ratio["higher_is_better"] else 1 / ratio["ratio"]
+            rows.append((f"{what} vs {peer}", value))
+    return rows
+
+
+def _summary(ax: Any, rows: list[tuple[str, float]]) -> None:
+    places = range(len(rows))
+    values = [value for _, value in rows]
+    colours = [_OURS if value >= 1 else _WORSE for value in values]
+    # Bars grow from 1x, right when ours is ahead, left when behind.
+    ax.barh(places, [v - 1 for v in values], left=1, color=colours, height=0.6)
+    ax.set_yticks(places, [label for label, _ in rows], fontsize=_SMALL)
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlim(min(0.3, min(values) / 2), max(values) * 40)
+    ax.axvline(1, color="black", linewidth=1)
+    for place, value in zip(places, values, strict=True):
+        text = f"{_ratio(value)} better" if value >= 1.005 else f"{_ratio(value)}"
+        if 0.995 <= value < 1.005:
+            text += " (even)"
+        if value < 1:
+            text += " (behind)"
+        ax.text(max(value, 1) * 1.15, place, text, va="center", fontsize=_SMALL)
+    ax.tick_params(axis="x", labelsize=_SMALL)
+    ax.grid(axis="x", which="major", alpha=0.3)
+
+
+def _scale(ax: Any, scale: dict[str, Any]) -> None:
+    steps = sorted(scale["steps"].values(), key=lambda s: s["count"])
+    counts = [s["count"] for s in steps]
+    ax.plot(counts, [s["cpu_us_per_id"] for s in steps], "o-", color=_OURS, label="CPU µs/id")
+    ax.plot(counts, [s["us_per_id"] for s in steps], "o:", color=_OURS, label="wall µs/id")
+    ax.set_xscale("log")
+    ax.set_xticks(counts, [f"{n:,} ids" for n in counts], fontsize=_SMALL)
+    ax.minorticks_off()
+    ax.tick_params(axis="y", labelsize=_SMALL)
+    ax.set_ylabel("µs per id (client)", color=_OURS, fontsize=_SMALL)
+    ax.set_ylim(0, max(s["us_per_id"] for s in steps) * 1.3)
+    memory_ax = ax.twinx()
+    memory_ax.plot(
+        counts,
+        [s["rss_growth_kib"] / 1024 for s in steps],
+        "s--",
+        color="#d62728",
+        label="peak RSS growth, MiB",
+    )
+    memory_ax.set_ylabel("peak RSS growth, MiB", color="#d62728", fontsize=_SMALL)
+    memory_ax.tick_params(axis="y", labelsize=_SMALL)
+    memory_ax.set_ylim(0, max(s["rss_growth_kib"] for s in steps) / 1024 * 1.6 or 1)
+    lines = ax.get_lines() + memory_ax.get_lines()
+    ax.legend(lines, [line.get_label() for line in lines], loc="lower right", fontsize=_SMALL)
+    ax.set_title(
+        "Scale: iter_images, time and memory per id (linear scales from 0)",
+        fontsize=_TEXT,
+        loc="left",
+    )
+
+
 def plot(results: dict[str, Any], path: Path) -> bool:
-    """Draw the figures of every scenario into one PNG; False when matplotlib is missing."""
+    """Draw the figures of every scenario into one PNG; False when matplotlib is missing.
+
+    The top panel puts every comparison with a peer on one log scale; below it, each scenario's
+    medians as horizontal bars, all on log scales (a bar's length difference is the same
+    ratio in every panel), and the scale scenario on linear axes from 0.
+    """
     try:
         import matplotlib
 
@@ -248,8 +349,6 @@ def plot(results: dict[str, Any], path: Path) -> bool:
     except ImportError:
         return False
     scenarios: dict[str, dict[str, Any]] = results["scenarios"]
-    fig, axes = plt.subplots(2, 3, figsize=(14, 8.5))
-    (warm_ax, cold_ax, burst_req_ax), (burst_time_ax, scale_ax, prompt_ax) = axes
 
     def usable(key: str) -> dict[str, Any] | None:
         scenario = scenarios.get(key)
@@ -257,66 +356,100 @@ def plot(results: dict[str, Any], path: Path) -> bool:
             return None
         return scenario
 
+    advantages = _advantages(scenarios)
+    summary_height = 1.0 + 0.32 * len(advantages)
+    heights = [2.6, 3.1, 2.6, 3.0]
+    fig = plt.figure(figsize=(_WIDTH_IN, summary_height + sum(heights) + 1.0), layout="constrained")
+    # Two subfigures, so that the summary's long row names do not push the panels below aside.
+    top, bottom = fig.subfigures(2, 1, height_ratios=[summary_height, sum(heights)])
+    summary_ax = top.subplots()
+    grid = bottom.add_gridspec(4, 2, height_ratios=heights)
+    warm_ax, cold_ax = bottom.add_subplot(grid[0, 0]), bottom.add_subplot(grid[0, 1])
+    burst_req_ax, burst_time_ax = bottom.add_subplot(grid[1, 0]), bottom.add_subplot(grid[1, 1])
+    sqlite_ax, prompt_ax = bottom.add_subplot(grid[2, 0]), bottom.add_subplot(grid[2, 1])
+    scale_ax = bottom.add_subplot(grid[3, :])
+
+    if advantages:
+        _summary(summary_ax, advantages)
+        top.suptitle(
+            "Ours against each peer: how many times better (log scale; 1x = even)",
+            fontsize=_TEXT + 1,
+            fontweight="bold",
+        )
+    else:
+        _empty(summary_ax, "Ours against each peer", "no comparison ran")
     if warm := usable("warm"):
-        _bars(warm_ax, warm["figures"], "calls_per_s", "Warm hits: calls/s (log)", log=True)
+        _bars(warm_ax, warm["figures"], "calls_per_s", "Warm hits (higher is better)", "calls/s")
     else:
         _empty(warm_ax, "Warm hits", "not run")
     if cold := usable("cold"):
-        _bars(cold_ax, cold["figures"], "ids_per_s", "Cold bulk: ids/s", log=False)
+        _bars(cold_ax, cold["figures"], "ids_per_s", "Cold bulk (higher is better)", "ids/s")
     else:
         _empty(cold_ax, "Cold bulk", "not run")
     if burst := usable("burst"):
-        _bars(
-            burst_req_ax,
-            burst["figures"],
-            "upstream_requests",
-            "Burst: upstream requests (log)",
-            log=True,
-        )
-        _bars(burst_time_ax, burst["figures"], "wall_s", "Burst: wall time, s", log=False)
+        title = "Burst: requests sent (fewer is better)"
+        _bars(burst_req_ax, burst["figures"], "upstream_requests", title, "requests")
+        title = "Burst: wall time (lower is better)"
+        _bars(burst_time_ax, burst["figures"], "wall_s", title, "seconds")
     else:
         _empty(burst_req_ax, "Burst", "not run")
         _empty(burst_time_ax, "Burst", "not run")
-    if scale := usable("scale"):
-        steps = sorted(scale["steps"].values(), key=lambda s: s["count"])
-        counts = [s["count"] for s in steps]
-        scale_ax.plot(
-            counts, [s["cpu_us_per_id"] for s in steps], "o-", color=_OURS, label="CPU us/id"
-        )
-        scale_ax.plot(
-            counts, [s["us_per_id"] for s in steps], "o:", color=_OURS, label="wall us/id"
-        )
-        scale_ax.legend(loc="lower left", fontsize=7)
-        scale_ax.set_xscale("log")
-        scale_ax.set_xticks(counts, [f"{n:,}" for n in counts], fontsize=7)
-        scale_ax.minorticks_off()
-        scale_ax.set_xlabel("ids", fontsize=8)
-        scale_ax.set_ylabel("us per id (client)", color=_OURS, fontsize=8)
-        scale_ax.set_ylim(bottom=0)
-        memory_ax = scale_ax.twinx()
-        memory_ax.plot(counts, [s["rss_growth_kib"] / 1024 for s in steps], "s--", color="#d62728")
-        memory_ax.set_ylabel("peak RSS growth, MiB", color="#d62728", fontsize=8)
-        memory_ax.set_ylim(0, max(s["rss_growth_kib"] for s in steps) / 1024 * 1.4 or 1)
-        scale_ax.set_title("Scale: iter_images, per id time and memory", fontsize=9)
+    if sqlite := usable("sqlite"):
+        title = "SQLite cache (higher is better)"
+        _bars(sqlite_ax, sqlite["figures"], "calls_per_s", title, "calls/s")
     else:
-        _empty(scale_ax, "Scale", "not run")
+        _empty(sqlite_ax, "SQLite cache", "not run")
     prompt = scenarios.get("prompt_parsing")
     if prompt and "figures" in prompt:
-        title = "Prompt parsing: us per text (log)"
-        _bars(prompt_ax, prompt["figures"], "us_per_text", title, log=True)
+        title = "Prompt parsing (lower is better)"
+        _bars(prompt_ax, prompt["figures"], "us_per_text", title, "µs per text")
     else:
         why = (prompt or {}).get("skipped") or (prompt or {}).get("error") or "not run"
         _empty(prompt_ax, "Prompt parsing", f"skipped: {why}")
+    if scale := usable("scale"):
+        _scale(scale_ax, scale)
+    else:
+        _empty(scale_ax, "Scale", "not run")
     machine = results.get("machine", {})
     versions = results.get("versions", {})
     fig.suptitle(
-        f"meigen_async benchmarks - {machine.get('cpu_count', '?')} CPUs, "
-        f"Python {versions.get('python', '?')}, aiohttp {versions.get('aiohttp', '?')} "
-        "(ours in blue; medians)",
-        fontsize=11,
+        f"meigen_async benchmarks, {results.get('generated_at', '?')[:10]}: "
+        f"{machine.get('cpu_count', '?')} CPUs, Python {versions.get('python', '?')}, "
+        f"aiohttp {versions.get('aiohttp', '?')}\nours in blue, peers in grey; medians",
+        fontsize=_TEXT + 2,
     )
-    fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=_DPI)
     plt.close(fig)
     return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m benchmarks.report RESULTS_JSON [-o PNG]`: redraw the plot, benchmarks not rerun.
+
+    The PNG goes next to the JSON as `results.png` unless `-o` says where; the tables are
+    printed on stdout as `python -m benchmarks` prints them.
+    """
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.report",
+        description="Redraw results.png (and print the tables) from an existing results.json.",
+    )
+    parser.add_argument("results", type=Path, help="a results.json written by python -m benchmarks")
+    parser.add_argument("-o", "--output", type=Path, help="the PNG to write (default: beside it)")
+    args = parser.parse_args(argv)
+    results = load_results(args.results)
+    if results is None:
+        parser.error(f"cannot read {args.results} as JSON")
+    output = args.output or args.results.with_name("results.png")
+    if not plot(results, output):
+        print("matplotlib is not installed: pip install -e '.[bench]'", file=sys.stderr)
+        return 1
+    print(format_tables(results))
+    print(f"\nwrote {output}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

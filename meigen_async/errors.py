@@ -140,8 +140,10 @@ class MediaError(MeigenError):
         retry_after: float | None = None,
     ):
         MeigenError.__init__(self, message, image_id=image_id, status=status)
-        self.url = url
-        self.retry_after = retry_after
+        self.url: str | None = url
+        """The media file's URL (the image's, before any redirect), or None when not known."""
+        self.retry_after: float | None = retry_after
+        """Seconds a 429 or a 503 asked us to wait (`Retry-After`), or None."""
 
 
 class MediaNotAllowed(MediaError, ValueError):

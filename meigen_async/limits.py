@@ -79,7 +79,8 @@ class LocalRateLimiter:
     ):
         if not rate > 0:
             raise ValueError("rate must be positive")
-        self.rate = rate
+        self.rate: float = rate
+        """Requests a second."""
         self._bucket = _aiolimiter(rate)
         self._timer = timer
         self._sleep = sleep

@@ -24,26 +24,22 @@ DEFAULT_MAX_MEDIA_BYTES = 20 * 1024 * 1024
 
 @attrs.frozen(slots=True)
 class MediaFile:
-    """One media file on disk, complete and verified.
-
-    Args:
-        url: The URL it was downloaded from (the image's, before any redirect).
-        path: Where it is: `{out}/{image id}/{index}{ext}`, the extension from its verified type.
-        bytes: Its size.
-        sha256: The hex SHA-256 of its bytes.
-        content_type: Its verified type, such as `image/png`.
-        width: Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None.
-        height: Its height in pixels, likewise.
-
-    """
+    """One media file on disk, complete and verified."""
 
     url: str
+    """The URL it was downloaded from (the image's, before any redirect)."""
     path: Path
+    """Where it is: `{out}/{image id}/{index}{ext}`, the extension from its verified type."""
     bytes: int
+    """Its size."""
     sha256: str
+    """The hex SHA-256 of its bytes."""
     content_type: str
+    """Its verified type, such as `image/png`."""
     width: int | None = None
+    """Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None."""
     height: int | None = None
+    """Its height in pixels, likewise."""
 
 
 @attrs.frozen(slots=True)
@@ -56,8 +52,11 @@ class MediaResult:
     """
 
     id: str
+    """The image's id."""
     files: tuple[MediaFile, ...] = ()
+    """The files on disk: written now, or found complete from an earlier run."""
     error: MeigenError | None = None
+    """The first failure (the image's data, or one of its files), or None."""
     image: GalleryImage | None = None
     """The image's data, when it was fetched (or given)."""
 

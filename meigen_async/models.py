@@ -99,17 +99,29 @@ class SearchHit:
     """
 
     id: str
+    """The gallery id: give it to `GallerySession.get_image` for the full image."""
     text: str = ""
+    """The prompt as posted; parsed in `prompt`."""
     prompt_ready: bool | None = None
+    """Whether the gallery marks the prompt as ready to reuse; None when it does not say."""
     media_urls: tuple[str, ...] = ()
+    """The image (and any variant) URLs, in the gallery's order."""
     thumbnail_url: str | None = None
+    """A small preview's URL, or None."""
     image_width: int | None = None
+    """Width in pixels, or None when unknown."""
     image_height: int | None = None
+    """Height in pixels, or None when unknown."""
     model: str | None = None
+    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
     likes: int = 0
+    """Likes on the original post."""
     views: int = 0
+    """Views of the original post."""
     author_username: str | None = None
+    """The author's handle, without the `@`, or None."""
     author_display_name: str | None = None
+    """The author's display name, or None."""
 
     @functools.cached_property
     def prompt(self) -> Prompt:

@@ -630,11 +630,16 @@ class RedisRateLimiter:
             raise ValueError("burst must be a whole number, at least 1")
         if not timeout > 0:
             raise ValueError("timeout must be positive")
-        self.client = client
-        self.rate = rate
-        self.name = name
-        self.burst = burst
-        self.timeout = timeout
+        self.client: redis.asyncio.Redis = client
+        """The Redis client, used as it is and never closed here."""
+        self.rate: float = rate
+        """Requests a second, for all the processes together."""
+        self.name: str = name
+        """The budget's name: processes share a budget only under the same name."""
+        self.burst: int = burst
+        """Requests that may go at once after a quiet spell."""
+        self.timeout: float = timeout
+        """Seconds allowed for each call to Redis."""
         self._keys = rate_keys(name)
         self._interval = f"{1.0 / rate:.9f}"
         self._tau = f"{(burst - 1) / rate:.9f}"

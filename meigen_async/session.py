@@ -207,7 +207,8 @@ class GallerySession:
             closed_error=_closed_error,
             outcomes=(MeigenError,),
         )
-        self.media_concurrency = media_concurrency
+        self.media_concurrency: int = media_concurrency
+        """Most media requests in flight at once to one host."""
         self._media = MediaDownloader(
             http=self._transport.open,
             hosts=host_set(media_hosts),
