@@ -60,6 +60,9 @@ __all__ = [
 DEFAULT_CACHE_CONTROL = "public, max-age=3600"
 """What the fake sends by default: the real service documents an hour of caching."""
 
+_SHUTDOWN_TIMEOUT = 0.1
+"""Seconds `FakeGallery.close` lets requests in flight finish before cancelling them."""
+
 _NOT_FOUND = {"success": False, "error": "Image not found"}
 _JSON = "application/json"
 _WORD = re.compile(r"\w+")
@@ -319,7 +322,11 @@ class FakeGallery:
         app.router.add_get("/media/{name}", self._serve_media)
         app.router.add_route("*", "/{tail:.*}", self._serve_unknown)
         app.on_response_prepare.append(self._count_path)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # A handler still waiting (a scripted delay) is cancelled on close rather than waited
+        # for: a fake gallery stops at once, as a test's teardown needs.
+        self._runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", self._port)
         await site.start()
