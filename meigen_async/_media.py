@@ -52,6 +52,10 @@ __all__ = ["MediaDownloader", "stream_media"]
 
 _T = TypeVar("_T")
 _CHUNK = 65536
+# Bytes gathered before they go to a worker thread in one job: each hand-over costs a thread
+# wake-up and two GIL hand-offs, so a file of up to this size costs one job in all (write,
+# hash, fsync, rename). Per file in flight, this is the memory held beyond aiohttp's buffer.
+_BATCH = 1 << 20
 # Threads for the file work of every download. fsyncs issued side by side share the
 # journal's commits, so several at once cost little more than one; more threads than
 # downloads in flight would only wait.
@@ -253,14 +257,16 @@ class MediaDownloader:
                         continue
                     kind = verify(head, content_type, url=url, status=status)
                     out = _TempFile(directory, index, url)
-                    await out.write(b"".join(pending))
+                    for early in pending:
+                        await out.write(early)
                     pending.clear()
                 else:
                     await out.write(chunk)
             if out is None:
                 kind = verify(head, content_type, url=url, status=status)
                 out = _TempFile(directory, index, url)
-                await out.write(b"".join(pending))
+                for early in pending:
+                    await out.write(early)
             path = directory / file_name(index, kind)
             sha256 = await out.commit(path)
         except BaseException:
@@ -282,10 +288,10 @@ class MediaDownloader:
 class _TempFile:
     """A file written under a temporary name in the target's directory, then renamed.
 
-    Its work runs in `_FILES`, one job at a time and in order: `write` waits for the
-    previous chunk's job and hands over the next without waiting for it, so the next chunk
-    is read from the socket while this one is hashed and written (hashlib and file writes let
-    go of the GIL). The file is opened by the first write.
+    Its work runs in `_FILES`, one job at a time and in order. Chunks are gathered up to
+    `_BATCH` bytes and handed over together without waiting, so the socket is read while the
+    batch before is hashed and written (hashlib and file writes let go of the GIL); `commit`
+    writes the rest, fsyncs and renames in one more job. The file is opened by the first job.
     """
 
     def __init__(self, directory: Path, index: int, url: str):
@@ -294,22 +300,33 @@ class _TempFile:
         self._stream: BinaryIO | None = None
         self._digest = hashlib.sha256()
         self._job: concurrent.futures.Future[None] | None = None
+        self._batch: list[bytes] = []
+        self._batched = 0
 
     async def write(self, chunk: bytes) -> None:
-        """Queue `chunk` to be hashed and written, once the chunk before it is."""
-        await self._finish_job()
-        self._job = _FILES.submit(self._write, chunk)
+        """Queue `chunk` to be hashed and written (in a batch, after the batch before it)."""
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= _BATCH:
+            await self._finish_job()
+            self._job = _FILES.submit(self._write, self._take())
 
     async def commit(self, final: Path) -> str:
         """Write what is queued, fsync, close and rename to `final`; the file's SHA-256."""
         await self._finish_job()
-        job = _FILES.submit(self._commit, final)
+        job = _FILES.submit(self._commit, self._take(), final)
         self._job = job
         try:
             await asyncio.wrap_future(job)
         except OSError as exc:
             raise _write_error(final, exc, self._url) from exc
         return self._digest.hexdigest()
+
+    def _take(self) -> bytes:
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batched = 0
+        return data
 
     async def discard(self) -> None:
         """Close and remove the file, after the job in flight (a write may be running)."""
@@ -330,14 +347,15 @@ class _TempFile:
 
     # -- In a worker thread --------------------------------------------------------------------
 
-    def _write(self, chunk: bytes) -> None:
+    def _write(self, data: bytes) -> None:
         if self._stream is None:
             self._stream = open(self.path, "xb")  # noqa: SIM115 - closed by commit or discard
-        self._digest.update(chunk)
-        self._stream.write(chunk)
+        self._digest.update(data)
+        self._stream.write(data)
 
-    def _commit(self, final: Path) -> None:
-        assert self._stream is not None  # every body is written once at least before commit
+    def _commit(self, data: bytes, final: Path) -> None:
+        self._write(data)
+        assert self._stream is not None
         self._stream.flush()
         # The rename must not land before the data: fsync first.
         os.fsync(self._stream.fileno())
