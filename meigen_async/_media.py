@@ -3,18 +3,23 @@
 One GET per hop, redirects followed by hand (each target checked before it is requested), a
 slot per host, the session's pacer and retry policy, the body streamed in chunks through a
 SHA-256 into a temporary file of the image's directory, then fsync and rename.
+
+Every file-system call (mkdir, open, write and hash, fsync, rename, the manifest) runs in a
+worker thread of `_FILES`, never on the event loop: an fsync takes milliseconds, and on the
+loop it would stall every other download (and the rest of the application) while it waits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hashlib
 import os
 import secrets
 from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 import aiohttp
 from yarl import URL
@@ -45,7 +50,16 @@ from .retry import RetryPolicy
 
 __all__ = ["MediaDownloader", "stream_media"]
 
+_T = TypeVar("_T")
 _CHUNK = 65536
+# Bytes gathered before they go to a worker thread in one job: each hand-over costs a thread
+# wake-up and two GIL hand-offs, so a file of up to this size costs one job in all (write,
+# hash, fsync, rename). Per file in flight, this is the memory held beyond aiohttp's buffer.
+_BATCH = 1 << 20
+# Threads for the file work of every download. fsyncs issued side by side share the
+# journal's commits, so several at once cost little more than one; more threads than
+# downloads in flight would only wait.
+_FILES = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="meigen-media")
 _SNIFF_AT_LEAST = 32  # bytes wanted before the type is decided: every magic number fits
 _ACCEPT = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/gif;q=0.9,*/*;q=0.1"}
 
@@ -111,8 +125,7 @@ class MediaDownloader:
         """
         directory = media_dir(Path(root), image.id)
         try:
-            directory.mkdir(parents=True, exist_ok=True)
-            manifest = _read_manifest(directory / MANIFEST_NAME)
+            manifest = await _in_thread(_prepare, directory)
         except OSError as exc:
             error = MediaWriteError(
                 f"cannot create {directory}: {exc.strerror or exc}", image_id=image.id
@@ -138,8 +151,7 @@ class MediaDownloader:
                 raise outcome  # a bug or a cancellation: not a download's outcome
         if done and {i: f.sha256 for i, f in done} != {i: e.sha256 for i, e in manifest.items()}:
             try:
-                text = manifest_text(image.id, done).encode()
-                await asyncio.to_thread(write_atomically, directory / MANIFEST_NAME, text)
+                await _in_thread(_write_manifest, directory, image.id, done)
             except OSError as exc:
                 error = MediaWriteError(
                     f"cannot write {directory / MANIFEST_NAME}: {exc.strerror or exc}",
@@ -156,7 +168,7 @@ class MediaDownloader:
         if entry is not None:
             path = directory / entry.name
             if worth_hashing(entry, url, _size(path)):
-                digest = await asyncio.to_thread(_sha256_of, path)
+                digest = await _in_thread(_sha256_of, path)
                 if digest == entry.sha256:
                     return entry.to_file(directory)
         return await self._download(target, url, directory, index)
@@ -228,7 +240,6 @@ class MediaDownloader:
         if length is not None and length > limit:
             raise too_large(url, limit, f"Content-Length is {length}", status)
         content_type = resp.headers.get("Content-Type")
-        digest = hashlib.sha256()
         head = b""
         pending: list[bytes] = []  # the first chunks, until the type is known
         size = 0
@@ -240,33 +251,34 @@ class MediaDownloader:
                     raise too_large(url, limit, "the streamed body exceeded it", status)
                 if len(head) < HEAD_BYTES:
                     head += chunk[: HEAD_BYTES - len(head)]
-                digest.update(chunk)
                 if out is None:
                     pending.append(chunk)
                     if len(head) < _SNIFF_AT_LEAST:
                         continue
                     kind = verify(head, content_type, url=url, status=status)
-                    out = _TempFile.create(directory, index, url)
-                    out.write_all(pending)
+                    out = _TempFile(directory, index, url)
+                    for early in pending:
+                        await out.write(early)
                     pending.clear()
                 else:
-                    out.write(chunk)
+                    await out.write(chunk)
             if out is None:
                 kind = verify(head, content_type, url=url, status=status)
-                out = _TempFile.create(directory, index, url)
-                out.write_all(pending)
+                out = _TempFile(directory, index, url)
+                for early in pending:
+                    await out.write(early)
             path = directory / file_name(index, kind)
-            await out.commit(path)
+            sha256 = await out.commit(path)
         except BaseException:
             if out is not None:
-                out.discard()
+                await out.discard()
             raise
         size_read = dimensions(head, kind)
         return MediaFile(
             url=url,
             path=path,
             bytes=size,
-            sha256=digest.hexdigest(),
+            sha256=sha256,
             content_type=kind.mime,
             width=size_read[0] if size_read else None,
             height=size_read[1] if size_read else None,
@@ -274,46 +286,105 @@ class MediaDownloader:
 
 
 class _TempFile:
-    """A file written under a temporary name in the target's directory, then renamed."""
+    """A file written under a temporary name in the target's directory, then renamed.
 
-    def __init__(self, stream: BinaryIO, path: Path, url: str):
-        self._stream = stream
-        self.path = path
+    Its work runs in `_FILES`, one job at a time and in order. Chunks are gathered up to
+    `_BATCH` bytes and handed over together without waiting, so the socket is read while the
+    batch before is hashed and written (hashlib and file writes let go of the GIL); `commit`
+    writes the rest, fsyncs and renames in one more job. The file is opened by the first job.
+    """
+
+    def __init__(self, directory: Path, index: int, url: str):
+        self.path = directory / f".{index}.{secrets.token_hex(6)}.part"
         self._url = url
+        self._stream: BinaryIO | None = None
+        self._digest = hashlib.sha256()
+        self._job: concurrent.futures.Future[None] | None = None
+        self._batch: list[bytes] = []
+        self._batched = 0
 
-    @classmethod
-    def create(cls, directory: Path, index: int, url: str) -> _TempFile:
-        path = directory / f".{index}.{secrets.token_hex(6)}.part"
+    async def write(self, chunk: bytes) -> None:
+        """Queue `chunk` to be hashed and written (in a batch, after the batch before it)."""
+        self._batch.append(chunk)
+        self._batched += len(chunk)
+        if self._batched >= _BATCH:
+            await self._finish_job()
+            self._job = _FILES.submit(self._write, self._take())
+
+    async def commit(self, final: Path) -> str:
+        """Write what is queued, fsync, close and rename to `final`; the file's SHA-256."""
+        await self._finish_job()
+        job = _FILES.submit(self._commit, self._take(), final)
+        self._job = job
         try:
-            return cls(open(path, "xb"), path, url)
+            await asyncio.wrap_future(job)
         except OSError as exc:
-            raise _write_error(path, exc, url) from exc
+            raise _write_error(final, exc, self._url) from exc
+        return self._digest.hexdigest()
 
-    def write(self, chunk: bytes) -> None:
+    def _take(self) -> bytes:
+        data = b"".join(self._batch)
+        self._batch.clear()
+        self._batched = 0
+        return data
+
+    async def discard(self) -> None:
+        """Close and remove the file, after the job in flight (a write may be running)."""
+        previous = self._job
+        self._job = None
+        cleanup = _FILES.submit(self._remove, previous)
+        # Cancelled again while waiting: the cleanup still runs, in its thread.
+        await asyncio.shield(asyncio.wrap_future(cleanup))
+
+    async def _finish_job(self) -> None:
+        job, self._job = self._job, None
+        if job is None:
+            return
         try:
-            self._stream.write(chunk)
+            await asyncio.wrap_future(job)
         except OSError as exc:
             raise _write_error(self.path, exc, self._url) from exc
 
-    def write_all(self, chunks: Iterable[bytes]) -> None:
-        for chunk in chunks:
-            self.write(chunk)
+    # -- In a worker thread --------------------------------------------------------------------
 
-    async def commit(self, final: Path) -> None:
-        try:
-            self._stream.flush()
-            # The rename must not land before the data: fsync first (off the loop: it blocks).
-            await asyncio.to_thread(os.fsync, self._stream.fileno())
-            self._stream.close()
-            os.replace(self.path, final)
-        except OSError as exc:
-            raise _write_error(final, exc, self._url) from exc
+    def _write(self, data: bytes) -> None:
+        if self._stream is None:
+            self._stream = open(self.path, "xb")  # noqa: SIM115 - closed by commit or discard
+        self._digest.update(data)
+        self._stream.write(data)
 
-    def discard(self) -> None:
+    def _commit(self, data: bytes, final: Path) -> None:
+        self._write(data)
+        assert self._stream is not None
+        self._stream.flush()
+        # The rename must not land before the data: fsync first.
+        os.fsync(self._stream.fileno())
         self._stream.close()
-        # Gone already, or unremovable: a .part name is never read back.
+        os.replace(self.path, final)
+
+    def _remove(self, previous: concurrent.futures.Future[None] | None) -> None:
+        if previous is not None:
+            # Queued before this job, so running or done already: waiting cannot deadlock.
+            concurrent.futures.wait([previous])
+        if self._stream is not None:
+            self._stream.close()
+        # Gone already (renamed, or never opened), or unremovable: a .part name is never
+        # read back.
         with contextlib.suppress(OSError):
             self.path.unlink()
+
+
+async def _in_thread(function: Callable[..., _T], *args: object) -> _T:
+    return await asyncio.wrap_future(_FILES.submit(function, *args))
+
+
+def _prepare(directory: Path) -> dict[int, ManifestEntry]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return _read_manifest(directory / MANIFEST_NAME)
+
+
+def _write_manifest(directory: Path, image_id: str, done: list[tuple[int, MediaFile]]) -> None:
+    write_atomically(directory / MANIFEST_NAME, manifest_text(image_id, done).encode())
 
 
 def _write_error(path: Path, exc: OSError, url: str) -> MediaWriteError:
