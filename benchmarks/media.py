@@ -149,6 +149,12 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         )
 
         peaks: dict[str, float] = {}
+        # A warm-up first: what the first downloads of a process allocate once (pathlib's and
+        # aiohttp's caches, lazily imported modules) would otherwise land in whichever run
+        # comes first and hide what grows with the number of files.
+        warm_up = scratch / "warm-up"
+        await _ours(url, _images(base, 200, 4096, "w"), warm_up)
+        shutil.rmtree(warm_up, ignore_errors=True)
         for count in (memory_small, 4 * memory_small):
             out = scratch / f"memory{count}"
             small = _images(base, count, 4096, f"m{count}_")

@@ -54,8 +54,9 @@ _T = TypeVar("_T")
 _CHUNK = 65536
 # Bytes gathered before they go to a worker thread in one job: each hand-over costs a thread
 # wake-up and two GIL hand-offs, so a file of up to this size costs one job in all (write,
-# hash, fsync, rename). Per file in flight, this is the memory held beyond aiohttp's buffer.
-_BATCH = 1 << 20
+# hash, fsync, rename). Per file in flight, this is the memory held beyond aiohttp's buffer,
+# so it stays small: 8 downloads in flight hold at most 2 MiB.
+_BATCH = 256 * 1024
 # Threads for the file work of every download. fsyncs issued side by side share the
 # journal's commits, so several at once cost little more than one; more threads than
 # downloads in flight would only wait.
