@@ -175,7 +175,9 @@ async def test_a_killed_bulk_resumed_writes_each_id_once(
     images: list[dict[str, Any]], tmp_path: Path, how: signal.Signals
 ) -> None:
     out, ids_file = tmp_path / "out.jsonl", tmp_path / "ids.txt"
-    async with FakeGallery(images, delay=0.02) as gallery:
+    # 60 ids, 2 at a time, 50 ms each: the run lasts 1.5 s, time enough for the signal to land
+    # mid-run on a loaded machine (at 20 ms it sometimes finished first).
+    async with FakeGallery(images, delay=0.05) as gallery:
         ids = gallery.ids
         ids_file.write_text("\n".join(ids) + "\n", encoding="utf-8")
         args = [str(ids_file), "-o", str(out), "--concurrency", "2", "--base-url", gallery.url]
