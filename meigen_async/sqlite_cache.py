@@ -271,7 +271,7 @@ class SQLiteCache:
             return None
         try:
             connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            mode = connection.execute("PRAGMA journal_mode = WAL").fetchone()
+            mode = _wal_mode(connection)
             if mode is None or str(mode[0]).lower() != "wal":
                 raise sqlite3.OperationalError(f"WAL mode refused (journal mode {mode!r})")
             # In WAL mode, NORMAL commits without an fsync: a killed process loses nothing
@@ -576,6 +576,25 @@ def _alive(pid: int) -> bool:
     except OSError:  # it exists, as another user's process
         return True
     return True
+
+
+def _wal_mode(connection: sqlite3.Connection) -> Any:
+    """Switch to WAL mode, trying again while another process holds the file.
+
+    Several processes opening a new file at once race to switch it, and SQLite answers the
+    losers "database is locked" at once, without waiting out the busy timeout (seen under
+    load with four processes): so wait here, in the worker thread, as the timeout would.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT
+    pause = 0.005
+    while True:
+        try:
+            return connection.execute("PRAGMA journal_mode = WAL").fetchone()
+        except sqlite3.OperationalError as error:
+            if not _is_busy(error) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def _is_busy(error: sqlite3.OperationalError) -> bool:

@@ -227,7 +227,7 @@ async def test_four_processes_asking_for_the_same_20_ids_make_at_most_22_request
         workers = await start_workers("fetch", gallery.url, str(path), *ids, count=4)
         outputs = await asyncio.gather(*(w.communicate(b"go\n") for w in workers))
     results = [json.loads(out) for out, _ in outputs]
-    assert all(r["outcomes"] == dict.fromkeys(ids, "ok") for r in results)
+    assert all(r["outcomes"] == dict.fromkeys(ids, "ok") for r in results), results
     assert gallery.total_requests <= 22
     assert all(b"locked" not in err for _, err in outputs)
 
