@@ -1,0 +1,313 @@
+"""The argument parser of `meigen-async` and its commands, with their help texts."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from .._version import __version__
+from ..session import DEFAULT_BASE_URL
+from ._bulk import (
+    _bulk,
+)
+from ._demo import _demo
+from ._download import _download
+from ._get import (
+    _get,
+)
+from ._options import (
+    _MAX_RETRIES,
+    BASE_URL_ENV,
+    _base_url,
+    _int_at_least,
+    _positive_float,
+)
+from ._output import (
+    _EXIT_USAGE,
+    _PROG,
+    _error,
+)
+from ._search import _search
+from ._serve import _serve
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that reports a bad argument in one line, as every other error is."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print one `meigen-async: error: ...` line and exit with status 2."""
+        _error(f"{message} (see '{self.prog} --help')")
+        self.exit(_EXIT_USAGE)
+
+
+_DESCRIPTION = """\
+Fetch images from MeiGen's public gallery (GET /api/images/:id), in bulk or one by one,
+or serve a local fake gallery to test against."""
+
+_EXAMPLES = """\
+examples (offline, against the bundled sample gallery):
+  meigen-async serve --port 8080 &
+  export MEIGEN_BASE_URL=http://127.0.0.1:8080
+  meigen-async get 2013572250852104677
+  meigen-async get --json 2013572250852104677 2014980103401885690
+  meigen-async serve --list > ids.txt && meigen-async bulk ids.txt -o images.jsonl
+  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+  meigen-async demo
+
+Without --base-url or $MEIGEN_BASE_URL, get and bulk ask the real service.
+
+Run 'meigen-async COMMAND --help' for a command's options."""
+
+_GET_EXAMPLES = """\
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async get --base-url http://127.0.0.1:8080 2013572250852104677
+  meigen-async get --base-url http://127.0.0.1:8080 --json 2014980103401885690 > image.json
+  meigen-async get 2009629483448627597    # the real service
+
+exit status: 0 when every image was fetched, 1 when one failed, 2 for bad input."""
+
+_BULK_EXAMPLES = """\
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async serve --list > ids.txt
+  meigen-async bulk --base-url http://127.0.0.1:8080 ids.txt -o images.jsonl
+  cut -f1 export.tsv | meigen-async bulk - --concurrency 32 --rate-limit 20 > images.jsonl
+
+The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
+runs in flat memory. Each image is written as one JSON line as soon as it arrives, in
+completion order. Failed ids are reported on stderr at the end (grouped by kind when there
+are many), and written to --failed. --resume skips the ids already in OUT and appends, so an
+interrupted job (Ctrl-C, a kill) carries on where it stopped. When the gallery cannot be
+reached for 20 ids in a row (2 x --concurrency when more), bulk stops at once.
+
+exit status: 0 when every id was fetched, 1 when one failed, 2 for bad input."""
+
+_SEARCH_EXAMPLES = """\
+examples:
+  meigen-async search "cherry blossom"
+  meigen-async search "neon city" --json --max 50 > hits.jsonl
+  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+
+Pages through GET /api/search by offset, each id once, until the results end or --max.
+The service does not document its search, limits it per address, and may change it.
+
+exit status: 0 when the search ran, 1 when it failed, 2 for bad input."""
+
+_SERVE_EXAMPLES = """\
+examples:
+  meigen-async serve
+  meigen-async serve --port 8080 --data my-gallery.jsonl
+  meigen-async serve --list
+
+Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
+--data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
+
+exit status: 0 when stopped by SIGINT (Ctrl-C) or SIGTERM, also when started with SIGINT
+ignored; 2 for bad input."""
+
+_DEMO_EXAMPLES = """\
+example:
+  meigen-async demo
+
+Starts the bundled sample gallery on 127.0.0.1, fetches it the way a busy bot would
+(duplicates, a missing id, a burst of calls for one popular image, a second pass from the
+cache) and shows what the session did. Sends nothing to the real service."""
+
+
+def _add_media_host(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--media-host",
+        dest="media_hosts",
+        action="append",
+        metavar="HOST",
+        help="a host media may be downloaded from; repeatable, replaces the defaults "
+        "(images.meigen.ai, pbs.twimg.com)",
+    )
+
+
+_DOWNLOAD_EXAMPLES = """\
+examples:
+  meigen-async download 2009629483448627597 -o media/
+  meigen-async download 2009629483448627597 2013572250852104677
+
+Prints one line per file (path, bytes, type). Files already complete (see DIR/{id}/manifest.json)
+are not downloaded again. Only http(s) URLs on the media hosts are requested.
+
+exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of `meigen-async` and its commands."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(
+        prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+    remote = _Parser(add_help=False)
+    remote.add_argument(
+        "--base-url",
+        type=_base_url,
+        default=None,  # resolved in main(), so that a bad $MEIGEN_BASE_URL is named as such
+        metavar="URL",
+        help=f"the gallery to ask (default: ${BASE_URL_ENV}, else {DEFAULT_BASE_URL})",
+    )
+    remote.add_argument(
+        "--timeout",
+        type=_positive_float,
+        default=10.0,
+        metavar="SECONDS",
+        help="time allowed for one request (default: 10)",
+    )
+    remote.add_argument(
+        "--retries",
+        type=_int_at_least(0, _MAX_RETRIES),
+        default=3,
+        metavar="N",
+        help="retries of a request that failed in a retryable way (default: 3)",
+    )
+    remote.add_argument(
+        "--cache",
+        metavar="PATH",
+        default=None,
+        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/cache.sqlite, "
+        "else ~/.cache/meigen-async/cache.sqlite)",
+    )
+    remote.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="keep nothing between runs: no SQLite cache",
+    )
+
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    get = commands.add_parser(
+        "get",
+        parents=[remote],
+        help="show one or more images",
+        description="Show gallery images: a summary each, or their JSON.",
+        epilog=_GET_EXAMPLES,
+        formatter_class=formatter,
+    )
+    get.add_argument("ids", nargs="+", metavar="ID", help="a gallery image id")
+    get.add_argument(
+        "--json",
+        action="store_true",
+        help="print the images as JSON: an object for one id, a list for several",
+    )
+    get.set_defaults(run=_get)
+
+    bulk = commands.add_parser(
+        "bulk",
+        parents=[remote],
+        help="fetch many ids from a file or stdin into JSON Lines",
+        description="Fetch every id of FILE (or stdin) and write the images as JSON Lines.",
+        epilog=_BULK_EXAMPLES,
+        formatter_class=formatter,
+    )
+    bulk.add_argument("file", metavar="FILE", help="ids, one a line; '-' reads stdin")
+    bulk.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
+    bulk.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="most requests in flight at once (default: 16)",
+    )
+    bulk.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="most requests per second (default: no limit)",
+    )
+    bulk.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the ids already in OUT (a trailing partial line is dropped) and append",
+    )
+    bulk.add_argument(
+        "--failed",
+        metavar="FAILED.txt",
+        help="write the ids that failed or were not attempted here, one a line",
+    )
+    bulk.add_argument(
+        "--media",
+        metavar="DIR",
+        help="also download each image's media files into DIR/{id}/{index}{ext}",
+    )
+    _add_media_host(bulk)
+    bulk.set_defaults(run=_bulk)
+
+    download = commands.add_parser(
+        "download",
+        parents=[remote],
+        help="download the media files of a few images",
+        description="Download the media files of each ID into DIR/{id}/{index}{ext}.",
+        epilog=_DOWNLOAD_EXAMPLES,
+        formatter_class=formatter,
+    )
+    download.add_argument("ids", nargs="+", metavar="ID", help="a gallery image id")
+    download.add_argument(
+        "-o", "--output", metavar="DIR", default="media", help="where to write (default: media)"
+    )
+    _add_media_host(download)
+    download.set_defaults(run=_download)
+
+    search = commands.add_parser(
+        "search",
+        parents=[remote],
+        help="find gallery ids by words of their prompts or authors",
+        description="Search the gallery (GET /api/search) and list the hits.",
+        epilog=_SEARCH_EXAMPLES,
+        formatter_class=formatter,
+    )
+    search.add_argument("query", metavar="QUERY", help="the words to search for")
+    search.add_argument(
+        "--limit",
+        type=_int_at_least(1, 20),
+        default=20,
+        metavar="N",
+        help="results a page, 1 to 20 (default: 20)",
+    )
+    search.add_argument(
+        "--max",
+        type=_int_at_least(1),
+        default=100,
+        metavar="M",
+        help="the most hits to list (default: 100)",
+    )
+    shown = search.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="one JSON object a hit (JSON Lines)")
+    shown.add_argument("--ids", action="store_true", help="one id a line, for 'bulk -'")
+    search.set_defaults(run=_search)
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve a fake gallery on 127.0.0.1 for testing",
+        description="Serve a FakeGallery on 127.0.0.1 until interrupted.",
+        epilog=_SERVE_EXAMPLES,
+        formatter_class=formatter,
+    )
+    serve.add_argument(
+        "--port",
+        type=_int_at_least(0, 65535),
+        default=0,
+        metavar="P",
+        help="the port to listen on (default: 0, a free one)",
+    )
+    serve.add_argument(
+        "--data", metavar="FILE.jsonl", help="serve these images (default: the bundled sample)"
+    )
+    serve.add_argument(
+        "--list", action="store_true", help="print the ids it would serve, one a line, and exit"
+    )
+    serve.set_defaults(run=_serve)
+
+    demo = commands.add_parser(
+        "demo",
+        help="bulk-fetch the bundled sample gallery on loopback and show the figures",
+        description="Bulk-fetch the bundled sample gallery on 127.0.0.1 and show the figures.",
+        epilog=_DEMO_EXAMPLES,
+        formatter_class=formatter,
+    )
+    demo.set_defaults(run=_demo)
+    return parser

@@ -1,0 +1,40 @@
+"""The `download` command: the media files of a few images."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import aclosing
+
+from .._protocol import validate_image_id
+from ..errors import MeigenError
+from ._options import (
+    _session,
+)
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    CommandError,
+    _error,
+    _print,
+)
+
+
+async def _download(args: argparse.Namespace) -> int:
+    ids: list[str] = args.ids
+    for image_id in ids:
+        try:
+            validate_image_id(image_id)
+        except MeigenError as error:
+            raise CommandError(error.message) from None
+    failed = 0
+    async with _session(args) as session:
+        results = session.iter_media(ids, args.output)
+        async with aclosing(results):
+            async for result in results:
+                for media in result.files:
+                    _print(f"{media.path}\t{media.bytes}\t{media.content_type}", sys.stdout)
+                if result.error is not None:
+                    failed += 1
+                    _error(result.error.message)
+    return _EXIT_FAILED if failed else _EXIT_OK

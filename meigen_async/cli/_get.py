@@ -1,0 +1,112 @@
+"""The `get` command: a readable summary of each image, or its JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .._protocol import validate_image_id
+from ..errors import MeigenError
+from ..models import (
+    GalleryImage,
+    unstructure_image,
+)
+from ..prompt import PromptKind
+from ._options import (
+    _session,
+)
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    CommandError,
+    _error,
+    _print,
+    _print_json,
+)
+
+
+def summarize(image: GalleryImage) -> str:
+    """A readable, multi-line summary of one image: the prompt, counts, date, author, media."""
+    prompt = image.prompt
+    kind = "JSON" if prompt.kind is PromptKind.JSON else "plain text"
+    if prompt.repaired:
+        kind += " (repaired)"
+    width, height = image.image_width, image.image_height
+    size = f"{width}x{height}" if width is not None and height is not None else "unknown"
+    posted = image.created_at.strftime("%Y-%m-%d %H:%M UTC") if image.created_at else "unknown"
+    rows = [
+        ("prompt", kind),
+        ("size", size),
+        ("model", image.model or "unknown"),
+        ("author", _attribution(image) or "unknown"),
+        ("posted", posted),
+        ("likes", f"{image.likes:,}"),
+        ("views", f"{image.views:,}"),
+    ]
+    media = list(image.media_urls) or ([image.thumbnail_url] if image.thumbnail_url else [])
+    lines = [image.id, *(f"  {label:<7}{value}" for label, value in rows)]
+    lines += [f"  {'media' if n == 0 else '':<7}{url}" for n, url in enumerate(media)] or [
+        f"  {'media':<7}none"
+    ]
+    lines += ["", *(f"    {line}" for line in _prompt_lines(image))]
+    return "\n".join(lines)
+
+
+_PROMPT_LINES = 6
+_PROMPT_WIDTH = 100
+
+
+def _prompt_lines(image: GalleryImage) -> list[str]:
+    """The prompt's first lines, or for a JSON prompt its top-level fields, each cut short."""
+    prompt = image.prompt
+    if isinstance(prompt.data, dict):
+        lines = [f"{key}: {_short(value)}" for key, value in prompt.data.items()]
+    else:
+        lines = [line for line in image.text.splitlines() if line.strip()]
+    if not lines:
+        return ["(no prompt)"]
+    shown = [_cut(line) for line in lines[:_PROMPT_LINES]]
+    if len(lines) > _PROMPT_LINES:
+        shown.append(f"... ({len(lines) - _PROMPT_LINES} more lines)")
+    return shown
+
+
+def _short(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cut(line: str) -> str:
+    return line if len(line) <= _PROMPT_WIDTH else line[: _PROMPT_WIDTH - 3] + "..."
+
+
+def _attribution(image: GalleryImage) -> str:
+    name, username = image.author_display_name, image.author_username
+    if name and username:
+        return f"{name} (@{username})"
+    return name or (f"@{username}" if username else "")
+
+
+async def _get(args: argparse.Namespace) -> int:
+    ids: list[str] = args.ids
+    for image_id in ids:
+        try:
+            validate_image_id(image_id)
+        except MeigenError as error:
+            raise CommandError(error.message) from None
+    async with _session(args) as session:
+        outcomes = await session.get_images(ids, return_exceptions=True)
+    images = [outcome for outcome in outcomes if isinstance(outcome, GalleryImage)]
+    if args.json:
+        document = [unstructure_image(image) for image in images]
+        if len(ids) > 1:
+            _print_json(document, sys.stdout, indent=2)
+        elif document:
+            _print_json(document[0], sys.stdout, indent=2)
+    elif images:
+        _print("\n\n".join(summarize(image) for image in images), sys.stdout)
+    failed = {i: o for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
+    for failure in failed.values():
+        _error(failure.message)
+    return _EXIT_FAILED if failed else _EXIT_OK

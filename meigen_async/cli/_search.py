@@ -1,0 +1,51 @@
+"""The `search` command: one line, JSON object or id a hit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import aclosing
+
+from ..errors import MeigenError
+from ..models import (
+    SearchHit,
+    converter,
+)
+from ._options import (
+    _session,
+)
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    CommandError,
+    _print,
+    _print_json,
+)
+
+
+def hit_line(hit: SearchHit) -> str:
+    """One readable line for a search hit: id, model, author, likes, the prompt's first line."""
+    author = f"@{hit.author_username}" if hit.author_username else hit.author_display_name or "-"
+    first = next((line.strip() for line in hit.text.splitlines() if line.strip()), "")
+    if len(first) > 80:
+        first = first[:79] + "…"
+    return f"{hit.id}  {hit.model or '-'}  {author}  {hit.likes:,} likes  {first}"
+
+
+async def _search(args: argparse.Namespace) -> int:
+    try:
+        async with _session(args) as session:
+            hits = session.iter_search(args.query, max_results=args.max, page_size=args.limit)
+            async with aclosing(hits):
+                async for hit in hits:
+                    if args.ids:
+                        _print(hit.id, sys.stdout)
+                    elif args.json:
+                        _print_json(converter.unstructure(hit), sys.stdout)
+                    else:
+                        _print(hit_line(hit), sys.stdout)
+    except ValueError as exc:  # InvalidQuery: before any request
+        raise CommandError(str(exc)) from None
+    except MeigenError as error:
+        raise CommandError(error.message, _EXIT_FAILED) from None
+    return _EXIT_OK
