@@ -16,13 +16,13 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 # The tests not marked slow (no subprocesses, Redis processes, big hypothesis runs or real
 # waits): a few seconds, for the edit-test loop. `make test` still runs everything.
 quick: $(VENV)/.installed
-	$(BIN)/python -m pytest -n 2 -m "not slow"
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -m "not slow"
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m meigen_async demo

@@ -171,6 +171,7 @@ async def test_an_unreachable_gallery_stops_bulk_with_one_message_and_lists_the_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
+@pytest.mark.xdist_group("processes")
 async def test_a_killed_bulk_resumed_writes_each_id_once(
     images: list[dict[str, Any]], tmp_path: Path, how: signal.Signals
 ) -> None:

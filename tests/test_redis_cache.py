@@ -400,6 +400,7 @@ async def test_an_image_fetched_by_one_process_is_read_from_redis_by_another(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_concurrent_misses_in_four_processes_make_one_request_per_id(
     images: list[dict[str, Any]], redis_server: RedisServer
 ) -> None:

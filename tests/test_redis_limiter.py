@@ -295,6 +295,7 @@ async def timed_gallery() -> AsyncIterator[TimedGallery]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_four_processes_together_keep_to_the_shared_rate(
     redis_server: RedisServer, timed_gallery: TimedGallery
 ) -> None:
@@ -308,6 +309,7 @@ async def test_four_processes_together_keep_to_the_shared_rate(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_a_429_in_one_process_pauses_every_process(
     redis_server: RedisServer, timed_gallery: TimedGallery
 ) -> None:
@@ -327,6 +329,7 @@ async def test_a_429_in_one_process_pauses_every_process(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_requests_go_on_paced_locally_when_redis_dies(
     redis_server: RedisServer, timed_gallery: TimedGallery
 ) -> None:

@@ -218,6 +218,7 @@ async def test_500_concurrent_gets_never_surface_database_is_locked(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_four_processes_asking_for_the_same_20_ids_make_at_most_22_requests(
     images: list[dict[str, Any]], tmp_path: Path
 ) -> None:
@@ -233,6 +234,7 @@ async def test_four_processes_asking_for_the_same_20_ids_make_at_most_22_request
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_four_processes_writing_at_once_never_surface_database_is_locked(
     tmp_path: Path,
 ) -> None:
@@ -248,6 +250,7 @@ async def test_four_processes_writing_at_once_never_surface_database_is_locked(
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("processes")
 async def test_sigkill_mid_write_keeps_committed_rows_and_the_file_usable(
     images: list[dict[str, Any]], tmp_path: Path
 ) -> None:
