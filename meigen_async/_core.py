@@ -9,6 +9,7 @@ those outcomes into the counters of `SessionStats`: the one place where a counte
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Mapping
 
@@ -204,7 +205,12 @@ def for_image(
         message = f"request for {what} failed: {error.message}{after}"
     else:
         message = f"{what}: {error.message}{after}"
-    return type(error)(message, image_id=image_id, status=error.status)
+    # A copy, so that what the caller branches on (`status`, a 429's `retry_after`, ...) stays.
+    told = copy.copy(error)
+    told.args = (message,)
+    told.message = message
+    told.image_id = image_id
+    return told
 
 
 @attrs.frozen

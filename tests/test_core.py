@@ -394,3 +394,11 @@ def test_a_remembered_404_says_the_cache_answered_it() -> None:
 
     assert str(error) == "image a1 not found (HTTP 404, remembered in the cache, not asked again)"
     assert error.status == 404
+
+
+def test_an_error_told_for_its_subject_keeps_what_callers_branch_on() -> None:
+    told = for_image(RateLimited("slow down", retry_after=7.0), None, 2, subject="search 'x'")
+
+    assert isinstance(told, RateLimited)
+    assert (told.status, told.retry_after, told.image_id) == (429, 7.0, None)
+    assert str(told) == "search 'x': slow down (after 2 retries)"
