@@ -24,6 +24,8 @@ from typing import Any, Final
 import attrs
 import json_repair
 
+from ._text import replace_surrogates
+
 __all__ = ["Prompt", "PromptKind", "parse_prompt"]
 
 # -- Limits ---------------------------------------------------------------------------------------
@@ -161,6 +163,10 @@ def parse_prompt(text: str) -> Prompt:
             params=_params(text),
         )
     data, preamble, repaired = parsed
+    if _SURROGATE_ESCAPE.search(text) is not None:
+        # JSON can spell a lone surrogate (`\ud800`), which no UTF-8 stream can write: U+FFFD
+        # in its place, as the gallery's own strings get.
+        _replace_surrogates_in(data)
     return Prompt(
         kind=PromptKind.JSON,
         text=text,
@@ -172,6 +178,35 @@ def parse_prompt(text: str) -> Prompt:
 
 
 # -- Is it JSON, and what does it hold? -----------------------------------------------------------
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _replace_surrogates_in(data: dict[str, Any] | list[Any]) -> None:
+    """Replace lone surrogates in every string (keys too) of freshly parsed JSON, in place.
+
+    With a stack, not recursion: the data may be as deep as the parser allowed.
+    """
+    stack: list[dict[str, Any] | list[Any]] = [data]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            for key in list(node):
+                value = node[key]
+                if isinstance(value, str):
+                    node[key] = replace_surrogates(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+                clean = replace_surrogates(key)
+                if clean is not key:
+                    node[clean] = node.pop(key)
+        else:
+            for index, value in enumerate(node):
+                if isinstance(value, str):
+                    node[index] = replace_surrogates(value)
+                elif isinstance(value, (dict, list)):
+                    stack.append(value)
+
 
 _Parsed = tuple[dict[str, Any] | list[Any], str, bool]
 """(data, preamble, repaired)."""

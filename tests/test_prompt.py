@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -582,3 +583,14 @@ def test_corpus_json_prompts_hold_non_empty_documents(corpus: list[str]) -> None
         if prompt.kind is PromptKind.JSON:
             assert isinstance(prompt.data, (dict, list))
             assert prompt.data
+
+
+def test_lone_surrogate_escapes_in_a_json_prompt_become_replacement_characters() -> None:
+    prompt = parse_prompt(r'{"a": "x\ud800y", "\udfff": ["\ud800", {"e": "\ud83d\ude00"}]}')
+
+    assert prompt.kind is PromptKind.JSON
+    data = prompt.data
+    assert isinstance(data, Mapping)
+    assert data["a"] == "x\ufffdy"
+    assert data["\ufffd"] == ["\ufffd", {"e": "\U0001f600"}]  # a valid pair stays as it is
+    json.dumps(data, ensure_ascii=False, default=dict).encode("utf-8")  # writable as UTF-8
