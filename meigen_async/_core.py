@@ -306,14 +306,17 @@ class Tally:
     def record(self, outcome: Outcome) -> None:
         """Count one outcome."""
         # Ordered by how often each comes: a warm session mostly records hits.
-        if outcome is HIT or outcome is KNOWN_MISSING or outcome is SHARED_HIT:
-            # Remembered 404s and the shared tier's answers are answers from a cache too.
+        if (
+            outcome is HIT
+            or outcome is KNOWN_MISSING
+            or outcome is SHARED_HIT
+            or outcome is REFRESH
+        ):
+            # Remembered 404s, the shared tier's answers and stale-while-revalidate answers
+            # are answers from a cache too (a refresh is counted when it is done).
             self.hits += 1
         elif outcome is MISS or outcome is STALE:
             self.misses += 1
-        elif outcome is REFRESH:
-            # Answered from the cache at once; the refresh behind it is counted when done.
-            self.hits += 1
         elif outcome is SENT:
             self.requests += 1
         elif outcome is COALESCED:

@@ -19,10 +19,10 @@ from ._core import SENT, Tally, after_failure, for_image
 from ._protocol import cool_down_after
 from ._transport import RawResponse
 from .errors import MeigenError, TransportError
-from .limits import LocalRateLimiter, RateLimiter
+from .limits import RateLimiter
 from .retry import RetryPolicy
 
-__all__ = ["Pacer", "Upstream", "pacer_for"]
+__all__ = ["Pacer", "Upstream"]
 
 T = TypeVar("T")
 
@@ -40,11 +40,6 @@ class Pacer(Protocol):
     async def acquire(self) -> None:
         """Wait for the next request's turn."""
         ...
-
-
-def pacer_for(rate: float) -> LocalRateLimiter:
-    """A local limiter letting `rate` requests a second through (aiolimiter's leaky bucket)."""
-    return LocalRateLimiter(rate)
 
 
 class Upstream:

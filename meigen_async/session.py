@@ -37,10 +37,10 @@ from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
-from ._upstream import Pacer, Upstream, pacer_for
+from ._upstream import Pacer, Upstream
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
-from .limits import RateLimiter
+from .limits import LocalRateLimiter, RateLimiter
 from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
@@ -179,7 +179,7 @@ class GallerySession:
             session=session,
             connections=concurrency,
         )
-        pacer = pacer_for(rate_limit) if isinstance(rate_limit, (int, float)) else rate_limit
+        pacer = LocalRateLimiter(rate_limit) if isinstance(rate_limit, (int, float)) else rate_limit
         self._upstream = upstream = Upstream(
             self._transport.send,
             concurrency=concurrency,
