@@ -92,6 +92,10 @@ return 0
 # cool-down, and "pause" starts one (never shortening one in force) and makes pacing resume
 # from its end, not in a burst. Times are written with microseconds: Lua's default "%.14g"
 # would keep only a tenth of a millisecond of an epoch time.
+_LONGEST_WAIT = 3600.0
+"""Seconds: a wait Redis hands back beyond this is not believed (a cool-down is at most
+`MAX_COOL_DOWN`, and a queue of booked slots takes minutes at the most)."""
+
 _RATE_SCRIPT = """
 local clock = redis.call("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
@@ -711,7 +715,12 @@ class RedisRateLimiter:
             return None
         if self._backoff.succeeded(started):
             logger.info("shared rate limiter %r on %s is available again", self.name, self._where)
-        return answer if math.isfinite(answer) else None
+        if not 0 <= answer <= _LONGEST_WAIT:  # also false for nan
+            # No state this limiter writes asks for that (cool-downs are capped at
+            # MAX_COOL_DOWN): a value from elsewhere is not waited for; local pacing instead.
+            logger.debug("shared rate limiter %r: Redis asked for %r s, ignored", self.name, answer)
+            return None
+        return answer
 
 
 def _describe(client: redis.asyncio.Redis) -> str:

@@ -169,6 +169,23 @@ async def test_a_slot_booked_before_a_cool_down_waits_it_out(
     assert waits.waits == [pytest.approx(0.1, abs=0.03), pytest.approx(0.2, abs=0.05)]
 
 
+async def test_a_wait_of_years_read_from_redis_is_not_believed(
+    client: redis.asyncio.Redis,
+) -> None:
+    # A cool-down key someone else wrote: ten years from now.
+    await client.set(rate_keys("meigen")[1], f"{time.time() + 10 * 365 * 86400:.6f}")
+    waits: list[float] = []
+
+    async def recorded(seconds: float) -> None:
+        waits.append(seconds)
+
+    paced = RedisRateLimiter(client, rate=10.0, sleep=recorded)
+    async with asyncio.timeout(5):
+        await paced.acquire()
+
+    assert all(wait < 3600 for wait in waits)
+
+
 async def test_the_script_keeps_its_keys_under_the_name(
     client: redis.asyncio.Redis,
 ) -> None:
