@@ -28,6 +28,7 @@ from ._core import after_failure
 from ._media_rules import (
     HEAD_BYTES,
     MANIFEST_NAME,
+    Kind,
     ManifestEntry,
     check_media_url,
     dimensions,
@@ -195,10 +196,24 @@ class MediaDownloader:
         current = target
         redirects = 0
         while True:
-            host = current.host or ""
-            slot = self._slots.get(host)
-            if slot is None:
-                slot = self._slots[host] = asyncio.Semaphore(self.concurrency)
+            outcome = await self._hop(current, redirects, url, directory, index)
+            if isinstance(outcome, _Received):
+                # Out of the host's slot: the fsync waits on the disk, not on the host, and
+                # holding the slot through it would leave the connection idle meanwhile.
+                return await outcome.commit()
+            current = outcome
+            redirects += 1
+
+    async def _hop(
+        self, current: URL, redirects: int, url: str, directory: Path, index: int
+    ) -> _Received | URL:
+        """One request: the body received (not yet committed), or where it redirects."""
+        host = current.host or ""
+        slot = self._slots.get(host)
+        if slot is None:
+            slot = self._slots[host] = asyncio.Semaphore(self.concurrency)
+        received: _Received | None = None
+        try:
             async with slot:
                 if self._pacer is not None:
                     await self._pacer.acquire()
@@ -216,11 +231,13 @@ class MediaDownloader:
                             hosts=self.hosts,
                             original=url,
                         )
-                        if following is None:
-                            error = status_error(resp.status, resp.headers, url)
-                            if error is not None:
-                                raise error
-                            return await self._save(resp, url, directory, index)
+                        if following is not None:
+                            return following
+                        error = status_error(resp.status, resp.headers, url)
+                        if error is not None:
+                            raise error
+                        received = await self._receive(resp, url, directory, index)
+                        return received
                 except TimeoutError as exc:
                     # Before ClientError: aiohttp's timeout errors are both.
                     raise MediaTransportError(
@@ -230,12 +247,15 @@ class MediaDownloader:
                     raise MediaTransportError(
                         f"download of {url} failed: {describe(exc)}", url=url
                     ) from exc
-            current = following
-            redirects += 1
+        except BaseException:
+            # Received, then the response's release failed or was cancelled.
+            if received is not None:
+                await received.out.discard()
+            raise
 
-    async def _save(
+    async def _receive(
         self, resp: aiohttp.ClientResponse, url: str, directory: Path, index: int
-    ) -> MediaFile:
+    ) -> _Received:
         status, limit = resp.status, self.max_bytes
         length = resp.content_length
         if length is not None and length > limit:
@@ -268,19 +288,40 @@ class MediaDownloader:
                 out = _TempFile(directory, index, url)
                 for early in pending:
                     await out.write(early)
-            path = directory / file_name(index, kind)
-            sha256 = await out.commit(path)
         except BaseException:
             if out is not None:
                 await out.discard()
             raise
-        size_read = dimensions(head, kind)
+        return _Received(out, url, directory / file_name(index, kind), kind, head, size)
+
+
+class _Received:
+    """A body read whole into a temporary file, its last batch perhaps not yet written."""
+
+    __slots__ = ("head", "kind", "out", "path", "size", "url")
+
+    def __init__(self, out: _TempFile, url: str, path: Path, kind: Kind, head: bytes, size: int):
+        self.out = out
+        self.url = url
+        self.path = path
+        self.kind = kind
+        self.head = head
+        self.size = size
+
+    async def commit(self) -> MediaFile:
+        """Write the rest, fsync and rename to the final name: the file as it now is."""
+        try:
+            sha256 = await self.out.commit(self.path)
+        except BaseException:
+            await self.out.discard()
+            raise
+        size_read = dimensions(self.head, self.kind)
         return MediaFile(
-            url=url,
-            path=path,
-            bytes=size,
+            url=self.url,
+            path=self.path,
+            bytes=self.size,
             sha256=sha256,
-            content_type=kind.mime,
+            content_type=self.kind.mime,
             width=size_read[0] if size_read else None,
             height=size_read[1] if size_read else None,
         )
@@ -495,3 +536,4 @@ async def _aiter(
     else:
         for item in items:
             yield item
+
