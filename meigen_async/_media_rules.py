@@ -3,7 +3,8 @@
 Which URLs may be requested (`check_media_url`), where a redirect goes (`redirect_target`),
 what an HTTP status means (`status_error`), what a body's first bytes are (`sniff`, `verify`),
 an image's size from its header (`dimensions`), where a file goes (`media_dir`, `file_name`),
-and whether a file already on disk is the one wanted (`read_manifest`, `worth_hashing`).
+and whether a file already on disk is the one wanted (`read_file_record`, `read_manifest`,
+`worth_hashing`).
 The downloading shell, `_media`, asks these.
 """
 
@@ -36,14 +37,17 @@ __all__ = [
     "HEAD_BYTES",
     "MANIFEST_NAME",
     "MAX_REDIRECTS",
+    "RECORD_ATTRIBUTE",
     "Kind",
     "ManifestEntry",
     "check_media_url",
     "dimensions",
     "file_name",
+    "file_record",
     "host_set",
     "manifest_text",
     "media_dir",
+    "read_file_record",
     "read_manifest",
     "redirect_target",
     "sniff",
@@ -60,8 +64,10 @@ HEAD_BYTES = 65536
 """The first bytes of a body kept in memory: enough to sniff it and, for JPEG, to reach the
 frame header past a typical EXIF block."""
 
+RECORD_ATTRIBUTE = "user.meigen_async.media"
+"""The extended attribute holding a file's record; set before the fsync, so it is as durable."""
 MANIFEST_NAME = "manifest.json"
-"""Written in each image's directory once its files are done: what a rerun checks."""
+"""Written in an image's directory when its file system keeps no extended attributes."""
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
@@ -399,6 +405,8 @@ class ManifestEntry:
     content_type: str
     width: int | None = None
     height: int | None = None
+    on_file: bool = False
+    """Read from the file's own record (its extended attribute), not from a manifest."""
 
     def to_file(self, directory: Path) -> MediaFile:
         """The `MediaFile` this entry stands for, in `directory`."""
@@ -464,22 +472,48 @@ def _entry(item: Any) -> ManifestEntry | None:
     )
 
 
+def _fields(index: int, media: MediaFile) -> dict[str, Any]:
+    return {
+        "index": index,
+        "url": media.url,
+        "name": media.path.name,
+        "bytes": media.bytes,
+        "sha256": media.sha256,
+        "content_type": media.content_type,
+        "width": media.width,
+        "height": media.height,
+    }
+
+
 def manifest_text(image_id: str, files: Iterable[tuple[int, MediaFile]]) -> str:
     """The manifest of an image's finished files, as JSON."""
-    entries = [
-        {
-            "index": index,
-            "url": media.url,
-            "name": media.path.name,
-            "bytes": media.bytes,
-            "sha256": media.sha256,
-            "content_type": media.content_type,
-            "width": media.width,
-            "height": media.height,
-        }
-        for index, media in sorted(files, key=lambda pair: pair[0])
-    ]
-    return json.dumps({"id": image_id, "files": entries}, indent=1) + "\n"
+    entries = [_fields(index, media) for index, media in sorted(files, key=lambda pair: pair[0])]
+    # Compact: with an indent json uses its pure-Python encoder, whose closures make a
+    # reference cycle per call (garbage that only the cycle collector frees).
+    return json.dumps({"id": image_id, "files": entries}, separators=_COMPACT) + "\n"
+
+
+def file_record(index: int, media: MediaFile) -> bytes:
+    """What a file's extended attribute `RECORD_ATTRIBUTE` says of it: its manifest entry."""
+    return json.dumps(_fields(index, media), separators=_COMPACT).encode()
+
+
+def read_file_record(name: str, record: bytes) -> ManifestEntry | None:
+    """The entry a file named `name` carries, if `record` is one and names that very file.
+
+    A record copied onto another file (or a file renamed by hand) does not count.
+    """
+    try:
+        item = json.loads(record)
+    except (ValueError, RecursionError):
+        return None
+    entry = _entry(item)
+    if entry is None or entry.name != name:
+        return None
+    return attrs.evolve(entry, on_file=True)
+
+
+_COMPACT = (",", ":")
 
 
 def worth_hashing(entry: ManifestEntry | None, url: str, size_on_disk: int | None) -> bool:

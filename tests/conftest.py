@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from clocks import FakeTimer
 from helpers import FAST
 from hypothesis import HealthCheck, settings
 
+import meigen_async._media
 from meigen_async import GallerySession
 from meigen_async.testing import FakeGallery, sample_images
 
@@ -95,3 +97,28 @@ async def slow_session(slow_gallery: FakeGallery) -> AsyncIterator[GallerySessio
 def timer() -> FakeTimer:
     """A clock the test moves by hand."""
     return FakeTimer()
+
+
+def _keeps_user_attributes(directory: Path) -> bool:
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.meigen_async.probe", b"1")
+    except (AttributeError, OSError):
+        return False
+    finally:
+        probe.unlink()
+    return True
+
+
+@pytest.fixture(params=["on the files", "in a manifest"])
+def media_records(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> str:
+    """Where media downloads keep their records: each test runs both ways (or skips one)."""
+    if request.param == "on the files":
+        if not _keeps_user_attributes(tmp_path):
+            pytest.skip("this file system keeps no user extended attributes")
+    else:
+        monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+    return str(request.param)

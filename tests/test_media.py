@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from contextlib import aclosing
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._media import MediaDownloader
-from meigen_async._media_rules import host_set
+from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set
 from meigen_async.errors import (
     ImageNotFound,
     MediaHTTPError,
@@ -19,6 +20,7 @@ from meigen_async.errors import (
     MediaNotAnImage,
     MediaTooLarge,
     MediaTransportError,
+    MediaWriteError,
 )
 from meigen_async.testing import Answer, FakeGallery, jpeg_bytes, png_bytes, webp_bytes
 
@@ -57,7 +59,37 @@ async def test_every_media_url_is_written_under_the_id_with_its_verified_type(tm
     assert files[1].sha256 == hashlib.sha256(jpeg_bytes(17, 9)).hexdigest()
     assert files[1].bytes == len(jpeg_bytes(17, 9))
     assert files[1].content_type == "image/jpeg"
-    assert _leftovers(tmp_path / "img1") == ["0.png", "1.jpg", "2.webp", "manifest.json"]
+    assert _leftovers(tmp_path / "img1")[:3] == ["0.png", "1.jpg", "2.webp"]
+
+
+async def test_files_carry_their_own_records_and_no_manifest_is_written(tmp_path, media_records):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery) as session:
+            files = await session.download_media(image, tmp_path)
+    names = _leftovers(tmp_path / "img1")
+    if media_records == "on the files":
+        assert names == ["0.png", "1.jpg"]
+        record = json.loads(os.getxattr(files[1].path, RECORD_ATTRIBUTE))
+        assert (record["name"], record["sha256"]) == ("1.jpg", files[1].sha256)
+    else:
+        assert names == ["0.png", "1.jpg", "manifest.json"]
+        manifest = json.loads((tmp_path / "img1" / "manifest.json").read_text())
+        assert [entry["sha256"] for entry in manifest["files"]] == [f.sha256 for f in files]
+
+
+async def test_a_directory_that_cannot_be_made_is_a_media_write_error(tmp_path):
+    (tmp_path / "img1").write_bytes(b"a file where the directory goes")
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery, retry=NO_RETRY) as session:
+            with pytest.raises(MediaWriteError, match="cannot write") as caught:
+                await session.download_media(image, tmp_path)
+    assert caught.value.image_id == "img1"
+    assert isinstance(caught.value.__cause__, OSError)
+    assert (tmp_path / "img1").read_bytes() == b"a file where the directory goes"
 
 
 async def test_a_url_off_the_media_hosts_is_refused_with_no_request(tmp_path):
@@ -180,7 +212,7 @@ async def test_a_server_slower_than_the_timeout_is_a_transport_error(tmp_path):
                 await session.download_media(image, tmp_path)
 
 
-async def test_a_rerun_skips_complete_files_with_no_request(tmp_path):
+async def test_a_rerun_skips_complete_files_with_no_request(tmp_path, media_records):
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))
         image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
@@ -192,7 +224,7 @@ async def test_a_rerun_skips_complete_files_with_no_request(tmp_path):
     assert again == first
 
 
-async def test_a_rerun_downloads_again_a_file_changed_on_disk(tmp_path):
+async def test_a_rerun_downloads_again_a_file_changed_on_disk(tmp_path, media_records):
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))
         image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
@@ -207,15 +239,16 @@ async def test_a_rerun_downloads_again_a_file_changed_on_disk(tmp_path):
     assert first[0].path.read_bytes() == png_bytes()
 
 
-async def test_one_failing_file_leaves_the_others_written_and_recorded(tmp_path):
+async def test_one_failing_file_leaves_the_others_written_and_recorded(tmp_path, media_records):
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"))
         image = GalleryImage(id="img1", media_urls=(urls["a"], gallery.media_url("missing")))
         async with _session(gallery, retry=NO_RETRY) as session:
-            with pytest.raises(MediaHTTPError, match="HTTP 404"):
-                await session.download_media(image, tmp_path)
-    manifest = json.loads((tmp_path / "img1" / "manifest.json").read_text())
-    assert [entry["name"] for entry in manifest["files"]] == ["0.png"]
+            for _ in range(2):
+                with pytest.raises(MediaHTTPError, match="HTTP 404"):
+                    await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1, "missing": 2}
+    assert _leftovers(tmp_path / "img1")[0] == "0.png"
 
 
 async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):

@@ -1,13 +1,20 @@
-"""The file side of media downloads: what a cancelled download leaves on disk."""
+"""The file side of media downloads: what a cancelled download leaves, what stays in memory."""
 
 from __future__ import annotations
 
 import asyncio
+import gc
+import hashlib
+import os
 from pathlib import Path
 
+import pytest
 from aiohttp import web
 
+import meigen_async._media
 from meigen_async import GalleryImage, GallerySession
+from meigen_async._media import _after
+from meigen_async.testing import FakeGallery, png_bytes
 
 _PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + (8).to_bytes(4, "big") * 2
 
@@ -50,3 +57,62 @@ async def test_a_download_cancelled_mid_body_leaves_no_temporary_and_no_final_fi
     finally:
         release.set()
         await runner.cleanup()
+
+
+async def _garbage_after(count: int, root: Path) -> int:
+    """Objects only the cycle collector frees, left by downloading `count` images."""
+    async with FakeGallery() as gallery:
+        images = [
+            GalleryImage(
+                id=f"i{n}", media_urls=(gallery.add_media(f"m{n}", png_bytes(), "image/png"),)
+            )
+            for n in range(count)
+        ]
+        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+            gc.collect()
+            gc.disable()
+            try:
+                async for result in session.iter_media(images, root):
+                    assert result.ok
+                return gc.collect()
+            finally:
+                gc.enable()
+
+
+async def test_downloads_leave_no_reference_cycles_behind(
+    tmp_path: Path, media_records: str
+) -> None:
+    # Cycles per file pile up until a full collection: memory that grows with the job.
+    few = await _garbage_after(5, tmp_path / "few")
+    many = await _garbage_after(45, tmp_path / "many")
+    assert many - few < 40  # less than one object for each image more
+
+
+def test_what_is_left_after_a_short_write_starts_where_it_stopped() -> None:
+    chunks = [b"abc", b"de", b"f"]
+    assert _after(chunks, 0) == chunks
+    assert _after(chunks, 2) == [b"c", b"de", b"f"]
+    assert _after(chunks, 3) == [b"de", b"f"]
+    assert _after(chunks, 6) == []
+
+
+@pytest.mark.parametrize("writes", ["short writevs", "no writev"])
+async def test_a_file_is_written_whole_however_the_system_takes_the_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes: str
+) -> None:
+    if writes == "no writev":
+        monkeypatch.setattr(meigen_async._media, "_HAS_WRITEV", False)
+    else:
+        real = os.writev
+
+        def short(fd: int, buffers: list[bytes]) -> int:
+            return real(fd, [bytes(buffers[0][:1000])])  # at most 1,000 bytes a call
+
+        monkeypatch.setattr(meigen_async._media.os, "writev", short)
+    body = png_bytes(40, 40) + bytes(range(256)) * 1200  # past one batch of 256 KiB
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", body, "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+            [media] = await session.download_media(image, tmp_path)
+    assert media.path.read_bytes() == body
+    assert media.sha256 == hashlib.sha256(body).hexdigest()

@@ -16,9 +16,11 @@ from meigen_async._media_rules import (
     check_media_url,
     dimensions,
     file_name,
+    file_record,
     host_set,
     manifest_text,
     media_dir,
+    read_file_record,
     read_manifest,
     redirect_target,
     sniff,
@@ -238,6 +240,22 @@ def test_a_manifest_reads_back_what_was_written():
 def test_a_manifest_entry_naming_another_path_is_ignored():
     text = manifest_text("a", [(0, _file())]).replace('"0.png"', '"../../etc/passwd.png"')
     assert read_manifest(text) == {}
+
+
+def test_a_file_record_reads_back_what_was_written_and_says_it_is_on_the_file():
+    entry = read_file_record("0.png", file_record(0, _file()))
+    assert entry is not None
+    assert entry.on_file
+    assert entry.to_file(Path("out/a")) == _file()
+
+
+def test_a_file_record_naming_another_file_is_not_believed():
+    assert read_file_record("1.png", file_record(0, _file())) is None
+
+
+def test_an_unreadable_file_record_is_none():
+    assert read_file_record("0.png", b"\xff{not json") is None
+    assert read_file_record("0.png", b"[" * 100_000) is None
 
 
 def test_an_unreadable_manifest_is_empty():
