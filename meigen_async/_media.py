@@ -628,6 +628,9 @@ async def stream_media(
             return MediaResult(name, error=error, image=given)
         return MediaResult(image.id, tuple(files), failure, image)
 
+    # Each task reports itself when done: `asyncio.wait` over the running set instead costs a
+    # callback added to and removed from every task in it, for every one that finishes.
+    finished: asyncio.Queue[asyncio.Task[MediaResult]] = asyncio.Queue()
     exhausted = False
     try:
         while True:
@@ -637,13 +640,14 @@ async def stream_media(
                 except StopAsyncIteration:
                     exhausted = True
                     break
-                running.add(asyncio.ensure_future(one(item)))
+                task = asyncio.ensure_future(one(item))
+                task.add_done_callback(finished.put_nowait)
+                running.add(task)
             if not running:
                 return
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                running.discard(task)
-                yield task.result()
+            task = await finished.get()
+            running.discard(task)
+            yield task.result()
     finally:
         for task in running:
             task.cancel()
