@@ -317,28 +317,22 @@ class _Received:
 
     async def commit(self) -> tuple[MediaFile, bool]:
         """Write the rest, record, fsync and rename: the file, and whether it holds its record."""
-        try:
-            sha256, on_file = await self.out.commit(self.path, self._record)
-        except BaseException:
-            await self.out.discard()
-            raise
-        return self.file(sha256), on_file
-
-    def _record(self, sha256: str) -> bytes:
-        return file_record(self.index, self.file(sha256))
-
-    def file(self, sha256: str) -> MediaFile:
-        """The `MediaFile` this body makes once its SHA-256 is known."""
         size_read = dimensions(self.head, self.kind)
-        return MediaFile(
+        media = MediaFile(
             url=self.url,
             path=self.path,
             bytes=self.size,
-            sha256=sha256,
+            sha256=self.out.sha256(),
             content_type=self.kind.mime,
             width=size_read[0] if size_read else None,
             height=size_read[1] if size_read else None,
         )
+        try:
+            on_file = await self.out.commit(self.path, file_record(self.index, media))
+        except BaseException:
+            await self.out.discard()
+            raise
+        return media, on_file
 
 
 class _TempFile:
@@ -379,10 +373,14 @@ class _TempFile:
             await self._finish_job()
             self._job = _FILES.submit(self._write, self._take())
 
-    async def commit(self, final: Path, record: Callable[[str], bytes]) -> tuple[str, bool]:
-        """Write what is queued, attach `record(sha256)`, fsync, close and rename to `final`.
+    def sha256(self) -> str:
+        """The SHA-256 of every byte written so far."""
+        return self._digest.hexdigest()
 
-        Returns the file's SHA-256, and whether the file system kept the record.
+    async def commit(self, final: Path, record: bytes) -> bool:
+        """Write what is queued, attach `record`, fsync, close and rename to `final`.
+
+        Returns whether the file system kept the record.
         """
         await self._finish_job()
         job = _FILES.submit(self._commit, self._take(), final, record)
@@ -391,7 +389,7 @@ class _TempFile:
             on_file: bool = await asyncio.wrap_future(job)
         except OSError as exc:
             raise _write_error(final, exc, self._url) from exc
-        return self._digest.hexdigest(), on_file
+        return on_file
 
     def _take(self) -> list[bytes]:
         # Handed over as they came: joining 256 KiB on the event loop cost about 100 us a
@@ -441,11 +439,11 @@ class _TempFile:
                 while view:
                     view = view[os.write(fd, view) :]
 
-    def _commit(self, chunks: list[bytes], final: Path, record: Callable[[str], bytes]) -> bool:
+    def _commit(self, chunks: list[bytes], final: Path, record: bytes) -> bool:
         self._write(chunks)
         fd = self._fd
         assert fd is not None
-        on_file = _attach(fd, record(self._digest.hexdigest()))
+        on_file = _attach(fd, record)
         # The rename must not land before the data (and the record): fsync first.
         os.fsync(fd)
         self._fd = None
