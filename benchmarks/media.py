@@ -1,16 +1,26 @@
-"""Scenario: media downloads, ours (`iter_media`) against a raw aiohttp loop streaming to disk.
+"""Scenario: media downloads, ours (`iter_media`) against raw aiohttp loops writing to disk.
 
 A media server runs in its own process on 127.0.0.1 (``python -m benchmarks.media PORT``),
-serving the same PNG-headed file of ``size`` bytes at ``/media/{n}``. Both sides download
+serving the same PNG-headed file of ``size`` bytes at ``/media/{n}``. Every client downloads
 ``files`` distinct URLs with 8 requests in flight (ours: ``media_concurrency=8`` on the one
-host; raw: an ``asyncio.Semaphore(8)``) into a fresh directory each round, in 64 KiB chunks.
-Ours also checks the host, sniffs the type, hashes with SHA-256, writes a temporary file,
-fsyncs it, renames it and writes a manifest per image; the raw loop writes the final name and
-nothing more (no fsync, no hash). A second raw loop, "raw + fsync", pays for the same
-durability and layout: a directory per image, a temporary file, SHA-256, fsync and rename in a
-worker thread, no manifest; the gap between the two raw loops is what the safety costs.
-Memory: the peak traced by tracemalloc while ours downloads N and then 4N small
-files: flat means the peak does not grow with N.
+host; raw: an ``asyncio.Semaphore(8)``) into a fresh directory each round.
+
+The peers:
+
+- "raw, same files": what the issue asks of a download, written by hand as directly as
+  aiohttp allows: the layout ``out/{id}/0.png``, a temporary file in that directory, SHA-256,
+  fsync and rename, that file work in a worker thread (``asyncio.to_thread``) so that an fsync
+  does not stop the loop, and the body read whole (``resp.read()``: fewer wake-ups than
+  streaming it). No host or type checks, no records, no retries. The throughput target is
+  judged against it.
+- "raw, no fsync": writes each body to ``out/{n}.png`` on the event loop in 64 KiB chunks,
+  nothing more: no directory per image, no temporary file, no fsync, no hash. Not what the
+  issue allows a download to do (a crash can leave half files under final names); it shows
+  what the durability itself costs on this disk.
+
+Ours also checks the host, sniffs the type, and attaches each file's record (a user extended
+attribute) before its fsync. Memory: the peak traced by tracemalloc while ours downloads N and
+then 4N small files: flat means the peak does not grow with N.
 """
 
 from __future__ import annotations
@@ -37,6 +47,8 @@ __all__ = ["run"]
 
 _CHUNK = 65536
 _CONCURRENCY = 8
+SAME_FILES = "raw, same files"
+NO_FSYNC = "raw, no fsync"
 
 
 def _body(size: int) -> bytes:
@@ -144,9 +156,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         log(
             f"media: {files} files of {size // 1024} KiB, {_CONCURRENCY} in flight, {rounds} rounds"
         )
-        alt = await alternate(
-            ours, {"raw aiohttp": raw, "raw + fsync": durable}, rounds, label="media"
-        )
+        alt = await alternate(ours, {SAME_FILES: durable, NO_FSYNC: raw}, rounds, label="media")
 
         peaks: dict[str, float] = {}
         # A warm-up first: what the first downloads of a process allocate once (pathlib's and
@@ -171,7 +181,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
 
     figures = {"ours": summarise(alt.all_ours())}
     rows = []
-    for peer in ("raw aiohttp", "raw + fsync"):
+    for peer in (SAME_FILES, NO_FSYNC):
         figures[peer] = summarise(alt.peers[peer])
         rows.append(
             ratio_entry(
@@ -196,7 +206,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         "ratios": rows,
         "targets": [
             target(
-                "media download throughput vs raw aiohttp loop",
+                "media download throughput vs a raw aiohttp loop writing the same files",
                 value=row["ratio"],
                 goal=">= 0.9x",
                 met=row["ratio"] >= 0.9,
