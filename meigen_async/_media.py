@@ -129,13 +129,20 @@ class MediaDownloader:
         """
         directory = media_dir(Path(root), image.id)
         known = await _in_thread(_read_entries, directory) if _exists(directory) else {}
-        outcomes = await asyncio.gather(
-            *(
-                self._file(url, directory, index, known.get(index))
-                for index, url in enumerate(image.media_urls)
-            ),
-            return_exceptions=True,
-        )
+        outcomes: list[tuple[MediaFile, bool] | BaseException]
+        if len(image.media_urls) == 1:  # most images: no task and gather for one file
+            try:
+                outcomes = [await self._file(image.media_urls[0], directory, 0, known.get(0))]
+            except MediaError as failed:
+                outcomes = [failed]
+        else:
+            outcomes = await asyncio.gather(
+                *(
+                    self._file(url, directory, index, known.get(index))
+                    for index, url in enumerate(image.media_urls)
+                ),
+                return_exceptions=True,
+            )
         done: list[tuple[int, MediaFile]] = []
         all_on_file = True
         first_error: MediaError | None = None
