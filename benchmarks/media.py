@@ -105,7 +105,8 @@ async def _ours(gallery_url: str, images: list[GalleryImage], out: Path) -> int:
 
 
 async def run(url: str, config: Config) -> dict[str, Any]:
-    files, size, rounds = (200, 256 * 1024, 3) if config.quick else (400, 256 * 1024, 7)
+    # 15 pairs, as for cold bulk: the median of 7 moved by ±0.08 between runs on this VM.
+    files, size, rounds = (200, 256 * 1024, 3) if config.quick else (400, 256 * 1024, 15)
     memory_small = 500 if config.quick else 1000
     server, base = await _start_server()
     scratch = Path(tempfile.mkdtemp(prefix="meigen-media-bench-"))
@@ -159,21 +160,31 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         alt = await alternate(ours, {SAME_FILES: durable, NO_FSYNC: raw}, rounds, label="media")
 
         peaks: dict[str, float] = {}
+        all_peaks: dict[str, list[float]] = {}
         # A warm-up first: what the first downloads of a process allocate once (pathlib's and
         # aiohttp's caches, lazily imported modules) would otherwise land in whichever run
         # comes first and hide what grows with the number of files.
         warm_up = scratch / "warm-up"
         await _ours(url, _images(base, 200, 4096, "w"), warm_up)
         shutil.rmtree(warm_up, ignore_errors=True)
+        # Each size three times, and the lowest peak kept: on Python 3.11 pathlib interns every
+        # part of every path (each image id), and the interpreter's table of interned strings
+        # is reallocated now and then (about 1.8 MiB at once, the old table freed after).
+        # Whichever run that falls in shows it, whatever its size; it does not grow with the
+        # number of files. Every peak is in results.json.
         for count in (memory_small, 4 * memory_small):
-            out = scratch / f"memory{count}"
-            small = _images(base, count, 4096, f"m{count}_")
-            tracemalloc.start()
-            await _ours(url, small, out)
-            peaks[f"{count} files"] = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
-            shutil.rmtree(out, ignore_errors=True)
-            log(f"  media memory: {count} files, traced peak {peaks[f'{count} files']:.2f} MiB")
+            key = f"{count} files"
+            for attempt in range(3):
+                out = scratch / f"memory{count}-{attempt}"
+                small = _images(base, count, 4096, f"m{count}_{attempt}_")
+                tracemalloc.start()
+                await _ours(url, small, out)
+                all_peaks.setdefault(key, []).append(tracemalloc.get_traced_memory()[1] / 2**20)
+                tracemalloc.stop()
+                shutil.rmtree(out, ignore_errors=True)
+            peaks[key] = min(all_peaks[key])
+            shown = ", ".join(f"{peak:.2f}" for peak in all_peaks[key])
+            log(f"  media memory: {count} files, traced peaks {shown} MiB")
     finally:
         server.terminate()
         await server.wait()
@@ -203,6 +214,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         "params": {"files": files, "size": size, "concurrency": _CONCURRENCY, "rounds": rounds},
         "figures": figures,
         "memory_peak_mib": peaks,
+        "memory_peaks_mib_every_run": all_peaks,
         "ratios": rows,
         "targets": [
             target(
@@ -212,7 +224,7 @@ async def run(url: str, config: Config) -> dict[str, Any]:
                 met=row["ratio"] >= 0.9,
             ),
             target(
-                f"traced memory peak, {4 * memory_small} files / {memory_small} files",
+                f"lowest traced memory peak, {4 * memory_small} files / {memory_small} files",
                 value=growth,
                 goal="<= 1.5x (flat)",
                 met=growth <= 1.5,

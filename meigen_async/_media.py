@@ -17,7 +17,14 @@ import contextlib
 import hashlib
 import itertools
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    Awaitable,
+    Callable,
+    Iterable,
+    Sequence,
+)
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +42,7 @@ from ._media_rules import (
     dimensions,
     file_name,
     file_record,
+    kind_of_name,
     manifest_text,
     media_dir,
     read_file_record,
@@ -128,7 +136,8 @@ class MediaDownloader:
 
         """
         directory = media_dir(Path(root), image.id)
-        known = await _in_thread(_read_entries, directory) if _exists(directory) else {}
+        urls = image.media_urls
+        known = await _in_thread(_read_entries, directory, urls) if _exists(directory) else {}
         outcomes: list[tuple[MediaFile, bool] | BaseException]
         if len(image.media_urls) == 1:  # most images: no task and gather for one file
             try:
@@ -176,9 +185,9 @@ class MediaDownloader:
         """The file, and whether it carries its own record."""
         target = check_media_url(url, self.hosts)  # before anything: a refusal costs nothing
         if entry is not None and entry.url == url:
-            path = directory / entry.name
-            if await _in_thread(_still_there, path, entry):
-                return entry.to_file(directory), entry.on_file
+            media = await _in_thread(_still_there, directory / entry.name, entry)
+            if media is not None:
+                return media, entry.on_file
         return await self._download(target, url, directory, index)
 
     async def _download(
@@ -305,20 +314,17 @@ class MediaDownloader:
             if out is not None:
                 await out.discard()
             raise
-        return _Received(out, url, index, directory / file_name(index, kind), kind, head, size)
+        return _Received(out, url, directory / file_name(index, kind), kind, head, size)
 
 
 class _Received:
     """A body read whole into a temporary file, its last batch perhaps not yet written."""
 
-    __slots__ = ("head", "index", "kind", "out", "path", "size", "url")
+    __slots__ = ("head", "kind", "out", "path", "size", "url")
 
-    def __init__(
-        self, out: _TempFile, url: str, index: int, path: Path, kind: Kind, head: bytes, size: int
-    ):
+    def __init__(self, out: _TempFile, url: str, path: Path, kind: Kind, head: bytes, size: int):
         self.out = out
         self.url = url
-        self.index = index
         self.path = path
         self.kind = kind
         self.head = head
@@ -337,7 +343,8 @@ class _Received:
             height=size_read[1] if size_read else None,
         )
         try:
-            on_file = await self.out.commit(self.path, file_record(self.index, media))
+            record = file_record(self.url, self.size, media.sha256)
+            on_file = await self.out.commit(self.path, record)
         except BaseException:
             await self.out.discard()
             raise
@@ -548,19 +555,36 @@ def _exists(directory: Path) -> bool:
     return True
 
 
-def _still_there(path: Path, entry: ManifestEntry) -> bool:
-    """Whether `path` is a file of the size and SHA-256 that `entry` says."""
+def _still_there(path: Path, entry: ManifestEntry) -> MediaFile | None:
+    """The file at `path` if it has the size and SHA-256 that `entry` says, else None.
+
+    Its size in pixels is read from its header again, as a download reads it.
+    """
+    kind = kind_of_name(entry.name)
     try:
         size = path.stat().st_size if path.is_file() else None
-        if not worth_hashing(entry, entry.url, size):
-            return False
+        if kind is None or not worth_hashing(entry, entry.url, size):
+            return None
         digest = hashlib.sha256()
         with open(path, "rb") as stream:
+            head = stream.read(HEAD_BYTES)
+            digest.update(head)
             while chunk := stream.read(1 << 20):
                 digest.update(chunk)
     except OSError:
-        return False
-    return digest.hexdigest() == entry.sha256
+        return None
+    if digest.hexdigest() != entry.sha256:
+        return None
+    size_read = dimensions(head, kind)
+    return MediaFile(
+        url=entry.url,
+        path=path,
+        bytes=entry.bytes,
+        sha256=entry.sha256,
+        content_type=kind.mime,
+        width=size_read[0] if size_read else None,
+        height=size_read[1] if size_read else None,
+    )
 
 
 def _attach(fd: int, record: bytes) -> bool:
@@ -576,7 +600,7 @@ def _attach(fd: int, record: bytes) -> bool:
     return True
 
 
-def _read_entries(directory: Path) -> dict[int, ManifestEntry]:
+def _read_entries(directory: Path, urls: Sequence[str]) -> dict[int, ManifestEntry]:
     """What the files of an image's directory say of themselves, then what its manifest says.
 
     A file's own record wins: it was written with the file, before its fsync; a manifest may
@@ -595,7 +619,7 @@ def _read_entries(directory: Path) -> dict[int, ManifestEntry]:
                 record = os.getxattr(directory / name, RECORD_ATTRIBUTE)
             except OSError:
                 continue
-            entry = read_file_record(name, record)
+            entry = read_file_record(name, record, urls)
             if entry is not None:
                 entries[entry.index] = entry
     if MANIFEST_NAME in names:

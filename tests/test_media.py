@@ -12,7 +12,7 @@ import pytest
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._media import MediaDownloader
-from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set
+from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set, read_file_record
 from meigen_async.errors import (
     ImageNotFound,
     MediaHTTPError,
@@ -71,8 +71,10 @@ async def test_files_carry_their_own_records_and_no_manifest_is_written(tmp_path
     names = _leftovers(tmp_path / "img1")
     if media_records == "on the files":
         assert names == ["0.png", "1.jpg"]
-        record = json.loads(os.getxattr(files[1].path, RECORD_ATTRIBUTE))
-        assert (record["name"], record["sha256"]) == ("1.jpg", files[1].sha256)
+        record = os.getxattr(files[1].path, RECORD_ATTRIBUTE)
+        entry = read_file_record("1.jpg", record, [urls["a"], urls["b"]])
+        assert entry is not None
+        assert (entry.sha256, entry.bytes) == (files[1].sha256, files[1].bytes)
     else:
         assert names == ["0.png", "1.jpg", "manifest.json"]
         manifest = json.loads((tmp_path / "img1" / "manifest.json").read_text())
@@ -237,6 +239,22 @@ async def test_a_rerun_downloads_again_a_file_changed_on_disk(tmp_path, media_re
             await session.download_media(image, tmp_path)
         assert gallery.media_requests == {"a": 1}
     assert first[0].path.read_bytes() == png_bytes()
+
+
+async def test_a_rerun_downloads_again_a_file_whose_url_changed(tmp_path, media_records):
+    async with FakeGallery() as gallery:
+        urls = await _served(
+            gallery, a=(png_bytes(), "image/png"), b=(png_bytes(4, 4), "image/png")
+        )
+        async with _session(gallery) as session:
+            await session.download_media(GalleryImage(id="img1", media_urls=(urls["a"],)), tmp_path)
+            gallery.reset_counts()
+            [media] = await session.download_media(
+                GalleryImage(id="img1", media_urls=(urls["b"],)), tmp_path
+            )
+        assert gallery.media_requests == {"b": 1}
+    assert (media.url, media.width) == (urls["b"], 4)
+    assert media.path.read_bytes() == png_bytes(4, 4)
 
 
 async def test_one_failing_file_leaves_the_others_written_and_recorded(tmp_path, media_records):

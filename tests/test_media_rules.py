@@ -242,20 +242,36 @@ def test_a_manifest_entry_naming_another_path_is_ignored():
     assert read_manifest(text) == {}
 
 
-def test_a_file_record_reads_back_what_was_written_and_says_it_is_on_the_file():
-    entry = read_file_record("0.png", file_record(0, _file()))
-    assert entry is not None
-    assert entry.on_file
-    assert entry.to_file(Path("out/a")) == _file()
+_URL = "https://images.meigen.ai/x"
 
 
-def test_a_file_record_naming_another_file_is_not_believed():
-    assert read_file_record("1.png", file_record(0, _file())) is None
+def test_a_file_record_reads_back_what_a_rerun_checks():
+    record = file_record(_URL, 10, "ab" * 32)
+    entry = read_file_record("0.png", record, [_URL])
+    assert entry == ManifestEntry(0, _URL, "0.png", 10, "ab" * 32, "image/png", on_file=True)
+
+
+def test_a_file_record_fits_inside_an_ext4_inode():
+    assert len(file_record(_URL * 100, 2**40, "ab" * 32)) <= 60
+
+
+def test_a_file_record_for_another_url_is_not_believed():
+    assert read_file_record("0.png", file_record(_URL, 10, "ab" * 32), [_URL + "?v=2"]) is None
+
+
+@pytest.mark.parametrize(
+    "name", ["00.png", "0.jpeg", "0", "x.png", "\u00b2.png", "1.png", ".0.png"]
+)
+def test_a_file_record_on_a_name_that_is_not_ours_is_not_believed(name):
+    # "1.png": an index with no URL (the image has one); "²": a digit, but not an ASCII one.
+    assert read_file_record(name, file_record(_URL, 10, "ab" * 32), [_URL]) is None
 
 
 def test_an_unreadable_file_record_is_none():
-    assert read_file_record("0.png", b"\xff{not json") is None
-    assert read_file_record("0.png", b"[" * 100_000) is None
+    assert read_file_record("0.png", b"\xff{not a record", [_URL]) is None
+    record = bytearray(file_record(_URL, 10, "ab" * 32))
+    record[0] = 2  # a later version
+    assert read_file_record("0.png", bytes(record), [_URL]) is None
 
 
 def test_an_unreadable_manifest_is_empty():
