@@ -478,8 +478,9 @@ class GallerySession:
     ) -> list[MediaFile]:
         """Download every media URL of `image` into `out/{id}/{index}{ext}`; see docs/media.md.
 
-        A file already there and recorded complete in the image's `manifest.json` (same URL,
-        size and SHA-256) is not requested again.
+        A file already there whose record (an extended attribute on the file, or the image's
+        `manifest.json` where there are none) says it came from the same URL, with the size
+        and SHA-256 it still has, is not requested again.
 
         Raises:
             MediaError: a file could not be downloaded (the others were); its subclass says why.

@@ -129,8 +129,9 @@ examples:
   meigen-async download 2009629483448627597 -o media/
   meigen-async download 2009629483448627597 2013572250852104677
 
-Prints one line per file (path, bytes, type). Files already complete (see DIR/{id}/manifest.json)
-are not downloaded again. Only http(s) URLs on the media hosts are requested.
+Prints one line per file (path, bytes, type). Files already complete (each carries a record of
+its URL, size and SHA-256) are not downloaded again. Only http(s) URLs on the media hosts are
+requested.
 
 exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input."""
 
