@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from clocks import FakeTimer
-from helpers import FAST
+from helpers import FAST, keeps_user_attributes
 from hypothesis import HealthCheck, settings
 
 import meigen_async._media
@@ -99,25 +98,13 @@ def timer() -> FakeTimer:
     return FakeTimer()
 
 
-def _keeps_user_attributes(directory: Path) -> bool:
-    probe = directory / ".xattr-probe"
-    probe.write_bytes(b"")
-    try:
-        os.setxattr(probe, "user.meigen_async.probe", b"1")
-    except (AttributeError, OSError):
-        return False
-    finally:
-        probe.unlink()
-    return True
-
-
 @pytest.fixture(params=["on the files", "in a manifest"])
 def media_records(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> str:
     """Where media downloads keep their records: each test runs both ways (or skips one)."""
     if request.param == "on the files":
-        if not _keeps_user_attributes(tmp_path):
+        if not keeps_user_attributes(tmp_path):
             pytest.skip("this file system keeps no user extended attributes")
     else:
         monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)

@@ -1,16 +1,18 @@
 """Helpers shared by the tests that script faults against FakeGallery.
 
-Fast retry policies, the fetch tasks still running, body sizes, and the times at which a
-gallery saw its requests.
+Fast retry policies, the fetch tasks still running, body sizes, the times at which a
+gallery saw its requests, and whether a directory's files can carry media records.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from bisect import bisect_left
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -75,3 +77,16 @@ def most_in_any_window(times: list[float], seconds: float) -> int:
     """The most of ``times`` falling within any span of ``seconds``."""
     ordered = sorted(times)
     return max(bisect_left(ordered, t + seconds) - i for i, t in enumerate(ordered))
+
+
+def keeps_user_attributes(directory: Path) -> bool:
+    """Whether files in `directory` can carry user extended attributes (media records)."""
+    probe = directory / ".xattr-probe"
+    probe.write_bytes(b"")
+    try:
+        os.setxattr(probe, "user.meigen_async.probe", b"1")
+    except (AttributeError, OSError):
+        return False
+    finally:
+        probe.unlink()
+    return True

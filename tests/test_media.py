@@ -9,7 +9,9 @@ from contextlib import aclosing
 from pathlib import Path
 
 import pytest
+from helpers import keeps_user_attributes
 
+import meigen_async._media
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._media import MediaDownloader
 from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set, read_file_record
@@ -327,3 +329,35 @@ async def test_iter_media_takes_images_without_fetching_them(tmp_path):
             ]
         assert gallery.requests == {}
     assert [r.ok for r in results] == [True]
+
+
+async def test_a_directory_written_with_a_manifest_is_resumed_where_files_keep_records(
+    tmp_path, monkeypatch
+):
+    if not keeps_user_attributes(tmp_path):
+        pytest.skip("this file system keeps no user extended attributes")
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery) as session:
+            with monkeypatch.context() as patched:  # as a run before records on files wrote it
+                patched.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+                first = await session.download_media(image, tmp_path)
+            gallery.reset_counts()
+            again = await session.download_media(image, tmp_path)
+        assert gallery.total_requests == 0
+    assert again == first
+
+
+async def test_a_file_whose_record_was_stripped_is_downloaded_again(tmp_path):
+    if not keeps_user_attributes(tmp_path):
+        pytest.skip("this file system keeps no user extended attributes")
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery) as session:
+            [media] = await session.download_media(image, tmp_path)
+            os.removexattr(media.path, RECORD_ATTRIBUTE)  # as `cp` without --preserve=xattr
+            gallery.reset_counts()
+            await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1}
