@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import itertools
 import os
+import stat
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -562,7 +563,10 @@ def _still_there(path: Path, entry: ManifestEntry) -> MediaFile | None:
     """
     kind = kind_of_name(entry.name)
     try:
-        size = path.stat().st_size if path.is_file() else None
+        status = os.lstat(path)
+        # A regular file only: a symbolic link in its place is downloaded over (the rename
+        # replaces the link, never what it points to).
+        size = status.st_size if stat.S_ISREG(status.st_mode) else None
         if kind is None or not worth_hashing(entry, entry.url, size):
             return None
         digest = hashlib.sha256()
@@ -616,7 +620,8 @@ def _read_entries(directory: Path, urls: Sequence[str]) -> dict[int, ManifestEnt
             if name.startswith("."):
                 continue  # temporary files, and hidden ones that are not ours
             try:
-                record = os.getxattr(directory / name, RECORD_ATTRIBUTE)
+                # Not through a symbolic link: only a file we renamed into place has a record.
+                record = os.getxattr(directory / name, RECORD_ATTRIBUTE, follow_symlinks=False)
             except OSError:
                 continue
             entry = read_file_record(name, record, urls)

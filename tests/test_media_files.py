@@ -6,7 +6,9 @@ import asyncio
 import gc
 import hashlib
 import os
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -116,3 +118,49 @@ async def test_a_file_is_written_whole_however_the_system_takes_the_writes(
             [media] = await session.download_media(image, tmp_path)
     assert media.path.read_bytes() == body
     assert media.sha256 == hashlib.sha256(body).hexdigest()
+
+
+async def test_a_download_cancelled_during_its_fsync_leaves_the_whole_file_or_none(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entered, release = threading.Event(), threading.Event()
+    commit = meigen_async._media._TempFile._commit
+
+    def held(self: Any, *args: Any) -> bool:
+        entered.set()
+        release.wait(5)
+        return commit(self, *args)
+
+    monkeypatch.setattr(meigen_async._media._TempFile, "_commit", held)
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+            task = asyncio.ensure_future(session.download_media(image, tmp_path))
+            await asyncio.to_thread(entered.wait, 5)
+            task.cancel()
+            await asyncio.sleep(0)
+            release.set()
+            await asyncio.wait([task])
+            assert task.cancelled()
+    # The commit ran on in its thread: the file is whole under its final name, no .part.
+    assert sorted(p.name for p in (tmp_path / "i").iterdir()) == ["0.png"]
+    assert (tmp_path / "i" / "0.png").read_bytes() == png_bytes()
+
+
+async def test_a_symbolic_link_in_place_of_a_file_is_replaced_not_followed(
+    tmp_path: Path, media_records: str
+) -> None:
+    outside = tmp_path / "outside.png"
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+            await session.download_media(image, tmp_path / "out")
+            link = tmp_path / "out" / "i" / "0.png"
+            os.replace(link, outside)  # the very file, its record with it, now outside
+            link.symlink_to(outside)
+            gallery.reset_counts()
+            [media] = await session.download_media(image, tmp_path / "out")
+        assert gallery.media_requests == {"m": 1}
+    assert not media.path.is_symlink()
+    assert media.path.read_bytes() == png_bytes()
+    assert outside.read_bytes() == png_bytes()  # left as it was
