@@ -116,6 +116,9 @@ class MediaDownloader:
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
         self._sleep = sleep
         self._slots: dict[str, asyncio.Semaphore] = {}
+        # Image directories found missing, while their images download: a file's first job
+        # makes the directory before creating the file, rather than failing to create it.
+        self._unmade: set[Path] = set()
         self.closed = False
 
     def close(self) -> None:
@@ -138,21 +141,28 @@ class MediaDownloader:
         """
         directory = media_dir(Path(root), image.id)
         urls = image.media_urls
-        known = await _in_thread(_read_entries, directory, urls) if _exists(directory) else {}
-        outcomes: list[tuple[MediaFile, bool] | BaseException]
-        if len(image.media_urls) == 1:  # most images: no task and gather for one file
-            try:
-                outcomes = [await self._file(image.media_urls[0], directory, 0, known.get(0))]
-            except MediaError as failed:
-                outcomes = [failed]
+        known: dict[int, ManifestEntry] = {}
+        if _exists(directory):
+            known = await _in_thread(_read_entries, directory, urls)
         else:
-            outcomes = await asyncio.gather(
-                *(
-                    self._file(url, directory, index, known.get(index))
-                    for index, url in enumerate(image.media_urls)
-                ),
-                return_exceptions=True,
-            )
+            self._unmade.add(directory)
+        outcomes: list[tuple[MediaFile, bool] | BaseException]
+        try:
+            if len(urls) == 1:  # most images: no task and gather for one file
+                try:
+                    outcomes = [await self._file(urls[0], directory, 0, known.get(0))]
+                except MediaError as failed:
+                    outcomes = [failed]
+            else:
+                outcomes = await asyncio.gather(
+                    *(
+                        self._file(url, directory, index, known.get(index))
+                        for index, url in enumerate(urls)
+                    ),
+                    return_exceptions=True,
+                )
+        finally:
+            self._unmade.discard(directory)
         done: list[tuple[int, MediaFile]] = []
         all_on_file = True
         first_error: MediaError | None = None
@@ -300,7 +310,7 @@ class MediaDownloader:
                     if len(head) < _SNIFF_AT_LEAST:
                         continue
                     kind = verify(head, content_type, url=url, status=status)
-                    out = _TempFile(directory, index, url)
+                    out = _TempFile(directory, index, url, directory in self._unmade)
                     for early in pending:
                         await out.write(early)
                     pending.clear()
@@ -308,7 +318,7 @@ class MediaDownloader:
                     await out.write(chunk)
             if out is None:
                 kind = verify(head, content_type, url=url, status=status)
-                out = _TempFile(directory, index, url)
+                out = _TempFile(directory, index, url, directory in self._unmade)
                 for early in pending:
                     await out.write(early)
         except BaseException:
@@ -366,12 +376,13 @@ class _TempFile:
     (an `open()` file adds fstat, ioctl and lseek calls).
     """
 
-    def __init__(self, directory: Path, index: int, url: str):
+    def __init__(self, directory: Path, index: int, url: str, make_directory: bool = False):
         # O_EXCL makes the name safe; unique within this process by the counter and among
         # live processes by the pid (a dead process's leftover of the same name is refused
         # by O_EXCL and reported, not overwritten).
         self.path = directory / f".{index}.{os.getpid()}.{next(_TEMP_NAMES)}.part"
         self._url = url
+        self._make_directory = make_directory
         self._fd: int | None = None
         self._digest = hashlib.sha256()
         self._job: concurrent.futures.Future[Any] | None = None
@@ -437,6 +448,10 @@ class _TempFile:
     def _write(self, chunks: list[bytes]) -> None:
         fd = self._fd
         if fd is None:
+            if self._make_directory:
+                # Known missing: made first, sparing a create that fails and its exception.
+                with contextlib.suppress(FileExistsError):  # another file of the image made it
+                    self.path.parent.mkdir(parents=True)
             try:
                 fd = os.open(self.path, _CREATE, 0o666)
             except FileNotFoundError:
