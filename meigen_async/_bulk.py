@@ -8,6 +8,7 @@ join, so that hits, coalescing and counting are the same as for single gets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
 from typing import cast
 
@@ -116,8 +117,10 @@ async def stream_images(
     """An `ImageResult` per id as each completes, reading ids only `concurrency` ahead.
 
     With `stop_after_transport_failures=N`, after N consecutive fetches failed with a
-    `TransportError` it reads no more ids, cancels the fetches running, yields each of their
-    ids with an `UpstreamUnreachable`, and ends.
+    `TransportError` it cancels the fetches running, yields each of their ids with an
+    `UpstreamUnreachable`, and ends. When none was running at that moment (every fetch
+    finished together), it reads one more id, if there is one, and yields it so: a stop is
+    always told by an `UpstreamUnreachable`, never by an early end alone.
     """
     loop = asyncio.get_running_loop()
     source = _aiter(ids)
@@ -165,14 +168,20 @@ async def stream_images(
                 cut_off = [f for waiting_on in running.values() for f in waiting_on]
                 running.clear()
                 await flights.leave_all(cut_off)
-                for flight in cut_off:
+                not_fetched = [flight.key for flight in cut_off]
+                if not not_fetched and not exhausted:
+                    # Nothing was running: without one id yielded so, the caller could not
+                    # tell this stop from the end of its input.
+                    with contextlib.suppress(StopAsyncIteration):
+                        not_fetched.append(str(await source.__anext__()))
+                for image_id in not_fetched:
                     stopped = UpstreamUnreachable(
-                        f"image {flight.key} was not fetched: the upstream failed for "
+                        f"image {image_id} was not fetched: the upstream failed for "
                         f"{streak} ids in a row (last: {last_failure.message})",
-                        image_id=flight.key,
+                        image_id=image_id,
                     )
                     stopped.__cause__ = last_failure
-                    yield ImageResult(flight.key, error=stopped)
+                    yield ImageResult(image_id, error=stopped)
                 return
     finally:
         await flights.leave_all(f for waiting_on in running.values() for f in waiting_on)

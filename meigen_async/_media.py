@@ -369,18 +369,19 @@ class _TempFile:
     and gathered up to `_BATCH` bytes, then handed over together without waiting, so the
     socket is read while the batch before is written; `commit` writes the rest, attaches the
     file's record, fsyncs and renames in one more job. The first job makes the directory and
-    opens the file, so that an image whose download fails leaves no directory behind.
+    opens the file, so that an image refused before any byte is written leaves no directory.
 
     A worker thread takes the GIL back after each system call while the event loop wants it
-    too, so the jobs make as few calls as they can: `os.open` and `os.write` on a descriptor
+    too, so the jobs make as few calls as they can: `os.open` and `os.writev` on a descriptor
     (an `open()` file adds fstat, ioctl and lseek calls).
     """
 
     def __init__(self, directory: Path, index: int, url: str, make_directory: bool = False):
-        # O_EXCL makes the name safe; unique within this process by the counter and among
-        # live processes by the pid (a dead process's leftover of the same name is refused
-        # by O_EXCL and reported, not overwritten).
-        self.path = directory / f".{index}.{os.getpid()}.{next(_TEMP_NAMES)}.part"
+        # Unique within this process by the counter and among live processes by the pid;
+        # O_EXCL makes sure, and a dead process's leftover of the same name (its pid reused)
+        # makes the first job take the next name.
+        self.path = _temp_name(directory, index)
+        self._index = index
         self._url = url
         self._make_directory = make_directory
         self._fd: int | None = None
@@ -452,11 +453,7 @@ class _TempFile:
                 # Known missing: made first, sparing a create that fails and its exception.
                 with contextlib.suppress(FileExistsError):  # another file of the image made it
                     self.path.parent.mkdir(parents=True)
-            try:
-                fd = os.open(self.path, _CREATE, 0o666)
-            except FileNotFoundError:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                fd = os.open(self.path, _CREATE, 0o666)
+            fd = self._create()
             self._fd = fd
         if _HAS_WRITEV and len(chunks) <= _MOST_BUFFERS:
             left = sum(map(len, chunks))
@@ -470,6 +467,17 @@ class _TempFile:
                 view = memoryview(chunk)
                 while view:
                     view = view[os.write(fd, view) :]
+
+    def _create(self) -> int:
+        for _ in range(_NAMES_TRIED):
+            try:
+                return os.open(self.path, _CREATE, 0o666)
+            except FileNotFoundError:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                return os.open(self.path, _CREATE, 0o666)
+            except FileExistsError:
+                self.path = _temp_name(self.path.parent, self._index)
+        return os.open(self.path, _CREATE, 0o666)  # the error it raises says why
 
     def _commit(self, chunks: list[bytes], final: Path, record: bytes) -> bool:
         self._write(chunks)
@@ -501,6 +509,13 @@ _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )
 _TEMP_NAMES = itertools.count()
+_NAMES_TRIED = 10
+
+
+def _temp_name(directory: Path, index: int) -> Path:
+    return directory / f".{index}.{os.getpid()}.{next(_TEMP_NAMES)}.part"
+
+
 _HAS_WRITEV = hasattr(os, "writev")
 _MOST_BUFFERS = 1024  # IOV_MAX on Linux and the BSDs: more buffers in one writev is EINVAL
 

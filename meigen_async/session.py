@@ -408,9 +408,10 @@ class GallerySession:
 
         With `stop_after_transport_failures=N`, a run of N consecutive ids whose fetch failed
         with a `TransportError` (refused, DNS, every attempt timed out; no answer of the
-        upstream in between) stops the iteration: no more ids are read, the fetches running
-        are cancelled and yielded with an `UpstreamUnreachable` error, and the iterator ends.
-        The ids not read are left in `ids`.
+        upstream in between) stops the iteration: the fetches running are cancelled and
+        yielded with an `UpstreamUnreachable` error, and the iterator ends. When none was
+        running, the next id (if any) is read and yielded so, so that a stop always shows as
+        an `UpstreamUnreachable`. The ids not read are left in `ids`.
 
         Raises:
             TypeError: `ids` is a single `str` or `bytes` rather than an iterable of ids.

@@ -107,10 +107,31 @@ async def test_iter_images_stops_after_n_transport_failures_without_reading_the_
     errors = [type(r.error) for r in results]
     # Fetches that finish together are all reported before the stop: a few past 10.
     assert 10 <= errors.count(TransportError) < 10 + 4
-    # Those still running at the stop (none when every refusal comes at once) are cut off.
+    # Those still running at the stop are cut off (when none is, the next id is read and is).
     assert set(errors) <= {TransportError, UpstreamUnreachable}
     assert {r.id for r in results} == set(read)
     assert len(read) < 20
+
+
+async def test_a_stop_with_nothing_running_still_says_so_with_the_next_id() -> None:
+    # One fetch at a time and a stop after one failure: at the stop nothing is running, and an
+    # early end alone would look like the end of the input (bulk then listed none of the rest).
+    source = iter(["1", "2", "3", "4"])
+    url = f"http://127.0.0.1:{free_port()}"
+    async with GallerySession(url, retry=RetryPolicy(max_retries=0), concurrency=1) as s:
+        results = [r async for r in s.iter_images(source, stop_after_transport_failures=1)]
+    assert [(r.id, type(r.error)) for r in results] == [
+        ("1", TransportError),
+        ("2", UpstreamUnreachable),
+    ]
+    assert list(source) == ["3", "4"]  # not read: the caller still has them
+
+
+async def test_a_stop_at_the_end_of_the_input_yields_nothing_more() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    async with GallerySession(url, retry=RetryPolicy(max_retries=0), concurrency=1) as s:
+        results = [r async for r in s.iter_images(["1"], stop_after_transport_failures=1)]
+    assert [(r.id, type(r.error)) for r in results] == [("1", TransportError)]
 
 
 # -- The command line -----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hashlib
+import itertools
 import os
 import threading
 from pathlib import Path
@@ -164,3 +165,19 @@ async def test_a_symbolic_link_in_place_of_a_file_is_replaced_not_followed(
     assert not media.path.is_symlink()
     assert media.path.read_bytes() == png_bytes()
     assert outside.read_bytes() == png_bytes()  # left as it was
+
+
+async def test_a_leftover_temporary_file_of_the_same_name_is_stepped_around(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A killed process whose pid this one now has left the very name this one picks next.
+    monkeypatch.setattr(meigen_async._media, "_TEMP_NAMES", itertools.count(7))
+    leftover = tmp_path / "i" / f".0.{os.getpid()}.7.part"
+    leftover.parent.mkdir()
+    leftover.write_bytes(b"half a file")
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+            [media] = await session.download_media(image, tmp_path)
+    assert media.path.read_bytes() == png_bytes()
+    assert leftover.read_bytes() == b"half a file"  # not ours to remove, never read back
