@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +182,37 @@ async def test_a_leftover_temporary_file_of_the_same_name_is_stepped_around(
             [media] = await session.download_media(image, tmp_path)
     assert media.path.read_bytes() == png_bytes()
     assert leftover.read_bytes() == b"half a file"  # not ours to remove, never read back
+
+
+async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen_while_held: list[int] = []
+    first = threading.Lock()
+    real_fsync = os.fsync
+
+    async with FakeGallery() as gallery:
+
+        def slow_fsync(fd: int) -> None:
+            if first.acquire(blocking=False):  # the first file: held until the next is requested
+                deadline = time.monotonic() + 5
+                while sum(gallery.media_requests.values()) < 2 and time.monotonic() < deadline:
+                    time.sleep(0.005)
+                seen_while_held.append(sum(gallery.media_requests.values()))
+            real_fsync(fd)
+
+        monkeypatch.setattr(meigen_async._media.os, "fsync", slow_fsync)
+        images = [
+            GalleryImage(
+                id=f"i{n}", media_urls=(gallery.add_media(f"m{n}", png_bytes(), "image/png"),)
+            )
+            for n in range(4)
+        ]
+        async with GallerySession(
+            gallery.url, media_hosts=["127.0.0.1"], media_concurrency=1
+        ) as session:
+            results = [result async for result in session.iter_media(images, tmp_path)]
+    assert all(result.ok for result in results)
+    # One slot for the host, two images in flight (twice media_concurrency): the second was
+    # requested while the first file's fsync waited. Held through the fsync, the slot allowed 1.
+    assert seen_while_held == [2]
