@@ -194,7 +194,7 @@ async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
     async with FakeGallery() as gallery:
 
         def slow_fsync(fd: int) -> None:
-            if first.acquire(blocking=False):  # the first file: held until the next is requested
+            if first.acquire(blocking=False):  # the first file: held until another is requested
                 deadline = time.monotonic() + 5
                 while sum(gallery.media_requests.values()) < 2 and time.monotonic() < deadline:
                     time.sleep(0.005)
@@ -213,6 +213,7 @@ async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
         ) as session:
             results = [result async for result in session.iter_media(images, tmp_path)]
     assert all(result.ok for result in results)
-    # One slot for the host, two images in flight (twice media_concurrency): the second was
-    # requested while the first file's fsync waited. Held through the fsync, the slot allowed 1.
-    assert seen_while_held == [2]
+    # One slot for the host, and yet other files were requested while the first file's fsync
+    # waited (the others run through meanwhile). Held through the fsync, the slot allowed 1.
+    assert len(seen_while_held) == 1
+    assert seen_while_held[0] >= 2
