@@ -10,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
-from typing import cast
+from typing import TypeVar, cast
 
 from ._flight import Flight, SingleFlight
 from .errors import MeigenError, TransportError, UpstreamUnreachable
 from .models import GalleryImage, ImageResult
 
 __all__ = [
+    "async_items",
     "gather_images",
     "refuse_single_id",
     "should_stop",
     "stream_images",
     "transport_streak",
 ]
+
+T = TypeVar("T")
 
 LookUp = Callable[[object], GalleryImage | None]
 """A cached image or None for a miss; a bad id or a known 404 raised."""
@@ -123,7 +126,7 @@ async def stream_images(
     always told by an `UpstreamUnreachable`, never by an early end alone.
     """
     loop = asyncio.get_running_loop()
-    source = _aiter(ids)
+    source = async_items(ids)
     streak = 0
     # The fetch tasks waited on, each with the flights (one per id asked, duplicates too) it
     # answers.
@@ -207,10 +210,11 @@ def _key(image_id: object) -> object:
     return image_id
 
 
-async def _aiter(ids: Iterable[str] | AsyncIterable[str]) -> AsyncIterator[str]:
-    if isinstance(ids, AsyncIterable):
-        async for image_id in ids:
-            yield image_id
+async def async_items(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]:
+    """The items of a plain or an async iterable, as an async iterator, read as asked."""
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
     else:
-        for image_id in ids:
-            yield image_id
+        for item in items:
+            yield item

@@ -30,8 +30,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
+import attrs
 from yarl import URL
 
+from ._bulk import async_items
 from ._core import after_failure
 from ._media_rules import (
     HEAD_BYTES,
@@ -40,12 +42,12 @@ from ._media_rules import (
     Kind,
     ManifestEntry,
     check_media_url,
-    dimensions,
     file_name,
     file_record,
     kind_of_name,
     manifest_text,
     media_dir,
+    media_file,
     read_file_record,
     read_manifest,
     redirect_target,
@@ -328,33 +330,23 @@ class MediaDownloader:
         return _Received(out, url, directory / file_name(index, kind), kind, head, size)
 
 
+@attrs.frozen
 class _Received:
     """A body read whole into a temporary file, its last batch perhaps not yet written."""
 
-    __slots__ = ("head", "kind", "out", "path", "size", "url")
-
-    def __init__(self, out: _TempFile, url: str, path: Path, kind: Kind, head: bytes, size: int):
-        self.out = out
-        self.url = url
-        self.path = path
-        self.kind = kind
-        self.head = head
-        self.size = size
+    out: _TempFile
+    url: str
+    path: Path
+    kind: Kind
+    head: bytes
+    size: int
 
     async def commit(self) -> tuple[MediaFile, bool]:
         """Write the rest, record, fsync and rename: the file, and whether it holds its record."""
-        size_read = dimensions(self.head, self.kind)
-        media = MediaFile(
-            url=self.url,
-            path=self.path,
-            bytes=self.size,
-            sha256=self.out.sha256(),
-            content_type=self.kind.mime,
-            width=size_read[0] if size_read else None,
-            height=size_read[1] if size_read else None,
-        )
+        sha256 = self.out.sha256()
+        media = media_file(self.url, self.path, self.size, sha256, self.kind, self.head)
         try:
-            record = file_record(self.url, self.size, media.sha256)
+            record = file_record(self.url, self.size, sha256)
             on_file = await self.out.commit(self.path, record)
         except BaseException:
             await self.out.discard()
@@ -449,12 +441,7 @@ class _TempFile:
     def _write(self, chunks: list[bytes]) -> None:
         fd = self._fd
         if fd is None:
-            if self._make_directory:
-                # Known missing: made first, sparing a create that fails and its exception.
-                with contextlib.suppress(FileExistsError):  # another file of the image made it
-                    self.path.parent.mkdir(parents=True)
-            fd = self._create()
-            self._fd = fd
+            fd = self._fd = self._create()
         if _HAS_WRITEV and len(chunks) <= _MOST_BUFFERS:
             left = sum(map(len, chunks))
             while left:
@@ -469,6 +456,10 @@ class _TempFile:
                     view = view[os.write(fd, view) :]
 
     def _create(self) -> int:
+        if self._make_directory:
+            # Known missing: made first, sparing a create that fails and its exception.
+            with contextlib.suppress(FileExistsError):  # another file of the image made it
+                self.path.parent.mkdir(parents=True)
         for _ in range(_NAMES_TRIED):
             try:
                 return os.open(self.path, _CREATE, 0o666)
@@ -562,12 +553,8 @@ def write_atomically(path: Path, data: bytes) -> None:
 def _read_manifest(path: Path) -> dict[int, ManifestEntry]:
     try:
         return read_manifest(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except NotADirectoryError:
-        return {}  # the image's directory is a file: writing its files will say so
-    except (UnicodeDecodeError, IsADirectoryError):
-        return {}  # unreadable as a manifest: everything is downloaded again
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnicodeDecodeError):
+        return {}  # none, or unreadable as a manifest: everything is downloaded again
 
 
 def _exists(directory: Path) -> bool:
@@ -609,16 +596,7 @@ def _still_there(path: Path, entry: ManifestEntry) -> MediaFile | None:
         return None
     if digest.hexdigest() != entry.sha256:
         return None
-    size_read = dimensions(head, kind)
-    return MediaFile(
-        url=entry.url,
-        path=path,
-        bytes=entry.bytes,
-        sha256=entry.sha256,
-        content_type=kind.mime,
-        width=size_read[0] if size_read else None,
-        height=size_read[1] if size_read else None,
-    )
+    return media_file(entry.url, path, entry.bytes, entry.sha256, kind, head)
 
 
 def _attach(fd: int, record: bytes) -> bool:
@@ -681,7 +659,7 @@ async def stream_media(
 
     `items` is read only as far as `limit` ahead, so a stream of millions runs in flat memory.
     """
-    source = _aiter(items)
+    source = async_items(items)
     running: set[asyncio.Task[MediaResult]] = set()
 
     async def one(item: str | GalleryImage) -> MediaResult:
@@ -718,14 +696,3 @@ async def stream_media(
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
-
-
-async def _aiter(
-    items: Iterable[str | GalleryImage] | AsyncIterable[str | GalleryImage],
-) -> AsyncGenerator[str | GalleryImage, None]:
-    if isinstance(items, AsyncIterable):
-        async for item in items:
-            yield item
-    else:
-        for item in items:
-            yield item

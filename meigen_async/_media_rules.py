@@ -49,6 +49,7 @@ __all__ = [
     "kind_of_name",
     "manifest_text",
     "media_dir",
+    "media_file",
     "read_file_record",
     "read_manifest",
     "redirect_target",
@@ -405,22 +406,8 @@ class ManifestEntry:
     bytes: int
     sha256: str
     content_type: str
-    width: int | None = None
-    height: int | None = None
     on_file: bool = False
     """Read from the file's own record (its extended attribute), not from a manifest."""
-
-    def to_file(self, directory: Path) -> MediaFile:
-        """The `MediaFile` this entry stands for, in `directory`."""
-        return MediaFile(
-            url=self.url,
-            path=directory / self.name,
-            bytes=self.bytes,
-            sha256=self.sha256,
-            content_type=self.content_type,
-            width=self.width,
-            height=self.height,
-        )
 
 
 def read_manifest(text: str) -> dict[int, ManifestEntry]:
@@ -450,7 +437,7 @@ def _entry(item: Any) -> ManifestEntry | None:
     index, url, name, size, digest, mime = (
         item.get(key) for key in ("index", "url", "name", "bytes", "sha256", "content_type")
     )
-    kind = _BY_EXT.get(Path(name).suffix) if isinstance(name, str) else None
+    kind = kind_of_name(name) if isinstance(name, str) else None
     if (
         type(index) is not int
         or type(size) is not int
@@ -461,7 +448,6 @@ def _entry(item: Any) -> ManifestEntry | None:
         or mime != kind.mime
     ):
         return None
-    width, height = item.get("width"), item.get("height")
     return ManifestEntry(
         index=index,
         url=url,
@@ -469,8 +455,6 @@ def _entry(item: Any) -> ManifestEntry | None:
         bytes=size,
         sha256=digest,
         content_type=mime,
-        width=width if type(width) is int else None,
-        height=height if type(height) is int else None,
     )
 
 
@@ -521,7 +505,7 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
         return None
     version, digest, size, url_digest = _RECORD.unpack(record)
     stem, _, _ = name.partition(".")
-    kind = _BY_EXT.get(Path(name).suffix)
+    kind = kind_of_name(name)
     if version != _RECORD_VERSION or kind is None or not (stem.isascii() and stem.isdigit()):
         return None
     index = int(stem)
@@ -537,6 +521,20 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
         sha256=digest.hex(),
         content_type=kind.mime,
         on_file=True,
+    )
+
+
+def media_file(url: str, path: Path, size: int, sha256: str, kind: Kind, head: bytes) -> MediaFile:
+    """The `MediaFile` of a verified file: its type is `kind`, its dimensions read from `head`."""
+    size_read = dimensions(head, kind)
+    return MediaFile(
+        url=url,
+        path=path,
+        bytes=size,
+        sha256=sha256,
+        content_type=kind.mime,
+        width=size_read[0] if size_read else None,
+        height=size_read[1] if size_read else None,
     )
 
 

@@ -6,27 +6,13 @@ import argparse
 import sys
 from contextlib import aclosing
 
-from .._protocol import validate_image_id
-from ..errors import MeigenError
-from ._options import (
-    _session,
-)
-from ._output import (
-    _EXIT_FAILED,
-    _EXIT_OK,
-    CommandError,
-    _error,
-    _print,
-)
+from ._options import _check_ids, _session
+from ._output import _EXIT_FAILED, _EXIT_OK, _error, _print
 
 
 async def _download(args: argparse.Namespace) -> int:
     ids: list[str] = args.ids
-    for image_id in ids:
-        try:
-            validate_image_id(image_id)
-        except MeigenError as error:
-            raise CommandError(error.message) from None
+    _check_ids(ids)
     failed = 0
     async with _session(args) as session:
         results = session.iter_media(ids, args.output)

@@ -7,20 +7,16 @@ import json
 import sys
 from typing import Any
 
-from .._protocol import validate_image_id
 from ..errors import MeigenError
 from ..models import (
     GalleryImage,
     unstructure_image,
 )
 from ..prompt import PromptKind
-from ._options import (
-    _session,
-)
+from ._options import _check_ids, _session
 from ._output import (
     _EXIT_FAILED,
     _EXIT_OK,
-    CommandError,
     _error,
     _print,
     _print_json,
@@ -90,11 +86,7 @@ def _attribution(image: GalleryImage) -> str:
 
 async def _get(args: argparse.Namespace) -> int:
     ids: list[str] = args.ids
-    for image_id in ids:
-        try:
-            validate_image_id(image_id)
-        except MeigenError as error:
-            raise CommandError(error.message) from None
+    _check_ids(ids)
     async with _session(args) as session:
         outcomes = await session.get_images(ids, return_exceptions=True)
     images = [outcome for outcome in outcomes if isinstance(outcome, GalleryImage)]

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .._protocol import validate_image_id
 from .._transport import image_urls
+from ..errors import MeigenError
 from ..retry import RetryPolicy
 from ..session import GallerySession
 from ..sqlite_cache import SQLiteCache
@@ -61,6 +63,15 @@ def _base_url(value: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return value
+
+
+def _check_ids(ids: list[str]) -> None:
+    """Refuse, before any request, a command line whose ids are not all gallery ids."""
+    for image_id in ids:
+        try:
+            validate_image_id(image_id)
+        except MeigenError as error:
+            raise CommandError(error.message) from None
 
 
 def _positive_float(value: str) -> float:
