@@ -553,8 +553,10 @@ def write_atomically(path: Path, data: bytes) -> None:
 def _read_manifest(path: Path) -> dict[int, ManifestEntry]:
     try:
         return read_manifest(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnicodeDecodeError):
-        return {}  # none, or unreadable as a manifest: everything is downloaded again
+    except (OSError, UnicodeDecodeError):
+        # None, or unreadable (not a file, not UTF-8, not ours to read): everything is
+        # downloaded again, and writing the files says what is wrong if anything is.
+        return {}
 
 
 def _exists(directory: Path) -> bool:

@@ -361,3 +361,26 @@ async def test_a_file_whose_record_was_stripped_is_downloaded_again(tmp_path):
             gallery.reset_counts()
             await session.download_media(image, tmp_path)
         assert gallery.media_requests == {"a": 1}
+
+
+async def test_a_manifest_that_cannot_be_read_means_downloading_again_not_an_exception(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery) as session:
+            await session.download_media(image, tmp_path)
+            real = Path.read_text
+
+            def refused(self: Path, *args: object, **kwargs: object) -> str:
+                if self.name == "manifest.json":
+                    raise PermissionError(13, "Permission denied", str(self))
+                return real(self, *args, **kwargs)  # type: ignore[arg-type]
+
+            monkeypatch.setattr(Path, "read_text", refused)
+            gallery.reset_counts()
+            [media] = await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1}
+    assert media.path.read_bytes() == png_bytes()
