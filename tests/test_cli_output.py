@@ -95,6 +95,15 @@ async def test_search_lines_show_hostile_fields_escaped_one_line_a_hit(
     assert line.startswith(f"{hostile_gallery.ids[0]}  model \\x1b[2J")
 
 
+def command_line(command: str, gallery: FakeGallery, tmp_path: Path, *options: str) -> list[str]:
+    """`command` asking for the gallery's one image (`bulk` from a file) or searching it."""
+    [image_id] = gallery.ids
+    ids = tmp_path / "ids.txt"
+    ids.write_text(image_id + "\n")
+    argv = {"get": ["get", image_id], "search": ["search", "neon"], "bulk": ["bulk", str(ids)]}
+    return [*argv[command], *options, "--base-url", gallery.url]
+
+
 @pytest.mark.parametrize("command", ["get", "search", "bulk"])
 async def test_json_output_is_the_exact_json_of_hostile_strings_with_nothing_raw(
     command: str,
@@ -102,18 +111,11 @@ async def test_json_output_is_the_exact_json_of_hostile_strings_with_nothing_raw
     tmp_path: Path,
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
-    [image_id] = hostile_gallery.ids
-    ids = tmp_path / "ids.txt"
-    ids.write_text(image_id + "\n")
-    argv = {
-        "get": ["get", "--json", image_id],
-        "search": ["search", "neon", "--json"],
-        "bulk": ["bulk", str(ids)],
-    }[command]
-    assert await run(*argv, "--base-url", hostile_gallery.url) == 0
+    as_json = [] if command == "bulk" else ["--json"]
+    assert await run(*command_line(command, hostile_gallery, tmp_path, *as_json)) == 0
     written = capsysbinary.readouterr().out
     printed = json.loads(assert_terminal_safe(written))
-    expected = hostile_gallery.images[image_id]
+    expected = hostile_gallery.images[hostile_gallery.ids[0]]
     for field in ("text", "model", "author_display_name", "author_username"):
         assert printed[field] == expected[field]
 
@@ -125,14 +127,10 @@ async def test_a_server_error_message_is_one_error_line_shown_escaped(
     tmp_path: Path,
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
-    [image_id] = hostile_gallery.ids
-    ids = tmp_path / "ids.txt"
-    ids.write_text(image_id + "\n")
     message = f"bad {HOSTILE}\nmeigen-async: error: a line of the server's"
-    hostile_gallery.script(image_id, Answer.error(400, message))
+    hostile_gallery.script(hostile_gallery.ids[0], Answer.error(400, message))
     hostile_gallery.script_search(Answer.error(400, message))
-    argv = {"get": ["get", image_id], "bulk": ["bulk", str(ids)], "search": ["search", "neon"]}
-    assert await run(*argv[command], "--base-url", hostile_gallery.url) == 1
+    assert await run(*command_line(command, hostile_gallery, tmp_path)) == 1
     err = assert_terminal_safe(capsysbinary.readouterr().err)
     lines = [line for line in err.splitlines() if "bad " in line]
     assert len(lines) == 1
