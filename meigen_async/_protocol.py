@@ -19,7 +19,7 @@ from urllib.parse import quote
 import attrs
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._text import printable, replace_surrogates
+from ._text import printable, replace_surrogates, terminal_safe
 from .errors import (
     ApiError,
     ImageNotFound,
@@ -277,8 +277,7 @@ def _success_data(status: int, body: bytes, image_id: str) -> Any:
     if envelope.get("success") is not True:
         if isinstance(envelope.get("error"), str):
             raise ApiError(
-                f"the service reported an error for image {image_id}: "
-                f"{replace_surrogates(envelope['error'])}",
+                f"the service reported an error for image {image_id}: {_quoted(envelope['error'])}",
                 image_id=image_id,
                 status=status,
             )
@@ -318,8 +317,13 @@ def service_message(body: bytes) -> str:
     except (ValueError, RecursionError):
         return snippet(body) if body else "(empty body)"
     if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
-        return replace_surrogates(envelope["error"])
+        return _quoted(envelope["error"])
     return snippet(body)
+
+
+def _quoted(message: str) -> str:
+    """The service's own words, as an error message quotes them: nothing a terminal obeys."""
+    return terminal_safe(replace_surrogates(message))
 
 
 def snippet(body: bytes) -> str:

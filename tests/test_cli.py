@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from meigen_async.cli import base_url_problem, main, read_ids, run_demo
+from meigen_async.cli import base_url_problem, main, read_ids, run_demo, summarize
 from meigen_async.models import structure_image, unstructure_image
 from meigen_async.prompt import PromptKind, parse_prompt
 from meigen_async.testing import Answer, FakeGallery, sample_images
@@ -221,6 +221,11 @@ async def test_get_reports_a_server_message_with_a_lone_surrogate_in_one_line(
     gallery.script(PLAIN_ID, Answer.error(400, "gone \ud800 away"))
     assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
     assert "gone \ufffd away" in one_error_line(capsys.readouterr().err)
+
+
+def test_get_shows_the_time_an_image_was_posted_converted_to_utc() -> None:
+    data = {**sample_images()[0], "created_at": "2025-01-02T01:30:00+05:00"}
+    assert "  posted 2025-01-01 20:30 UTC" in summarize(structure_image(data)).splitlines()
 
 
 def test_a_base_url_that_is_not_http_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:

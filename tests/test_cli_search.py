@@ -132,3 +132,30 @@ async def test_search_ids_piped_into_bulk_fetches_every_image(city: FakeGallery)
     assert fetched == {f"{1000 + i}" for i in range(25)}
     assert len(city.searches) == 2
     assert sum(city.requests.values()) == 25
+
+
+@pytest.mark.parametrize("form", ["--ids", "--json", "--readable"])
+async def test_search_lists_only_hits_with_gallery_ids_and_says_once_how_many_it_skipped(
+    form: str, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    # A newline in an id would put a line of the server's choosing into `search --ids | bulk -`.
+    forged = [
+        {"id": "1001", "text": "neon"},
+        {"id": "1002\n666", "text": "neon"},
+        {"id": "1003\x1b[2J", "text": "neon"},
+        {"id": "1004", "text": "neon"},
+    ]
+    async with FakeGallery(forged) as fake:
+        options = [] if form == "--readable" else [form]
+        assert await run("search", "neon", "--base-url", fake.url, *options) == 0
+    written = capsysbinary.readouterr()
+    lines = written.out.decode().splitlines()
+    if form == "--ids":
+        assert written.out == b"1001\n1004\n"
+    else:
+        shown = [json.loads(line)["id"] if form == "--json" else line.split()[0] for line in lines]
+        assert shown == ["1001", "1004"]
+    assert written.err.decode().splitlines() == [
+        "meigen-async: warning: skipped 2 hits whose id is not a gallery id (the first: "
+        "'1002\\n666')"
+    ]

@@ -643,3 +643,9 @@ async def test_an_html_error_page_keeps_its_status_and_quotes_the_page(
         with pytest.raises(ServerError, match="Bad Gateway") as caught:
             await client.get_image(image_id)
     assert caught.value.status == 502
+
+
+def test_the_services_error_message_is_quoted_with_its_controls_escaped() -> None:
+    body = json.dumps({"error": "gone\x1b]0;pwned\x07\u202e\nfake"}).encode()
+    error = error_for_status(400, {}, body, image_id="7")
+    assert error.message == "HTTP 400 for image 7: gone\\x1b]0;pwned\\x07\\u202e\\nfake"

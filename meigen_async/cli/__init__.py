@@ -6,6 +6,8 @@ line on stderr with exit status 2; failed fetches give exit status 1.
 
 Whatever it writes goes through `_write`, so that no string (a lone surrogate from a server's
 JSON, text a non-UTF-8 terminal cannot show) can stop a run halfway.
+Every readable line shows what a terminal would act on (controls, escape sequences, bidi
+overrides, a newline inside a field) escaped (`_text.terminal_safe`); JSON stays exact JSON.
 
 rich (the `cli` extra) draws the progress bar and the demo's table. It is imported only
 where it is needed, so `get`, `serve` and a non-interactive `bulk` run without it.

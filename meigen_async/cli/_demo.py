@@ -11,6 +11,7 @@ from collections import Counter
 
 import attrs
 
+from .._text import terminal_safe
 from ..cache import MemoryCache
 from ..errors import MeigenError
 from ..models import (
@@ -171,7 +172,8 @@ def _print_demo(report: DemoReport) -> None:
         highlight=False,
     )
     for line in demo_story(report):
-        console.print(f"- {line}", soft_wrap=True, markup=False, highlight=False)
+        # The error messages quote the gallery: shown escaped, as every server string is.
+        console.print(f"- {terminal_safe(line)}", soft_wrap=True, markup=False, highlight=False)
 
 
 async def _demo(args: argparse.Namespace) -> int:

@@ -7,7 +7,7 @@ import sys
 from contextlib import aclosing
 
 from ._options import _check_ids, _session
-from ._output import _EXIT_FAILED, _EXIT_OK, _error, _print
+from ._output import _EXIT_FAILED, _EXIT_OK, _error, _print_row
 
 
 async def _download(args: argparse.Namespace) -> int:
@@ -19,7 +19,7 @@ async def _download(args: argparse.Namespace) -> int:
         async with aclosing(results):
             async for result in results:
                 for media in result.files:
-                    _print(f"{media.path}\t{media.bytes}\t{media.content_type}", sys.stdout)
+                    _print_row((media.path, media.bytes, media.content_type), sys.stdout)
                 if result.error is not None:
                     failed += 1
                     _error(result.error.message)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from datetime import UTC, datetime
 from typing import Any
 
+from .._text import terminal_safe
 from ..errors import MeigenError
 from ..models import (
     GalleryImage,
@@ -24,14 +26,23 @@ from ._output import (
 
 
 def summarize(image: GalleryImage) -> str:
-    """A readable, multi-line summary of one image: the prompt, counts, date, author, media."""
+    """A readable, multi-line summary of one image: the prompt, counts, date, author, media.
+
+    Terminal-safe: each line is laid out and then shown as `terminal_safe` shows it, so a
+    field's controls, escape sequences, bidi overrides and newlines come out escaped; the
+    only newlines are the layout's (the prompt is shown a line of it a line).
+    """
+    return "\n".join(_summary_lines(image))
+
+
+def _summary_lines(image: GalleryImage) -> list[str]:
     prompt = image.prompt
     kind = "JSON" if prompt.kind is PromptKind.JSON else "plain text"
     if prompt.repaired:
         kind += " (repaired)"
     width, height = image.image_width, image.image_height
     size = f"{width}x{height}" if width is not None and height is not None else "unknown"
-    posted = image.created_at.strftime("%Y-%m-%d %H:%M UTC") if image.created_at else "unknown"
+    posted = _in_utc(image.created_at)
     rows = [
         ("prompt", kind),
         ("size", size),
@@ -47,7 +58,16 @@ def summarize(image: GalleryImage) -> str:
         f"  {'media':<7}none"
     ]
     lines += ["", *(f"    {line}" for line in _prompt_lines(image))]
-    return "\n".join(lines)
+    return [terminal_safe(line) for line in lines]
+
+
+def _in_utc(moment: datetime | None) -> str:
+    """`moment` as a UTC date and time to the minute, converted from its own offset."""
+    if moment is None:
+        return "unknown"
+    if moment.tzinfo is not None:  # a naive one (built by hand) is taken as UTC, as parsed
+        moment = moment.astimezone(UTC)
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
 
 
 _PROMPT_LINES = 6
@@ -96,8 +116,10 @@ async def _get(args: argparse.Namespace) -> int:
             _print_json(document, sys.stdout, indent=2)
         elif document:
             _print_json(document[0], sys.stdout, indent=2)
-    elif images:
-        _print("\n\n".join(summarize(image) for image in images), sys.stdout)
+    else:
+        for n, image in enumerate(images):
+            for line in ([""] if n else []) + _summary_lines(image):
+                _print(line, sys.stdout)
     failed = {i: o for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
     for failure in failed.values():
         _error(failure.message)

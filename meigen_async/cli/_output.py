@@ -1,8 +1,11 @@
-"""Writing any string safely, the exit statuses, and `CommandError`.
+r"""Writing any string safely, the exit statuses, and `CommandError`.
 
 Whatever the command line writes goes through `_write`, so that no string (a lone
 surrogate from a server's JSON, text a non-UTF-8 terminal cannot show) can stop a run
-halfway.
+halfway. Readable lines go through `_print` (or `_print_row`), which shows every control,
+escape sequence and bidi override escaped (`terminal_safe`): a string from a server or a
+cache cannot act on the terminal, nor add a line. JSON holding one is written in its
+all-ASCII form, which escapes them as `\uXXXX` and reads back to the same strings.
 """
 
 from __future__ import annotations
@@ -10,9 +13,11 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, TextIO, cast
+
+from .._text import terminal_safe
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -47,7 +52,11 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _escape_surrogates(text: str) -> str:
-    r"""`text` with each lone surrogate written as its `\uXXXX` escape."""
+    r"""`text` with each lone surrogate written as its `\uXXXX` escape.
+
+    For rich's stream, whose escape sequences are its drawing: what rich is given to show is
+    made terminal-safe before.
+    """
     if _SURROGATE.search(text) is None:
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
@@ -82,21 +91,32 @@ def _write(stream: TextIO, text: str, fallback: Callable[[], str] | None = None)
 
 
 def _print(text: str, stream: TextIO) -> None:
-    """Write `text` and a newline as readable text: never raises for what the string holds."""
-    _write(stream, _escape_surrogates(text) + "\n")
+    """Write `text` as one readable line; never raises for what the string holds.
+
+    Controls, escape sequences, bidi overrides and newlines in it are shown escaped
+    (`terminal_safe`). A multi-line layout is printed a line at a time, so that no newline
+    in a field can add a line of its own.
+    """
+    _write(stream, terminal_safe(text) + "\n")
+
+
+def _print_row(fields: Iterable[object], stream: TextIO) -> None:
+    """Write `fields` as one tab-separated line, each shown as `_print` shows a line."""
+    _write(stream, "\t".join(terminal_safe(str(field)) for field in fields) + "\n")
 
 
 def _print_json(value: Any, stream: TextIO, *, indent: int | None = None) -> None:
     r"""Write `value` as JSON and a newline, in UTF-8 where the stream and the strings allow.
 
-    Strings with lone surrogates, and streams that cannot carry every character (an ASCII
-    terminal), get the all-ASCII form of the same JSON (`\uXXXX` escapes), which a JSON
-    reader reads back to the same strings.
+    Strings with what `terminal_safe` escapes (lone surrogates, controls, bidi overrides:
+    `ensure_ascii=False` leaves C1 controls, DEL and U+202E raw), and streams that cannot
+    carry every character (an ASCII terminal), get the all-ASCII form of the same JSON
+    (`\uXXXX` escapes), which a JSON reader reads back to the same strings.
     """
-    text = json.dumps(value, ensure_ascii=False, indent=indent) + "\n"
-    if _SURROGATE.search(text) is not None:
-        text = json.dumps(value, indent=indent) + "\n"
-    _write(stream, text, lambda: json.dumps(value, indent=indent) + "\n")
+    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    if terminal_safe(text, newlines=True) != text:
+        text = json.dumps(value, indent=indent)
+    _write(stream, text + "\n", lambda: json.dumps(value, indent=indent) + "\n")
 
 
 class _SafeStream:

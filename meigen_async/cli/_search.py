@@ -6,6 +6,8 @@ import argparse
 import sys
 from contextlib import aclosing
 
+from .._protocol import validate_image_id
+from .._text import printable, terminal_safe
 from ..errors import MeigenError
 from ..models import (
     SearchHit,
@@ -17,6 +19,7 @@ from ._options import (
 from ._output import (
     _EXIT_FAILED,
     _EXIT_OK,
+    _PROG,
     CommandError,
     _print,
     _print_json,
@@ -24,21 +27,43 @@ from ._output import (
 
 
 def hit_line(hit: SearchHit) -> str:
-    """One readable line for a search hit: id, model, author, likes, the prompt's first line."""
+    """One readable line for a search hit: id, model, author, likes, the prompt's first line.
+
+    Terminal-safe, as `summarize` is: controls, escape sequences, bidi overrides and newlines
+    in a field come out escaped.
+    """
     author = f"@{hit.author_username}" if hit.author_username else hit.author_display_name or "-"
     first = next((line.strip() for line in hit.text.splitlines() if line.strip()), "")
     if len(first) > 80:
         first = first[:79] + "…"
-    return f"{hit.id}  {hit.model or '-'}  {author}  {hit.likes:,} likes  {first}"
+    return terminal_safe(f"{hit.id}  {hit.model or '-'}  {author}  {hit.likes:,} likes  {first}")
+
+
+def _is_gallery_id(image_id: str) -> bool:
+    try:
+        validate_image_id(image_id)
+    except MeigenError:
+        return False
+    return True
+
+
+_BAD_ID_SHOWN = 40
 
 
 async def _search(args: argparse.Namespace) -> int:
+    # A hit whose id is no gallery id is skipped in every form: `--ids | bulk -` must get one
+    # gallery id a line, whatever a server put in the field.
+    skipped = 0
+    first_skipped = ""
     try:
         async with _session(args) as session:
             hits = session.iter_search(args.query, max_results=args.max, page_size=args.limit)
             async with aclosing(hits):
                 async for hit in hits:
-                    if args.ids:
+                    if not _is_gallery_id(hit.id):
+                        skipped += 1
+                        first_skipped = first_skipped or hit.id
+                    elif args.ids:
                         _print(hit.id, sys.stdout)
                     elif args.json:
                         _print_json(converter.unstructure(hit), sys.stdout)
@@ -48,4 +73,11 @@ async def _search(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except MeigenError as error:
         raise CommandError(error.message, _EXIT_FAILED) from None
+    finally:
+        if skipped:
+            _print(
+                f"{_PROG}: warning: skipped {skipped:,} hits whose id is not a gallery id "
+                f"(the first: {printable(first_skipped, _BAD_ID_SHOWN)})",
+                sys.stderr,
+            )
     return _EXIT_OK
