@@ -306,9 +306,8 @@ def test_duplicates_do_not_count_towards_max_results() -> None:
 
 def test_a_page_sent_full_is_not_the_last_because_some_of_its_results_were_skipped() -> None:
     pager = Pager(3, None)
-    assert pager.take(Page(hits=tuple(hits("a", "b")), received=3, skipped=("'x y'",))) == hits(
-        "a", "b"
-    )
+    sent_full = Page(hits=tuple(hits("a", "b")), received=3, skipped=("'x y'",))
+    assert pager.take(sent_full) == hits("a", "b")
     assert not pager.done
 
 
