@@ -30,6 +30,7 @@ __all__ = [
     "REFRESHED",
     "SENT",
     "SHARED_HIT",
+    "SKIPPED_HIT",
     "STALE",
     "DontStore",
     "Lookup",
@@ -263,6 +264,7 @@ class _Event(enum.Enum):
     COALESCED = "coalesced"
     SHARED_HIT = "shared hit"
     REFRESHED = "refreshed"
+    SKIPPED_HIT = "skipped hit"
 
 
 SENT = _Event.SENT
@@ -273,6 +275,8 @@ SHARED_HIT = _Event.SHARED_HIT
 """The shared tier answered a miss of the in-process cache."""
 REFRESHED = _Event.REFRESHED
 """A background refresh (stale-while-revalidate) got its answer."""
+SKIPPED_HIT = _Event.SKIPPED_HIT
+"""A search result was left out: its id is not a gallery id."""
 
 Outcome = Lookup | _Event | Retry | ServeStale | Raise | Refresh
 
@@ -289,6 +293,7 @@ class Tally:
         "requests",
         "retries",
         "revalidated",
+        "skipped_hits",
         "stale_served",
     )
 
@@ -302,6 +307,7 @@ class Tally:
         self.stale_served = 0
         self.revalidated = 0
         self.refreshed = 0
+        self.skipped_hits = 0
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome."""
@@ -327,6 +333,8 @@ class Tally:
             self.revalidated += 1
         elif outcome is REFRESHED:
             self.refreshed += 1
+        elif outcome is SKIPPED_HIT:
+            self.skipped_hits += 1
         elif isinstance(outcome, ServeStale):
             # A fetch that failed, rescued by stale data: an error, and a stale answer.
             self.errors += 1
@@ -346,4 +354,5 @@ class Tally:
             stale_served=self.stale_served,
             revalidated=self.revalidated,
             refreshed=self.refreshed,
+            search_hits_skipped=self.skipped_hits,
         )

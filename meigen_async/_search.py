@@ -9,17 +9,20 @@ here: `_searcher` does the I/O and asks these.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Mapping
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import quote
 
+import attrs
 from cachetools import LRUCache
 from yarl import URL
 
-from ._protocol import header, parse_retry_after, service_message, snippet
+from ._protocol import header, parse_retry_after, service_message, snippet, validate_image_id
 from ._text import printable, replace_surrogates
 from .errors import (
     ApiError,
+    InvalidImageId,
     InvalidQuery,
     InvalidResponse,
     MeigenError,
@@ -31,9 +34,13 @@ from .models import SearchHit, structure_search_hit
 __all__ = [
     "MAX_PAGE_SIZE",
     "MAX_QUERY_LENGTH",
+    "PAGE_CACHE_BYTES",
+    "PAGE_CACHE_PAGES",
+    "Page",
     "PageCache",
     "Pager",
     "decode_page",
+    "page_bytes",
     "page_error",
     "page_key",
     "parse_page_key",
@@ -50,7 +57,19 @@ MAX_QUERY_LENGTH = 200
 MAX_PAGE_SIZE = 20
 """The most results a page asks for: what MeiGen's own client asks."""
 
+PAGE_CACHE_PAGES = 256
+"""The most search pages a session keeps in memory."""
+
+PAGE_CACHE_BYTES = 32 * 1024 * 1024
+"""The most memory, in bytes as `page_bytes` estimates it, the kept search pages may take.
+
+A page of 20 real hits takes 60 KB on average, 116 KB at most (measured over the prompt
+corpus), so 256 such pages fit; pages a server made huge are evicted down to this, where
+256 of them took about 7 GB before pages were cut to their limit and weighed.
+"""
+
 _QUERY_SHOWN = 60
+_SKIPPED_SHOWN = 40  # characters of a refused id quoted in the log: a valid id has at most 128
 _LOCATION_SHOWN = 200
 
 
@@ -145,12 +164,30 @@ def subject(query: str, limit: int, offset: int) -> str:
 # -- Reading a page ------------------------------------------------------------------------------
 
 
-def decode_page(status: int, headers: Mapping[str, str], body: bytes) -> tuple[SearchHit, ...]:
-    """One response as the page's hits, or the error it stands for, raised.
+@attrs.frozen
+class Page:
+    """One decoded page: the hits it gives, and what the server sent for them."""
+
+    hits: tuple[SearchHit, ...] = ()
+    """The hits, in the server's order: the results within the limit that name a gallery id."""
+    received: int = 0
+    """How many results the page counted, cut to the `limit` asked: what tells a last page."""
+    skipped: tuple[str, ...] = ()
+    """The ids of the results left out (not gallery ids), each quoted printable, for the log."""
+
+
+def decode_page(status: int, headers: Mapping[str, str], body: bytes, *, limit: int) -> Page:
+    """One response as the page it stands for, or the error it stands for, raised.
 
     A 2xx must carry `{"success": true, "data": [...]}`; `{"success": false, "error": ...}`
     and `{"error": ...}` are the service's errors, on any status. The errors name no query:
     the caller tells them for the page.
+
+    Only the first `limit` results are looked at, and built: a server sending more than it
+    was asked (100,000 hits in 2 MB) costs no more than `limit` of them. A result whose `id`
+    is missing or not a gallery id (`validate_image_id`: a newline in it, say) is skipped,
+    and named in `skipped`; a result that is no object, or whose other fields have the
+    wrong type, fails the page as a wrong field fails an image.
 
     Raises:
         MeigenError: the matching subclass; never a raw exception, whatever the body holds.
@@ -174,13 +211,29 @@ def decode_page(status: int, headers: Mapping[str, str], body: bytes) -> tuple[S
     if not isinstance(data, list):
         what = "no 'data' field" if "data" not in envelope else f"'data' is {type(data).__name__}"
         raise InvalidResponse(f"expected a list of results, but the envelope has {what}")
-    hits = []
-    for index, item in enumerate(data):
+    results = data[:limit]
+    hits: list[SearchHit] = []
+    skipped: list[str] = []
+    for index, item in enumerate(results):
+        if isinstance(item, dict):
+            try:
+                validate_image_id(item.get("id"))
+            except InvalidImageId:
+                skipped.append(_shown_id(item.get("id")))
+                continue
         try:
             hits.append(structure_search_hit(item))
         except InvalidResponse as error:
             raise InvalidResponse(f"result {index}: {error.message}") from error.__cause__
-    return tuple(hits)
+    return Page(hits=tuple(hits), received=len(results), skipped=tuple(skipped))
+
+
+def _shown_id(value: object) -> str:
+    if value is None:
+        return "(no id)"
+    if isinstance(value, str):
+        return printable(value, _SKIPPED_SHOWN)
+    return f"(a {type(value).__name__})"
 
 
 def page_error(status: int, headers: Mapping[str, str], body: bytes) -> MeigenError:
@@ -245,11 +298,14 @@ class Pager:
         self._left = max_results
         self._seen: set[str] = set()
 
-    def take(self, page: Iterable[SearchHit]) -> list[SearchHit]:
-        """The hits of the page just fetched at `offset` to yield; moves on to the next page."""
-        hits = list(page)
+    def take(self, page: Page) -> list[SearchHit]:
+        """The hits of the page just fetched at `offset` to yield; moves on to the next page.
+
+        A page is short by the results it counted (`received`), skipped ones included: a page
+        the server sent full is not taken for the last because some of its ids were refused.
+        """
         new: list[SearchHit] = []
-        for hit in hits:
+        for hit in page.hits:
             if self._left is not None and len(new) >= self._left:
                 break
             if hit.id not in self._seen:
@@ -258,41 +314,74 @@ class Pager:
         if self._left is not None:
             self._left -= len(new)
         self.offset += self.page_size
-        self.done = len(hits) < self.page_size or not new or self._left == 0
+        self.done = page.received < self.page_size or not new or self._left == 0
         return new
 
 
 # -- Keeping pages -------------------------------------------------------------------------------
 
 
+def page_bytes(key: str, page: Page) -> int:
+    """An estimate of the memory one kept page takes, in bytes: its key, hits and strings.
+
+    `sys.getsizeof` of every object the page holds (each hit, each field's value, each media
+    URL): what a page's strings cost in memory, which a body's length does not tell (one
+    emoji makes every character of a Python string 4 bytes). Small shared values (None,
+    small ints) are counted as if they were the page's own: an overestimate of a few bytes.
+    A prompt parsed later (`hit.prompt`) is not counted.
+    """
+    size = sys.getsizeof(key) + sys.getsizeof(page) + sys.getsizeof(page.hits)
+    size += sum(map(sys.getsizeof, page.skipped))
+    for hit in page.hits:
+        size += sys.getsizeof(hit)
+        for value in attrs.astuple(hit, recurse=False):
+            size += sys.getsizeof(value)
+            if type(value) is tuple:
+                size += sum(map(sys.getsizeof, value))
+    return size
+
+
 class PageCache:
-    """Pages kept by key, each until its own expiry; at most `maxsize` (0 keeps none).
+    """Pages kept by key, each until its own expiry, within a count and a memory budget.
+
+    At most `max_pages` pages and `max_bytes` bytes of them, as `page_bytes` estimates: the
+    least recently used go first. Each page counts at least `max_bytes / max_pages`, which is
+    how the one budget bounds both (cachetools' `LRUCache` weighs entries by one measure). A
+    page larger than the whole budget is not kept. `max_pages` 0 keeps none.
 
     Args:
-        maxsize: The most pages kept; the least recently used goes first.
+        max_pages: The most pages kept.
         timer: The clock, `time.monotonic` but in tests.
+        max_bytes: The most bytes the kept pages take.
 
     """
 
-    def __init__(self, maxsize: int, timer: Callable[[], float]):
-        self.maxsize = maxsize
+    def __init__(
+        self, max_pages: int, timer: Callable[[], float], *, max_bytes: int = PAGE_CACHE_BYTES
+    ):
+        self.max_pages = max_pages
+        self.max_bytes = max_bytes
         self._timer = timer
-        self._pages: LRUCache[str, tuple[tuple[SearchHit, ...], float]] = LRUCache(max(maxsize, 1))
+        self._least = max_bytes // max(max_pages, 1)
+        self._pages: LRUCache[str, _Kept] = LRUCache(
+            max(max_bytes, 1), getsizeof=lambda kept: kept.weight
+        )
 
-    def get(self, key: str) -> tuple[SearchHit, ...] | None:
+    def get(self, key: str) -> Page | None:
         """The fresh page kept under `key`, or None."""
-        entry = self._pages.get(key)
-        if entry is None:
+        kept = self._pages.get(key)
+        if kept is None:
             return None
-        if self._timer() < entry[1]:
-            return entry[0]
+        if self._timer() < kept.expires:
+            return kept.page
         del self._pages[key]
         return None
 
-    def set(self, key: str, hits: tuple[SearchHit, ...], ttl: float | None) -> None:
-        """Keep `hits` `ttl` seconds; None or 0 keeps nothing and forgets what was kept."""
-        if self.maxsize > 0 and ttl is not None and ttl > 0:
-            self._pages[key] = (hits, self._timer() + ttl)
+    def set(self, key: str, page: Page, ttl: float | None) -> None:
+        """Keep `page` `ttl` seconds; None or 0 keeps nothing and forgets what was kept."""
+        weight = max(page_bytes(key, page), self._least)
+        if self.max_pages > 0 and ttl is not None and ttl > 0 and weight <= self.max_bytes:
+            self._pages[key] = _Kept(page, self._timer() + ttl, weight)
         else:
             self._pages.pop(key, None)
 
@@ -303,3 +392,15 @@ class PageCache:
     def __len__(self) -> int:
         """How many pages are kept, expired ones not yet touched included."""
         return len(self._pages)
+
+    @property
+    def kept_bytes(self) -> int:
+        """The bytes the kept pages count for (each at least `max_bytes / max_pages`)."""
+        return int(self._pages.currsize)
+
+
+@attrs.frozen
+class _Kept:
+    page: Page
+    expires: float
+    weight: int

@@ -3,18 +3,27 @@
 A page is looked up in its own cache (never the image cache), else fetched in a single flight
 keyed by (query, limit, offset), through the `Upstream` the images use: the same concurrency
 slots, pacer, retries and `Retry-After` handling. What each step means is decided in `_search`.
+
+Results whose id is not a gallery id are skipped there; here they are counted in the session's
+`stats.search_hits_skipped` and logged: the first page with any as a warning on the
+`meigen_async` logger, once a session (a server sending them on every page would otherwise
+flood the log), later ones at debug level.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 
 from yarl import URL
 
+from ._core import SKIPPED_HIT, Tally
 from ._flight import SingleFlight
 from ._search import (
+    PAGE_CACHE_PAGES,
+    Page,
     PageCache,
     Pager,
     decode_page,
@@ -34,10 +43,11 @@ from .models import SearchHit
 
 __all__ = ["SEARCH_TASK_PREFIX", "Searcher"]
 
+logger = logging.getLogger("meigen_async")
+
 SEARCH_TASK_PREFIX = "meigen-async search "
 """Search pages are fetched in tasks named this prefix plus the page's key."""
-
-_PAGES_KEPT = 256
+_SKIPPED_NAMED = 3  # ids of skipped results a log line quotes
 
 
 class Searcher:
@@ -47,6 +57,7 @@ class Searcher:
         base: The session's base URL, checked.
         upstream: The session's `Upstream`.
         policy: How long a page is kept: `Cache-Control`, else its `default_ttl`.
+        tally: The session's counters, where skipped results are counted.
         cache_pages: Whether pages are kept at all (the session's `cache_size` > 0).
         timer: The cache's clock.
 
@@ -58,14 +69,17 @@ class Searcher:
         *,
         upstream: Upstream,
         policy: CachePolicy,
+        tally: Tally,
         cache_pages: bool = True,
         timer: Callable[[], float] = time.monotonic,
     ):
         self._url = search_urls(base)
         self._upstream = upstream
         self._policy = policy
-        self._pages = PageCache(_PAGES_KEPT if cache_pages else 0, timer)
-        self._flights: SingleFlight[tuple[SearchHit, ...]] = SingleFlight(
+        self._tally = tally
+        self._warned = False
+        self._pages = PageCache(PAGE_CACHE_PAGES if cache_pages else 0, timer)
+        self._flights: SingleFlight[Page] = SingleFlight(
             self._fetch,
             task_name=SEARCH_TASK_PREFIX.__add__,
             closed_error=_closed_error,
@@ -76,7 +90,7 @@ class Searcher:
         """One page of hits for a query (validated here, before any I/O)."""
         query = validate_query(query)
         validate_page(limit, offset)
-        return list(await self._page(query, limit, offset))
+        return list((await self._page(query, limit, offset)).hits)
 
     def iter_search(
         self, query: str, *, max_results: int | None, page_size: int
@@ -93,31 +107,51 @@ class Searcher:
             for hit in pager.take(page):
                 yield hit
 
-    async def _page(self, query: str, limit: int, offset: int) -> tuple[SearchHit, ...]:
+    async def _page(self, query: str, limit: int, offset: int) -> Page:
         key = page_key(query, limit, offset)
-        hits = self._pages.get(key)
-        if hits is not None:
-            return hits
+        page = self._pages.get(key)
+        if page is not None:
+            return page
         if self._flights.closed:
             raise RuntimeError("this GallerySession is closed")
         flight, _ = self._flights.join(key, asyncio.get_running_loop())
         return await self._flights.wait(flight)
 
-    async def _fetch(self, key: str) -> tuple[SearchHit, ...]:
+    async def _fetch(self, key: str) -> Page:
         query, limit, offset = parse_page_key(key)
         policy = self._policy
 
-        def read(raw: RawResponse) -> tuple[tuple[SearchHit, ...], float | None]:
-            return decode_page(raw.status, raw.headers, raw.body), policy.ttl_for(raw.headers)
+        def read(raw: RawResponse) -> tuple[Page, float | None]:
+            page = decode_page(raw.status, raw.headers, raw.body, limit=limit)
+            return page, policy.ttl_for(raw.headers)
 
-        hits, ttl = await self._upstream.request(
-            self._url(query, limit, offset),
-            read,
-            image_id=None,
-            subject=subject(query, limit, offset),
+        where = subject(query, limit, offset)
+        page, ttl = await self._upstream.request(
+            self._url(query, limit, offset), read, image_id=None, subject=where
         )
-        self._pages.set(key, hits, ttl)
-        return hits
+        if page.skipped:
+            self._skipped(page, where)
+        self._pages.set(key, page, ttl)
+        return page
+
+    def _skipped(self, page: Page, where: str) -> None:
+        for _ in page.skipped:
+            self._tally.record(SKIPPED_HIT)
+        named = ", ".join(page.skipped[:_SKIPPED_NAMED])
+        more = len(page.skipped) - _SKIPPED_NAMED
+        if more > 0:
+            named += f" and {more} more"
+        if self._warned:
+            logger.debug("%s: skipped results whose id is not a gallery id: %s", where, named)
+            return
+        self._warned = True
+        logger.warning(
+            "%s: skipped %d results whose id is not a gallery id: %s; later ones in this "
+            "session are counted in stats.search_hits_skipped and logged at debug level",
+            where,
+            len(page.skipped),
+            named,
+        )
 
     def clear(self) -> None:
         """Forget every page kept."""

@@ -99,7 +99,8 @@ class SearchHit:
     """
 
     id: str
-    """The gallery id: give it to `GallerySession.get_image` for the full image."""
+    """The gallery id, always a valid one (a search skips results with another): give it to
+    `GallerySession.get_image` for the full image."""
     text: str = ""
     """The prompt as posted; parsed in `prompt`."""
     prompt_ready: bool | None = None
@@ -168,6 +169,8 @@ class SessionStats:
     """Expired images a `304 Not Modified` renewed, with no body sent."""
     refreshed: int = 0
     """Background refreshes (stale-while-revalidate) that got their answer."""
+    search_hits_skipped: int = 0
+    """Search results left out because their id is not a gallery id."""
 
 
 # -- Structuring ---------------------------------------------------------------------------------

@@ -200,6 +200,7 @@ class GallerySession:
             upstream=upstream,
             policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
             cache_pages=cache_size > 0 and search_ttl > 0,
+            tally=self._tally,
         )
         self._flights: SingleFlight[GalleryImage] = SingleFlight(
             fetcher.fetch,

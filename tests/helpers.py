@@ -1,7 +1,8 @@
 """Helpers shared by the tests that script faults against FakeGallery.
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
-gallery saw its requests, and whether a directory's files can carry media records.
+gallery saw its requests, whether a directory's files can carry media records, and the
+hypothesis strategies of untrusted JSON.
 """
 
 from __future__ import annotations
@@ -16,10 +17,23 @@ from pathlib import Path
 from typing import Any
 
 import attrs
+from hypothesis import strategies as st
 
 from meigen_async.retry import RetryPolicy
 from meigen_async.session import FETCH_TASK_PREFIX
 from meigen_async.testing import FakeGallery
+
+# Text with lone surrogates mixed in: st.text() itself leaves them out.
+UNTRUSTED_TEXT = st.lists(
+    st.text(max_size=5) | st.integers(0xD800, 0xDFFF).map(chr), max_size=6
+).map("".join)
+"""Short text, lone surrogates included."""
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | UNTRUSTED_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(UNTRUSTED_TEXT, inner, max_size=3),
+    max_leaves=10,
+)
+"""Any value JSON can hold, small."""
 
 FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.01, rate_limited_wait=0.01)
 """Retries within milliseconds: the behaviour of the default policy, without the waiting."""

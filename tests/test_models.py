@@ -8,6 +8,7 @@ from typing import Any
 import attrs
 import cattrs
 import pytest
+from helpers import JSON_VALUES, UNTRUSTED_TEXT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -441,15 +442,6 @@ def test_a_valid_string_is_kept_as_the_same_object() -> None:
         assert replace_surrogates(text) is text
 
 
-# Text with lone surrogates mixed in: st.text() itself leaves them out.
-UNTRUSTED_TEXT = st.lists(
-    st.text(max_size=5) | st.integers(0xD800, 0xDFFF).map(chr), max_size=6
-).map("".join)
-JSON_VALUES = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | UNTRUSTED_TEXT,
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(UNTRUSTED_TEXT, inner, max_size=3),
-    max_leaves=10,
-)
 FIELDS = [a.name for a in attrs.fields(GalleryImage)]
 
 

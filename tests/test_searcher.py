@@ -6,6 +6,8 @@ What the server saw is counted: each search `FakeGallery.searches` received, as 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,6 +18,7 @@ from meigen_async import (
     ApiError,
     GallerySession,
     InvalidQuery,
+    InvalidResponse,
     RateLimited,
     RetryPolicy,
     SearchHit,
@@ -307,3 +310,92 @@ async def test_search_on_a_closed_session_is_refused(city: FakeGallery) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         await session.search("neon")
     assert city.total_requests == 0
+
+
+# -- Hostile pages ---------------------------------------------------------------------------------
+
+
+def page_of(*items: object) -> Answer:
+    data = {"success": True, "data": list(items)}
+    return Answer(body=json.dumps(data, separators=(",", ":")).encode())
+
+
+INJECTED = ["1001\n1002", "../../etc", "\x1b]52;c;b3duZWQ=\x07", "a" * 129, "", 42, None]
+
+
+async def test_results_whose_id_is_not_a_gallery_id_are_skipped_counted_and_logged_escaped(
+    city: FakeGallery, caplog: pytest.LogCaptureFixture
+) -> None:
+    city.script_search(page_of({"id": "1000"}, *({"id": bad} for bad in INJECTED), {"id": "1003"}))
+    async with GallerySession(city.url) as session:
+        with caplog.at_level(logging.DEBUG, logger="meigen_async"):
+            hits = await session.search("neon")
+            again = await session.search("neon")
+        assert [hit.id for hit in hits] == ["1000", "1003"] == [hit.id for hit in again]
+        assert session.stats.search_hits_skipped == len(INJECTED)
+    assert len(city.searches) == 1
+    [record] = [r for r in caplog.records if "not a gallery id" in r.getMessage()]
+    assert record.levelno == logging.WARNING
+    assert "'1001\\n1002'" in record.getMessage()
+    assert record.getMessage().isprintable()
+
+
+async def test_skipped_results_are_warned_about_once_a_session_and_all_counted(
+    city: FakeGallery, caplog: pytest.LogCaptureFixture
+) -> None:
+    city.script_search(page_of({"id": "a b"}), page_of({"id": "c\nd"}, {"id": "e f"}))
+    async with GallerySession(city.url) as session:
+        with caplog.at_level(logging.WARNING, logger="meigen_async"):
+            assert await session.search("neon") == []
+            assert await session.search("city") == []
+        assert session.stats.search_hits_skipped == 3
+    assert len([r for r in caplog.records if "not a gallery id" in r.getMessage()]) == 1
+
+
+async def test_iter_search_ends_at_a_full_page_of_bad_ids(city: FakeGallery) -> None:
+    bad = page_of(*({"id": f"bad id {i}"} for i in range(20)))
+    city.script_search(bad, bad, bad)
+    async with GallerySession(city.url) as session:
+        assert [hit async for hit in session.iter_search("neon", max_results=None)] == []
+    assert len(city.searches) == 1
+
+
+async def test_a_2_mb_page_gives_limit_hits(city: FakeGallery) -> None:
+    huge = page_of(*({"id": str(i)} for i in range(130_000)))
+    assert len(huge.body or b"") <= 2_097_152  # the default max_body_bytes
+    city.script_search(huge)
+    async with GallerySession(city.url) as session:
+        hits = await session.search("neon", limit=20)
+    assert [hit.id for hit in hits] == [str(i) for i in range(20)]
+    assert len(city.searches) == 1
+
+
+async def test_iter_search_over_huge_pages_yields_page_size_hits_a_page(city: FakeGallery) -> None:
+    city.script_search(*(page_of(*({"id": f"{p}-{i}"} for i in range(10_000))) for p in range(3)))
+    async with GallerySession(city.url) as session:
+        hits = [hit.id async for hit in session.iter_search("neon", max_results=50)]
+    assert hits == [f"{p}-{i}" for p in range(3) for i in range(20)][:50]
+    assert [offset for _, _, offset in city.searches] == [0, 20, 40]
+
+
+async def test_pages_of_huge_prompts_are_evicted_to_stay_within_the_memory_budget(
+    city: FakeGallery,
+) -> None:
+    # About 1.9 MB a page, where 32 MiB are kept: not all 20 pages fit, as they did by count.
+    huge = page_of({"id": "1", "text": "x" * 1_900_000})
+    city.script_search(*[huge] * 21)
+    async with GallerySession(city.url) as session:
+        for offset in range(20):
+            await session.search("neon", offset=offset)
+        await session.search("neon", offset=19)
+        await session.search("neon", offset=0)
+    assert [offset for _, _, offset in city.searches] == [*range(20), 0]
+
+
+async def test_a_result_with_a_gallery_id_and_a_wrong_field_fails_the_page_typed(
+    city: FakeGallery,
+) -> None:
+    city.script_search(page_of({"id": "1"}, {"id": "2", "likes": {"a": 1}}))
+    async with GallerySession(city.url, retry=RetryPolicy(max_retries=0)) as session:
+        with pytest.raises(InvalidResponse, match=r"search 'neon'.*result 1: .*likes"):
+            await session.search("neon")
