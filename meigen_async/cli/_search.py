@@ -6,8 +6,7 @@ import argparse
 import sys
 from contextlib import aclosing
 
-from .._protocol import validate_image_id
-from .._text import printable, terminal_safe
+from .._text import terminal_safe
 from ..errors import MeigenError
 from ..models import (
     SearchHit,
@@ -19,7 +18,6 @@ from ._options import (
 from ._output import (
     _EXIT_FAILED,
     _EXIT_OK,
-    _PROG,
     CommandError,
     _print,
     _print_json,
@@ -39,31 +37,15 @@ def hit_line(hit: SearchHit) -> str:
     return terminal_safe(f"{hit.id}  {hit.model or '-'}  {author}  {hit.likes:,} likes  {first}")
 
 
-def _is_gallery_id(image_id: str) -> bool:
-    try:
-        validate_image_id(image_id)
-    except MeigenError:
-        return False
-    return True
-
-
-_BAD_ID_SHOWN = 40
-
-
 async def _search(args: argparse.Namespace) -> int:
-    # A hit whose id is no gallery id is skipped in every form: `--ids | bulk -` must get one
-    # gallery id a line, whatever a server put in the field.
-    skipped = 0
-    first_skipped = ""
+    # Every hit's id is a gallery id: the library skips (and logs) the others, so `--ids | bulk -`
+    # gets one gallery id per line whatever a server put in the field.
     try:
         async with _session(args) as session:
             hits = session.iter_search(args.query, max_results=args.max, page_size=args.limit)
             async with aclosing(hits):
                 async for hit in hits:
-                    if not _is_gallery_id(hit.id):
-                        skipped += 1
-                        first_skipped = first_skipped or hit.id
-                    elif args.ids:
+                    if args.ids:
                         _print(hit.id, sys.stdout)
                     elif args.json:
                         _print_json(converter.unstructure(hit), sys.stdout)
@@ -73,11 +55,4 @@ async def _search(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     except MeigenError as error:
         raise CommandError(error.message, _EXIT_FAILED) from None
-    finally:
-        if skipped:
-            _print(
-                f"{_PROG}: warning: skipped {skipped:,} hits whose id is not a gallery id "
-                f"(the first: {printable(first_skipped, _BAD_ID_SHOWN)})",
-                sys.stderr,
-            )
     return _EXIT_OK
