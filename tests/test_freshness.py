@@ -100,6 +100,28 @@ async def test_a_changed_image_is_answered_with_a_200_that_replaces_it(
     assert stats.revalidated == 0
 
 
+async def test_a_304_naming_another_etag_renews_nothing_and_one_plain_request_follows(
+    fresh_gallery: FakeGallery, timer: FakeTimer
+) -> None:
+    image_id = fresh_gallery.ids[0]
+    async with session_on(fresh_gallery, timer) as session:
+        await session.get_image(image_id)
+        fresh_gallery.images[image_id]["likes"] = 123_456
+        # The conditional request answered "not modified", yet under the new version's tag.
+        lying = Answer(status=304, body=b"", headers={"ETag": '"v2"', "Cache-Control": MAX_AGE})
+        fresh_gallery.script(image_id, lying)
+        timer.now += 61
+        changed = await session.get_image(image_id)
+        timer.now += 30
+        again = await session.get_image(image_id)
+        stats = session.stats
+
+    assert changed.likes == again.likes == 123_456
+    assert fresh_gallery.requests[image_id] == 3
+    assert fresh_gallery.conditional[image_id] == 1  # the last one carried no validators
+    assert stats.revalidated == 0
+
+
 async def test_an_image_without_validators_is_fetched_again_plainly(
     images: list[dict[str, Any]], timer: FakeTimer
 ) -> None:
@@ -216,6 +238,56 @@ async def test_a_failed_refresh_is_logged_once_counted_and_never_raised(
     assert stats.errors == 1
     assert stats.refreshed == 0
     assert stats.stale_served == 0
+
+
+def refresh_warnings(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("background refresh" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_failed_refresh_is_not_started_again_before_its_backoff_and_warns_once(
+    images: list[dict[str, Any]], timer: FakeTimer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A first back-off of exactly one second on the fake clock.
+    retry = RetryPolicy(max_retries=0, backoff_base=2.0, random=lambda: 0.5)
+    async with FakeGallery(images, cache_control=SWR) as gallery:
+        image_id = gallery.ids[0]
+        async with session_on(gallery, timer, retry=retry) as session:
+            await session.get_image(image_id)
+            gallery.script(image_id, *[Answer.error(500)] * 200)
+            timer.now += 61
+            with caplog.at_level(logging.WARNING, logger="meigen_async"):
+                for _ in range(100):  # one after another: none joins a refresh in flight
+                    await session.get_image(image_id)
+                    await settled(session)
+                during = (gallery.requests[image_id], refresh_warnings(caplog))
+                timer.now += 1.0
+                for _ in range(100):
+                    await session.get_image(image_id)
+                    await settled(session)
+                after = (gallery.requests[image_id], refresh_warnings(caplog))
+
+    assert during == (2, 1)
+    assert after == (3, 2)
+
+
+async def test_a_failed_refresh_waits_out_its_retry_after(
+    images: list[dict[str, Any]], timer: FakeTimer
+) -> None:
+    retry = RetryPolicy(max_retries=0, backoff_base=0.01)
+    async with FakeGallery(images, cache_control=SWR) as gallery:
+        image_id = gallery.ids[0]
+        async with session_on(gallery, timer, retry=retry) as session:
+            await session.get_image(image_id)
+            gallery.script(image_id, *[Answer.error(503, headers={"Retry-After": "120"})] * 50)
+            timer.now += 61
+            seen = []
+            for _ in range(13):  # a get every 10 s for 120 s, then one more
+                await session.get_image(image_id)
+                await settled(session)
+                seen.append(gallery.requests[image_id])
+                timer.now += 10
+
+    assert seen == [2] * 12 + [3]
 
 
 async def test_a_failed_refresh_is_not_rescued_by_stale_if_error_as_if_it_were_done(
