@@ -3,7 +3,8 @@
 `GallerySession` does the I/O and asks these functions at each step: what the cache holds for an
 id (`look_up`, `freshness`), what a response means (`read_response`, a 304 included), whether a
 failed attempt is tried again
-(`after_failure`), and what a fetch that gave up ends in (`after_giving_up`). `Tally` turns
+(`after_failure`), what a fetch that gave up ends in (`after_giving_up`), and when a background
+refresh that failed may run again (`after_failed_refresh`, `may_refresh`). `Tally` turns
 those outcomes into the counters of `SessionStats`: the one place where a counter moves.
 """
 
@@ -15,9 +16,23 @@ from collections.abc import Mapping
 
 import attrs
 
-from ._protocol import Validators, decode_response, not_found_message, validators_from
+from ._protocol import (
+    MAX_COOL_DOWN,
+    Validators,
+    decode_response,
+    header,
+    not_found_message,
+    validators_from,
+)
 from .cache import CachePolicy, MemoryCache
-from .errors import ImageNotFound, InvalidResponse, MeigenError, TransportError
+from .errors import (
+    ImageNotFound,
+    InvalidResponse,
+    MeigenError,
+    RateLimited,
+    ServerError,
+    TransportError,
+)
 from .models import GalleryImage, SessionStats
 from .retry import RetryPolicy, is_retryable
 
@@ -35,16 +50,20 @@ __all__ = [
     "DontStore",
     "Lookup",
     "Raise",
+    "Refetch",
     "Refresh",
+    "RefreshFailed",
     "Retry",
     "ServeStale",
     "Store",
     "Tally",
+    "after_failed_refresh",
     "after_failure",
     "after_giving_up",
     "for_image",
     "freshness",
     "look_up",
+    "may_refresh",
     "read_response",
     "remembered_404",
 ]
@@ -145,6 +164,28 @@ class DontStore:
     image: GalleryImage
 
 
+@attrs.frozen
+class Refetch:
+    """A 304 for another representation than the stored one: it renews nothing.
+
+    Ask again with no validators (RFC 9111 section 4.3.4: a cache must not use such a 304 to
+    update what it stored).
+    """
+
+
+def _same_representation(sent: Validators, etag: str | None) -> bool:
+    """Whether a 304 carrying `etag` is about the response stored with `sent` validators.
+
+    RFC 9111 section 4.3.4: a strong ETag must be the stored one, a weak one must match it
+    by weak comparison (RFC 9110 section 8.8.3.2); a 304 with no ETag says nothing against it.
+    """
+    if etag is None or not (etag := etag.strip()):
+        return True
+    if not etag.startswith("W/"):
+        return etag == sent.etag
+    return sent.etag is not None and sent.etag.removeprefix("W/") == etag.removeprefix("W/")
+
+
 def read_response(
     status: int,
     headers: Mapping[str, str],
@@ -154,13 +195,14 @@ def read_response(
     policy: CachePolicy,
     shared: bool = False,
     stored: tuple[GalleryImage, Validators] | None = None,
-) -> Store | DontStore:
+) -> Store | DontStore | Refetch:
     """What one response means: an image to store, one not to store, or its error, raised.
 
     With `shared`, the lifetime in a shared tier is read too (RFC 9111 gives a shared cache its
     own: `s-maxage` first, `private` never stored); else it is None. `stored` is the image and
     validators a conditional request was sent with: a 304 then renews that image (`Refresh`),
-    its lifetime and validators read from the 304's own headers (RFC 9111 section 4.3.4).
+    its lifetime and validators read from the 304's own headers (RFC 9111 section 4.3.4),
+    unless it carries an ETag of another representation: then `Refetch`, and nothing renewed.
 
     Raises:
         MeigenError: the response stands for an error (its status, a body that is not an
@@ -176,6 +218,8 @@ def read_response(
                 status=304,
             )
         image, kept = stored
+        if not _same_representation(kept, header(headers, "ETag")):
+            return Refetch()
         validators: Validators | None = kept.updated_by(validators_from(headers))
         new: type[Store] = Refresh
     else:
@@ -254,6 +298,44 @@ def after_giving_up(
     if stale is not None and is_retryable(error):
         return ServeStale(stale)
     return Raise(error)
+
+
+# -- After a failed background refresh -----------------------------------------------------------
+
+
+@attrs.frozen
+class RefreshFailed:
+    """The background refreshes of an id failed `failures` times in a row; none before `until`.
+
+    `until` is on the clock `after_failed_refresh` was given (the in-process cache's).
+    """
+
+    failures: int
+    until: float
+    wait: float
+    """Seconds from the last failure to `until`: its `Retry-After`, or the policy's backoff."""
+
+
+def after_failed_refresh(
+    error: BaseException, previous: RefreshFailed | None, *, now: float, policy: RetryPolicy
+) -> RefreshFailed:
+    """When the next background refresh of an id may start, after one failed with `error` at `now`.
+
+    After the wait its `Retry-After` asked for, else after `policy`'s backoff for the failures
+    in a row so far (growing with each); never more than `MAX_COOL_DOWN` seconds, so that a
+    huge `Retry-After` cannot stop refreshes for good.
+    """
+    failures = 1 if previous is None else previous.failures + 1
+    retry_after = error.retry_after if isinstance(error, (RateLimited, ServerError)) else None
+    # The exponent capped: 2.0**1024 overflows, and a refresh can fail for hours in a row.
+    wait = policy.backoff(min(failures - 1, 64)) if retry_after is None else retry_after
+    wait = min(wait, MAX_COOL_DOWN)
+    return RefreshFailed(failures, now + wait, wait)
+
+
+def may_refresh(failed: RefreshFailed | None, now: float) -> bool:
+    """Whether a background refresh of an id may start at `now`; `failed` None: none failed."""
+    return failed is None or now >= failed.until
 
 
 # -- Counting ------------------------------------------------------------------------------------

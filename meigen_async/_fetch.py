@@ -1,8 +1,9 @@
 """What a flight's task runs for one id: the shared tier, then the upstream, then the caches.
 
 `Fetcher` is the I/O shell around `_core`'s decisions: it asks the shared tier (when there is
-one), sends through `Upstream` (a conditional request when the stored image has validators),
-stores what `read_response` says to store, and ends a failed fetch as `after_giving_up` says.
+one), sends through `Upstream` (a conditional request when the stored image has validators, and
+one plain request more when its 304 was for another representation), stores what
+`read_response` says to store, and ends a failed fetch as `after_giving_up` says.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from ._core import (
     SHARED_HIT,
     DontStore,
     Raise,
+    Refetch,
     Refresh,
     Store,
     Tally,
@@ -22,7 +24,7 @@ from ._core import (
     read_response,
     remembered_404,
 )
-from ._protocol import conditional_headers
+from ._protocol import Validators, conditional_headers
 from ._shared_tier import SharedTier
 from ._transport import RawResponse
 from ._upstream import Upstream
@@ -87,29 +89,13 @@ class Fetcher:
                 shared.release_later(image_id, claim.token)
 
     async def _fetch_upstream(self, image_id: str) -> GalleryImage:
-        policy = self._policy
-        shared = self._shared is not None
-        # An image kept past its freshness with validators is asked after conditionally.
-        stored = self._cache.validators(image_id)
-
-        def read(raw: RawResponse) -> Store | DontStore:
-            return read_response(
-                raw.status,
-                raw.headers,
-                raw.body,
-                image_id=image_id,
-                policy=policy,
-                shared=shared,
-                stored=stored,
-            )
-
         try:
-            outcome = await self._upstream.request(
-                self._image_url(image_id),
-                read,
-                image_id=image_id,
-                headers=None if stored is None else conditional_headers(stored[1]),
-            )
+            # An image kept past its freshness with validators is asked after conditionally.
+            outcome = await self._request(image_id, self._cache.validators(image_id))
+            if isinstance(outcome, Refetch):
+                # A 304 for another representation renews nothing: ask once more, plainly.
+                outcome = await self._request(image_id, None)
+                assert not isinstance(outcome, Refetch)  # only a conditional request gets one
         except MeigenError as error:
             return await self._give_up(image_id, error)
         if isinstance(outcome, Store):
@@ -134,6 +120,31 @@ class Fetcher:
             if self._shared is not None:
                 await self._shared.store(image_id, outcome.image, None)
         return outcome.image
+
+    async def _request(
+        self, image_id: str, stored: tuple[GalleryImage, Validators] | None
+    ) -> Store | DontStore | Refetch:
+        """What the upstream answers for `image_id`, asked conditionally when `stored` is given."""
+        policy = self._policy
+        shared = self._shared is not None
+
+        def read(raw: RawResponse) -> Store | DontStore | Refetch:
+            return read_response(
+                raw.status,
+                raw.headers,
+                raw.body,
+                image_id=image_id,
+                policy=policy,
+                shared=shared,
+                stored=stored,
+            )
+
+        return await self._upstream.request(
+            self._image_url(image_id),
+            read,
+            image_id=image_id,
+            headers=None if stored is None else conditional_headers(stored[1]),
+        )
 
     async def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
         stale = None if image_id in self.refreshing else self._cache.get_stale(image_id)

@@ -4,9 +4,10 @@ No bot library is imported: [`discord_embed`][meigen_async.bots.discord_embed] r
 for
 `discord.Embed.from_dict`, [`telegram_caption`][meigen_async.bots.telegram_caption] a string for
 `parse_mode="HTML"` or
-`"MarkdownV2"`. Both stay within the platform's limits whatever the prompt holds, cutting
-long text with an ellipsis at a character boundary (never inside a combining sequence, an
-emoji sequence, an HTML entity or a Markdown escape) and closing any code block they opened.
+`"MarkdownV2"`. Both stay within the platform's limits whatever any field holds (the prompt,
+the names, the counts, the id, the URLs), cutting long text with an ellipsis at a character
+boundary (never inside a combining sequence, an emoji sequence, an HTML entity or a Markdown
+escape), closing any code block they opened, and leaving out a URL Discord would refuse.
 
     async with GallerySession() as gallery:
         image = await gallery.get_image(image_id)
@@ -25,6 +26,7 @@ import unicodedata
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
+from ._protocol import MAX_ID_LENGTH
 from .models import GalleryImage, SearchHit
 from .prompt import Prompt, PromptKind
 
@@ -41,11 +43,23 @@ _FIELD_VALUE = 1024
 _FOOTER = 2048
 _AUTHOR_NAME = 256
 _EMBED_TOTAL = 6000
+# Discord documents no limit on a URL; it refuses one that is not http(s). Longer than this is
+# no real image's URL either, and left out.
+_URL = 2048
+_URL_SCHEMES = ("http://", "https://")
+# A space or a control character (C0, DEL, C1) has no place in a URL that is sent on.
+_NOT_IN_URL = re.compile(r"[\x00-\x20\x7f-\x9f]")
 
 # Telegram counts UTF-16 code units of the text left after entity parsing.
 _CAPTION = 1024
-# A display name longer than this is cut, so that the prompt keeps most of the caption.
+# A display name or a username longer than this is cut, so that the prompt keeps most of the
+# caption; and the whole line under the prompt is never longer than _CAPTION_FOOTER.
 _CAPTION_NAME = 64
+_CAPTION_FOOTER = 256
+
+# A count past this is shown as it, with a "+": no post has a quadrillion likes, and a
+# 4,000-digit one would fill any caption (past 4,300 digits `str` even refuses it).
+_LARGEST_NUMBER = 10**15 - 1
 
 _FENCE = "```"
 # A zero-width space after each backtick followed by another: the text looks the same, but no
@@ -132,11 +146,35 @@ def truncate(text: str, limit: int, *, utf16: bool = False) -> str:
 # -- What both platforms show --------------------------------------------------------------------
 
 
+def _number(value: int, spec: str = ",") -> str:
+    """`value` formatted by `spec`, or the bound (and "+") for one no real count reaches."""
+    if -_LARGEST_NUMBER <= value <= _LARGEST_NUMBER:
+        return format(value, spec)
+    return f"{'-' if value < 0 else ''}{_LARGEST_NUMBER:{spec}}+"
+
+
+def _shown_id(image: GalleryImage) -> str:
+    """The id, cut to the longest a gallery id can be."""
+    return truncate(image.id, MAX_ID_LENGTH)
+
+
+def _url(value: str | None) -> str | None:
+    """`value` when Discord would take it as a URL: http(s), no spaces or controls, not huge."""
+    if (
+        not value
+        or len(value) > _URL
+        or not value[:8].lower().startswith(_URL_SCHEMES)
+        or _NOT_IN_URL.search(value)
+    ):
+        return None
+    return value
+
+
 def _attribution(image: GalleryImage, *, name_limit: int | None = None) -> str:
     name = (image.author_display_name or "").strip()
     username = (image.author_username or "").strip()
-    if name and name_limit is not None:
-        name = truncate(name, name_limit)
+    if name_limit is not None:
+        name, username = truncate(name, name_limit), truncate(username, name_limit)
     if name and username:
         return f"{name} (@{username})"
     return name or (f"@{username}" if username else "")
@@ -148,7 +186,7 @@ def _model_name(image: GalleryImage) -> str | None:
 
 
 def _media_url(image: GalleryImage) -> str | None:
-    return image.media_urls[0] if image.media_urls else image.thumbnail_url
+    return _url(image.media_urls[0] if image.media_urls else image.thumbnail_url)
 
 
 def _json_body(prompt: Prompt, raw: str) -> str:
@@ -176,7 +214,7 @@ def _discord_title(image: GalleryImage) -> str:
         return model
     if image.prompt.kind is PromptKind.PLAIN and _first_line(image.text):
         return _first_line(image.text)
-    return f"Gallery image {image.id}"
+    return f"Gallery image {_shown_id(image)}"
 
 
 def _close_fences(text: str, limit: int) -> str:
@@ -193,6 +231,8 @@ def _discord_description(image: GalleryImage, limit: int) -> str:
     if prompt.kind is not PromptKind.JSON:
         return _close_fences(image.text.strip(), limit)
     opening, closing = f"{_FENCE}json\n", f"\n{_FENCE}"
+    if limit <= len(opening) + len(closing):
+        return ""  # no room for an empty block, let alone a prompt
     body = _BACKTICK_RUN.sub("`\u200b", _json_body(prompt, image.text))
     return opening + truncate(body, limit - len(opening) - len(closing)) + closing
 
@@ -213,7 +253,9 @@ def discord_embed(image: GalleryImage) -> dict[str, Any]:
     is the first media URL, the author block credits the original poster, the fields hold
     likes, views, size and style reference, the footer the gallery id. Every part is cut to
     Discord's limit (title 256, description 4096, field 256/1024, footer 2048, author 256,
-    6000 in all), counted in code points as Discord does.
+    6000 in all), counted in code points as Discord does; a count past 999 trillion is shown
+    as that bound and "+", the id is cut to 128 characters, and a URL that is not http(s),
+    holds a space or a control character, or is longer than 2,048 characters is left out.
     """
     embed: dict[str, Any] = {"type": "rich", "title": truncate(_discord_title(image), _TITLE)}
     media = _media_url(image)
@@ -223,15 +265,17 @@ def discord_embed(image: GalleryImage) -> dict[str, Any]:
     author = _attribution(image)
     if author:
         embed["author"] = {"name": truncate(author, _AUTHOR_NAME)}
-        if image.author_avatar_url:
-            embed["author"]["icon_url"] = image.author_avatar_url
-    fields = [_field("Likes", f"{image.likes:,}"), _field("Views", f"{image.views:,}")]
-    if image.image_width is not None and image.image_height is not None:
-        fields.append(_field("Size", f"{image.image_width}x{image.image_height}"))
+        avatar = _url(image.author_avatar_url)
+        if avatar:
+            embed["author"]["icon_url"] = avatar
+    fields = [_field("Likes", _number(image.likes)), _field("Views", _number(image.views))]
+    width, height = image.image_width, image.image_height
+    if width is not None and height is not None:
+        fields.append(_field("Size", f"{_number(width, 'd')}x{_number(height, 'd')}"))
     if image.sref and image.sref.strip():
         fields.append(_field("Style reference", image.sref.strip()))
     embed["fields"] = fields
-    embed["footer"] = {"text": truncate(f"MeiGen gallery · {image.id}", _FOOTER)}
+    embed["footer"] = {"text": truncate(f"MeiGen gallery · {_shown_id(image)}", _FOOTER)}
     if image.created_at is not None:
         embed["timestamp"] = image.created_at.isoformat()
     used = _embed_size(embed)
@@ -277,8 +321,10 @@ def telegram_caption(
     A JSON prompt goes in a `json` code block (pretty-printed when it parsed), a plain one in
     italics (HTML) or as text (MarkdownV2). Everything is escaped for `parse_mode`, and the
     caption shows at most 1,024 characters once Telegram has parsed it (counted in UTF-16
-    code units, as Telegram does); the prompt is cut to fit, never inside an entity or an
-    escape, and any block opened is closed.
+    code units, as Telegram does), whatever any field holds: the display name and the username
+    are cut to 64 characters each, a count past 999 trillion is shown as that bound and "+",
+    the prompt is cut to fit, never inside an entity or an escape, and any block opened is
+    closed.
 
     Raises:
         ValueError: `parse_mode` is neither `"HTML"` nor `"MarkdownV2"`.
@@ -290,8 +336,12 @@ def telegram_caption(
     escape: Callable[[str], str] = _escape_markdown_v2 if markdown else _html
     attribution = _attribution(image, name_limit=_CAPTION_NAME)
     footer = " · ".join(
-        part for part in (f"— {attribution}" if attribution else "", f"♥ {image.likes:,}") if part
+        part
+        for part in (f"— {attribution}" if attribution else "", f"♥ {_number(image.likes)}")
+        if part
     )
+    # Cut before escaping, so never inside an escape; its parts are bounded already.
+    footer = truncate(footer, _CAPTION_FOOTER, utf16=True)
     separator = "\n\n"
     budget = _CAPTION - _utf16_len(footer) - _utf16_len(separator)
     prompt = image.prompt

@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import Literal, overload
 
 import aiohttp
+from cachetools import LRUCache
 
 from ._bulk import gather_images, refuse_single_id, stream_images
 from ._core import (
@@ -25,8 +26,11 @@ from ._core import (
     MISS,
     REFRESH,
     REFRESHED,
+    RefreshFailed,
     Tally,
+    after_failed_refresh,
     look_up,
+    may_refresh,
     remembered_404,
 )
 from ._fetch import Fetcher
@@ -169,6 +173,9 @@ class GallerySession:
                 shared = SharedTier(self._cache, cache, lease_time=timeout, policy=self.policy)
         self._shared = shared
         self._tally = Tally()
+        # Per id, the background refreshes that failed in a row: none again before its time.
+        # Bounded like the cache (an id dropped early is only refreshed sooner).
+        self._refresh_failed: LRUCache[str, RefreshFailed] = LRUCache(max(self._cache.maxsize, 1))
         self._transport = AiohttpTransport(
             timeout=timeout,
             max_body_bytes=max_body_bytes,
@@ -325,9 +332,12 @@ class GallerySession:
         """Start the background refresh of `image_id`, unless a fetch of it is in flight.
 
         It rides the id's flight like a miss (a miss meanwhile joins it), held by a done
-        callback rather than a waiting caller, so that nobody waits for it.
+        callback rather than a waiting caller, so that nobody waits for it. After a failed
+        one, none starts before its back-off has passed.
         """
         if self._closed or self._flights.running(image_id):
+            return
+        if not may_refresh(self._refresh_failed.get(image_id), self._cache.now()):
             return
         self._fetcher.refreshing.add(image_id)
         flight, _ = self._flights.join(image_id, asyncio.get_running_loop())
@@ -341,13 +351,25 @@ class GallerySession:
             return
         error = task.exception()
         if error is None:
+            self._refresh_failed.pop(flight.key, None)
             self._tally.record(REFRESHED)
         else:
-            # Counted as an error by the fetch; nobody waits for it, so it is said here, once.
+            failed = after_failed_refresh(
+                error,
+                self._refresh_failed.get(flight.key),
+                now=self._cache.now(),
+                policy=self.retry,
+            )
+            self._refresh_failed[flight.key] = failed
+            # Counted as an error by the fetch; nobody waits for it, so it is said here, once
+            # a back-off: no refresh starts before it ends.
             logger.warning(
-                "background refresh of image %s failed, serving the stored image until its "
-                "stale-while-revalidate window ends: %s",
+                "background refresh of image %s failed (%d in a row), serving the stored image "
+                "until its stale-while-revalidate window ends; next try in %.1f s at the "
+                "earliest: %s",
                 flight.key,
+                failed.failures,
+                failed.wait,
                 error,
             )
 

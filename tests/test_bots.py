@@ -6,7 +6,7 @@ import json
 import re
 from datetime import UTC, datetime
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 import pytest
@@ -50,13 +50,32 @@ def utf16_len(text: str) -> int:
 
 
 # Text that stresses the cutting and the escaping: every MarkdownV2 special, HTML's specials,
-# entity-like text, combining marks, ZWJ emoji, flags, skin tones, astral characters.
-TRICKY = [*"_*[]()~`>#+-=|{}.!\\<>&\"'", "&amp;", "```", "\u0301", "\u200d", "👍🏽", "🇫🇷", "👩‍👩‍👧"]
+# entity-like text, combining marks, ZWJ emoji, flags, skin tones, astral characters, and
+# control characters (C0, escape sequences, DEL, C1, line breaks, bidi overrides).
+CONTROLS = ["\x00", "\x1b[2J", "\x1b]0;title\x07", "\r", "\r\n", "\t", "\x7f", "\x85", "\u202e"]
+TRICKY = [
+    *"_*[]()~`>#+-=|{}.!\\<>&\"'",
+    "&amp;",
+    "```",
+    "\u0301",
+    "\u200d",
+    "👍🏽",
+    "🇫🇷",
+    "👩‍👩‍👧",
+    *CONTROLS,
+]
 tricky_text = st.lists(st.one_of(st.text(max_size=12), st.sampled_from(TRICKY)), max_size=60).map(
     "".join
 )
-# Long text made cheaply: a random piece repeated up to 60 times.
-huge_text = st.builds(lambda piece, times: piece * times, tricky_text, st.integers(1, 60))
+# Long text made cheaply: a random piece repeated, up to tens of thousands of characters.
+huge_text = st.one_of(
+    st.builds(lambda piece, times: piece * times, tricky_text, st.integers(1, 60)),
+    st.builds(
+        lambda piece, times: piece * times,
+        st.one_of(st.sampled_from(TRICKY), st.text(min_size=1, max_size=8)),
+        st.integers(500, 2500),
+    ),
+)
 any_text = st.one_of(tricky_text, huge_text)
 json_prompt_text = st.builds(
     lambda data, indent: json.dumps(data, ensure_ascii=False, indent=indent),
@@ -64,15 +83,44 @@ json_prompt_text = st.builds(
     st.sampled_from([None, 2]),
 )
 prompt_text = st.one_of(any_text, json_prompt_text)
+# Every other field: shorter pieces, repeated up to thousands of times (drawing the values is
+# where these tests spend their time).
+field_piece = st.lists(st.one_of(st.text(max_size=6), st.sampled_from(TRICKY)), max_size=8).map(
+    "".join
+)
+field_text = st.one_of(
+    field_piece, st.builds(lambda piece, times: piece * times, field_piece, st.integers(1, 2500))
+)
+# Counts of any size: past 4,300 digits, `str` refuses to print an int at all.
+hostile_int = st.one_of(
+    st.integers(),
+    st.integers(0, 6000).map(lambda digits: 10**digits - 1),
+    st.integers(0, 6000).map(lambda digits: -(10**digits)),
+)
+hostile_url = st.one_of(
+    field_text,
+    st.builds("https://images.meigen.ai/{}".format, field_text),
+    st.sampled_from(["javascript:alert(1)", "https://a.b/c d", "https://a.b/\x1b[2J", "ftp://a.b"]),
+)
 images = st.builds(
     image,
+    id=st.one_of(st.just(BASE.id), field_text),
     text=prompt_text,
-    author_display_name=st.one_of(st.none(), any_text),
-    author_username=st.one_of(st.none(), st.text(max_size=300)),
-    model=st.one_of(st.none(), st.sampled_from(["midjourney", "nanobanana"]), tricky_text),
-    sref=st.one_of(st.none(), any_text),
-    likes=st.integers(0, 10**12),
-    views=st.integers(0, 10**12),
+    media_urls=st.lists(hostile_url, max_size=2).map(tuple),
+    thumbnail_url=st.one_of(st.none(), hostile_url),
+    image_width=st.one_of(st.none(), hostile_int),
+    image_height=st.one_of(st.none(), hostile_int),
+    author_display_name=st.one_of(st.none(), field_text),
+    author_username=st.one_of(st.none(), field_text),
+    author_avatar_url=st.one_of(st.none(), hostile_url),
+    model=st.one_of(st.none(), st.sampled_from(["midjourney", "nanobanana"]), field_text),
+    sref=st.one_of(st.none(), field_text),
+    created_at=st.sampled_from(
+        [None, datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)]
+    ),
+    likes=hostile_int,
+    views=hostile_int,
+    retweets=hostile_int,
 )
 property_settings = settings(
     max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow]
@@ -134,6 +182,12 @@ def embed_texts(embed: dict[str, Any]) -> list[str]:
     return texts
 
 
+def embed_urls(embed: dict[str, Any]) -> list[str]:
+    urls = [embed.get("url"), embed.get("image", {}).get("url")]
+    urls.append(embed.get("author", {}).get("icon_url"))
+    return [url for url in urls if url is not None]
+
+
 @pytest.mark.slow
 @given(images)
 @property_settings
@@ -148,6 +202,10 @@ def test_embed_stays_within_every_discord_limit(gallery_image: GalleryImage) -> 
         assert 0 < len(field["name"].strip()) <= len(field["name"]) <= 256
         assert 0 < len(field["value"].strip()) <= len(field["value"]) <= 1024
     assert sum(map(len, embed_texts(embed))) <= 6000
+    for url in embed_urls(embed):
+        assert len(url) <= 2048
+        assert url.lower().startswith(("http://", "https://"))
+        assert not re.search(r"[\x00-\x20\x7f-\x9f]", url)
 
 
 @pytest.mark.slow
@@ -375,6 +433,41 @@ def test_caption_cuts_a_huge_prompt_and_keeps_the_attribution() -> None:
 def test_caption_cuts_a_huge_display_name_so_that_the_prompt_stays() -> None:
     caption = telegram_caption(image(author_display_name="Name " * 1000))
     assert caption.startswith(f"<i>{BASE.text}</i>")
+
+
+@pytest.mark.parametrize("parse_mode", ["HTML", "MarkdownV2"])
+def test_caption_of_a_2000_character_username_shows_at_most_1024_characters(
+    parse_mode: Literal["HTML", "MarkdownV2"],
+) -> None:
+    caption = telegram_caption(image(author_username="_" * 2000), parse_mode)
+    shown = visible_html(caption) if parse_mode == "HTML" else visible_markdown_v2(caption)
+    assert utf16_len(shown) <= 1024
+    assert shown.startswith(BASE.text)
+
+
+def test_caption_of_a_4000_digit_likes_count_shows_the_bound_and_a_plus() -> None:
+    shown = visible_html(telegram_caption(image(likes=10**4000 - 1)))
+    assert shown.endswith("♥ 999,999,999,999,999+")
+    assert shown.startswith(BASE.text)
+
+
+def test_a_count_too_long_for_str_is_shown_as_the_bound_in_the_embed() -> None:
+    embed = discord_embed(image(likes=10**5000, image_width=10**5000, image_height=-(10**5000)))
+    fields = {field["name"]: field["value"] for field in embed["fields"]}
+    assert fields["Likes"] == "999,999,999,999,999+"
+    assert fields["Size"] == "999999999999999+x-999999999999999+"
+
+
+def test_embed_leaves_out_urls_discord_would_refuse() -> None:
+    embed = discord_embed(
+        image(
+            media_urls=("javascript:alert(1)",),
+            author_avatar_url="https://pbs.twimg.com/a b.jpg",
+        )
+    )
+    assert "url" not in embed
+    assert "image" not in embed
+    assert embed["author"] == {"name": "Creator Name (@creator)"}
 
 
 def test_caption_refuses_another_parse_mode() -> None:

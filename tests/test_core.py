@@ -14,16 +14,20 @@ from meigen_async._core import (
     DontStore,
     Lookup,
     Raise,
+    Refetch,
     Refresh,
+    RefreshFailed,
     Retry,
     ServeStale,
     Store,
     Tally,
+    after_failed_refresh,
     after_failure,
     after_giving_up,
     for_image,
     freshness,
     look_up,
+    may_refresh,
     read_response,
 )
 from meigen_async._protocol import Validators, conditional_headers, validators_from
@@ -294,18 +298,45 @@ def test_a_304_renews_the_stored_image_with_the_304s_own_lifetime() -> None:
     assert outcome == Refresh(IMAGE, 120.0, None, VALIDATORS, 0.0)
 
 
-def test_a_304_takes_the_new_etag_it_carries_and_keeps_the_old_last_modified() -> None:
-    outcome = read_response(
-        304,
-        {"Cache-Control": "max-age=120", "ETag": '"v2"'},
-        b"",
-        image_id=ID,
-        policy=CachePolicy(),
-        stored=(IMAGE, VALIDATORS),
-    )
+def revalidated_by(headers: dict[str, str], sent: Validators = VALIDATORS) -> object:
+    """What a 304 with `headers` means to a request sent with `sent`."""
+    return read_response(304, headers, b"", image_id=ID, policy=CachePolicy(), stored=(IMAGE, sent))
+
+
+def test_a_304_with_the_etag_sent_renews_and_takes_its_new_last_modified() -> None:
+    newer = "Fri, 08 Aug 2025 09:00:00 GMT"
+    outcome = revalidated_by({"Cache-Control": "max-age=120", "ETag": ETAG, "Last-Modified": newer})
 
     assert isinstance(outcome, Refresh)
-    assert outcome.validators == Validators(etag='"v2"', last_modified=LAST_MODIFIED)
+    assert outcome.validators == Validators(etag=ETAG, last_modified=newer)
+
+
+def test_a_304_with_another_strong_etag_renews_nothing_and_asks_for_a_refetch() -> None:
+    assert revalidated_by({"Cache-Control": "max-age=120", "ETag": '"v2"'}) == Refetch()
+
+
+def test_a_304_with_the_strong_form_of_a_weak_etag_sent_is_another_representation() -> None:
+    sent = Validators(etag='W/"v1"')
+
+    assert revalidated_by({"ETag": '"v1"'}, sent) == Refetch()
+
+
+def test_a_304_with_a_weak_etag_matching_the_one_sent_weakly_renews() -> None:
+    assert isinstance(revalidated_by({"ETag": 'W/"v1"'}), Refresh)
+
+
+def test_a_304_with_a_weak_etag_of_another_representation_renews_nothing() -> None:
+    assert revalidated_by({"ETag": 'W/"v2"'}) == Refetch()
+
+
+def test_a_304_with_an_etag_to_a_request_sent_without_one_renews_nothing() -> None:
+    sent = Validators(last_modified=LAST_MODIFIED)
+
+    assert revalidated_by({"ETag": '"v1"'}, sent) == Refetch()
+
+
+def test_a_304_without_an_etag_renews_the_stored_image() -> None:
+    assert isinstance(revalidated_by({"Cache-Control": "max-age=120"}), Refresh)
 
 
 def test_a_304_saying_no_store_renews_nothing() -> None:
@@ -402,3 +433,59 @@ def test_an_error_told_for_its_subject_keeps_what_callers_branch_on() -> None:
     assert isinstance(told, RateLimited)
     assert (told.status, told.retry_after, told.image_id) == (429, 7.0, None)
     assert str(told) == "search 'x': slow down (after 2 retries)"
+
+
+# -- After a failed background refresh -----------------------------------------------------------
+
+HALF = RetryPolicy(backoff_base=2.0, backoff_max=30.0, random=lambda: 0.5)
+
+
+def test_an_id_whose_refresh_never_failed_may_be_refreshed() -> None:
+    assert may_refresh(None, 1000.0)
+
+
+def test_a_failed_refresh_waits_the_policys_backoff_before_the_next() -> None:
+    failed = after_failed_refresh(ServerError("busy", status=500), None, now=1000.0, policy=HALF)
+
+    assert failed == RefreshFailed(failures=1, until=1001.0, wait=1.0)
+    assert not may_refresh(failed, 1000.999)
+    assert may_refresh(failed, 1001.0)
+
+
+def test_each_failed_refresh_in_a_row_backs_off_longer_up_to_the_policys_cap() -> None:
+    error = TransportError("refused")
+    failed = None
+    waits = []
+    for _ in range(6):
+        failed = after_failed_refresh(error, failed, now=0.0, policy=HALF)
+        waits.append(failed.wait)
+
+    assert waits == [1.0, 2.0, 4.0, 8.0, 15.0, 15.0]
+    assert failed is not None
+    assert failed.failures == 6
+
+
+def test_a_refresh_failing_for_hours_in_a_row_still_backs_off_by_the_policys_cap() -> None:
+    previous = RefreshFailed(failures=5000, until=0.0, wait=15.0)
+
+    failed = after_failed_refresh(TransportError("refused"), previous, now=0.0, policy=HALF)
+
+    assert (failed.failures, failed.wait) == (5001, 15.0)
+
+
+def test_a_failed_refresh_waits_its_retry_after_rather_than_the_backoff() -> None:
+    error = RateLimited("slow down", status=429, retry_after=120.0)
+
+    failed = after_failed_refresh(error, None, now=1000.0, policy=HALF)
+
+    assert (failed.until, may_refresh(failed, 1119.0), may_refresh(failed, 1120.0)) == (
+        1120.0,
+        False,
+        True,
+    )
+
+
+def test_a_huge_retry_after_holds_refreshes_back_five_minutes_at_most() -> None:
+    error = ServerError("down", status=503, retry_after=float("inf"))
+
+    assert after_failed_refresh(error, None, now=0.0, policy=HALF).until == 300.0

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from clocks import FakeTimer
 
-from meigen_async import GallerySession, RetryPolicy
+from meigen_async import GalleryImage, GallerySession, RetryPolicy, SessionStats
 from meigen_async.cache import MemoryCache
 from meigen_async.errors import ImageNotFound, InvalidImageId
 from meigen_async.session import FETCH_TASK_PREFIX
@@ -38,9 +38,12 @@ def session_on(gallery: FakeGallery, timer: FakeTimer, **options: Any) -> Galler
 
 
 async def settled(gallery: GallerySession) -> None:
-    """Until no fetch is in flight (the background refreshes among them)."""
+    """Until no fetch is in flight (the background refreshes among them) and their ends are seen."""
     for _ in range(500):
         if not [t for t in asyncio.all_tasks() if t.get_name().startswith(FETCH_TASK_PREFIX)]:
+            # One turn more: the done callbacks of a task that just ended (the session's record
+            # of a refresh) run after it.
+            await asyncio.sleep(0)
             return
         await asyncio.sleep(0.01)
     raise AssertionError("a fetch is still running")
@@ -80,23 +83,47 @@ async def test_a_304_renews_the_stored_images_lifetime(
     assert fresh_gallery.requests[image_id] == 2
 
 
-async def test_a_changed_image_is_answered_with_a_200_that_replaces_it(
-    fresh_gallery: FakeGallery, timer: FakeTimer
-) -> None:
-    image_id = fresh_gallery.ids[0]
-    async with session_on(fresh_gallery, timer) as session:
+async def read_after_a_change(
+    gallery: FakeGallery, timer: FakeTimer, *answers: Answer
+) -> tuple[GalleryImage, GalleryImage, SessionStats]:
+    """An image changed on the server after its first get (123,456 likes), the conditional
+    request answered by `answers` first: its get at expiry, another 30 s later, the stats."""
+    image_id = gallery.ids[0]
+    async with session_on(gallery, timer) as session:
         await session.get_image(image_id)
-        fresh_gallery.images[image_id]["likes"] = 123_456
+        gallery.images[image_id]["likes"] = 123_456
+        gallery.script(image_id, *answers)
         timer.now += 61
         changed = await session.get_image(image_id)
         timer.now += 30
         again = await session.get_image(image_id)
-        stats = session.stats
+        return changed, again, session.stats
 
+
+async def test_a_changed_image_is_answered_with_a_200_that_replaces_it(
+    fresh_gallery: FakeGallery, timer: FakeTimer
+) -> None:
+    changed, again, stats = await read_after_a_change(fresh_gallery, timer)
+
+    image_id = fresh_gallery.ids[0]
     assert changed.likes == again.likes == 123_456
     assert fresh_gallery.conditional[image_id] == 1
     assert fresh_gallery.not_modified[image_id] == 0
     assert fresh_gallery.requests[image_id] == 2
+    assert stats.revalidated == 0
+
+
+async def test_a_304_naming_another_etag_renews_nothing_and_one_plain_request_follows(
+    fresh_gallery: FakeGallery, timer: FakeTimer
+) -> None:
+    # The conditional request answered "not modified", yet under the new version's tag.
+    lying = Answer(status=304, body=b"", headers={"ETag": '"v2"', "Cache-Control": MAX_AGE})
+    changed, again, stats = await read_after_a_change(fresh_gallery, timer, lying)
+
+    image_id = fresh_gallery.ids[0]
+    assert changed.likes == again.likes == 123_456
+    assert fresh_gallery.requests[image_id] == 3
+    assert fresh_gallery.conditional[image_id] == 1  # the last one carried no validators
     assert stats.revalidated == 0
 
 
@@ -216,6 +243,56 @@ async def test_a_failed_refresh_is_logged_once_counted_and_never_raised(
     assert stats.errors == 1
     assert stats.refreshed == 0
     assert stats.stale_served == 0
+
+
+def refresh_warnings(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("background refresh" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_failed_refresh_is_not_started_again_before_its_backoff_and_warns_once(
+    images: list[dict[str, Any]], timer: FakeTimer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A first back-off of exactly one second on the fake clock.
+    retry = RetryPolicy(max_retries=0, backoff_base=2.0, random=lambda: 0.5)
+    async with FakeGallery(images, cache_control=SWR) as gallery:
+        image_id = gallery.ids[0]
+        async with session_on(gallery, timer, retry=retry) as session:
+            await session.get_image(image_id)
+            gallery.script(image_id, *[Answer.error(500)] * 200)
+            timer.now += 61
+            with caplog.at_level(logging.WARNING, logger="meigen_async"):
+                for _ in range(100):  # one after another: none joins a refresh in flight
+                    await session.get_image(image_id)
+                    await settled(session)
+                during = (gallery.requests[image_id], refresh_warnings(caplog))
+                timer.now += 1.0
+                for _ in range(100):
+                    await session.get_image(image_id)
+                    await settled(session)
+                after = (gallery.requests[image_id], refresh_warnings(caplog))
+
+    assert during == (2, 1)
+    assert after == (3, 2)
+
+
+async def test_a_failed_refresh_waits_out_its_retry_after(
+    images: list[dict[str, Any]], timer: FakeTimer
+) -> None:
+    retry = RetryPolicy(max_retries=0, backoff_base=0.01)
+    async with FakeGallery(images, cache_control=SWR) as gallery:
+        image_id = gallery.ids[0]
+        async with session_on(gallery, timer, retry=retry) as session:
+            await session.get_image(image_id)
+            gallery.script(image_id, *[Answer.error(503, headers={"Retry-After": "120"})] * 50)
+            timer.now += 61
+            seen = []
+            for _ in range(13):  # a get every 10 s for 120 s, then one more
+                await session.get_image(image_id)
+                await settled(session)
+                seen.append(gallery.requests[image_id])
+                timer.now += 10
+
+    assert seen == [2] * 12 + [3]
 
 
 async def test_a_failed_refresh_is_not_rescued_by_stale_if_error_as_if_it_were_done(
