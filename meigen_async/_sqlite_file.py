@@ -109,8 +109,8 @@ def describe(marks: Marks) -> str:
         )
     return (
         f"it is not a meigen_async cache (application_id {marks.application_id}, "
-        f"user_version {marks.user_version}, {len(marks.objects)} objects in its schema); "
-        "if an older meigen_async made it, delete it or give another path"
+        f"user_version {marks.user_version}, {len(marks.objects)} objects in its schema). "
+        "If an earlier meigen_async made it, delete it, or give another path"
     )
 
 

@@ -296,12 +296,14 @@ class SQLiteCache:
 
     def _disable(self, reason: str, *, refused: bool = False) -> None:
         self._disabled = True
-        logger.warning(
-            "the SQLite cache %s %s (%s): running without it",
-            self.path,
-            "is left as it is" if refused else "cannot be used",
-            reason,
-        )
+        if refused:
+            logger.warning(
+                "the SQLite cache %s is left as it is, running without it: %s", self.path, reason
+            )
+        else:
+            logger.warning(
+                "the SQLite cache %s cannot be used (%s): running without it", self.path, reason
+            )
 
     def _run(
         self, operation: Callable[[sqlite3.Connection], _T], fallback: _T, *, write: bool
