@@ -40,6 +40,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
+from ._backoff import Backoff
 from .errors import InvalidResponse
 from .limits import LocalRateLimiter
 from .models import GalleryImage, structure_image, unstructure_image
@@ -260,78 +261,6 @@ def _is_time(value: object) -> bool:
 def _milliseconds(seconds: float) -> int:
     # Redis wants a whole, positive number of milliseconds: round up, never to 0.
     return max(1, math.ceil(seconds * 1000))
-
-
-class Backoff:
-    """When to try a failing backend again: after 0.5 s, then twice as long each time, up to 5 s.
-
-    Pure: the caller reports each operation's outcome and asks
-    [`ready`][meigen_async.redis_cache.Backoff.ready] before the next.
-    [`failed`][meigen_async.redis_cache.Backoff.failed] and
-    [`succeeded`][meigen_async.redis_cache.Backoff.succeeded] say when an outage starts and ends, to
-    log just that.
-
-    Args:
-        first: Seconds to wait after the first failure.
-        longest: The longest wait, in seconds.
-        timer: The clock, in seconds; a fake one in tests.
-
-    """
-
-    def __init__(
-        self,
-        *,
-        first: float = 0.5,
-        longest: float = 5.0,
-        timer: Callable[[], float] = time.monotonic,
-    ):
-        self.first: float = first
-        """Seconds to wait after the first failure."""
-        self.longest: float = longest
-        """The longest wait, in seconds."""
-        self._timer = timer
-        self._delay = 0.0
-        self._down_since: float | None = None
-        self._retry_at = -math.inf
-
-    @property
-    def down(self) -> bool:
-        """Whether the backend is considered out (since a failure, until a success)."""
-        return self._down_since is not None
-
-    @property
-    def delay(self) -> float:
-        """The current back-off in seconds (0 while the backend is up)."""
-        return self._delay
-
-    def ready(self) -> bool:
-        """Whether to send the next operation, rather than skip it for now."""
-        return self._timer() >= self._retry_at
-
-    def failed(self) -> bool:
-        """Record a failed operation; True when it starts an outage."""
-        now = self._timer()
-        if self._down_since is None:
-            self._down_since = now
-            self._delay = self.first
-            self._retry_at = now + self._delay
-            return True
-        if now >= self._retry_at:
-            # A probe after the back-off failed too. (Failures of operations sent together
-            # with the first one do not count: they are the same outage, seen again.)
-            self._delay = min(self._delay * 2, self.longest)
-            self._retry_at = now + self._delay
-        return False
-
-    def succeeded(self, started: float) -> bool:
-        """Record an operation sent at `started` that worked; True when it ends an outage."""
-        if self._down_since is None or started < self._down_since:
-            # An operation sent before the outage began proves nothing about now.
-            return False
-        self._down_since = None
-        self._delay = 0.0
-        self._retry_at = -math.inf
-        return True
 
 
 # -- The cache -----------------------------------------------------------------------------------

@@ -11,16 +11,21 @@ wait and go together in the next transaction.
             image = await gallery.get_image(image_id)
 
 Why it holds under load where other SQLite caches report "database is locked": WAL mode (readers
-never wait for the writer), a busy timeout (a writer waits for another process's writer instead
-of failing), and every write transaction started with `BEGIN IMMEDIATE` (it takes the write
-lock up front, so a transaction that has read never has to upgrade its lock, the case SQLite
-refuses at once, busy timeout or not).
+never wait for the writer), a busy timeout (a writer waits a moment for another process's
+writer instead of failing), and every write transaction started with `BEGIN IMMEDIATE` (it takes
+the write lock up front, so a transaction that has read never has to upgrade its lock, the case
+SQLite refuses at once, busy timeout or not). Opening and reading never take the write lock, and
+a write that cannot have it soon is skipped, with a back-off (`Backoff`, as for Redis).
+
+Only a file marked as ours is ever written (see `_sqlite_file`): another program's database is
+left byte for byte as it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -38,37 +43,33 @@ from typing import Any, TypeVar
 
 import attrs
 
+from ._backoff import Backoff
+from ._sqlite_file import APPLICATION_ID, SCHEMA_VERSION, NotOurs, is_busy, open_file
 from .errors import InvalidResponse
 from .models import GalleryImage, structure_image, unstructure_image
 from .shared import SharedEntry, SharedImage, SharedMissing
 
-__all__ = ["SCHEMA_VERSION", "SQLiteCache", "decode_entry", "encode_image", "encode_missing"]
+__all__ = [
+    "APPLICATION_ID",
+    "BUSY_TIMEOUT",
+    "SCHEMA_VERSION",
+    "SQLiteCache",
+    "decode_entry",
+    "encode_image",
+    "encode_missing",
+]
 
 logger = logging.getLogger("meigen_async")
 
-SCHEMA_VERSION = 1
-"""Kept in the file's `user_version`: a file of another version is started afresh, never misread."""
+BUSY_TIMEOUT = 0.5
+"""Seconds a write waits for another process's write lock before it is skipped.
 
-BUSY_TIMEOUT = 10.0
-"""Seconds a statement waits for another process's write lock before it counts as a failure."""
+Short: a write of this cache holds the lock for milliseconds, and a lock held longer (another
+program, a process stopped mid-transaction) is waited out by the back-off, not by each write.
+Reads never wait for it (WAL mode), but one queued behind a waiting write does.
+"""
 
 _T = TypeVar("_T")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entries (
-    id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    value TEXT NOT NULL,
-    expires REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
-CREATE TABLE IF NOT EXISTS leases (
-    id TEXT PRIMARY KEY,
-    token TEXT NOT NULL,
-    expires REAL NOT NULL,
-    pid INTEGER NOT NULL
-);
-"""
 
 # -- Values (pure) -------------------------------------------------------------------------------
 
@@ -178,20 +179,34 @@ class SQLiteCache:
     expired rows are deleted as writes come. Each process trims after its own writes, so
     several processes writing at once may overshoot by a batch for a moment.
 
-    The cache never raises for its file: a file that cannot be opened or is not a database
-    (corrupt, another program's) gives one warning and the cache then answers as if it were
-    empty, for as long as it is open. A failure later on (a full disk, a lock held past
-    `BUSY_TIMEOUT`) gives one warning, the operation answers as if the cache were empty, and the
-    next operation tries the file again; the first success after logs once at INFO. A value
-    that does not decode is a miss, logged and deleted.
+    Only a file marked as ours (`PRAGMA application_id`, and the schema version in
+    `user_version`) or an empty one is written to; nothing is written, set or created before
+    that is read. Another program's database (or a cache of an older release, which wrote no
+    mark) gives one warning naming it, the cache answers as if it were empty for as long as it
+    is open, and the file is left byte for byte as it was. So does a file that cannot be opened
+    or is not a database (corrupt, a missing directory).
+
+    The cache never raises for its file. Opening and reading never wait for the write lock.
+    A write that cannot have the lock within `BUSY_TIMEOUT` (another process holds it), or any
+    other failure (a full disk), gives one warning and is skipped, and so is every write for a
+    back-off of 0.5 s, doubling after each failed try up to 5 s; reads go on meanwhile. The
+    first write that works again logs once at INFO. A value that does not decode is a miss,
+    logged and deleted.
 
     Args:
         path: The database file (`~` expanded). Its directory must exist.
         max_entries: Most images and 404s kept, together.
+        timer: The back-off's clock, in seconds (`time.monotonic`); a fake one in tests.
 
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, max_entries: int = 100_000):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_entries: int = 100_000,
+        timer: Callable[[], float] = time.monotonic,
+    ):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.path = Path(path).expanduser()
@@ -201,7 +216,9 @@ class SQLiteCache:
         self._disabled = False
         self._closed = False
         self._finished = False  # set on the worker thread once the connection is closed
-        self._down = False
+        # Used on the worker thread only: writes skipped while the lock was not to be had.
+        self._timer = timer
+        self._backoff = Backoff(timer=timer)
         self._lock = threading.Lock()
         self._batch: _Batch | None = None
         # Rows this process believes are in the file: counted for real only when a write
@@ -244,7 +261,7 @@ class SQLiteCache:
 
     @property
     def available(self) -> bool:
-        """False once the file turned out unusable (it cannot be opened, or is no database)."""
+        """False once the file turned out unusable (no database, not ours, cannot be opened)."""
         return not self._disabled
 
     def _close_connection(self) -> None:
@@ -260,63 +277,48 @@ class SQLiteCache:
         """The open connection, opened and set up on first use; None once the file is unusable."""
         if self._connection is not None or self._disabled or self._finished:
             return self._connection
+        if not self._backoff.ready():
+            return None  # the last try met a lock: not again before the back-off has passed
         try:
-            # isolation_level=None: no transactions opened behind our back; each write says
-            # BEGIN IMMEDIATE itself.
-            connection = sqlite3.connect(
-                self.path, timeout=BUSY_TIMEOUT, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.Error as error:
-            self._disable(error)
+            connection = open_file(self.path, BUSY_TIMEOUT)
+        except NotOurs as refusal:
+            self._disable(str(refusal), refused=True)
             return None
-        try:
-            connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-            mode = _wal_mode(connection)
-            if mode is None or str(mode[0]).lower() != "wal":
-                raise sqlite3.OperationalError(f"WAL mode refused (journal mode {mode!r})")
-            # In WAL mode, NORMAL commits without an fsync: a killed process loses nothing
-            # committed; only a power cut can lose the last transactions, never the file.
-            connection.execute("PRAGMA synchronous = NORMAL")
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                version = connection.execute("PRAGMA user_version").fetchone()[0]
-                if version not in (0, SCHEMA_VERSION):
-                    # Another version's layout: dropped rather than misread.
-                    connection.execute("DROP TABLE IF EXISTS entries")
-                    connection.execute("DROP TABLE IF EXISTS leases")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        connection.execute(statement)
-                connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                connection.execute("COMMIT")
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
         except sqlite3.Error as error:
-            connection.close()
-            if isinstance(error, sqlite3.OperationalError) and _is_busy(error):
-                # Held by another process for longer than the busy timeout: try again later.
+            if is_busy(error):
+                # Another process holds the file for longer than the busy timeout: later.
                 self._failed(error)
-                return None
-            self._disable(error)
+            else:
+                self._disable(f"{type(error).__name__}: {error}")
             return None
         self._connection = connection
         return connection
 
-    def _disable(self, error: sqlite3.Error) -> None:
+    def _disable(self, reason: str, *, refused: bool = False) -> None:
         self._disabled = True
-        logger.warning(
-            "the SQLite cache %s cannot be used (%s: %s): running without it",
-            self.path,
-            type(error).__name__,
-            error,
-        )
+        if refused:
+            logger.warning(
+                "the SQLite cache %s is left as it is, running without it: %s", self.path, reason
+            )
+        else:
+            logger.warning(
+                "the SQLite cache %s cannot be used (%s): running without it", self.path, reason
+            )
 
-    def _run(self, operation: Callable[[sqlite3.Connection], _T], fallback: _T) -> _T:
-        """Run `operation` on the connection; on a failure of the file, `fallback`."""
+    def _run(
+        self, operation: Callable[[sqlite3.Connection], _T], fallback: _T, *, write: bool
+    ) -> _T:
+        """Run `operation` on the connection; on a failure of the file, `fallback`.
+
+        A `write` needs the write lock: it is skipped (`fallback`) during a back-off, and only
+        a write that worked ends one. A read is never skipped but for a file not yet opened.
+        """
+        if write and not self._backoff.ready():
+            return fallback
         connection = self._connect()
         if connection is None:
             return fallback
+        started = self._timer()
         try:
             result = operation(connection)
         except sqlite3.Error as error:
@@ -329,24 +331,23 @@ class SQLiteCache:
                 # "file is not a database", "database disk image is malformed": it will not
                 # get better by trying again.
                 self._close_connection()
-                self._disable(error)
+                self._disable(f"{type(error).__name__}: {error}")
             else:
                 self._failed(error)
             return fallback
-        if self._down:
-            self._down = False
+        if write and self._backoff.succeeded(started):
             logger.info("the SQLite cache %s is available again", self.path)
         return result
 
     def _failed(self, error: sqlite3.Error) -> None:
-        if not self._down:
-            self._down = True
+        if self._backoff.failed():
             logger.warning(
-                "the SQLite cache %s failed (%s: %s): using the in-process cache and the "
-                "upstream until it works again",
+                "the SQLite cache %s failed (%s: %s): writes to it are skipped, tried again "
+                "in %.1f s; using the in-process cache and the upstream meanwhile",
                 self.path,
                 type(error).__name__,
                 error,
+                self._backoff.delay,
             )
         else:
             logger.debug("the SQLite cache %s still fails: %s", self.path, error)
@@ -366,7 +367,7 @@ class SQLiteCache:
             self._trim(connection, len(writes))
             connection.execute("COMMIT")
 
-        self._run(transaction, None)
+        self._run(transaction, None, write=True)
 
     def _trim(self, connection: sqlite3.Connection, written: int) -> None:
         """Keep at most `max_entries` rows: those closest to expiry go first."""
@@ -384,12 +385,19 @@ class SQLiteCache:
 
     # -- On the event loop ---------------------------------------------------------------------
 
-    async def _call(self, operation: Callable[[sqlite3.Connection], _T], fallback: _T) -> _T:
+    async def _call(
+        self,
+        operation: Callable[[sqlite3.Connection], _T],
+        fallback: _T,
+        *,
+        write: bool = False,
+    ) -> _T:
         if self._closed or self._disabled:
             return fallback
         loop = asyncio.get_running_loop()
+        run = functools.partial(self._run, operation, fallback, write=write)
         try:
-            return await loop.run_in_executor(self._executor, self._run, operation, fallback)
+            return await loop.run_in_executor(self._executor, run)
         except RuntimeError:  # the executor was shut down by a close() racing this call
             return fallback
 
@@ -524,7 +532,7 @@ class SQLiteCache:
             )
             return cursor.rowcount == 1
 
-        return token if await self._call(take, True) else None
+        return token if await self._call(take, True, write=True) else None
 
     async def lease_held(self, image_id: str) -> bool:
         """Whether some process holds the lease to fetch `image_id` (False while the file fails)."""
@@ -541,7 +549,7 @@ class SQLiteCache:
         def delete(connection: sqlite3.Connection) -> None:
             connection.execute("DELETE FROM leases WHERE id = ? AND token = ?", (image_id, token))
 
-        await self._call(delete, None)
+        await self._call(delete, None, write=True)
 
 
 def _upsert(
@@ -576,26 +584,3 @@ def _alive(pid: int) -> bool:
     except OSError:  # it exists, as another user's process
         return True
     return True
-
-
-def _wal_mode(connection: sqlite3.Connection) -> Any:
-    """Switch to WAL mode, trying again while another process holds the file.
-
-    Several processes opening a new file at once race to switch it, and SQLite answers the
-    losers "database is locked" at once, without waiting out the busy timeout (seen under
-    load with four processes): so wait here, in the worker thread, as the timeout would.
-    """
-    deadline = time.monotonic() + BUSY_TIMEOUT
-    pause = 0.005
-    while True:
-        try:
-            return connection.execute("PRAGMA journal_mode = WAL").fetchone()
-        except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() + pause > deadline:
-                raise
-        time.sleep(pause)
-        pause = min(pause * 2, 0.1)
-
-
-def _is_busy(error: sqlite3.OperationalError) -> bool:
-    return "locked" in str(error) or "busy" in str(error)

@@ -6,8 +6,11 @@ The kill tests run a real `python -m meigen_async bulk` and check OUT line by li
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -159,7 +162,21 @@ async def test_the_default_cache_is_under_xdg_cache_home(
     gallery: FakeGallery, cache_home: Path
 ) -> None:
     assert await run("get", gallery.ids[0], "--base-url", gallery.url) == 0
-    assert (cache_home / "meigen-async" / "cache.sqlite").exists()
+    assert (cache_home / "meigen-async" / "gallery.sqlite").exists()
+
+
+async def test_an_earlier_versions_default_cache_is_left_alone_without_a_warning(
+    gallery: FakeGallery, cache_home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = cache_home / "meigen-async" / "cache.sqlite"
+    old.parent.mkdir()
+    with contextlib.closing(sqlite3.connect(old)) as connection:
+        # What earlier versions wrote: user_version 1 and no application_id.
+        connection.executescript("CREATE TABLE entries (id TEXT); PRAGMA user_version = 1;")
+    before = old.read_bytes()
+    assert await run("get", gallery.ids[0], "--base-url", gallery.url) == 0
+    assert old.read_bytes() == before
+    assert [r for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_resume_skips_the_ids_already_written_and_appends(

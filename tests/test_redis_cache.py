@@ -28,6 +28,7 @@ pytest.importorskip(
     "redis", reason="redis-py is not installed: pip install -e '.[redis]' to run these tests"
 )
 import redis.asyncio
+from clocks import FakeTimer
 from redis_helpers import RedisServer, free_port
 
 from meigen_async import (
@@ -44,7 +45,6 @@ from meigen_async.cache import MemoryCache
 from meigen_async.models import structure_image
 from meigen_async.redis_cache import (
     VALIDATOR_KEEP,
-    Backoff,
     RedisCache,
     decode_image,
     decode_missing,
@@ -193,66 +193,6 @@ def test_a_deeply_nested_stored_404_is_refused_as_unreadable() -> None:
 def test_a_lone_surrogate_in_a_stored_value_comes_back_replaced() -> None:
     raw_value = b'{"fresh_until": 1, "image": {"id": "a", "author_username": "x\\ud800"}}'
     assert decode_image(raw_value, image_id="a").image.author_username == "x\ufffd"
-
-
-# -- Back-off (pure) ------------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def test_a_failure_skips_the_backend_for_half_a_second() -> None:
-    clock = Clock()
-    backoff = Backoff(timer=clock)
-    assert backoff.failed() is True
-    clock.now += 0.49
-    assert not backoff.ready()
-    clock.now += 0.01
-    assert backoff.ready()
-
-
-def test_each_failed_retry_doubles_the_back_off_up_to_five_seconds() -> None:
-    clock = Clock()
-    backoff = Backoff(timer=clock)
-    delays = []
-    for _ in range(7):
-        backoff.failed()
-        delays.append(backoff.delay)
-        clock.now += backoff.delay
-    assert delays == [0.5, 1.0, 2.0, 4.0, 5.0, 5.0, 5.0]
-
-
-def test_failures_of_operations_sent_together_count_as_one() -> None:
-    clock = Clock()
-    backoff = Backoff(timer=clock)
-    assert [backoff.failed() for _ in range(5)] == [True, False, False, False, False]
-    assert backoff.delay == 0.5
-
-
-def test_a_success_ends_the_outage_once() -> None:
-    clock = Clock()
-    backoff = Backoff(timer=clock)
-    backoff.failed()
-    clock.now += 1
-    assert backoff.succeeded(started=clock.now) is True
-    assert backoff.succeeded(started=clock.now) is False
-    assert backoff.ready()
-    assert not backoff.down
-
-
-def test_a_success_of_an_operation_sent_before_the_outage_does_not_end_it() -> None:
-    clock = Clock()
-    backoff = Backoff(timer=clock)
-    sent = clock.now
-    clock.now += 0.1
-    backoff.failed()
-    assert backoff.succeeded(started=sent) is False
-    assert backoff.down
 
 
 # -- Importing and building -----------------------------------------------------------------------
@@ -618,7 +558,7 @@ async def test_an_image_read_back_is_kept_in_process_no_longer_than_max_ttl(
     image = structure_image(gallery.images[image_id])
     # Past max_ttl by less than the clock-skew allowance: served, but for max_ttl at most.
     await raw.set(image_key(PREFIX, image_id), encode_image(image, time.time() + 30), px=60_000)
-    memory = Clock()
+    memory = FakeTimer()
     async with peer(gallery.url, redis_server.url, max_ttl=5, default_ttl=5) as session:
         session._cache._timer = memory  # the in-process tier's clock, moved by hand
         await session.get_image(image_id)

@@ -170,8 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache",
         metavar="PATH",
         default=None,
-        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/cache.sqlite, "
-        "else ~/.cache/meigen-async/cache.sqlite)",
+        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/gallery.sqlite, "
+        "else ~/.cache/meigen-async/gallery.sqlite)",
     )
     remote.add_argument(
         "--no-cache",

@@ -99,14 +99,16 @@ def _int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], i
 
 
 def default_cache_path() -> Path:
-    """Where the CLI keeps its SQLite cache: `$XDG_CACHE_HOME/meigen-async/cache.sqlite`.
+    """Where the CLI keeps its SQLite cache: `$XDG_CACHE_HOME/meigen-async/gallery.sqlite`.
 
     Without `XDG_CACHE_HOME` (or with a relative one, which the spec says to ignore), under
-    `~/.cache`.
+    `~/.cache`. Not `cache.sqlite`, the name earlier versions used: their files carry no mark
+    of ours, so they cannot be told from another program's and would be refused (with a
+    warning) on every run. A new name starts afresh and leaves the old file alone.
     """
     base = os.environ.get("XDG_CACHE_HOME", "")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "meigen-async" / "cache.sqlite"
+    return root / "meigen-async" / "gallery.sqlite"
 
 
 def _open_cache(args: argparse.Namespace) -> SQLiteCache | None:
