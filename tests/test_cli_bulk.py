@@ -17,7 +17,7 @@ from redis_helpers import free_port
 
 from meigen_async import GallerySession, RetryPolicy, UpstreamUnreachable
 from meigen_async._bulk import should_stop, transport_streak
-from meigen_async.cli import failure_summary, main, read_done_ids
+from meigen_async.cli import main, read_done_ids
 from meigen_async.errors import ImageNotFound, TransportError
 from meigen_async.testing import FakeGallery
 
@@ -69,18 +69,6 @@ def test_bulk_stops_only_when_the_streak_reaches_the_limit() -> None:
     assert not should_stop(19, 20)
     assert should_stop(20, 20)
     assert not should_stop(1000, None)
-
-
-def test_many_failures_are_grouped_by_kind_with_counts_and_examples() -> None:
-    failures = [(f"n{i}", "ImageNotFound", f"HTTP 404 for image n{i}") for i in range(12)]
-    failures.append(("t1", "TransportError", "refused"))
-    assert failure_summary(failures, 100) == [
-        "meigen-async: 13 of 100 ids failed:",
-        "  ImageNotFound: 12 ids (n0, n1, n2, ...)",
-        "    e.g. HTTP 404 for image n0",
-        "  TransportError: 1 ids (t1)",
-        "    e.g. refused",
-    ]
 
 
 def test_resuming_drops_a_trailing_partial_line_and_reads_the_done_ids(tmp_path: Path) -> None:
