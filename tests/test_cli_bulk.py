@@ -178,6 +178,17 @@ async def test_an_unreachable_gallery_stops_bulk_with_one_message_and_lists_the_
     assert sorted(failed.read_text(encoding="utf-8").split()) == sorted(ids)
 
 
+async def test_bulk_refuses_a_failed_file_that_is_its_input_and_leaves_it_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failed = tmp_path / "failed.txt"
+    failed.write_text("a1\nb2\n", encoding="utf-8")
+    url = f"http://127.0.0.1:{free_port()}"
+    assert await run("bulk", str(failed), "--failed", str(failed), "--base-url", url) == 2
+    assert "FILE and --failed are the same file" in capsys.readouterr().err
+    assert failed.read_text(encoding="utf-8") == "a1\nb2\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 @pytest.mark.xdist_group("processes")
@@ -204,3 +215,39 @@ async def test_a_killed_bulk_resumed_writes_each_id_once(
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err
     check_output(out, ids)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+async def test_sigterm_stops_bulk_as_ctrl_c_does_with_the_failed_ids_written(
+    images: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    out, ids_file, failed = tmp_path / "out.jsonl", tmp_path / "ids.txt", tmp_path / "failed.txt"
+    missing = [str(1999999999999999990 + i) for i in range(5)]
+    async with FakeGallery(images, delay=0.05) as gallery:
+        # The missing ids first: they have failed by the time OUT gets its first bytes.
+        ids_file.write_text("\n".join([*missing, *gallery.ids]) + "\n", encoding="utf-8")
+        args = [str(ids_file), "-o", str(out), "--failed", str(failed), "--concurrency", "2"]
+        args += ["--base-url", gallery.url]
+        process = await start_bulk(*args)
+        await wait_for_bytes(out)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        lines = err.decode().splitlines()
+        assert process.returncode == 130, lines
+        assert lines[0].startswith("meigen-async: interrupted: ")
+        assert lines[1].startswith("meigen-async: 5 of ")
+        assert sorted(line.split(":")[0].strip() for line in lines[2:7]) == missing
+        assert lines[7:] == [
+            f"meigen-async: resume with: meigen-async bulk {' '.join(args)} --resume",
+            "meigen-async: error: interrupted",
+        ]
+        assert sorted(failed.read_text(encoding="utf-8").splitlines()) == missing
+        assert failed.read_bytes().endswith(b"\n")
+        assert len(out.read_text(encoding="utf-8").splitlines()) < len(gallery.ids)
+
+        resumed = await start_bulk(*args, "--resume")
+        _, err = await asyncio.wait_for(resumed.communicate(), timeout=30)
+        assert resumed.returncode == 1, err  # the missing ids fail again
+    check_output(out, gallery.ids)
+    assert sorted(failed.read_text(encoding="utf-8").splitlines()) == missing
