@@ -106,21 +106,21 @@ class FailedIdsWriter:
     asks for the same lines.
     """
 
-    __slots__ = ("_batch", "_size", "_write", "written")
+    __slots__ = ("_batch", "_size", "_write")
 
     def __init__(self, write: RawWrite) -> None:
         self._write = write
         self._batch: list[bytes] = []
         self._size = 0
-        self.written = 0
-        """The ids handed over so far."""
 
     def add(self, image_id: str) -> None:
         """Add one id; a full batch is written at once."""
-        line = _encoded(image_id) + b"\n"
+        try:
+            line = image_id.encode("utf-8", "surrogateescape") + b"\n"
+        except UnicodeEncodeError:  # a surrogate that no byte was read as: not from a file
+            line = image_id.encode("utf-8", "backslashreplace") + b"\n"
         self._batch.append(line)
         self._size += len(line)
-        self.written += 1
         if self._size >= _BATCH_BYTES:
             self.flush()
 
@@ -144,10 +144,3 @@ class FailedIdsWriter:
             if not count:  # nothing taken: trying again would spin
                 raise OSError(errno.EIO, "the file took none of the bytes written to it")
             data = data[count:]
-
-
-def _encoded(image_id: str) -> bytes:
-    try:
-        return image_id.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # a surrogate that no byte was read as: not from a file
-        return image_id.encode("utf-8", "backslashreplace")
