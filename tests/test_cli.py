@@ -561,7 +561,10 @@ class CountingStdout(io.StringIO):
 
 
 class WatchedStdin:
-    """A stdin of ids that records how far reading ever ran ahead of the output."""
+    """A stdin of ids that records how far reading ever ran ahead of the output.
+
+    bulk reads the bytes of stdin (`sys.stdin.buffer`), a line at a time.
+    """
 
     def __init__(self, ids: list[str], out: CountingStdout):
         self._ids = iter(ids)
@@ -569,14 +572,17 @@ class WatchedStdin:
         self.read = 0
         self.most_ahead = 0
 
-    def __iter__(self) -> WatchedStdin:
+    @property
+    def buffer(self) -> WatchedStdin:
         return self
 
-    def __next__(self) -> str:
-        line = next(self._ids) + "\n"
+    def readline(self, limit: int = -1) -> bytes:
+        line = next(self._ids, None)
+        if line is None:
+            return b""
         self.read += 1
         self.most_ahead = max(self.most_ahead, self.read - self._out.lines)
-        return line
+        return line.encode() + b"\n"
 
 
 async def test_bulk_reads_ids_only_as_fast_as_it_fetches_them(

@@ -20,7 +20,7 @@ from redis_helpers import free_port
 
 from meigen_async import GallerySession, RetryPolicy, UpstreamUnreachable
 from meigen_async._bulk import should_stop, transport_streak
-from meigen_async.cli import failure_summary, main, read_done_ids
+from meigen_async.cli import main, read_done_ids
 from meigen_async.errors import ImageNotFound, TransportError
 from meigen_async.testing import FakeGallery
 
@@ -72,18 +72,6 @@ def test_bulk_stops_only_when_the_streak_reaches_the_limit() -> None:
     assert not should_stop(19, 20)
     assert should_stop(20, 20)
     assert not should_stop(1000, None)
-
-
-def test_many_failures_are_grouped_by_kind_with_counts_and_examples() -> None:
-    failures = [(f"n{i}", "ImageNotFound", f"HTTP 404 for image n{i}") for i in range(12)]
-    failures.append(("t1", "TransportError", "refused"))
-    assert failure_summary(failures, 100) == [
-        "meigen-async: 13 of 100 ids failed:",
-        "  ImageNotFound: 12 ids (n0, n1, n2, ...)",
-        "    e.g. HTTP 404 for image n0",
-        "  TransportError: 1 ids (t1)",
-        "    e.g. refused",
-    ]
 
 
 def test_resuming_drops_a_trailing_partial_line_and_reads_the_done_ids(tmp_path: Path) -> None:
@@ -207,6 +195,17 @@ async def test_an_unreachable_gallery_stops_bulk_with_one_message_and_lists_the_
     assert sorted(failed.read_text(encoding="utf-8").split()) == sorted(ids)
 
 
+async def test_bulk_refuses_a_failed_file_that_is_its_input_and_leaves_it_whole(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    failed = tmp_path / "failed.txt"
+    failed.write_text("a1\nb2\n", encoding="utf-8")
+    url = f"http://127.0.0.1:{free_port()}"
+    assert await run("bulk", str(failed), "--failed", str(failed), "--base-url", url) == 2
+    assert "FILE and --failed are the same file" in capsys.readouterr().err
+    assert failed.read_text(encoding="utf-8") == "a1\nb2\n"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGINT])
 @pytest.mark.xdist_group("processes")
@@ -233,3 +232,39 @@ async def test_a_killed_bulk_resumed_writes_each_id_once(
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err
     check_output(out, ids)
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("processes")
+async def test_sigterm_stops_bulk_as_ctrl_c_does_with_the_failed_ids_written(
+    images: list[dict[str, Any]], tmp_path: Path
+) -> None:
+    out, ids_file, failed = tmp_path / "out.jsonl", tmp_path / "ids.txt", tmp_path / "failed.txt"
+    missing = [str(1999999999999999990 + i) for i in range(5)]
+    async with FakeGallery(images, delay=0.05) as gallery:
+        # The missing ids first: they have failed by the time OUT gets its first bytes.
+        ids_file.write_text("\n".join([*missing, *gallery.ids]) + "\n", encoding="utf-8")
+        args = [str(ids_file), "-o", str(out), "--failed", str(failed), "--concurrency", "2"]
+        args += ["--base-url", gallery.url]
+        process = await start_bulk(*args)
+        await wait_for_bytes(out)
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), timeout=30)
+        lines = err.decode().splitlines()
+        assert process.returncode == 130, lines
+        assert lines[0].startswith("meigen-async: interrupted: ")
+        assert lines[1].startswith("meigen-async: 5 of ")
+        assert sorted(line.split(":")[0].strip() for line in lines[2:7]) == missing
+        assert lines[7:] == [
+            f"meigen-async: resume with: meigen-async bulk {' '.join(args)} --resume",
+            "meigen-async: error: interrupted",
+        ]
+        assert sorted(failed.read_text(encoding="utf-8").splitlines()) == missing
+        assert failed.read_bytes().endswith(b"\n")
+        assert len(out.read_text(encoding="utf-8").splitlines()) < len(gallery.ids)
+
+        resumed = await start_bulk(*args, "--resume")
+        _, err = await asyncio.wait_for(resumed.communicate(), timeout=30)
+        assert resumed.returncode == 1, err  # the missing ids fail again
+    check_output(out, gallery.ids)
+    assert sorted(failed.read_text(encoding="utf-8").splitlines()) == missing

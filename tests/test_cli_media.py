@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from meigen_async.cli import main
-from meigen_async.testing import FakeGallery, jpeg_bytes, png_bytes
+from meigen_async.testing import Answer, FakeGallery, jpeg_bytes, png_bytes
 
 
 async def run(*argv: str) -> int:
@@ -71,3 +72,69 @@ async def test_download_off_the_media_hosts_exits_1_with_no_media_request(
     assert await run(*argv) == 1
     assert "not in media_hosts" in capsys.readouterr().err
     assert media_gallery.media_requests == {}
+
+
+# -- An image whose media failed is a failure ------------------------------------------------------
+
+
+def refuse_once(gallery: FakeGallery, media: Path) -> tuple[list[str], list[str]]:
+    """The media server refuses the file (403) once; the options of both runs."""
+    gallery.script_media("p", Answer.error(403, "Forbidden"))
+    allowed = ["--media", str(media), "--media-host", "127.0.0.1"]
+    return allowed, allowed
+
+
+def not_allowed(gallery: FakeGallery, media: Path) -> tuple[list[str], list[str]]:
+    """The media host is not allowed (the default hosts), then allowed."""
+    return ["--media", str(media)], ["--media", str(media), "--media-host", "127.0.0.1"]
+
+
+def dir_is_a_file(gallery: FakeGallery, media: Path) -> tuple[list[str], list[str]]:
+    """DIR is a regular file; the resumed run finds it gone."""
+    media.write_text("not a directory\n", encoding="utf-8")
+    allowed = ["--media", str(media), "--media-host", "127.0.0.1"]
+    return allowed, allowed
+
+
+@pytest.mark.parametrize(
+    ("cause", "said"),
+    [
+        (refuse_once, "HTTP 403"),
+        (not_allowed, "is not in media_hosts"),
+        (dir_is_a_file, "Not a directory"),
+    ],
+    ids=["a media server that refuses", "a media host not allowed", "DIR is a file"],
+)
+async def test_bulk_counts_an_image_whose_media_failed_and_resume_retries_its_media(
+    media_gallery: FakeGallery,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    cause: Callable[[FakeGallery, Path], tuple[list[str], list[str]]],
+    said: str,
+) -> None:
+    ids, out, failed = tmp_path / "ids.txt", tmp_path / "out.jsonl", tmp_path / "failed.txt"
+    media = tmp_path / "media"
+    ids.write_text("one\n", encoding="utf-8")
+    first, second = cause(media_gallery, media)
+    argv = ["bulk", str(ids), "-o", str(out), "--failed", str(failed)]
+    argv += ["--base-url", media_gallery.url, "--retries", "0"]
+
+    assert await run(*argv, *first) == 1
+    head, line = capsys.readouterr().err.splitlines()
+    assert head == "meigen-async: 1 of 1 ids failed:"
+    assert line.startswith("  one: ")
+    assert said in line
+    assert failed.read_bytes() == b"one\n"
+    assert out.read_bytes() == b""  # OUT holds what is done: no line with "media": []
+
+    if cause is dir_is_a_file:
+        media.unlink()
+    assert await run(*argv, *second, "--resume") == 0
+    assert capsys.readouterr().err == ""
+    (record,) = map(json.loads, out.read_text(encoding="utf-8").splitlines())
+    assert [m["path"] for m in record["media"]] == [str(media / "one" / "0.png")]
+    assert (media / "one" / "0.png").read_bytes() == png_bytes()
+    assert failed.read_bytes() == b""
+    assert media_gallery.requests["one"] == 1  # the image itself came from the cache
+    # Asked again on resume (the host not allowed was never asked the first time).
+    assert media_gallery.media_requests["p"] == (1 if cause is not_allowed else 2)

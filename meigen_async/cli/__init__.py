@@ -16,9 +16,11 @@ where it is needed, so `get`, `serve` and a non-interactive `bulk` run without i
 from __future__ import annotations
 
 from ._args import build_parser as build_parser
-from ._bulk import bulk_summary, failure_summary, read_done_ids, read_ids
+from ._bulk import bulk_summary, read_done_ids
 from ._demo import DemoReport, demo_story, run_demo
+from ._failures import FailureTally
 from ._get import summarize
+from ._input import read_ids
 from ._main import main
 from ._options import BASE_URL_ENV, base_url_problem, default_cache_path
 from ._output import CommandError as CommandError
@@ -28,11 +30,11 @@ from ._search import hit_line as hit_line
 __all__ = [
     "BASE_URL_ENV",
     "DemoReport",
+    "FailureTally",
     "base_url_problem",
     "bulk_summary",
     "default_cache_path",
     "demo_story",
-    "failure_summary",
     "main",
     "read_done_ids",
     "read_ids",

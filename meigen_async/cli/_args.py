@@ -74,12 +74,15 @@ examples (start 'meigen-async serve --port 8080' first to try them offline):
 
 The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
 runs in flat memory. Each image is written as one JSON line as soon as it arrives, in
-completion order. Failed ids are reported on stderr at the end (grouped by kind when there
-are many), and written to --failed. --resume skips the ids already in OUT and appends, so an
-interrupted job (Ctrl-C, a kill) carries on where it stopped. When the gallery cannot be
-reached for 20 ids in a row (2 x --concurrency when more), bulk stops at once.
+completion order. With --media, an image whose media files did not all download is not
+written: it failed. Failed ids are reported on stderr at the end (grouped by kind when there
+are many), and written to --failed as they fail. --resume skips the ids already in OUT and
+appends, so an interrupted job (Ctrl-C, SIGTERM, a kill) carries on where it stopped. When
+the gallery cannot be reached for 20 ids in a row (2 x --concurrency when more), bulk stops
+at once.
 
-exit status: 0 when every id was fetched, 1 when one failed, 2 for bad input."""
+exit status: 0 when every id was fetched (and its media, with --media), 1 when one failed,
+2 for bad input, 130 when interrupted."""
 
 _SEARCH_EXAMPLES = """\
 examples:

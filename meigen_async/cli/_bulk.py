@@ -7,9 +7,11 @@ import asyncio
 import json
 import os
 import shlex
+import signal
+import stat
 import sys
-from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing, contextmanager, suppress
 from typing import Any, TextIO
 
 from ..errors import MeigenError, UpstreamUnreachable
@@ -20,6 +22,8 @@ from ..models import (
     SessionStats,
     unstructure_image,
 )
+from ._failures import FailedIdsWriter, FailureTally
+from ._input import count_ids, open_ids
 from ._options import (
     _session,
 )
@@ -31,34 +35,11 @@ from ._output import (
     _cannot_write,
     _error,
     _flush,
-    _open_input,
     _open_output,
     _print,
     _print_json,
 )
 from ._progress import _progress
-
-
-def read_ids(lines: Iterable[str]) -> Iterator[str]:
-    """Yield the ids of `lines`, one a line, whitespace stripped and blank lines skipped.
-
-    A generator: it reads a line only when the next id is wanted.
-    """
-    for line in lines:
-        image_id = line.strip()
-        if image_id:
-            yield image_id
-
-
-def _count_ids(path: str) -> int | None:
-    """The ids in a regular file, read once as a stream; None for a pipe or a device."""
-    if not os.path.isfile(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as lines:
-            return sum(1 for _ in read_ids(lines))
-    except (OSError, UnicodeDecodeError):
-        return None  # reading it for real reports the problem
 
 
 def read_done_ids(path: str) -> set[str]:
@@ -96,31 +77,6 @@ def _record_id(line: bytes) -> str | None:
     return image_id if isinstance(image_id, str) else None
 
 
-_LISTED_FAILURES = 10
-"""Up to this many failures are listed one a line; more are grouped by kind."""
-
-
-def failure_summary(failures: Sequence[tuple[str, str, str]], done: int) -> list[str]:
-    """The lines reporting `failures` (id, kind, message) out of `done` ids, for stderr.
-
-    A few failures are listed one a line; more are grouped by kind, with a count, a few
-    example ids and one message each.
-    """
-    lines = [f"{_PROG}: {len(failures):,} of {done:,} ids failed:"]
-    if len(failures) <= _LISTED_FAILURES:
-        lines.extend(f"  {image_id}: {message}" for image_id, _, message in failures)
-        return lines
-    groups: dict[str, list[tuple[str, str]]] = {}
-    for image_id, kind, message in failures:
-        groups.setdefault(kind, []).append((image_id, message))
-    for kind, members in sorted(groups.items(), key=lambda item: -len(item[1])):
-        examples = ", ".join(image_id for image_id, _ in members[:3])
-        more = ", ..." if len(members) > 3 else ""
-        lines.append(f"  {kind}: {len(members):,} ids ({examples}{more})")
-        lines.append(f"    e.g. {members[0][1]}")
-    return lines
-
-
 def _stop_after(concurrency: int) -> int:
     # More than two full waves of requests: one network blip fails every request in flight
     # at once, and should not end a long job; the ids started after it failing too should.
@@ -135,29 +91,76 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 async def _bulk(args: argparse.Namespace) -> int:
-    failures: list[tuple[str, str, str]] = []
-    done = written = read = skipped = 0
+    with _sigterm_as_interrupt():
+        return await _run_bulk(args)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Handle SIGTERM (`kill`, a process manager, `timeout`) as Ctrl-C in the body.
+
+    The task is cancelled, as asyncio cancels it for Ctrl-C, so that the job reports where it
+    stopped and writes `--failed`; then KeyboardInterrupt goes to main(), which exits with
+    Ctrl-C's status. Where the loop takes no signal handlers (Windows, a thread other than
+    the main one), SIGTERM keeps its default action.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = active = False
+
+    def terminate() -> None:
+        nonlocal terminated
+        # A signal handled after the body ended must not cancel what runs after it.
+        if active and task is not None:
+            terminated = True
+            task.cancel()
+
+    with suppress(NotImplementedError, RuntimeError, ValueError):
+        loop.add_signal_handler(signal.SIGTERM, terminate)
+        active = True
+    try:
+        yield
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+    finally:
+        if active:
+            active = False
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def _run_bulk(args: argparse.Namespace) -> int:
+    failures = FailureTally()
+    done = written = read = skipped = not_attempted = 0
     stats: SessionStats | None = None
     to_stdout = args.output is None or args.output == "-"
     if args.resume and to_stdout:
         raise CommandError("--resume needs -o OUT: the file to read the done ids from")
+    _refuse_one_file_twice(args)
     finished = read_done_ids(args.output) if args.resume else set()
-    failed_out = _open_failed(args.failed)
     unreachable: UpstreamUnreachable | None = None
-    not_attempted: list[str] = []
-    with _open_input(args.file) as source, _open_output(args.output, append=args.resume) as out:
+    with (
+        _failed_ids(args.failed) as failed,
+        open_ids(args.file) as source,
+        _open_output(args.output, append=args.resume) as out,
+    ):
 
         def wanted() -> Iterator[str]:
             nonlocal read, skipped
-            for image_id in read_ids(source):
+            for image_id in source:
                 if image_id in finished:
                     skipped += 1
                     continue
                 read += 1
                 yield image_id
 
+        def fail(image_id: str, kind: str, message: str) -> None:
+            failures.add(image_id, kind, message)
+            _add_failed(failed, image_id, args.failed)
+
         ids = wanted()
-        total = _count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
+        total = count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
         with _progress(sys.stderr, total) as advance:
             try:
                 async with _session(args) as session:
@@ -171,63 +174,73 @@ async def _bulk(args: argparse.Namespace) -> int:
                     )
                     async with aclosing(results):
                         async for result in results:
-                            ok = result.ok
                             if isinstance(result.error, UpstreamUnreachable):
                                 unreachable = result.error
-                                not_attempted.append(result.id)
+                                not_attempted += 1
+                                _add_failed(failed, result.id, args.failed)
                                 continue
                             done += 1
-                            if result.image is not None:
+                            # An image whose media did not all download is a failure, and
+                            # is not written: OUT holds what is done, so --resume retries it.
+                            problem = _problem(result)
+                            if problem is None and result.image is not None:
                                 problem = _write_image(
                                     out, args.output, result.image, _media_fields(result)
                                 )
-                                if problem is not None:
-                                    failures.append((result.id, "WriteError", problem))
-                                    ok = False
-                                else:
-                                    written += 1
-                            elif result.error is not None:
-                                kind = type(result.error).__name__
-                                failures.append((result.id, kind, str(result.error)))
-                            advance(ok, _media_bytes(result))
+                            if problem is None:
+                                written += 1
+                            else:
+                                fail(result.id, *problem)
+                            advance(problem is None, _media_bytes(result))
                     stats = session.stats
                 if unreachable is not None:
-                    not_attempted.extend(ids)
-            except UnicodeDecodeError as exc:
-                name = "stdin" if args.file == "-" else repr(args.file)
-                raise CommandError(f"cannot read {name}: not UTF-8 text: {exc}") from None
+                    for image_id in ids:
+                        not_attempted += 1
+                        _add_failed(failed, image_id, args.failed)
             except asyncio.CancelledError:
                 _flush(out, args.output)
-                _write_failed(failed_out, failures, not_attempted)
+                _flush_failed(failed, args.failed)
                 where = "stdout" if to_stdout else args.output
                 _print(
                     f"{_PROG}: interrupted: {written:,} of {read:,} ids read were written to "
                     f"{where}" + (f" ({skipped:,} already there)" if skipped else ""),
                     sys.stderr,
                 )
+                if failures.total:
+                    for line in failures.summary(done):
+                        _print(line, sys.stderr)
                 if not to_stdout:
                     _print(f"{_PROG}: resume with: {_resume_command(args)}", sys.stderr)
                 raise
         _flush(out, args.output)
-    _write_failed(failed_out, failures, not_attempted)
     if unreachable is not None:
         cause = unreachable.__cause__
         reason = cause.message if isinstance(cause, MeigenError) else str(unreachable)
         _error(
             f"the gallery at {args.base_url} is unreachable ({reason}): stopped after "
             f"{_stop_after(args.concurrency)} ids in a row failed to reach it; "
-            f"{len(not_attempted):,} ids were not attempted"
+            f"{not_attempted:,} ids were not attempted"
             + (f" (listed in {args.failed})" if args.failed else "")
         )
     if stats is not None and sys.stderr.isatty():
         # Beside the progress bar: a pipe's reader gets only the failures on stderr.
         _print(bulk_summary(done, stats), sys.stderr)
-    if failures:
-        for line in failure_summary(failures, done):
+    if failures.total:
+        for line in failures.summary(done):
             _print(line, sys.stderr)
-    if failures or unreachable is not None:
+    if failures.total or unreachable is not None:
         return _EXIT_FAILED
     return _EXIT_OK
+
+
+def _problem(result: ImageResult | MediaResult) -> tuple[str, str] | None:
+    """What failed for `result` (its error's kind and message), or None.
+
+    For `bulk --media`, a failed media file fails its image, though the image was fetched.
+    """
+    if result.error is None:
+        return None
+    return type(result.error).__name__, str(result.error)
 
 
 def bulk_summary(done: int, stats: SessionStats) -> str:
@@ -239,29 +252,74 @@ def bulk_summary(done: int, stats: SessionStats) -> str:
     )
 
 
-def _open_failed(path: str | None) -> TextIO | None:
+@contextmanager
+def _failed_ids(path: str | None) -> Iterator[FailedIdsWriter]:
+    """The `--failed` file, opened (emptied) now and written as ids fail; discarded without."""
     if path is None:
-        return None
-    try:
-        return open(path, "w", encoding="utf-8")
-    except OSError as exc:
-        raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
-
-
-def _write_failed(
-    stream: TextIO | None, failures: Sequence[tuple[str, str, str]], not_attempted: list[str]
-) -> None:
-    """Write the failed and not attempted ids, one a line, to `--failed`."""
-    if stream is None or stream.closed:
+        yield FailedIdsWriter(len)
         return
     try:
-        with stream:
-            for image_id, _, _ in failures:
-                _print(image_id, stream)
-            for image_id in not_attempted:
-                _print(image_id, stream)
+        # Unbuffered: the writer hands it whole lines only, and nothing sits in a buffer.
+        stream = open(path, "wb", buffering=0)  # noqa: SIM115 - closed below
     except OSError as exc:
-        raise CommandError(_cannot_write(stream.name, exc), _EXIT_FAILED) from None
+        raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+    with stream:
+        writer = FailedIdsWriter(stream.write)
+        try:
+            yield writer
+        finally:
+            # On every way out: the end, Ctrl-C, SIGTERM, an error.
+            _flush_failed(writer, path)
+
+
+def _add_failed(failed: FailedIdsWriter, image_id: str, path: str | None) -> None:
+    try:
+        failed.add(image_id)
+    except OSError as exc:
+        raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
+
+
+def _flush_failed(failed: FailedIdsWriter, path: str | None) -> None:
+    try:
+        failed.flush()
+    except OSError as exc:
+        raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
+
+
+def _refuse_one_file_twice(args: argparse.Namespace) -> None:
+    """Refuse FILE, OUT and FAILED.txt naming one file: opening one for writing empties it.
+
+    `bulk failed.txt --failed failed.txt` would empty the list before reading it.
+    """
+    named = [("FILE", args.file), ("-o", args.output), ("--failed", args.failed)]
+    seen: dict[tuple[int, int], str] = {}
+    for option, path in named:
+        identity = _identity(path, stdin=option == "FILE")
+        if identity is None:
+            continue
+        if identity in seen:
+            raise CommandError(
+                f"{seen[identity]} and {option} are the same file ({path!r}): writing one "
+                "would lose the other; give them different files"
+            )
+        seen[identity] = option
+
+
+def _identity(path: str | None, *, stdin: bool) -> tuple[int, int] | None:
+    """The device and inode of the regular file `path` names, else None.
+
+    `-` is stdin (a file redirected to it) where `stdin` is true; elsewhere it is stdout, whose
+    file the shell has already opened for writing.
+    """
+    if path is None or (path == "-" and not stdin):
+        return None
+    try:
+        found = os.fstat(sys.stdin.fileno()) if path == "-" else os.stat(path)
+    except (OSError, ValueError, AttributeError):  # missing; stdin closed or not a real file
+        return None
+    if not stat.S_ISREG(found.st_mode):
+        return None  # a terminal, a pipe, /dev/null: written and read without harm
+    return found.st_dev, found.st_ino
 
 
 def _media_fields(result: ImageResult | MediaResult) -> dict[str, Any] | None:
@@ -287,8 +345,8 @@ def _media_bytes(result: ImageResult | MediaResult) -> int:
 
 def _write_image(
     out: TextIO, path: str | None, image: GalleryImage, extra: dict[str, Any] | None = None
-) -> str | None:
-    """Write one JSON line; what went wrong with this image, or None.
+) -> tuple[str, str] | None:
+    """Write one JSON line; what went wrong with this image (a kind and a message), or None.
 
     A record that cannot be written is reported and the run goes on. A stream that cannot be
     written to (a full disk) stops the run: every record after it would fail the same way.
@@ -300,5 +358,5 @@ def _write_image(
     except OSError as exc:
         raise CommandError(_cannot_write(path, exc), _EXIT_FAILED) from None
     except (UnicodeError, ValueError, TypeError) as exc:
-        return f"cannot write the image: {exc}"
+        return "WriteError", f"cannot write the image: {exc}"
     return None

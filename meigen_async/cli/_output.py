@@ -134,19 +134,6 @@ class _SafeStream:
 
 
 @contextmanager
-def _open_input(path: str) -> Iterator[TextIO]:
-    if path == "-":
-        yield sys.stdin
-        return
-    try:
-        stream = open(path, encoding="utf-8")  # noqa: SIM115 - closed below
-    except OSError as exc:
-        raise CommandError(f"cannot read {path!r}: {exc.strerror or exc}") from None
-    with stream:
-        yield stream
-
-
-@contextmanager
 def _open_output(path: str | None, *, append: bool = False) -> Iterator[TextIO]:
     if path is None or path == "-":
         yield sys.stdout
