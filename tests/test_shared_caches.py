@@ -282,10 +282,10 @@ def missing_value(until: Any) -> str:
 
 OTHER = sample_images()[1]
 
+# One of each kind; every variant of each is in test_shared_codec.py, on the codec alone.
 POISONS: dict[str, Any] = {
     "not JSON": lambda: "garbage",
     "nested past the parser": lambda: "[" * 100_000,
-    "a JSON array": lambda: "[]",
     "a value of the format before keys named their gallery": lambda: json.dumps(
         {"fresh_until": time.time() + 60, "image": unstructure_image(IMAGE)}
     ),
@@ -293,16 +293,12 @@ POISONS: dict[str, Any] = {
     "an image that is no image data": lambda: value(image={"id": 5}),
     "another id's image": lambda: value(image=OTHER),
     "an expiry that is NaN": lambda: value(fresh_until=math.nan),
-    "an expiry that is infinite": lambda: value(fresh_until=math.inf),
     "an expiry of 400 digits": lambda: value(fresh_until=10**400),
     # More digits than Python's int() takes: json.loads raises ValueError, not JSONDecodeError.
     "an expiry of 5000 digits": lambda: value(fresh_until="X").replace('"X"', "9" * 5000),
     "an expiry that is a string": lambda: value(fresh_until="soon"),
-    "an expiry that is true": lambda: value(fresh_until=True),
-    "an expiry of 0": lambda: value(fresh_until=0),
     "an expiry ten years ahead": lambda: value(fresh_until=time.time() + 10 * 365 * 86400),
     "a 404 whose expiry is NaN": lambda: missing_value(math.nan),
-    "a 404 whose expiry is a string": lambda: missing_value("soon"),
     "a 404 a day ahead": lambda: missing_value(time.time() + 86400),
 }
 
