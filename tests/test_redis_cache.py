@@ -79,12 +79,6 @@ async def raw(redis_server: RedisServer) -> AsyncIterator[redis.asyncio.Redis]:
     await client.aclose()
 
 
-@pytest.fixture
-def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
-    caplog.set_level(logging.DEBUG, logger="meigen_async")
-    return caplog
-
-
 def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRecord]:
     return [r for r in caplog.records if r.name == "meigen_async" and r.levelno == level]
 
