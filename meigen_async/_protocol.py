@@ -46,6 +46,7 @@ __all__ = [
     "parse_retry_after",
     "service_message",
     "snippet",
+    "usable_validators",
     "validate_image_id",
     "validators_from",
 ]
@@ -358,8 +359,8 @@ class Validators:
         )
 
 
-def _validator(value: str | None) -> str | None:
-    if value is None:
+def _validator(value: object) -> str | None:
+    if not isinstance(value, str):
         return None
     value = value.strip()
     if not value or len(value) > _MAX_VALIDATOR or not _VALIDATOR.fullmatch(value):
@@ -373,8 +374,18 @@ def validators_from(headers: Mapping[str, str]) -> Validators | None:
     A value that could not be sent back as a header (control characters, not ASCII, longer
     than 512 characters) counts as absent, and so does a `Last-Modified` that is no date.
     """
-    etag = _validator(header(headers, "ETag"))
-    last_modified = _validator(header(headers, "Last-Modified"))
+    return usable_validators(header(headers, "ETag"), header(headers, "Last-Modified"))
+
+
+def usable_validators(etag: object, last_modified: object) -> Validators | None:
+    """The validators among `etag` and `last_modified` that may be sent back as headers.
+
+    The rule for every validator this library keeps, from a response or read back from a
+    shared cache: a string of visible ASCII, at most 512 characters, and a `Last-Modified`
+    that is a date; anything else counts as absent. None when neither is usable.
+    """
+    etag = _validator(etag)
+    last_modified = _validator(last_modified)
     if last_modified is not None and parse_http_date(last_modified) is None:
         last_modified = None
     if etag is None and last_modified is None:

@@ -12,11 +12,12 @@ from typing import Any
 import attrs
 
 from ._protocol import Validators
+from ._shared_codec import BadEntry, check, shared_key
 from .cache import CachePolicy, MemoryCache
 from .models import GalleryImage
-from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
+from .shared import SharedCache, SharedEntry, SharedMissing
 
-__all__ = ["CLOCK_SKEW", "POLL_INTERVAL", "Claim", "SharedTier", "check_shared_entry"]
+__all__ = ["POLL_INTERVAL", "Claim", "SharedTier"]
 
 logger = logging.getLogger("meigen_async")
 
@@ -39,43 +40,6 @@ class Claim:
         return self.image is not None or self.missing
 
 
-CLOCK_SKEW = 60.0
-"""Seconds a shared entry's expiry may lie beyond the longest lifetime this session gives.
-
-Another host's clock may run ahead of ours: an entry it has just written for `max_ttl` seconds
-then looks a little longer-lived here. Past this allowance it cannot be right.
-"""
-
-
-def check_shared_entry(
-    entry: SharedEntry, image_id: str, *, policy: CachePolicy, now: float
-) -> float:
-    """Seconds of freshness a shared entry has left, capped as the session caps its own.
-
-    An image gets at most `policy.longest_ttl` seconds, a remembered 404 at most
-    `policy.negative_ttl`. The result is 0 or less for an expired entry.
-
-    Raises:
-        ValueError: the entry cannot be right (another id's image, an expiry that is not a
-            finite time since the epoch, or one further ahead than the cap and `CLOCK_SKEW`):
-            the caller treats it as a miss and drops it.
-
-    """
-    if isinstance(entry, SharedImage):
-        if entry.image.id != image_id:
-            raise ValueError(f"it holds image {entry.image.id!r}")
-        until, cap = entry.fresh_until, policy.longest_ttl
-    else:
-        until, cap = entry.until, policy.negative_ttl
-    # "not until > 0" is also true for nan.
-    if not math.isfinite(until) or not until > 0:
-        raise ValueError(f"its expiry {until!r} is not a time")
-    left = until - now
-    if left > cap + CLOCK_SKEW:
-        raise ValueError(f"it claims {left:.0f} s of life, more than the {cap:g} s allowed")
-    return min(left, cap)
-
-
 _DEFAULT_POLICY = CachePolicy()
 
 POLL_INTERVAL = 0.025
@@ -95,11 +59,17 @@ class SharedTier:
     (the holder failed), has expired (the holder died), or after `lease_time` seconds of
     waiting, whichever comes first.
 
+    The shared cache is handed keys, not ids: every entry, lease and remembered 404 is under
+    `_shared_codec.shared_key(gallery, id)`, so that sessions on two galleries sharing one
+    cache never see each other's images. The in-process tier, the session's own, is keyed
+    by id.
+
     Args:
         memory: The in-process tier.
         shared: The shared tier.
         lease_time: Seconds a lease lasts, and the longest a process waits for another's fetch.
-        policy: The session's lifetimes, which cap those read back (see `check_shared_entry`).
+        gallery: The gallery the session asks (`_shared_codec.gallery_of` its `base_url`).
+        policy: The session's lifetimes, which cap those read back (see `_shared_codec.check`).
         clock: The wall clock shared entries' expiry times are read with.
         timer: The monotonic clock bounding the wait.
 
@@ -111,6 +81,7 @@ class SharedTier:
         shared: SharedCache,
         *,
         lease_time: float,
+        gallery: str,
         policy: CachePolicy = _DEFAULT_POLICY,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
@@ -118,6 +89,7 @@ class SharedTier:
         self.memory = memory
         self.shared = shared
         self.lease_time = lease_time
+        self.gallery = gallery
         self.policy = policy
         self._lease_ms = max(1, math.ceil(lease_time * 1000))
         self._clock = clock
@@ -130,14 +102,15 @@ class SharedTier:
         if self._forgetting:
             # An invalidate() just before this miss must not be undone by reading the old value.
             await asyncio.wait(set(self._forgetting))
-        found = await self._look(image_id)
+        key = self._key(image_id)
+        found = await self._look(image_id, key)
         if found is not None:
             return found
-        token = await self.shared.try_lease(image_id, self._lease_ms)
+        token = await self.shared.try_lease(key, self._lease_ms)
         if token is not None:
             # The previous holder may have stored the value and released its lease between
             # our look and our lease: look again rather than fetch it a second time.
-            found = await self._look(image_id)
+            found = await self._look(image_id, key)
             if found is not None:
                 self.release_later(image_id, token)
                 return found
@@ -147,28 +120,31 @@ class SharedTier:
             await asyncio.sleep(POLL_INTERVAL)
             # The lease first, then the value: the holder stores before it releases, so a lease
             # seen gone means a value stored by it is already there to be read.
-            held = await self.shared.lease_held(image_id)
-            found = await self._look(image_id)
+            held = await self.shared.lease_held(key)
+            found = await self._look(image_id, key)
             if found is not None:
                 return found
             if not held:
                 break
         return Claim()
 
-    async def _look(self, image_id: str) -> Claim | None:
-        """Read `image_id` from the shared tier; a Claim when what is there answers the call."""
-        entry = await self.shared.get(image_id)
+    def _key(self, image_id: str) -> str:
+        return shared_key(self.gallery, image_id)
+
+    async def _look(self, image_id: str, key: str) -> Claim | None:
+        """Read `key` from the shared tier; a Claim when what is there answers the call."""
+        entry = await self.shared.get(key)
         if entry is None:
             return None
         try:
-            left = check_shared_entry(entry, image_id, policy=self.policy, now=self._clock())
-        except ValueError as error:
+            checked = check(entry, image_id, policy=self.policy, now=self._clock())
+        except BadEntry as error:
             logger.warning("shared cache entry for %s dropped: %s", image_id, error)
             # Awaited, not left to a task: the fetch that follows must not have its own value
             # deleted by a deletion that comes in after it.
-            await self.shared.invalidate(image_id)
+            await self.shared.invalidate(key)
             return None
-        return self._use(image_id, entry, left)
+        return self._use(image_id, checked.entry, checked.left)
 
     def _use(self, image_id: str, entry: SharedEntry, left: float) -> Claim | None:
         """Copy a checked shared entry, fresh `left` seconds more, into the in-process tier."""
@@ -201,13 +177,14 @@ class SharedTier:
         validators: Validators | None = None,
     ) -> None:
         """Share a fetched image for `ttl` seconds; None (not storable) forgets the old one."""
+        key = self._key(image_id)
         if ttl is None:
-            await self.shared.invalidate(image_id)
+            await self.shared.invalidate(key)
         elif validators is None:
-            await self.shared.set(image_id, image, ttl, self.memory.stale_window)
+            await self.shared.set(key, image, ttl, self.memory.stale_window)
         else:
             await self.shared.set(
-                image_id,
+                key,
                 image,
                 ttl,
                 self.memory.stale_window,
@@ -218,15 +195,15 @@ class SharedTier:
     async def store_missing(self, image_id: str, ttl: float) -> None:
         """Share a 404 for `ttl` seconds (0: not remembered, not shared)."""
         if ttl > 0:
-            await self.shared.set_missing(image_id, ttl)
+            await self.shared.set_missing(self._key(image_id), ttl)
 
     def release_later(self, image_id: str, token: str) -> None:
         """Release a lease in a task of its own, so that a cancelled fetch still releases it."""
-        self._spawn(self._releasing, self.shared.release, image_id, token)
+        self._spawn(self._releasing, self.shared.release, self._key(image_id), token)
 
     def invalidate_later(self, image_id: str) -> None:
         """Forget `image_id` in the shared tier, in a task; the next miss waits for it."""
-        self._spawn(self._forgetting, self.shared.invalidate, image_id)
+        self._spawn(self._forgetting, self.shared.invalidate, self._key(image_id))
 
     def clear_later(self) -> None:
         """Forget everything in the shared tier, in a task; the next miss waits for it."""

@@ -1,10 +1,9 @@
 """`RedisCache`: a `SharedCache` in Redis, for many processes.
 
 Needs the `redis` extra (`pip install 'meigen-async[redis]'`, redis-py's asyncio client).
-The key layout and the value format are pure functions
-([`image_key`][meigen_async.redis_cache.image_key],
-[`encode_image`][meigen_async.redis_cache.encode_image],
-[`decode_image`][meigen_async.redis_cache.decode_image], ...), and so is
+The key layout is pure functions ([`entry_key`][meigen_async.redis_cache.entry_key],
+[`lease_key`][meigen_async.redis_cache.lease_key]); the values are opaque text, written and
+read by the one codec every shared cache uses, and so is
 [`Backoff`][meigen_async.redis_cache.Backoff], which decides when a failing Redis is
 tried again; [`RedisCache`][meigen_async.redis_cache.RedisCache] is the part that talks to Redis,
 and the one place where
@@ -26,25 +25,31 @@ process using the same Redis and `name`:
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeGuard, TypeVar
 
 import redis.asyncio
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from ._backoff import Backoff
-from .errors import InvalidResponse
+from ._shared_codec import (
+    VALIDATOR_KEEP,
+    BadEntry,
+    Stored,
+    decode,
+    lease_in_force,
+    stored_image,
+    stored_missing,
+)
 from .limits import LocalRateLimiter
-from .models import GalleryImage, structure_image, unstructure_image
-from .shared import SharedEntry, SharedImage, SharedMissing
+from .models import GalleryImage
+from .shared import SharedEntry
 
 __all__ = [
     "KEY_VERSION",
@@ -52,27 +57,20 @@ __all__ = [
     "Backoff",
     "RedisCache",
     "RedisRateLimiter",
-    "decode_image",
-    "decode_missing",
-    "encode_image",
-    "encode_missing",
-    "image_key",
+    "entry_key",
     "lease_key",
-    "missing_key",
     "rate_keys",
+    "stored_pattern",
 ]
 
 logger = logging.getLogger("meigen_async")
 
-KEY_VERSION = "v1"
-"""Part of every key: a change of the value format gets a new version, never a misread."""
+KEY_VERSION = "v2"
+"""Part of every cache key: a change of the key or value format gets a new version, never a
+misread. (v1 keys named the id alone, not its gallery: they are never read.)"""
 
-VALIDATOR_KEEP = 3600.0
-"""Seconds an image with validators is kept past its stale window, to be revalidated.
-
-Redis has no LRU of this library's deciding: an expired entry is worth keeping only while a
-conditional request may still find it unchanged, and an hour bounds what it costs.
-"""
+_RATE_VERSION = "v1"
+"""Part of the rate limiter's keys, whose format has not changed."""
 
 _T = TypeVar("_T")
 
@@ -82,6 +80,16 @@ _T = TypeVar("_T")
 _DELETE_IF_EQUAL = """
 if redis.call("get", KEYS[1]) == ARGV[1] then
     return redis.call("del", KEYS[1])
+end
+return 0
+"""
+
+# Replaces a lease only if it still holds the given value: of two processes taking over one
+# lease that cannot be right, one wins.
+_REPLACE_IF_EQUAL = """
+if redis.call("get", KEYS[1]) == ARGV[1] then
+    redis.call("set", KEYS[1], ARGV[2], "PX", ARGV[3])
+    return 1
 end
 return 0
 """
@@ -127,22 +135,17 @@ keep(KEYS[1], math.max(tat, at) + interval)
 return string.format("%.6f", at - now)
 """
 
-# -- Keys and values (pure) ----------------------------------------------------------------------
+# -- Keys (pure) ---------------------------------------------------------------------------------
 
 
-def image_key(prefix: str, image_id: str) -> str:
-    """The key of the image stored for `image_id`."""
-    return f"{prefix}{KEY_VERSION}:image:{image_id}"
+def entry_key(prefix: str, key: str) -> str:
+    """The Redis key of the image or 404 stored under `key` (a gallery's id: see `SharedCache`)."""
+    return f"{prefix}{KEY_VERSION}:entry:{key}"
 
 
-def missing_key(prefix: str, image_id: str) -> str:
-    """The key of the 404 remembered for `image_id`."""
-    return f"{prefix}{KEY_VERSION}:missing:{image_id}"
-
-
-def lease_key(prefix: str, image_id: str) -> str:
-    """The key of the lease to fetch `image_id`."""
-    return f"{prefix}{KEY_VERSION}:lease:{image_id}"
+def lease_key(prefix: str, key: str) -> str:
+    """The Redis key of the lease to fetch what is stored under `key`."""
+    return f"{prefix}{KEY_VERSION}:lease:{key}"
 
 
 def rate_keys(name: str) -> tuple[str, str]:
@@ -151,7 +154,7 @@ def rate_keys(name: str) -> tuple[str, str]:
     Both carry the hash tag `{name}`, so that on a Redis Cluster they live in one slot, as
     a script touching both requires.
     """
-    return f"{{{name}}}:{KEY_VERSION}:rate", f"{{{name}}}:{KEY_VERSION}:cool-down"
+    return f"{{{name}}}:{_RATE_VERSION}:rate", f"{{{name}}}:{_RATE_VERSION}:cool-down"
 
 
 def _glob_escape(text: str) -> str:
@@ -159,103 +162,8 @@ def _glob_escape(text: str) -> str:
 
 
 def stored_pattern(prefix: str) -> str:
-    """A `SCAN MATCH` pattern for every key under `prefix` (images, 404s and leases)."""
+    """A `SCAN MATCH` pattern for every key under `prefix` (entries and leases)."""
     return f"{_glob_escape(prefix)}{KEY_VERSION}:*"
-
-
-def encode_image(
-    image: GalleryImage,
-    fresh_until: float,
-    *,
-    etag: str | None = None,
-    last_modified: str | None = None,
-) -> str:
-    """The JSON stored for an image: the endpoint's `data` object, its expiry, its validators.
-
-    The validators are left out when absent; a value written before they existed reads as an
-    image without them (the format only gained optional keys, so `KEY_VERSION` stays).
-    """
-    value: dict[str, Any] = {"fresh_until": fresh_until, "image": unstructure_image(image)}
-    if etag is not None:
-        value["etag"] = etag
-    if last_modified is not None:
-        value["last_modified"] = last_modified
-    return json.dumps(value)
-
-
-def decode_image(raw: str | bytes, *, image_id: str) -> SharedImage:
-    """Read what [`encode_image`][meigen_async.redis_cache.encode_image] wrote for `image_id`.
-
-    Raises:
-        ValueError: the value is not what [`encode_image`][meigen_async.redis_cache.encode_image]
-            writes (its expiry is not a
-            finite, positive time), or it holds another id's image.
-
-    """
-    value = _load(raw)
-    if not isinstance(value, dict) or not _is_time(value.get("fresh_until")):
-        raise ValueError("not an image entry")
-    try:
-        # Without image_id: the id is checked just below, in words that fit a stored value.
-        image = structure_image(value.get("image"))
-    except InvalidResponse as error:
-        raise ValueError(str(error)) from error
-    if image.id != image_id:
-        raise ValueError(f"it holds image {image.id!r}")
-    etag, last_modified = value.get("etag"), value.get("last_modified")
-    if not (_is_validator(etag) and _is_validator(last_modified)):
-        raise ValueError("its validators are not strings")
-    return SharedImage(
-        image=image,
-        fresh_until=float(value["fresh_until"]),
-        etag=etag,
-        last_modified=last_modified,
-    )
-
-
-def _is_validator(value: object) -> bool:
-    # Sent back as a request header: a string of visible ASCII, as validators_from keeps.
-    return value is None or (
-        isinstance(value, str) and 0 < len(value) <= 512 and value.isascii() and value.isprintable()
-    )
-
-
-def encode_missing(until: float) -> str:
-    """The JSON stored for a remembered 404."""
-    return json.dumps({"until": until})
-
-
-def decode_missing(raw: str | bytes) -> SharedMissing:
-    """Read what [`encode_missing`][meigen_async.redis_cache.encode_missing] wrote.
-
-    Raises:
-        ValueError: the value is not what
-            [`encode_missing`][meigen_async.redis_cache.encode_missing] writes (its expiry is not a
-            finite, positive time).
-
-    """
-    value = _load(raw)
-    if not isinstance(value, dict) or not _is_time(value.get("until")):
-        raise ValueError("not a 404 entry")
-    return SharedMissing(until=float(value["until"]))
-
-
-def _load(raw: str | bytes) -> Any:
-    try:
-        return json.loads(raw)
-    except RecursionError as error:
-        # Nested deeper than the parser goes: garbage like any other, not a crash.
-        raise ValueError("nested too deeply") from error
-
-
-def _is_time(value: object) -> bool:
-    # json.loads reads NaN and Infinity; a time since the epoch is neither, nor 0 or less.
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def _milliseconds(seconds: float) -> int:
@@ -284,11 +192,12 @@ class RedisCache:
     this object: give it timeouts of its own, or a Redis outage will wait for its defaults.
     Sessions never close the cache they are given.
 
-    When Redis fails (refused, timed out, an error reply), one warning is logged on the
-    `meigen_async` logger, the operation answers as if the cache were empty, and Redis is
-    skipped for 0.5 s, then longer after each failed try, up to 5 s; the first success logs
-    once at INFO. A value that cannot be read (not JSON this library wrote, an expiry that is
-    not a finite positive time, another id's image) is treated as absent, logged and deleted.
+    When Redis fails (refused, timed out, an error reply, any exception out of the client, a
+    reply of the wrong type), one warning is logged on the `meigen_async` logger, the
+    operation answers as if the cache were empty, and Redis is skipped for 0.5 s, then longer
+    after each failed try, up to 5 s; the first success logs once at INFO. A value that cannot
+    be read (not an entry of this version) is treated as absent, logged and deleted; the
+    session checks what can be read as it checks every shared entry.
 
     Args:
         url: A `redis://`, `rediss://` or `unix://` URL.
@@ -327,6 +236,8 @@ class RedisCache:
         self._closed = False
         self._backoff = Backoff()
         self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
+        self._replace_if_equal = client.register_script(_REPLACE_IF_EQUAL)
+        self._lease_ms: int | None = None  # the longest lease asked for, once one was
         self._where = _describe(client)
 
     # -- Lifecycle -----------------------------------------------------------------------------
@@ -362,35 +273,26 @@ class RedisCache:
 
     # -- SharedCache ---------------------------------------------------------------------------
 
-    async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for `image_id`; an image may be past its freshness."""
-        keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
-        found = await self._call(lambda: self.client.mget(keys), None)
-        if found is None:
+    async def get(self, key: str) -> SharedEntry | None:
+        """The image or 404 stored under `key`; an image may be past its freshness."""
+        name = entry_key(self.prefix, key)
+        raw = await self._call(lambda: self.client.get(name), None, _is_value)
+        if raw is None:
             return None
-        image_raw, missing_raw = found
         try:
-            if image_raw is not None:
-                return decode_image(image_raw, image_id=image_id)
-            if missing_raw is not None:
-                return decode_missing(missing_raw)
-        except ValueError as error:
+            return decode(raw)
+        except BadEntry as error:
             # Written by something else under our prefix: a miss, and dropped, so that no
             # process reads it again even if the fetch that follows stores nothing.
-            logger.warning("unreadable shared cache entry for %s dropped: %s", image_id, error)
-            if image_raw is not None:
-                await self._drop(keys[0], image_raw)
-            elif missing_raw is not None:
-                await self._drop(keys[1], missing_raw)
-        return None
-
-    async def _drop(self, key: str, raw: bytes | str) -> None:
-        """Delete `key` if it still holds `raw`: another process may have just fixed it."""
-        await self._call(lambda: self._delete_if_equal(keys=[key], args=[raw]), None)
+            logger.warning("unreadable shared cache entry %s dropped: %s", key, error)
+            await self._call(
+                lambda: self._delete_if_equal(keys=[name], args=[raw]), None, _is_anything
+            )
+            return None
 
     async def set(
         self,
-        image_id: str,
+        key: str,
         image: GalleryImage,
         ttl: float,
         stale_window: float,
@@ -402,40 +304,28 @@ class RedisCache:
 
         With validators, it is kept `VALIDATOR_KEEP` seconds longer still, to be revalidated.
         """
-        if ttl <= 0:
+        now = time.time()
+        stored = stored_image(
+            image, ttl, stale_window, now=now, etag=etag, last_modified=last_modified
+        )
+        await self._put(key, stored, now)
+
+    async def set_missing(self, key: str, ttl: float) -> None:
+        """Remember a 404 under `key` for `ttl` seconds."""
+        now = time.time()
+        await self._put(key, stored_missing(ttl, now=now), now)
+
+    async def _put(self, key: str, stored: Stored | None, now: float) -> None:
+        """Write `stored` under `key`, in place of the image or 404 there, until it may go."""
+        if stored is None:
             return
-        value = encode_image(image, time.time() + ttl, etag=etag, last_modified=last_modified)
-        keep = max(stale_window, 0.0)
-        if etag is not None or last_modified is not None:
-            keep += VALIDATOR_KEEP
-        expiry = _milliseconds(ttl + keep)
+        name, expiry = entry_key(self.prefix, key), _milliseconds(stored.until - now)
+        await self._call(lambda: self.client.set(name, stored.value, px=expiry), None, _is_anything)
 
-        async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(image_key(self.prefix, image_id), value, px=expiry)
-                pipe.delete(missing_key(self.prefix, image_id))
-                await pipe.execute()
-
-        await self._call(write, None)
-
-    async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for `image_id` for `ttl` seconds."""
-        if ttl <= 0:
-            return
-        value = encode_missing(time.time() + ttl)
-
-        async def write() -> None:
-            async with self.client.pipeline(transaction=True) as pipe:
-                pipe.set(missing_key(self.prefix, image_id), value, px=_milliseconds(ttl))
-                pipe.delete(image_key(self.prefix, image_id))
-                await pipe.execute()
-
-        await self._call(write, None)
-
-    async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for `image_id`."""
-        keys = (image_key(self.prefix, image_id), missing_key(self.prefix, image_id))
-        await self._call(lambda: self.client.delete(*keys), None)
+    async def invalidate(self, key: str) -> None:
+        """Forget the image or 404 stored under `key`."""
+        name = entry_key(self.prefix, key)
+        await self._call(lambda: self.client.delete(name), None, _is_anything)
 
     async def clear(self) -> None:
         """Forget every image and 404 under the prefix, for every process; leases stay."""
@@ -453,43 +343,74 @@ class RedisCache:
             if batch:
                 await self.client.unlink(*batch)
 
-        await self._call(delete_all, None)
+        await self._call(delete_all, None, _is_anything)
 
-    async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
+    async def try_lease(self, key: str, ms: int) -> str | None:
+        """Take the lease on `key` for `ms` milliseconds, unless another process holds it.
 
-        While Redis is out, a token is returned all the same: there is nobody to wait for.
+        A lease key that cannot be a lease (no expiry, or one further ahead than a lease of
+        `ms` lasts) holds nothing and is taken over. While Redis is out, a token is returned
+        all the same: there is nobody to wait for.
         """
         token = secrets.token_hex(8)
+        self._lease_ms = max(ms, self._lease_ms or 0)
+        name = lease_key(self.prefix, key)
+        taken = await self._call(
+            lambda: self.client.set(name, token, nx=True, px=ms), True, _is_set_reply
+        )
+        if taken:
+            return token
 
-        async def take() -> bool:
-            return bool(
-                await self.client.set(lease_key(self.prefix, image_id), token, nx=True, px=ms)
-            )
+        async def look() -> Any:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.get(name)
+                pipe.pttl(name)
+                return await pipe.execute()
 
-        return token if await self._call(take, True) else None
+        found = await self._call(look, None, _is_value_and_ttl)
+        if found is None:  # Redis failed just now: nobody to wait for
+            return token
+        held, left = found
+        if held is None or lease_in_force(_lease_end(left), now=time.time(), ms=ms):
+            return None
+        replaced = await self._call(
+            lambda: self._replace_if_equal(keys=[name], args=[held, token, ms]), 1, _is_anything
+        )
+        return token if replaced == 1 else None
 
-    async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch `image_id` (False while Redis is out)."""
-        held = await self._call(lambda: self.client.exists(lease_key(self.prefix, image_id)), 0)
-        return bool(held)
+    async def lease_held(self, key: str) -> bool:
+        """Whether some process holds the lease on `key` (False while Redis is out)."""
+        name = lease_key(self.prefix, key)
+        left = await self._call(lambda: self.client.pttl(name), -2, _is_int)
+        return lease_in_force(_lease_end(left), now=time.time(), ms=self._lease_ms)
 
-    async def release(self, image_id: str, token: str) -> None:
+    async def release(self, key: str, token: str) -> None:
         """Give up the lease taken with `token`; another process's lease is left alone."""
-        key = lease_key(self.prefix, image_id)
-        await self._call(lambda: self._delete_if_equal(keys=[key], args=[token]), None)
+        name = lease_key(self.prefix, key)
+        await self._call(
+            lambda: self._delete_if_equal(keys=[name], args=[token]), None, _is_anything
+        )
 
     # -- Failures ------------------------------------------------------------------------------
 
-    async def _call(self, operation: Callable[[], Awaitable[_T]], fallback: _T) -> _T:
-        """Run one Redis operation; on failure, or while backing off, `fallback`."""
+    async def _call(
+        self,
+        operation: Callable[[], Awaitable[Any]],
+        fallback: _T,
+        shape: Callable[[object], TypeGuard[_T]],
+    ) -> _T:
+        """Run one Redis operation; `fallback` on a failure, a reply not of `shape`, a back-off."""
         if self._closed or not self._backoff.ready():
             return fallback
         started = time.monotonic()
         try:
-            result = await operation()
-        # OSError: redis-py wraps socket errors in its ConnectionError, but not on every path.
-        except (RedisError, OSError) as error:
+            reply = await operation()
+            if not shape(reply):
+                raise _WrongReply(f"a reply of the wrong type ({type(reply).__name__})")
+        # Any exception, not only RedisError: redis-py lets socket errors through on some paths,
+        # and a server answering with the wrong types of reply (to HELLO, say) makes it raise
+        # AttributeError or TypeError. Each is a problem of Redis, never of the caller.
+        except Exception as error:
             if self._backoff.failed():
                 logger.warning(
                     "shared cache %s is unavailable (%s: %s): using the in-process cache and "
@@ -504,7 +425,36 @@ class RedisCache:
             return fallback
         if self._backoff.succeeded(started):
             logger.info("shared cache %s is available again", self._where)
-        return result
+        return reply
+
+
+class _WrongReply(Exception):
+    """Redis answered, but not with a reply of the type the command gives."""
+
+
+def _is_anything(reply: object) -> TypeGuard[object]:
+    return True
+
+
+def _is_value(reply: object) -> TypeGuard[bytes | str | None]:
+    return reply is None or isinstance(reply, (bytes, str))
+
+
+def _is_int(reply: object) -> TypeGuard[int]:
+    return isinstance(reply, int) and not isinstance(reply, bool)
+
+
+def _is_set_reply(reply: object) -> TypeGuard[bool | None]:
+    return reply is None or isinstance(reply, bool)
+
+
+def _is_value_and_ttl(reply: object) -> TypeGuard[list[Any]]:
+    return isinstance(reply, list) and len(reply) == 2 and _is_value(reply[0]) and _is_int(reply[1])
+
+
+def _lease_end(left: int) -> float | None:
+    """When a lease key whose `PTTL` is `left` expires (None: it has no expiry, or is gone)."""
+    return time.time() + left / 1000 if left >= 0 else None
 
 
 # -- The rate limiter ----------------------------------------------------------------------------
@@ -625,9 +575,10 @@ class RedisRateLimiter:
                     keys=list(self._keys), args=[operation, self._interval, self._tau, *extra]
                 )
             answer = float(reply)
-        # TimeoutError: ours; ValueError: a reply that is no number (something else's script
-        # under our name); OSError: socket errors redis-py does not wrap on every path.
-        except (RedisError, OSError, TimeoutError, ValueError, TypeError) as error:
+        # Any exception, as for RedisCache: TimeoutError is ours, ValueError a reply that is no
+        # number (something else's script under our name), AttributeError a server answering
+        # HELLO with the wrong reply type, OSError a socket error redis-py does not wrap.
+        except Exception as error:
             if self._backoff.failed():
                 logger.warning(
                     "shared rate limiter %r on %s is unavailable (%s: %s): pacing this "

@@ -39,6 +39,7 @@ from ._media import MediaDownloader, stream_media
 from ._media_rules import host_set
 from ._protocol import validate_image_id
 from ._searcher import Searcher
+from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
 from ._upstream import Pacer, Upstream
@@ -170,7 +171,13 @@ class GallerySession:
             self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
             if cache is not None:
                 # A lease lasts one request's timeout: longer than a live holder's attempt.
-                shared = SharedTier(self._cache, cache, lease_time=timeout, policy=self.policy)
+                shared = SharedTier(
+                    self._cache,
+                    cache,
+                    lease_time=timeout,
+                    gallery=gallery_of(parse_base_url(self.base_url)),
+                    policy=self.policy,
+                )
         self._shared = shared
         self._tally = Tally()
         # Per id, the background refreshes that failed in a row: none again before its time.

@@ -54,15 +54,22 @@ class SharedCache(Protocol):
     [`lease_held`][meigen_async.shared.SharedCache.lease_held] False,
     [`try_lease`][meigen_async.shared.SharedCache.try_lease] a token) and
     drops writes, so that the session falls back on its in-process cache and the upstream.
+
+    The session hands it keys, not bare ids: each `key` names the gallery (the origin and path
+    of the session's `base_url`) and the image id, as the image's URL does, so that sessions
+    on different galleries sharing one cache never see each other's entries. Treat a key as
+    an opaque string. Whatever `get` hands back is checked by the session before it is used
+    (the id, the expiry, the validators); an entry that cannot be right is a miss and is
+    deleted with [`invalidate`][meigen_async.shared.SharedCache.invalidate].
     """
 
-    async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for `image_id`; an image may be past its freshness."""
+    async def get(self, key: str) -> SharedEntry | None:
+        """The image or 404 stored under `key`; an image may be past its freshness."""
         ...
 
     async def set(
         self,
-        image_id: str,
+        key: str,
         image: GalleryImage,
         ttl: float,
         stale_window: float,
@@ -79,31 +86,31 @@ class SharedCache(Protocol):
         """
         ...
 
-    async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for `image_id` for `ttl` seconds."""
+    async def set_missing(self, key: str, ttl: float) -> None:
+        """Remember a 404 under `key` for `ttl` seconds."""
         ...
 
-    async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for `image_id`."""
+    async def invalidate(self, key: str) -> None:
+        """Forget the image or 404 stored under `key`."""
         ...
 
     async def clear(self) -> None:
-        """Forget every image and 404 stored, for every process sharing the cache."""
+        """Forget every image and 404 stored, of every gallery, for every process sharing it."""
         ...
 
-    async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
+    async def try_lease(self, key: str, ms: int) -> str | None:
+        """Take the lease to fetch what `key` names for `ms` milliseconds, unless another holds it.
 
         Returns the token to [`release`][meigen_async.shared.SharedCache.release] it with, or None
         while another process holds it.
         """
         ...
 
-    async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch `image_id`."""
+    async def lease_held(self, key: str) -> bool:
+        """Whether some process holds the lease on `key`."""
         ...
 
-    async def release(self, image_id: str, token: str) -> None:
+    async def release(self, key: str, token: str) -> None:
         """Give up the lease taken with `token`; another process's lease is left alone."""
         ...
 

@@ -26,9 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import json
 import logging
-import math
 import os
 import secrets
 import sqlite3
@@ -39,25 +37,23 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
-
-import attrs
+from typing import TypeVar
 
 from ._backoff import Backoff
+from ._shared_codec import (
+    BadEntry,
+    Stored,
+    decode,
+    lease_in_force,
+    lease_pid,
+    stored_image,
+    stored_missing,
+)
 from ._sqlite_file import APPLICATION_ID, SCHEMA_VERSION, NotOurs, is_busy, open_file
-from .errors import InvalidResponse
-from .models import GalleryImage, structure_image, unstructure_image
-from .shared import SharedEntry, SharedImage, SharedMissing
+from .models import GalleryImage
+from .shared import SharedEntry
 
-__all__ = [
-    "APPLICATION_ID",
-    "BUSY_TIMEOUT",
-    "SCHEMA_VERSION",
-    "SQLiteCache",
-    "decode_entry",
-    "encode_image",
-    "encode_missing",
-]
+__all__ = ["APPLICATION_ID", "BUSY_TIMEOUT", "SCHEMA_VERSION", "SQLiteCache"]
 
 logger = logging.getLogger("meigen_async")
 
@@ -70,88 +66,6 @@ Reads never wait for it (WAL mode), but one queued behind a waiting write does.
 """
 
 _T = TypeVar("_T")
-
-# -- Values (pure) -------------------------------------------------------------------------------
-
-
-VALIDATOR_KEEP = 3600.0
-"""Seconds an image with validators is kept past its stale window, to be revalidated."""
-
-
-def encode_image(entry: SharedImage) -> str:
-    """The JSON stored for an image entry: every field of `SharedImage`, the image as its `data`.
-
-    Written from the attrs fields, so that a field added to `SharedImage` is stored without a
-    change here.
-    """
-    value: dict[str, Any] = {}
-    for field in attrs.fields(SharedImage):
-        item = getattr(entry, field.name)
-        value[field.name] = unstructure_image(item) if isinstance(item, GalleryImage) else item
-    return json.dumps(value)
-
-
-def encode_missing(entry: SharedMissing) -> str:
-    """The JSON stored for a remembered 404: every field of `SharedMissing`."""
-    return json.dumps(attrs.asdict(entry))
-
-
-def decode_entry(kind: str, raw: str, *, image_id: str) -> SharedEntry:
-    """Read what `encode_image` (`kind` "image") or `encode_missing` ("missing") wrote.
-
-    Fields the entry class does not know are ignored, and fields it has but the value lacks
-    take their defaults: a file written by a newer or older version reads as far as it can.
-
-    Raises:
-        ValueError: the value is not an entry (not a JSON object, an expiry that is not a
-            finite positive time, an image that does not decode or is another id's).
-
-    """
-    try:
-        value = json.loads(raw)
-    except RecursionError as error:
-        raise ValueError("nested too deeply") from error
-    if not isinstance(value, dict):
-        raise ValueError("not an entry")
-    cls: type[SharedImage] | type[SharedMissing]
-    if kind == "image":
-        cls, expiry = SharedImage, "fresh_until"
-    elif kind == "missing":
-        cls, expiry = SharedMissing, "until"
-    else:
-        raise ValueError(f"unknown kind {kind!r}")
-    if not _is_time(value.get(expiry)):
-        raise ValueError("its expiry is not a time")
-    fields: dict[str, Any] = {}
-    for field in attrs.fields(cls):
-        if field.name not in value:
-            continue
-        item = value[field.name]
-        if field.name == "image":
-            try:
-                item = structure_image(item)
-            except InvalidResponse as error:
-                raise ValueError(str(error)) from error
-            if item.id != image_id:
-                raise ValueError(f"it holds image {item.id!r}")
-        elif field.name == expiry:
-            item = float(item)
-        elif not isinstance(item, (str, int, float, type(None))):
-            raise ValueError(f"its {field.name} is not a plain value")
-        fields[field.name] = item
-    try:
-        return cls(**fields)
-    except (TypeError, ValueError) as error:  # a field it needs is missing
-        raise ValueError(f"not an entry: {error}") from error
-
-
-def _is_time(value: object) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 # -- The cache -----------------------------------------------------------------------------------
@@ -191,7 +105,9 @@ class SQLiteCache:
     other failure (a full disk), gives one warning and is skipped, and so is every write for a
     back-off of 0.5 s, doubling after each failed try up to 5 s; reads go on meanwhile. The
     first write that works again logs once at INFO. A value that does not decode is a miss,
-    logged and deleted.
+    logged and deleted,
+    and a lease row that cannot be a lease is taken over; the session checks what does decode as
+    it checks every shared entry.
 
     Args:
         path: The database file (`~` expanded). Its directory must exist.
@@ -224,6 +140,7 @@ class SQLiteCache:
         # Rows this process believes are in the file: counted for real only when a write
         # could take it past max_entries.
         self._estimate: int | None = None
+        self._lease_ms: int | None = None  # the longest lease asked for, once one was
 
     # -- Lifecycle -----------------------------------------------------------------------------
 
@@ -423,37 +340,34 @@ class SQLiteCache:
 
     # -- SharedCache ---------------------------------------------------------------------------
 
-    async def get(self, image_id: str) -> SharedEntry | None:
-        """The image or 404 stored for `image_id`; an image may be past its freshness."""
+    async def get(self, key: str) -> SharedEntry | None:
+        """The image or 404 stored under `key`; an image may be past its freshness."""
 
-        def read(connection: sqlite3.Connection) -> tuple[str, str] | None:
+        def read(connection: sqlite3.Connection) -> tuple[object] | None:
             row = connection.execute(
-                "SELECT kind, value FROM entries WHERE id = ? AND expires > ?",
-                (image_id, time.time()),
+                "SELECT value FROM entries WHERE id = ? AND expires > ?", (key, time.time())
             ).fetchone()
-            return None if row is None else (str(row[0]), str(row[1]))
+            return None if row is None else (row[0],)
 
         found = await self._call(read, None)
         if found is None:
             return None
-        kind, raw = found
+        (raw,) = found
         try:
-            return decode_entry(kind, raw, image_id=image_id)
-        except ValueError as error:
-            logger.warning("SQLite cache entry for %s dropped: %s", image_id, error)
+            return decode(raw)
+        except BadEntry as error:
+            logger.warning("SQLite cache entry %s dropped: %s", key, error)
 
             def drop(connection: sqlite3.Connection, now: float) -> None:
                 # Only if unchanged: another process may have stored a good value meanwhile.
-                connection.execute(
-                    "DELETE FROM entries WHERE id = ? AND value = ?", (image_id, raw)
-                )
+                connection.execute("DELETE FROM entries WHERE id = ? AND value = ?", (key, raw))
 
             await self._write(drop)
             return None
 
     async def set(
         self,
-        image_id: str,
+        key: str,
         image: GalleryImage,
         ttl: float,
         stale_window: float,
@@ -466,30 +380,32 @@ class SQLiteCache:
         With validators (`etag`, `last_modified`), it is kept `VALIDATOR_KEEP` seconds longer
         still, so that a later fetch can revalidate it with a conditional request.
         """
-        if ttl <= 0:
-            return
-        fresh_until = time.time() + ttl
-        entry = SharedImage(
-            image=image, fresh_until=fresh_until, etag=etag, last_modified=last_modified
+        stored = stored_image(
+            image, ttl, stale_window, now=time.time(), etag=etag, last_modified=last_modified
         )
-        value = encode_image(entry)
-        expires = fresh_until + max(stale_window, 0.0)
-        if etag is not None or last_modified is not None:
-            expires += VALIDATOR_KEEP
-        await self._write(_upsert(image_id, "image", value, expires))
+        await self._put(key, stored)
 
-    async def set_missing(self, image_id: str, ttl: float) -> None:
-        """Remember a 404 for `image_id` for `ttl` seconds."""
-        if ttl <= 0:
+    async def set_missing(self, key: str, ttl: float) -> None:
+        """Remember a 404 under `key` for `ttl` seconds."""
+        await self._put(key, stored_missing(ttl, now=time.time()))
+
+    async def _put(self, key: str, stored: Stored | None) -> None:
+        if stored is None:
             return
-        until = time.time() + ttl
-        await self._write(_upsert(image_id, "missing", encode_missing(SharedMissing(until)), until))
 
-    async def invalidate(self, image_id: str) -> None:
-        """Forget the image or 404 stored for `image_id`."""
+        def write(connection: sqlite3.Connection, now: float) -> None:
+            connection.execute(
+                "INSERT OR REPLACE INTO entries (id, kind, value, expires) VALUES (?, ?, ?, ?)",
+                (key, stored.kind, stored.value, stored.until),
+            )
+
+        await self._write(write)
+
+    async def invalidate(self, key: str) -> None:
+        """Forget the image or 404 stored under `key`."""
 
         def delete(connection: sqlite3.Connection, now: float) -> None:
-            connection.execute("DELETE FROM entries WHERE id = ?", (image_id,))
+            connection.execute("DELETE FROM entries WHERE id = ?", (key,))
 
         await self._write(delete)
 
@@ -501,13 +417,16 @@ class SQLiteCache:
 
         await self._write(delete_all)
 
-    async def try_lease(self, image_id: str, ms: int) -> str | None:
-        """Take the lease to fetch `image_id` for `ms` milliseconds, unless another holds it.
+    async def try_lease(self, key: str, ms: int) -> str | None:
+        """Take the lease on `key` for `ms` milliseconds, unless another process holds it.
 
-        While the file fails, a token is returned all the same: there is nobody to wait for.
+        A lease row that holds nothing (expired, its process gone, or not a lease: an expiry
+        that is no time or further ahead than a lease of `ms` lasts, a process id that is no
+        process id) is taken over. While the file fails, a token is returned all the same:
+        there is nobody to wait for.
         """
         token = secrets.token_hex(8)
-
+        self._lease_ms = max(ms, self._lease_ms or 0)
         pid = os.getpid()
 
         def take(connection: sqlite3.Connection) -> bool:
@@ -517,59 +436,53 @@ class SQLiteCache:
                 "INSERT INTO leases (id, token, expires, pid) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (id) DO UPDATE SET token = excluded.token, "
                 "expires = excluded.expires, pid = excluded.pid WHERE leases.expires <= ?",
-                (image_id, token, now + ms / 1000, pid, now),
+                (key, token, now + ms / 1000, pid, now),
             )
             if cursor.rowcount == 1:
                 return True
-            holder = _holder(connection, image_id)
-            if holder is None or _alive(holder[1]):
+            row = _lease_row(connection, key)
+            if row is None or _holds(row, now=now, ms=ms):
                 return False
-            # Its process is gone (killed mid-fetch): nobody will store or release it. Taken
-            # over only if still that one, so that two takers cannot both win.
+            # Nobody will store or release it (its process is gone), or no process wrote it:
+            # taken over only if still that one, so that two takers cannot both win.
             cursor = connection.execute(
                 "UPDATE leases SET token = ?, expires = ?, pid = ? WHERE id = ? AND token = ?",
-                (token, now + ms / 1000, pid, image_id, holder[0]),
+                (token, now + ms / 1000, pid, key, row[0]),
             )
             return cursor.rowcount == 1
 
         return token if await self._call(take, True, write=True) else None
 
-    async def lease_held(self, image_id: str) -> bool:
-        """Whether some process holds the lease to fetch `image_id` (False while the file fails)."""
+    async def lease_held(self, key: str) -> bool:
+        """Whether some process holds the lease on `key` (False while the file fails)."""
 
         def held(connection: sqlite3.Connection) -> bool:
-            holder = _holder(connection, image_id)
-            return holder is not None and _alive(holder[1])
+            row = _lease_row(connection, key)
+            return row is not None and _holds(row, now=time.time(), ms=self._lease_ms)
 
         return await self._call(held, False)
 
-    async def release(self, image_id: str, token: str) -> None:
+    async def release(self, key: str, token: str) -> None:
         """Give up the lease taken with `token`; another process's lease is left alone."""
 
         def delete(connection: sqlite3.Connection) -> None:
-            connection.execute("DELETE FROM leases WHERE id = ? AND token = ?", (image_id, token))
+            connection.execute("DELETE FROM leases WHERE id = ? AND token = ?", (key, token))
 
         await self._call(delete, None, write=True)
 
 
-def _upsert(
-    image_id: str, kind: str, value: str, expires: float
-) -> Callable[[sqlite3.Connection, float], None]:
-    def write(connection: sqlite3.Connection, now: float) -> None:
-        connection.execute(
-            "INSERT OR REPLACE INTO entries (id, kind, value, expires) VALUES (?, ?, ?, ?)",
-            (image_id, kind, value, expires),
-        )
-
-    return write
-
-
-def _holder(connection: sqlite3.Connection, image_id: str) -> tuple[str, int] | None:
-    """The token and process id of the lease on `image_id` still in force, if any."""
+def _lease_row(connection: sqlite3.Connection, key: str) -> tuple[object, object, object] | None:
+    """The token, expiry and process id of the lease row on `key`, as stored, if any."""
     row = connection.execute(
-        "SELECT token, pid FROM leases WHERE id = ? AND expires > ?", (image_id, time.time())
+        "SELECT token, expires, pid FROM leases WHERE id = ?", (key,)
     ).fetchone()
-    return None if row is None else (str(row[0]), int(row[1]))
+    return None if row is None else (row[0], row[1], row[2])
+
+
+def _holds(row: tuple[object, object, object], *, now: float, ms: int | None) -> bool:
+    """Whether a lease row is a lease in force, of a process that runs."""
+    pid = lease_pid(row[2])
+    return pid is not None and lease_in_force(row[1], now=now, ms=ms) and _alive(pid)
 
 
 def _alive(pid: int) -> bool:

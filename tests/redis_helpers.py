@@ -100,6 +100,63 @@ class RedisServer:
             process.wait()
 
 
+class WrongRedis:
+    """A Redis-compatible server on 127.0.0.1 that answers with the wrong types of reply.
+
+    Every command gets ``answers[name]`` (raw RESP bytes) if given, else ``default``; the
+    commands received are kept in ``commands``. For ``async with``; nothing outlives it.
+    """
+
+    def __init__(self, default: bytes, **answers: bytes) -> None:
+        self.default = default
+        self.answers = {name.upper(): reply for name, reply in answers.items()}
+        self.commands: list[str] = []
+        self._server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    @property
+    def url(self) -> str:
+        assert self._server is not None
+        port = self._server.sockets[0].getsockname()[1]
+        return f"redis://127.0.0.1:{port}/0"
+
+    async def __aenter__(self) -> WrongRedis:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self._writers:
+            writer.close()
+        if self._handlers:
+            await asyncio.wait(self._handlers)
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        self._writers.add(writer)
+        try:
+            while header := await reader.readline():
+                if not header.startswith(b"*"):
+                    break
+                parts = []
+                for _ in range(int(header[1:])):
+                    size = int((await reader.readline())[1:])
+                    parts.append((await reader.readexactly(size + 2))[:-2])
+                name = parts[0].decode().upper()
+                self.commands.append(name)
+                writer.write(self.answers.get(name, self.default))
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
 # -- The worker process ----------------------------------------------------------------------------
 
 

@@ -160,6 +160,26 @@ async def test_get_reports_an_unreachable_host_in_one_line_with_status_1(
     assert f"request for image {PLAIN_ID} failed" in line
 
 
+async def test_get_never_prints_an_image_its_cache_holds_from_another_gallery(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    theirs = [{**data, "text": "the other gallery's prompt"} for data in sample_images()]
+    async with FakeGallery(sample_images()) as one, FakeGallery(theirs) as two:
+        assert await run("get", "--json", "--base-url", one.url, PLAIN_ID) == 0
+        capsys.readouterr()
+        # The same default cache file: each run above and below reads and writes it.
+        assert await run("get", "--json", "--base-url", two.url, PLAIN_ID) == 0
+        assert json.loads(capsys.readouterr().out)["text"] == "the other gallery's prompt"
+        closed = FakeGallery()
+        async with closed:
+            url = closed.url
+        assert await run("get", "--base-url", url, "--retries", "0", PLAIN_ID) == 1
+    assert two.requests[PLAIN_ID] == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert f"request for image {PLAIN_ID} failed" in one_error_line(captured.err)
+
+
 async def test_get_reports_a_missing_image_with_status_1(
     gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -27,7 +27,7 @@ import redis.asyncio
 from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis_helpers import RedisServer, free_port
+from redis_helpers import RedisServer, WrongRedis, free_port
 
 from meigen_async import RateLimiter
 from meigen_async.redis_cache import RedisRateLimiter, rate_keys
@@ -216,6 +216,23 @@ async def test_without_redis_requests_are_paced_locally_with_one_warning(
     assert len(warnings) == 1
     assert "pacing this process alone" in warnings[0].getMessage()
     assert clock.waits == [pytest.approx(3.0)]  # the cool-down, kept locally
+    assert not paced.shared
+
+
+async def test_a_server_answering_hello_wrongly_is_paced_past_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    async with WrongRedis(b":7\r\n") as wrong:  # HELLO gets an integer: AttributeError
+        client = quick_client(wrong.url)
+        paced = limiter(client, clock, rate=1000.0)
+        with caplog.at_level(logging.WARNING, logger="meigen_async"):
+            for _ in range(3):
+                await paced.acquire()
+        await client.aclose()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "AttributeError" in warnings[0].getMessage()
     assert not paced.shared
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 from clocks import FakeTimer
 
-from meigen_async._shared_tier import CLOCK_SKEW, SharedTier, check_shared_entry
+from meigen_async._shared_codec import shared_key
+from meigen_async._shared_tier import SharedTier
 from meigen_async.cache import CachePolicy, MemoryCache
 from meigen_async.models import GalleryImage
 from meigen_async.shared import SharedEntry, SharedImage, SharedMissing
@@ -16,79 +17,28 @@ A = GalleryImage(id="a", likes=1)
 B = GalleryImage(id="b", likes=2)
 
 
-# -- Entries read back from a shared cache --------------------------------------------------------
+# -- Entries read back from a shared cache (the check itself: test_shared_codec.py) -------------
 
 NOW = 1_700_000_000.0  # the wall clock, in seconds since the epoch
 POLICY = CachePolicy(max_ttl=600, default_ttl=300, negative_ttl=30)
+GALLERY = "https://gallery.test"
 
 
 def image_until(until: float, image: GalleryImage = A) -> SharedImage:
     return SharedImage(image=image, fresh_until=until)
 
 
-def test_an_image_read_back_is_fresh_for_what_is_left_of_its_life() -> None:
-    assert check_shared_entry(image_until(NOW + 100), "a", policy=POLICY, now=NOW) == 100
-
-
-def test_an_image_read_back_is_fresh_no_longer_than_max_ttl() -> None:
-    # Within the clock-skew allowance: believable, but capped.
-    left = check_shared_entry(image_until(NOW + 630), "a", policy=POLICY, now=NOW)
-    assert left == 600
-
-
-def test_an_explicit_ttl_caps_an_image_read_back_instead_of_max_ttl() -> None:
-    policy = CachePolicy(ttl=20, max_ttl=600)
-    assert check_shared_entry(image_until(NOW + 50), "a", policy=policy, now=NOW) == 20
-
-
-def test_a_default_ttl_above_max_ttl_is_a_lifetime_the_session_gives_itself() -> None:
-    policy = CachePolicy(max_ttl=600, default_ttl=7200)
-    assert check_shared_entry(image_until(NOW + 7000), "a", policy=policy, now=NOW) == 7000
-
-
-def test_a_404_read_back_is_remembered_no_longer_than_negative_ttl() -> None:
-    assert check_shared_entry(SharedMissing(until=NOW + 80), "a", policy=POLICY, now=NOW) == 30
-
-
-def test_an_expired_image_read_back_has_no_life_left_but_is_not_refused() -> None:
-    assert check_shared_entry(image_until(NOW - 5), "a", policy=POLICY, now=NOW) == -5
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [
-        image_until(NOW + 10 * 365 * 86400),
-        image_until(NOW + 600 + CLOCK_SKEW + 1),
-        SharedMissing(until=NOW + 30 + CLOCK_SKEW + 1),
-    ],
-    ids=["image-10-years", "image-past-the-skew", "404-past-the-skew"],
-)
-def test_a_lifetime_beyond_the_cap_and_the_clock_skew_is_refused(entry: SharedEntry) -> None:
-    with pytest.raises(ValueError, match="more than"):
-        check_shared_entry(entry, "a", policy=POLICY, now=NOW)
-
-
-@pytest.mark.parametrize("until", [math.nan, math.inf, -math.inf, 0.0, -1.0])
-def test_an_expiry_that_is_not_a_time_is_refused(until: float) -> None:
-    for entry in (image_until(until), SharedMissing(until=until)):
-        with pytest.raises(ValueError, match="not a time"):
-            check_shared_entry(entry, "a", policy=POLICY, now=NOW)
-
-
-def test_another_ids_image_is_refused() -> None:
-    with pytest.raises(ValueError, match="holds image 'b'"):
-        check_shared_entry(image_until(NOW + 60, B), "a", policy=POLICY, now=NOW)
-
-
 class OneEntry:
     """A SharedCache holding one entry for every id, recording what the tier asks of it."""
 
-    def __init__(self, entry: SharedEntry | None) -> None:
+    def __init__(self, entry: object) -> None:
         self.entry = entry
+        self.asked: list[str] = []
         self.invalidated: list[str] = []
 
     async def get(self, image_id: str) -> SharedEntry | None:
-        return self.entry
+        self.asked.append(image_id)
+        return self.entry  # type: ignore[return-value]  # whatever a user's cache hands back
 
     async def invalidate(self, image_id: str) -> None:
         self.invalidated.append(image_id)
@@ -120,7 +70,12 @@ class OneEntry:
 
 def tier_on(shared: OneEntry, timer: FakeTimer, policy: CachePolicy = POLICY) -> SharedTier:
     return SharedTier(
-        MemoryCache(10, timer=timer), shared, lease_time=1.0, policy=policy, clock=lambda: NOW
+        MemoryCache(10, timer=timer),
+        shared,
+        lease_time=1.0,
+        gallery=GALLERY,
+        policy=policy,
+        clock=lambda: NOW,
     )
 
 
@@ -152,7 +107,7 @@ async def test_an_image_claiming_ten_years_is_a_miss_and_is_dropped(timer: FakeT
     tier = tier_on(shared, timer)
     claim = await tier.claim("a")
     assert (claim.image, claim.token) == (None, "token")
-    assert shared.invalidated == ["a"]
+    assert shared.invalidated == [shared_key(GALLERY, "a")]
     assert tier.memory.get_stale("a") is None
 
 
@@ -160,7 +115,7 @@ async def test_an_image_with_a_nan_expiry_is_a_miss_and_is_dropped(timer: FakeTi
     shared = OneEntry(image_until(math.nan))
     claim = await tier_on(shared, timer).claim("a")
     assert claim.token == "token"
-    assert shared.invalidated == ["a"]
+    assert shared.invalidated == [shared_key(GALLERY, "a")]
 
 
 async def test_another_ids_image_is_a_miss_and_is_dropped(timer: FakeTimer) -> None:
@@ -168,7 +123,7 @@ async def test_another_ids_image_is_a_miss_and_is_dropped(timer: FakeTimer) -> N
     tier = tier_on(shared, timer)
     claim = await tier.claim("a")
     assert (claim.image, claim.token) == (None, "token")
-    assert shared.invalidated == ["a"]
+    assert shared.invalidated == [shared_key(GALLERY, "a")]
     assert tier.memory.get_stale("a") is None
 
 
@@ -190,3 +145,32 @@ async def test_an_expired_image_with_validators_is_kept_in_process_to_be_revalid
     assert claim.token == "token"
     assert tier.memory.get("a") is None
     assert tier.memory.validators("a") == (A, Validators(etag='"v1"'))
+
+
+async def test_the_shared_cache_is_asked_for_the_galleries_key_not_the_bare_id(
+    timer: FakeTimer,
+) -> None:
+    shared = OneEntry(None)
+    await tier_on(shared, timer).claim("a")
+    assert shared.asked == ["https://gallery.test/api/images/a"] * 2
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "a string",
+        SharedImage(image="not an image", fresh_until=NOW + 60),  # type: ignore[arg-type]
+        image_until(10**400),
+        image_until("soon"),  # type: ignore[arg-type]
+        SharedMissing(until=math.nan),
+    ],
+    ids=["not-an-entry", "not-an-image", "400-digits", "a-string", "nan-404"],
+)
+async def test_whatever_a_users_cache_hands_back_is_checked_never_raised(
+    timer: FakeTimer, entry: object
+) -> None:
+    shared = OneEntry(entry)
+    tier = tier_on(shared, timer)
+    claim = await tier.claim("a")
+    assert (claim.image, claim.missing, claim.token) == (None, False, "token")
+    assert shared.invalidated == [shared_key(GALLERY, "a")]
