@@ -95,7 +95,9 @@ def _images(base: str, count: int, size: int, tag: str) -> list[GalleryImage]:
 async def _ours(gallery_url: str, images: list[GalleryImage], out: Path) -> int:
     total = 0
     async with GallerySession(
-        gallery_url, media_hosts=["127.0.0.1"], media_concurrency=_CONCURRENCY
+        gallery_url,
+        media_hosts=[gallery_url.removeprefix("http://")],
+        media_concurrency=_CONCURRENCY,
     ) as session:
         async for result in session.iter_media(images, out):
             if result.error is not None:

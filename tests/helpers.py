@@ -1,7 +1,8 @@
 """Helpers shared by the tests that script faults against FakeGallery.
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
-gallery saw its requests, and whether a directory's files can carry media records.
+gallery saw its requests, whether a directory's files can carry media records, and a PNG
+header claiming any size.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import struct
 import time
 from bisect import bisect_left
 from collections import Counter
@@ -19,7 +21,7 @@ import attrs
 
 from meigen_async.retry import RetryPolicy
 from meigen_async.session import FETCH_TASK_PREFIX
-from meigen_async.testing import FakeGallery
+from meigen_async.testing import FakeGallery, png_bytes
 
 FAST = RetryPolicy(backoff_base=0.001, backoff_max=0.01, rate_limited_wait=0.01)
 """Retries within milliseconds: the behaviour of the default policy, without the waiting."""
@@ -90,3 +92,13 @@ def keeps_user_attributes(directory: Path) -> bool:
     finally:
         probe.unlink()
     return True
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` by `height` pixels: a decompression bomb's shape.
+
+    `png_bytes(w, h)` at that size would build the pixels; the header alone is what is read.
+    """
+    body = bytearray(png_bytes(2, 2))
+    body[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    return bytes(body)

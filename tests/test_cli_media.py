@@ -38,7 +38,7 @@ async def test_bulk_with_media_adds_a_media_list_to_each_line(
     ids.write_text("one\ntwo\n", encoding="utf-8")
     out, media = tmp_path / "out.jsonl", tmp_path / "media"
     argv = ["bulk", str(ids), "-o", str(out), "--media", str(media)]
-    argv += ["--base-url", media_gallery.url, "--media-host", "127.0.0.1"]
+    argv += ["--base-url", media_gallery.url, "--media-host", media_gallery.media_host]
     assert await run(*argv) == 0
     lines = {line["id"]: line for line in map(json.loads, out.read_text().splitlines())}
     assert lines["two"]["media"][1] == {
@@ -55,7 +55,7 @@ async def test_download_writes_the_files_and_lists_them(
     media_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["download", "two", "-o", str(tmp_path), "--base-url", media_gallery.url]
-    assert await run(*argv, "--media-host", "127.0.0.1") == 0
+    assert await run(*argv, "--media-host", media_gallery.media_host) == 0
     printed = capsys.readouterr().out.splitlines()
     assert sorted(line.split("\t")[0] for line in printed) == [
         str(tmp_path / "two" / "0.png"),

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 from helpers import keeps_user_attributes
 
-import meigen_async._media
+import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._media import MediaDownloader
-from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set, read_file_record
+from meigen_async._media_records import RECORD_ATTRIBUTE, read_file_record
+from meigen_async._media_rules import origin_set
 from meigen_async.errors import (
     ImageNotFound,
     MediaHTTPError,
@@ -26,7 +27,6 @@ from meigen_async.errors import (
 )
 from meigen_async.testing import Answer, FakeGallery, jpeg_bytes, png_bytes, webp_bytes
 
-LOOPBACK = ("127.0.0.1",)
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
@@ -35,7 +35,7 @@ async def _served(gallery: FakeGallery, **files: tuple[bytes, str]) -> dict[str,
 
 
 def _session(gallery: FakeGallery, **options: object) -> GallerySession:
-    options.setdefault("media_hosts", LOOPBACK)
+    options.setdefault("media_hosts", [gallery.media_host])
     return GallerySession(gallery.url, **options)  # type: ignore[arg-type]
 
 
@@ -282,7 +282,7 @@ async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
         gallery.script_media("a", Answer.rate_limited(retry_after=7))
         downloader = MediaDownloader(
             http=session._transport.open,
-            hosts=host_set(LOOPBACK),
+            origins=origin_set([gallery.media_host]),
             max_bytes=1 << 20,
             concurrency=2,
             retry=RetryPolicy(),
@@ -341,7 +341,7 @@ async def test_a_directory_written_with_a_manifest_is_resumed_where_files_keep_r
         image = GalleryImage(id="img1", media_urls=(urls["a"],))
         async with _session(gallery) as session:
             with monkeypatch.context() as patched:  # as a run before records on files wrote it
-                patched.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+                patched.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
                 first = await session.download_media(image, tmp_path)
             gallery.reset_counts()
             again = await session.download_media(image, tmp_path)
@@ -366,20 +366,20 @@ async def test_a_file_whose_record_was_stripped_is_downloaded_again(tmp_path):
 async def test_a_manifest_that_cannot_be_read_means_downloading_again_not_an_exception(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+    monkeypatch.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"))
         image = GalleryImage(id="img1", media_urls=(urls["a"],))
         async with _session(gallery) as session:
             await session.download_media(image, tmp_path)
-            real = Path.read_text
+            real = os.open
 
-            def refused(self: Path, *args: object, **kwargs: object) -> str:
-                if self.name == "manifest.json":
-                    raise PermissionError(13, "Permission denied", str(self))
-                return real(self, *args, **kwargs)  # type: ignore[arg-type]
+            def refused(path: str, flags: int, *args: object, **kwargs: object) -> int:
+                if path == "manifest.json" and not flags & os.O_CREAT:
+                    raise PermissionError(13, "Permission denied", path)
+                return real(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-            monkeypatch.setattr(Path, "read_text", refused)
+            monkeypatch.setattr(meigen_async._media_files.os, "open", refused)
             gallery.reset_counts()
             [media] = await session.download_media(image, tmp_path)
         assert gallery.media_requests == {"a": 1}

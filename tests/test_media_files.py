@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-import meigen_async._media
+import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession
-from meigen_async._media import _after
+from meigen_async._media_files import _after
 from meigen_async.testing import FakeGallery, png_bytes
 
 _PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + (8).to_bytes(4, "big") * 2
@@ -49,7 +49,8 @@ async def test_a_download_cancelled_mid_body_leaves_no_temporary_and_no_final_fi
     port = runner.addresses[0][1]
     try:
         image = GalleryImage(id="1", media_urls=(f"http://127.0.0.1:{port}/m.png",))
-        async with GallerySession(f"http://127.0.0.1:{port}", media_hosts=["127.0.0.1"]) as session:
+        url = f"http://127.0.0.1:{port}"
+        async with GallerySession(url, media_hosts=[f"127.0.0.1:{port}"]) as session:
             task = asyncio.ensure_future(session.download_media(image, tmp_path))
             await started.wait()
             await asyncio.sleep(0.05)  # let the first bytes reach the file
@@ -72,7 +73,7 @@ async def _garbage_after(count: int, root: Path) -> int:
             )
             for n in range(count)
         ]
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             gc.collect()
             gc.disable()
             try:
@@ -105,18 +106,18 @@ async def test_a_file_is_written_whole_however_the_system_takes_the_writes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writes: str
 ) -> None:
     if writes == "no writev":
-        monkeypatch.setattr(meigen_async._media, "_HAS_WRITEV", False)
+        monkeypatch.setattr(meigen_async._media_files, "_HAS_WRITEV", False)
     else:
         real = os.writev
 
         def short(fd: int, buffers: list[bytes]) -> int:
             return real(fd, [bytes(buffers[0][:1000])])  # at most 1,000 bytes a call
 
-        monkeypatch.setattr(meigen_async._media.os, "writev", short)
+        monkeypatch.setattr(meigen_async._media_files.os, "writev", short)
     body = png_bytes(40, 40) + bytes(range(256)) * 1200  # past one batch of 256 KiB
     async with FakeGallery() as gallery:
         image = GalleryImage(id="i", media_urls=(gallery.add_media("m", body, "image/png"),))
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             [media] = await session.download_media(image, tmp_path)
     assert media.path.read_bytes() == body
     assert media.sha256 == hashlib.sha256(body).hexdigest()
@@ -126,17 +127,17 @@ async def test_a_download_cancelled_during_its_fsync_leaves_the_whole_file_or_no
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     entered, release = threading.Event(), threading.Event()
-    commit = meigen_async._media._TempFile._commit
+    commit = meigen_async._media_files.TempFile._commit
 
     def held(self: Any, *args: Any) -> bool:
         entered.set()
         release.wait(5)
         return commit(self, *args)
 
-    monkeypatch.setattr(meigen_async._media._TempFile, "_commit", held)
+    monkeypatch.setattr(meigen_async._media_files.TempFile, "_commit", held)
     async with FakeGallery() as gallery:
         image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             task = asyncio.ensure_future(session.download_media(image, tmp_path))
             await asyncio.to_thread(entered.wait, 5)
             task.cancel()
@@ -155,7 +156,7 @@ async def test_a_symbolic_link_in_place_of_a_file_is_replaced_not_followed(
     outside = tmp_path / "outside.png"
     async with FakeGallery() as gallery:
         image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             await session.download_media(image, tmp_path / "out")
             link = tmp_path / "out" / "i" / "0.png"
             os.replace(link, outside)  # the very file, its record with it, now outside
@@ -172,13 +173,13 @@ async def test_a_leftover_temporary_file_of_the_same_name_is_stepped_around(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A killed process whose pid this one now has left the very name this one picks next.
-    monkeypatch.setattr(meigen_async._media, "_TEMP_NAMES", itertools.count(7))
+    monkeypatch.setattr(meigen_async._media_files, "_TEMP_NAMES", itertools.count(7))
     leftover = tmp_path / "i" / f".0.{os.getpid()}.7.part"
     leftover.parent.mkdir()
     leftover.write_bytes(b"half a file")
     async with FakeGallery() as gallery:
         image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             [media] = await session.download_media(image, tmp_path)
     assert media.path.read_bytes() == png_bytes()
     assert leftover.read_bytes() == b"half a file"  # not ours to remove, never read back
@@ -201,7 +202,7 @@ async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
                 seen_while_held.append(sum(gallery.media_requests.values()))
             real_fsync(fd)
 
-        monkeypatch.setattr(meigen_async._media.os, "fsync", slow_fsync)
+        monkeypatch.setattr(meigen_async._media_files.os, "fsync", slow_fsync)
         images = [
             GalleryImage(
                 id=f"i{n}", media_urls=(gallery.add_media(f"m{n}", png_bytes(), "image/png"),)
@@ -209,7 +210,7 @@ async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
             for n in range(4)
         ]
         async with GallerySession(
-            gallery.url, media_hosts=["127.0.0.1"], media_concurrency=1
+            gallery.url, media_hosts=[gallery.media_host], media_concurrency=1
         ) as session:
             results = [result async for result in session.iter_media(images, tmp_path)]
     assert all(result.ok for result in results)
