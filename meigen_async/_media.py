@@ -63,7 +63,10 @@ from .media import MediaFile, MediaResult
 from .models import GalleryImage
 from .retry import RetryPolicy
 
-__all__ = ["MediaDownloader", "OwnedTasks", "stream_media"]
+__all__ = ["MEDIA_TASK_PREFIX", "MediaDownloader", "OwnedTasks", "stream_media"]
+
+MEDIA_TASK_PREFIX = "meigen-async media "
+"""Media downloads run in tasks named this prefix plus the image's id."""
 
 _T = TypeVar("_T")
 _SNIFF_AT_LEAST = 32  # bytes wanted before the type is decided: every magic number fits
@@ -77,12 +80,12 @@ class OwnedTasks:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.closed = False
 
-    def start(self, coroutine: Coroutine[Any, Any, _T]) -> asyncio.Task[_T]:
-        """Run `coroutine` in a task owned here."""
+    def start(self, coroutine: Coroutine[Any, Any, _T], name: str) -> asyncio.Task[_T]:
+        """Run `coroutine` in a task owned here, named `name`."""
         if self.closed:
             coroutine.close()
             raise RuntimeError("this GallerySession is closed")
-        task = asyncio.get_running_loop().create_task(coroutine)
+        task = asyncio.get_running_loop().create_task(coroutine, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
@@ -181,7 +184,7 @@ class MediaDownloader:
         """
         if self.closed:
             raise closed_error(image.id)
-        task = self.tasks.start(self.download_image(image, root))
+        task = self.tasks.start(self.download_image(image, root), MEDIA_TASK_PREFIX + image.id)
         try:
             return await task
         except asyncio.CancelledError:
@@ -472,7 +475,7 @@ async def stream_media(
                     exhausted = True
                     yield _failed(item, closed_error(_name(item)))
                     break
-                task = tasks.start(one(item))
+                task = tasks.start(one(item), MEDIA_TASK_PREFIX + _name(item))
                 task.add_done_callback(finished.put_nowait)
                 running[task] = item
             if not running:

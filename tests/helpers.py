@@ -2,22 +2,25 @@
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
 gallery saw its requests, whether a directory's files can carry media records, and a PNG
-header claiming any size.
+header claiming any size, and a media server of one handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import struct
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
+from aiohttp import web
 
 from meigen_async.retry import RetryPolicy
 from meigen_async.session import FETCH_TASK_PREFIX
@@ -102,3 +105,26 @@ def png_claiming(width: int, height: int) -> bytes:
     body = bytearray(png_bytes(2, 2))
     body[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
     return bytes(body)
+
+
+@contextlib.asynccontextmanager
+async def media_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    release: asyncio.Event,
+) -> AsyncIterator[str]:
+    """Serve `handler` at `/m.png` on 127.0.0.1; yields the server's `http://host:port`.
+
+    `release` is set before the server stops: a handler stalling on it then ends.
+    """
+    app = web.Application()
+    app.router.add_get("/m.png", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        release.set()
+        await runner.cleanup()

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from helpers import media_server
 
 import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession
-from meigen_async._media_files import _after
+from meigen_async._media_files import ImageDir, _after
+from meigen_async.errors import MediaWriteError
 from meigen_async.testing import FakeGallery, png_bytes
 
 _PNG = bytes.fromhex("89504e470d0a1a0a0000000d49484452") + (8).to_bytes(4, "big") * 2
@@ -40,17 +42,9 @@ async def test_a_download_cancelled_mid_body_leaves_no_temporary_and_no_final_fi
         await release.wait()
         return resp
 
-    app = web.Application()
-    app.router.add_get("/m.png", stalls)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        image = GalleryImage(id="1", media_urls=(f"http://127.0.0.1:{port}/m.png",))
-        url = f"http://127.0.0.1:{port}"
-        async with GallerySession(url, media_hosts=[f"127.0.0.1:{port}"]) as session:
+    async with media_server(stalls, release) as base:
+        image = GalleryImage(id="1", media_urls=(f"{base}/m.png",))
+        async with GallerySession(base, media_hosts=[base.removeprefix("http://")]) as session:
             task = asyncio.ensure_future(session.download_media(image, tmp_path))
             await started.wait()
             await asyncio.sleep(0.05)  # let the first bytes reach the file
@@ -59,9 +53,6 @@ async def test_a_download_cancelled_mid_body_leaves_no_temporary_and_no_final_fi
             assert task.cancelled()
         assert requests == ["/m.png"]
         assert sorted(p.name for p in (tmp_path / "1").iterdir()) == []
-    finally:
-        release.set()
-        await runner.cleanup()
 
 
 async def _garbage_after(count: int, root: Path) -> int:
@@ -218,3 +209,80 @@ async def test_a_slow_fsync_holds_neither_the_event_loop_nor_the_hosts_slot(
     # waited (the others run through meanwhile). Held through the fsync, the slot allowed 1.
     assert len(seen_while_held) == 1
     assert seen_while_held[0] >= 2
+
+
+# -- No path out of out/ --------------------------------------------------------------------------
+
+
+def _everything_under(directory: Path) -> list[str]:
+    return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
+
+
+async def test_an_image_directory_that_is_a_symbolic_link_is_refused_with_no_request(
+    tmp_path: Path,
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "i").symlink_to(outside)
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
+            with pytest.raises(MediaWriteError, match="symbolic link") as caught:
+                await session.download_media(image, tmp_path / "out")
+        assert gallery.media_requests == {}
+    assert caught.value.image_id == "i"
+    assert _everything_under(outside) == []
+
+
+async def test_a_link_swapped_in_for_the_image_directory_after_the_check_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
+) -> None:
+    # The check finds no directory; before the first file is created, `out/i` becomes a link.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    check = ImageDir.open_existing
+
+    def then_swapped(self: ImageDir) -> bool:
+        found = check(self)
+        self.path.symlink_to(outside)
+        return found
+
+    monkeypatch.setattr(ImageDir, "open_existing", then_swapped)
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
+            with pytest.raises(MediaWriteError, match="symbolic link"):
+                await session.download_media(image, out)
+    assert _everything_under(outside) == []
+    assert _everything_under(out) == ["i"]  # the link, left as it was
+
+
+async def test_a_link_swapped_in_while_the_files_are_written_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
+) -> None:
+    # Once a file is written, before its record and rename, `out/i` is moved away and a link
+    # put in its place.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "out"
+    attach = meigen_async._media_files._attach
+    once = threading.Lock()  # the two files commit in two threads: the first swaps
+
+    def swapped_first(fd: int, record: bytes) -> bool:
+        with once:
+            if not (out / "i").is_symlink():
+                (out / "i").rename(out / "moved")
+                (out / "i").symlink_to(outside)
+        return attach(fd, record)
+
+    monkeypatch.setattr(meigen_async._media_files, "_attach", swapped_first)
+    async with FakeGallery() as gallery:
+        urls = tuple(gallery.add_media(f"m{n}", png_bytes(), "image/png") for n in range(2))
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
+            await session.download_media(GalleryImage(id="i", media_urls=urls), out)
+    assert _everything_under(outside) == []
+    # Written where the directory held open went, its manifest (if any) too.
+    assert {"moved/0.png", "moved/1.png"} <= set(_everything_under(out))
