@@ -218,31 +218,38 @@ def _everything_under(directory: Path) -> list[str]:
     return sorted(str(p.relative_to(directory)) for p in directory.rglob("*"))
 
 
-async def test_an_image_directory_that_is_a_symbolic_link_is_refused_with_no_request(
-    tmp_path: Path,
-) -> None:
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (tmp_path / "out").mkdir()
-    (tmp_path / "out" / "i").symlink_to(outside)
+@pytest.fixture
+def outside(tmp_path: Path) -> Path:
+    """A directory outside `out/`, where a planted link points: nothing may land in it."""
+    directory = tmp_path / "outside"
+    directory.mkdir()
+    return directory
+
+
+async def _refused_by_a_link(out: Path) -> tuple[MediaWriteError, int]:
+    """Download an image `i` into `out`: the error it fails with, and the requests made."""
     async with FakeGallery() as gallery:
         image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
         async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
             with pytest.raises(MediaWriteError, match="symbolic link") as caught:
-                await session.download_media(image, tmp_path / "out")
-        assert gallery.media_requests == {}
-    assert caught.value.image_id == "i"
+                await session.download_media(image, out)
+    return caught.value, gallery.total_requests
+
+
+async def test_an_image_directory_that_is_a_symbolic_link_is_refused_with_no_request(
+    tmp_path: Path, outside: Path
+) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "i").symlink_to(outside)
+    error, requests = await _refused_by_a_link(tmp_path / "out")
+    assert (error.image_id, requests) == ("i", 0)
     assert _everything_under(outside) == []
 
 
 async def test_a_link_swapped_in_for_the_image_directory_after_the_check_is_refused(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
+    tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
 ) -> None:
     # The check finds no directory; before the first file is created, `out/i` becomes a link.
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    out = tmp_path / "out"
-    out.mkdir()
     check = ImageDir.open_existing
 
     def then_swapped(self: ImageDir) -> bool:
@@ -251,22 +258,17 @@ async def test_a_link_swapped_in_for_the_image_directory_after_the_check_is_refu
         return found
 
     monkeypatch.setattr(ImageDir, "open_existing", then_swapped)
-    async with FakeGallery() as gallery:
-        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
-        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
-            with pytest.raises(MediaWriteError, match="symbolic link"):
-                await session.download_media(image, out)
+    (tmp_path / "out").mkdir()
+    await _refused_by_a_link(tmp_path / "out")
     assert _everything_under(outside) == []
-    assert _everything_under(out) == ["i"]  # the link, left as it was
+    assert _everything_under(tmp_path / "out") == ["i"]  # the link, left as it was
 
 
 async def test_a_link_swapped_in_while_the_files_are_written_is_never_followed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
+    tmp_path: Path, outside: Path, monkeypatch: pytest.MonkeyPatch, media_records: str
 ) -> None:
     # Once a file is written, before its record and rename, `out/i` is moved away and a link
     # put in its place.
-    outside = tmp_path / "outside"
-    outside.mkdir()
     out = tmp_path / "out"
     attach = meigen_async._media_files._attach
     once = threading.Lock()  # the two files commit in two threads: the first swaps
