@@ -14,6 +14,10 @@ is written outside `out/`. (`out/` itself, the caller's own path, is taken as gi
 Every file-system call (mkdir, open, write and hash, fsync, rename, the manifest) runs in a
 worker thread of `FILES`, never on the event loop: an fsync takes milliseconds, and on the
 loop it would stall every other download (and the rest of the application) while it waits.
+
+Past 450 lines on purpose: writing and reading back share the directory descriptor's
+lifetime (`ImageDir`, which neither may close under the other) and must agree on what a
+record is and where it lives; apart, each would hold half of one protocol.
 """
 
 from __future__ import annotations

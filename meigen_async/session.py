@@ -31,8 +31,9 @@ from ._core import (
 )
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
-from ._media import MediaDownloader, stream_media
+from ._media import MediaDownloader
 from ._media_rules import origin_set
+from ._media_tasks import stream_media
 from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_tier import SharedTier

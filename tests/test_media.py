@@ -17,9 +17,10 @@ from helpers import keeps_user_attributes, media_server, png_claiming
 
 import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession, MediaResult, RetryPolicy
-from meigen_async._media import MEDIA_TASK_PREFIX, MediaDownloader
+from meigen_async._media import MediaDownloader
 from meigen_async._media_records import RECORD_ATTRIBUTE, read_file_record
 from meigen_async._media_rules import origin_set
+from meigen_async._media_tasks import MEDIA_TASK_PREFIX
 from meigen_async.errors import (
     ImageNotFound,
     MediaDecompressionBomb,
