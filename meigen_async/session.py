@@ -271,9 +271,8 @@ class GallerySession:
         Media downloads are cancelled and waited for as well, before the HTTP session they
         read from is closed; none is retried. Idempotent. A caller still waiting on a
         cancelled fetch gets `TransportError`, on a download `MediaTransportError`, and
-        `iter_media` ends. With a
-        shared cache, the deletions and lease releases still running are waited for; the
-        cache itself is left open, for whoever made it to close.
+        `iter_media` ends. With a shared cache, the deletions and lease releases still
+        running are waited for; the cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
