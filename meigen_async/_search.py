@@ -18,17 +18,16 @@ import attrs
 from cachetools import LRUCache
 from yarl import URL
 
-from ._protocol import header, parse_retry_after, service_message, snippet, validate_image_id
-from ._text import printable, replace_surrogates
-from .errors import (
-    ApiError,
-    InvalidImageId,
-    InvalidQuery,
-    InvalidResponse,
-    MeigenError,
-    RateLimited,
-    ServerError,
+from ._protocol import (
+    not_followed,
+    reported_error,
+    service_message,
+    snippet,
+    validate_image_id,
 )
+from ._status import SEARCH, Kind, kind_of
+from ._text import printable
+from .errors import ApiError, InvalidImageId, InvalidQuery, InvalidResponse, MeigenError
 from .models import SearchHit, structure_search_hit
 
 __all__ = [
@@ -70,7 +69,6 @@ corpus), so 256 such pages fit; pages a server made huge are evicted down to thi
 
 _QUERY_SHOWN = 60
 _SKIPPED_SHOWN = 40  # characters of a refused id quoted in the log: a valid id has at most 128
-_LOCATION_SHOWN = 200
 
 
 # -- Before any request --------------------------------------------------------------------------
@@ -201,11 +199,9 @@ def decode_page(status: int, headers: Mapping[str, str], body: bytes, *, limit: 
             f"expected a JSON object envelope, got {type(envelope).__name__}: {snippet(body)}"
         )
     if envelope.get("success") is not True:
-        error = envelope.get("error")
-        if isinstance(error, str):
-            raise ApiError(
-                f"the service reported an error: {replace_surrogates(error)}", status=status
-            )
+        reported = reported_error(envelope)
+        if reported is not None:
+            raise ApiError(f"the service reported an error: {reported}", status=status)
         raise InvalidResponse(f"envelope field 'success' is not true: {snippet(body)}")
     data = envelope.get("data")
     if not isinstance(data, list):
@@ -239,30 +235,14 @@ def _shown_id(value: object) -> str:
 def page_error(status: int, headers: Mapping[str, str], body: bytes) -> MeigenError:
     """The error a non-2xx search response stands for, with the service's message.
 
-    A 429 (the service's limit on searches per address) is `RateLimited` with its
-    `Retry-After`; a 5xx `ServerError` (a 503's `Retry-After` read); a 3xx an `ApiError`
-    naming its `Location`, never followed; anything else, 404 included, `ApiError`.
+    Its class is the search's one for the status's kind (`_status.SEARCH`): a 429 (the
+    service's limit on searches per address) is `RateLimited` with its `Retry-After`; a 5xx
+    `ServerError` (a 503's `Retry-After` read); a 3xx an `ApiError` naming its `Location`,
+    never followed; anything else, 404 included, `ApiError`.
     """
-    if 300 <= status < 400:
-        location = header(headers, "Location")
-        where = (
-            f"the gallery redirected to {printable(location, _LOCATION_SHOWN)}"
-            if location
-            else "the gallery answered with a redirect status and no Location"
-        )
-        return ApiError(
-            f"HTTP {status}: {where}; this library does not follow redirects: if the service "
-            "moved, set base_url to it",
-            status=status,
-        )
-    message = f"HTTP {status}: {service_message(body)}"
-    if status == 429:
-        retry_after = parse_retry_after(header(headers, "Retry-After"))
-        return RateLimited(message, status=status, retry_after=retry_after)
-    if status >= 500:
-        retry_after = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
-        return ServerError(message, status=status, retry_after=retry_after)
-    return ApiError(message, status=status)
+    if kind_of(status) is Kind.REDIRECT:
+        return SEARCH.error(status, headers, f"HTTP {status}: {not_followed(headers)}")
+    return SEARCH.error(status, headers, f"HTTP {status}: {service_message(body)}")
 
 
 def _load_json(body: bytes) -> Any:

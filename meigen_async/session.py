@@ -18,7 +18,7 @@ from typing import Literal, overload
 import aiohttp
 from cachetools import LRUCache
 
-from ._bulk import gather_images, refuse_single_id, stream_images
+from ._bulk import gather_images, refuse_single_id, stream_images, stream_media
 from ._core import (
     COALESCED,
     HIT,
@@ -37,7 +37,6 @@ from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
 from ._media import MediaDownloader
 from ._media_rules import origin_set
-from ._media_tasks import stream_media
 from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
@@ -224,6 +223,8 @@ class GallerySession:
             retry=self.retry,
             tally=self._tally,
             pacer=pacer,
+            stream=self._transport.stream,
+            host_concurrency=media_concurrency,
         )
         self._fetcher = fetcher = Fetcher(
             cache=self._cache,
@@ -249,13 +250,9 @@ class GallerySession:
         self.media_concurrency: int = media_concurrency
         """Most media requests in flight at once to one host."""
         self._media = MediaDownloader(
-            http=self._transport.open,
+            upstream=upstream,
             origins=origin_set(media_hosts),
             max_bytes=max_media_bytes,
-            concurrency=media_concurrency,
-            retry=self.retry,
-            pacer=pacer,
-            timeout=timeout,
             media_timeout=media_timeout,
             max_files=max_media_files,
             max_pixels=max_media_pixels,
