@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from yarl import URL
 
@@ -100,11 +102,15 @@ class MediaDownloader:
 
     @property
     def closed(self) -> bool:
-        """Whether `close` was called: nothing more is sent, and nothing retried."""
+        """Whether `close` was called: no download starts."""
         return self.tasks.closed
 
     async def close(self) -> None:
-        """Send nothing more; cancel the downloads running and wait for them."""
+        """Start no download; cancel the ones running and wait for them.
+
+        Nothing more is sent, nor retried, once the `Upstream` is closed: the session closes
+        it first.
+        """
         await self.tasks.close()
 
     # -- One image -----------------------------------------------------------------------------
@@ -223,11 +229,12 @@ class MediaDownloader:
                 return media, entry.on_file
         return await self._download(target, url, directory, index)
 
-    async def _download(
+    def _download(
         self, target: URL, url: str, directory: ImageDir, index: int
-    ) -> tuple[MediaFile, bool]:
+    ) -> Coroutine[Any, Any, tuple[MediaFile, bool]]:
         # The session's one retry loop: a closed session sends nothing more, and no retry.
-        return await self._upstream.retried(
+        # Not a coroutine itself: one frame less above every read of the body.
+        return self._upstream.retried(
             functools.partial(self._attempt, target, url, directory, index),
             _after_retries,
             media=True,

@@ -9,7 +9,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import attrs
 import pytest
+
+from meigen_async import SessionStats
 
 griffe = pytest.importorskip("griffe")
 
@@ -69,6 +72,14 @@ def _undocumented(obj: griffe.Object) -> Iterator[str]:
 def test_every_public_field_and_parameter_is_documented_with_a_type() -> None:
     problems = [problem for obj in _public_objects() for problem in _undocumented(obj)]
     assert problems == []
+
+
+def test_the_session_stats_table_has_a_row_for_each_field_and_no_other() -> None:
+    index = (ROOT / "docs" / "index.md").read_text(encoding="utf-8")
+    section = index.split("\n## SessionStats\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `(\w+)` \|", section, flags=re.MULTILINE)
+
+    assert sorted(rows) == sorted(field.name for field in attrs.fields(SessionStats))
 
 
 def test_no_docstring_in_the_package_holds_rest_markup() -> None:

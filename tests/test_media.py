@@ -296,6 +296,22 @@ async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
     assert (slept, error, len(files)) == ([7.0], None, 1)
 
 
+async def test_media_requests_retries_and_bytes_are_counted_as_the_server_saw_them(tmp_path):
+    body = png_bytes(30, 30) + bytes(5000)
+    async with FakeGallery() as gallery:
+        await _served(gallery, a=(png_bytes(), "image/png"), b=(body, "image/png"))
+        gallery.script_media("a", Answer.error(503), Answer.redirect("/media/b"))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        retry = RetryPolicy(max_retries=1, backoff_base=0)
+        async with _session(gallery, retry=retry) as session:
+            await session.download_media(image, tmp_path)
+            stats = session.stats
+        assert gallery.media_requests == {"a": 2, "b": 1}
+    # The 503's and the redirect's bodies are never read: only the file's bytes came in.
+    assert (stats.media_requests, stats.media_retries, stats.media_bytes) == (3, 1, len(body))
+    assert (stats.requests, stats.retries) == (0, 0)  # the gallery's own counters
+
+
 async def test_media_concurrency_bounds_the_requests_to_one_host(tmp_path):
     async with FakeGallery(delay=0.05) as gallery:
         urls = await _served(gallery, **{f"f{n}": (png_bytes(), "image/png") for n in range(6)})
