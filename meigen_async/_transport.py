@@ -9,10 +9,9 @@ timeout, become `TransportError` (each surface tells it as its family's class: `
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
@@ -31,6 +30,7 @@ __all__ = [
 ]
 
 _CHUNK = 65536
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -55,13 +55,13 @@ class StreamOptions:
 
 
 class Streamed:
-    """A response whose body is read as it arrives (`chunk`), its bytes counted in `received`.
+    """A response whose body is read as it arrives (`read_chunk`), its bytes counted.
 
     Args:
         status: The HTTP status.
         headers: The response headers.
         content_length: The `Content-Length`, or None.
-        read: The next part of the body as it has arrived; b"" at its end.
+        read: The next part of the body, as much as has arrived; b"" at its end.
 
     """
 
@@ -81,7 +81,7 @@ class Streamed:
         """Bytes of the body read so far."""
         self._read = read
 
-    async def chunk(self) -> bytes:
+    async def read_chunk(self) -> bytes:
         """The next part of the body, as much as has arrived; b"" once it has all been read."""
         chunk = await self._read()
         self.received += len(chunk)
@@ -219,16 +219,22 @@ class AiohttpTransport:
         except (TimeoutError, aiohttp.ClientError) as exc:
             raise transport_error(exc, f"timed out after {self.timeout:g}s") from exc
 
-    @contextlib.asynccontextmanager
-    async def stream(self, url: URL, options: StreamOptions) -> AsyncIterator[Streamed]:
-        """GET `url`, and give its response to read while the connection is held.
+    async def stream(
+        self,
+        url: URL,
+        options: StreamOptions,
+        receive: Callable[[Streamed], Awaitable[T]],
+        received: Callable[[int], None],
+    ) -> T:
+        """GET `url`, and give its response to `receive`, which reads it while it is held.
 
-        The request and the reading of its body, in the `async with` block, are bounded by
-        the options' deadline, and `timeout` bounds connecting and each wait for more of the
-        body: a host sending a byte now and then cannot hold a request open for hours.
+        The request and `receive`'s reading of the body are bounded by the options'
+        deadline, and `timeout` bounds connecting and each wait for more of the body: a host
+        sending a byte now and then cannot hold a request open for hours. `received` is told
+        the bytes of the body `receive` read, whatever it ends in.
 
         Raises:
-            TransportError: the request, or the reading of its body in the block, did not
+            TransportError: the request, or the reading of its body by `receive`, did not
                 complete (its `__cause__` says why).
 
         """
@@ -239,7 +245,15 @@ class AiohttpTransport:
                 timer,
                 http.get(url, timeout=self._idle, **self._with(options.headers)) as resp,
             ):
-                yield Streamed(resp.status, resp.headers, resp.content_length, resp.content.readany)
+                # A callback rather than a context manager: no generator, no StopIteration
+                # (measured: 1.2% of a 16 KiB download's instructions).
+                response = Streamed(
+                    resp.status, resp.headers, resp.content_length, resp.content.readany
+                )
+                try:
+                    return await receive(response)
+                finally:
+                    received(response.received)
         except (TimeoutError, aiohttp.ClientError) as exc:
             why = (
                 f"took longer than {options.deadline_name}={options.deadline:g}s"

@@ -13,7 +13,6 @@ import asyncio
 import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, TypeVar
 
 from yarl import URL
@@ -32,8 +31,20 @@ T = TypeVar("T")
 Send = Callable[[URL, Mapping[str, str] | None], Awaitable[RawResponse]]
 """One HTTP GET with extra request headers (or None): the response, or `TransportError`."""
 
-Stream = Callable[[URL, StreamOptions], AbstractAsyncContextManager[Streamed]]
-"""One streaming GET: its response, read in the `async with` block; else `TransportError`."""
+
+class Stream(Protocol):
+    """One streaming GET: its response given to `receive`, the bytes read told to `received`."""
+
+    def __call__(
+        self,
+        url: URL,
+        options: StreamOptions,
+        receive: Callable[[Streamed], Awaitable[T]],
+        received: Callable[[int], None],
+    ) -> Awaitable[T]:
+        """What `receive` makes of the response; `TransportError` when it did not complete."""
+        ...
+
 
 GiveUp = Callable[[MeigenError, int], MeigenError]
 """The error a request that failed for good ends in, told after its retries."""
@@ -168,13 +179,7 @@ class Upstream:
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(MEDIA_SENT)
-            response: Streamed | None = None
-            try:
-                async with self._stream(url, options) as response:
-                    return await receive(response)
-            finally:
-                if response is not None:
-                    self._tally.received_media(response.received)
+            return await self._stream(url, options, receive, self._tally.received_media)
 
     async def _attempt(
         self, url: URL, headers: Mapping[str, str] | None, read: Callable[[RawResponse], T]
