@@ -1,4 +1,4 @@
-"""Media downloads, the HTTP side: what is asked of each response, through the session's `Upstream`.
+"""Media downloads, the HTTP side: the requests of each file, through the session's `Upstream`.
 
 Every request goes through `Upstream` as the gallery's do: its one retry loop (`retried`) and
 its streaming GET (`exchange`: a slot per host, the session's pacer, a deadline per request,
