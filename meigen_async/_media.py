@@ -13,7 +13,6 @@ driver is `_bulk.stream_media`.
 from __future__ import annotations
 
 import asyncio
-import functools
 import os
 from collections.abc import Coroutine
 from pathlib import Path
@@ -235,9 +234,7 @@ class MediaDownloader:
         # The session's one retry loop: a closed session sends nothing more, and no retry.
         # Not a coroutine itself: one frame less above every read of the body.
         return self._upstream.retried(
-            functools.partial(self._attempt, target, url, directory, index),
-            _after_retries,
-            media=True,
+            _after_retries, None, self._attempt, target, url, directory, index, media=True
         )
 
     # -- One attempt ---------------------------------------------------------------------------
@@ -339,7 +336,7 @@ class MediaDownloader:
         return Received(out, url, directory, file_name(index, kind), kind, head, size)
 
 
-def _after_retries(error: MeigenError, retries: int) -> MeigenError:
+def _after_retries(error: MeigenError, retries: int, about: object) -> MeigenError:
     """A download's last error, its message saying how many retries were made."""
     if retries:
         error.message = f"{error.message}{retries_note(retries)}"

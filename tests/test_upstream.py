@@ -752,7 +752,11 @@ def media_upstream(stream: FakeStream, **options: Any) -> Upstream:
 
 
 def download(loop: Upstream, url: URL = MEDIA_URL) -> Awaitable[bytes]:
-    return loop.retried(lambda: loop.exchange(url, read_media, MEDIA), lambda e, r: e, media=True)
+    return loop.retried(as_it_is, None, loop.exchange, url, read_media, MEDIA, media=True)
+
+
+def as_it_is(error: MeigenError, retries: int, about: object) -> MeigenError:
+    return error
 
 
 async def test_a_media_429_is_retried_counted_as_media_and_cools_nothing_down() -> None:
