@@ -48,6 +48,7 @@ from ._media_rules import (
     manifest_text,
     media_dir,
     media_file,
+    opts_out,
     read_file_record,
     read_manifest,
     redirect_target,
@@ -293,6 +294,7 @@ class MediaDownloader:
         if length is not None and length > limit:
             raise too_large(url, limit, f"Content-Length is {length}", status)
         content_type = resp.headers.get("Content-Type")
+        opted_out = opts_out(resp.headers.getall("X-Robots-Tag", ()))
         head = b""
         pending: list[bytes] = []  # the first chunks, until the type is known
         size = 0
@@ -327,7 +329,8 @@ class MediaDownloader:
             if out is not None:
                 await out.discard()
             raise
-        return _Received(out, url, directory / file_name(index, kind), kind, head, size)
+        path = directory / file_name(index, kind)
+        return _Received(out, url, path, kind, head, size, opted_out)
 
 
 @attrs.frozen
@@ -340,13 +343,16 @@ class _Received:
     kind: Kind
     head: bytes
     size: int
+    opted_out: bool
 
     async def commit(self) -> tuple[MediaFile, bool]:
         """Write the rest, record, fsync and rename: the file, and whether it holds its record."""
         sha256 = self.out.sha256()
-        media = media_file(self.url, self.path, self.size, sha256, self.kind, self.head)
+        media = media_file(
+            self.url, self.path, self.size, sha256, self.kind, self.head, self.opted_out
+        )
         try:
-            record = file_record(self.url, self.size, sha256)
+            record = file_record(self.url, self.size, sha256, self.opted_out)
             on_file = await self.out.commit(self.path, record)
         except BaseException:
             await self.out.discard()
@@ -598,7 +604,7 @@ def _still_there(path: Path, entry: ManifestEntry) -> MediaFile | None:
         return None
     if digest.hexdigest() != entry.sha256:
         return None
-    return media_file(entry.url, path, entry.bytes, entry.sha256, kind, head)
+    return media_file(entry.url, path, entry.bytes, entry.sha256, kind, head, entry.opted_out)
 
 
 def _attach(fd: int, record: bytes) -> bool:

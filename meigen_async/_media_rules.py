@@ -50,6 +50,7 @@ __all__ = [
     "manifest_text",
     "media_dir",
     "media_file",
+    "opts_out",
     "read_file_record",
     "read_manifest",
     "redirect_target",
@@ -236,6 +237,30 @@ def too_large(url: str, limit: int, why: str, status: int) -> MediaTooLarge:
 
 # -- What came back -------------------------------------------------------------------------------
 
+_USER_AGENT_TOKEN = "meigen-async"
+_NO_AI = frozenset({"noai", "noimageai"})
+# Directives that take a value after a colon: `unavailable_after: <date>` names no user agent.
+_VALUED = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
+
+
+def opts_out(values: Iterable[str]) -> bool:
+    """Whether `X-Robots-Tag` header values forbid use for AI: `noai` or `noimageai`.
+
+    A directive counts when its value names no user agent, or names ours
+    (`meigen-async: noai`); one for another crawler (`GPTBot: noai`) is that crawler's, as
+    img2dataset reads them.
+    """
+    for value in values:
+        agent, colon, rest = value.partition(":")
+        agent = agent.strip().lower()
+        named = bool(colon) and agent not in _VALUED and not any(c in agent for c in ", \t")
+        if named and agent != _USER_AGENT_TOKEN:
+            continue
+        listed = rest if named else value
+        if any(part.partition(":")[0].strip().lower() in _NO_AI for part in listed.split(",")):
+            return True
+    return False
+
 
 def sniff(head: bytes) -> Kind | None:
     """The image type of a body by its first bytes (its magic number), or None."""
@@ -408,6 +433,8 @@ class ManifestEntry:
     content_type: str
     on_file: bool = False
     """Read from the file's own record (its extended attribute), not from a manifest."""
+    opted_out: bool = False
+    """Its response said `X-Robots-Tag: noai` or `noimageai` (see `opts_out`)."""
 
 
 def read_manifest(text: str) -> dict[int, ManifestEntry]:
@@ -434,8 +461,9 @@ def read_manifest(text: str) -> dict[int, ManifestEntry]:
 def _entry(item: Any) -> ManifestEntry | None:
     if not isinstance(item, dict):
         return None
-    index, url, name, size, digest, mime = (
-        item.get(key) for key in ("index", "url", "name", "bytes", "sha256", "content_type")
+    index, url, name, size, digest, mime, opted_out = (
+        item.get(key)
+        for key in ("index", "url", "name", "bytes", "sha256", "content_type", "opted_out")
     )
     kind = kind_of_name(name) if isinstance(name, str) else None
     if (
@@ -446,6 +474,7 @@ def _entry(item: Any) -> ManifestEntry | None:
         or kind is None
         or name != file_name(index, kind)
         or mime != kind.mime
+        or type(opted_out) is not bool  # written before opt-outs were recorded: unknown
     ):
         return None
     return ManifestEntry(
@@ -455,6 +484,7 @@ def _entry(item: Any) -> ManifestEntry | None:
         bytes=size,
         sha256=digest,
         content_type=mime,
+        opted_out=opted_out,
     )
 
 
@@ -468,6 +498,7 @@ def _fields(index: int, media: MediaFile) -> dict[str, Any]:
         "content_type": media.content_type,
         "width": media.width,
         "height": media.height,
+        "opted_out": media.opted_out,
     }
 
 
@@ -479,20 +510,23 @@ def manifest_text(image_id: str, files: Iterable[tuple[int, MediaFile]]) -> str:
     return json.dumps({"id": image_id, "files": entries}, separators=_COMPACT) + "\n"
 
 
-# Version, SHA-256, size, and the first 16 bytes of the URL's SHA-256: 57 bytes, which ext4
-# keeps inside the inode (up to 60 with this attribute name). A longer record (the URL itself,
-# as JSON) took an extra 4 KiB block a file, allocated, written and journaled.
-_RECORD = struct.Struct(">B32sQ16s")
-_RECORD_VERSION = 1
+# Version, SHA-256, size, the first 16 bytes of the URL's SHA-256, and flags: 58 bytes, which
+# ext4 keeps inside the inode (up to 60 with this attribute name). A longer record (the URL
+# itself, as JSON) took an extra 4 KiB block a file, allocated, written and journaled.
+# Version 1 had no flags: such a file's opt-out is unknown, so it is not taken as recorded.
+_RECORD = struct.Struct(">B32sQ16sB")
+_RECORD_VERSION = 2
+_OPTED_OUT = 0x01
 
 
-def file_record(url: str, size: int, sha256: str) -> bytes:
+def file_record(url: str, size: int, sha256: str, opted_out: bool = False) -> bytes:
     """What a file's extended attribute `RECORD_ATTRIBUTE` holds: what a rerun checks.
 
     The rest of a `MediaFile` is read from the file itself: its type from its name, its size
     in pixels from its header.
     """
-    return _RECORD.pack(_RECORD_VERSION, bytes.fromhex(sha256), size, _url_digest(url))
+    flags = _OPTED_OUT if opted_out else 0
+    return _RECORD.pack(_RECORD_VERSION, bytes.fromhex(sha256), size, _url_digest(url), flags)
 
 
 def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestEntry | None:
@@ -503,7 +537,7 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
     """
     if len(record) != _RECORD.size:
         return None
-    version, digest, size, url_digest = _RECORD.unpack(record)
+    version, digest, size, url_digest, flags = _RECORD.unpack(record)
     stem, _, _ = name.partition(".")
     kind = kind_of_name(name)
     if version != _RECORD_VERSION or kind is None or not (stem.isascii() and stem.isdigit()):
@@ -521,10 +555,19 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
         sha256=digest.hex(),
         content_type=kind.mime,
         on_file=True,
+        opted_out=bool(flags & _OPTED_OUT),
     )
 
 
-def media_file(url: str, path: Path, size: int, sha256: str, kind: Kind, head: bytes) -> MediaFile:
+def media_file(
+    url: str,
+    path: Path,
+    size: int,
+    sha256: str,
+    kind: Kind,
+    head: bytes,
+    opted_out: bool = False,
+) -> MediaFile:
     """The `MediaFile` of a verified file: its type is `kind`, its dimensions read from `head`."""
     size_read = dimensions(head, kind)
     return MediaFile(
@@ -535,6 +578,7 @@ def media_file(url: str, path: Path, size: int, sha256: str, kind: Kind, head: b
         content_type=kind.mime,
         width=size_read[0] if size_read else None,
         height=size_read[1] if size_read else None,
+        opted_out=opted_out,
     )
 
 

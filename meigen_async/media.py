@@ -40,6 +40,9 @@ class MediaFile:
     """Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None."""
     height: int | None = None
     """Its height in pixels, likewise."""
+    opted_out: bool = False
+    """Its response carried `X-Robots-Tag: noai` or `noimageai`: its author does not want it
+    used for AI. Kept in the file's record, so a file found on disk says it too."""
 
 
 @attrs.frozen(slots=True)
