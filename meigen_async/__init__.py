@@ -3,6 +3,7 @@
 from ._version import __version__
 from .errors import (
     ApiError,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -18,6 +19,7 @@ from .errors import (
     TransportError,
     UpstreamUnreachable,
 )
+from .export import ExportProgress, ExportSummary
 from .limits import LocalRateLimiter, RateLimiter
 from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
@@ -27,6 +29,9 @@ from .session import GallerySession
 
 __all__ = [
     "ApiError",
+    "ExportError",
+    "ExportProgress",
+    "ExportSummary",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "ApiError",
+    "ExportError",
     "ImageNotFound",
     "InvalidImageId",
     "InvalidQuery",
@@ -183,3 +184,14 @@ class MediaTransportError(MediaError, TransportError):
 
 class MediaWriteError(MediaError):
     """The file could not be written under the output directory (its `OSError` as cause)."""
+
+
+# -- Exporting datasets ----------------------------------------------------------------------------
+
+
+class ExportError(MeigenError):
+    """An export cannot go on: OUT holds something else, or a shard could not be written.
+
+    A shard's files appear whole or not at all, so what is done stays done; the `OSError`
+    of a failed write is kept as `__cause__`.
+    """

@@ -1,4 +1,4 @@
-"""The `meigen-async` command line: `get`, `bulk`, `search`, `download`, `serve` and `demo`.
+"""The `meigen-async` command line: `get`, `bulk`, `search`, `download`, `export`, `serve`, `demo`.
 
 Every command that talks to a gallery takes `--base-url` (default: `$MEIGEN_BASE_URL`, else
 the real service) and `--timeout`. Bad input is reported as one `meigen-async: error: ...`

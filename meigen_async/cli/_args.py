@@ -6,12 +6,14 @@ import argparse
 from typing import NoReturn
 
 from .._version import __version__
+from ..export import DEFAULT_SHARD_SIZE, FORMATS, MAX_SHARD_SIZE
 from ..session import DEFAULT_BASE_URL
 from ._bulk import (
     _bulk,
 )
 from ._demo import _demo
 from ._download import _download
+from ._export import _export
 from ._get import (
     _get,
 )
@@ -139,6 +141,25 @@ requested.
 exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input."""
 
 
+_EXPORT_EXAMPLES = """\
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async export neon/ --query "neon city" --format webdataset
+  meigen-async serve --list | meigen-async export gallery/ - --format parquet
+  meigen-async export gallery/ ids.txt --format imagefolder --media media/
+  meigen-async export gallery/ ids.txt --format imagefolder --media media/ --resume
+
+One sample per picture, keyed {id}_{index}, with its prompt and metadata. Every shard has a
+status table ({shard}_status.parquet: a row for every input sample, failures included) and
+{shard}_stats.json; OUT gets a dataset card (README.md). Pictures whose host sends
+X-Robots-Tag: noai or noimageai are not written, unless --ignore-opt-out (for pictures you
+have the rights to; the card says it was used). --resume keeps the shards done and makes the
+rest; shards appear whole, by rename, so a kill at any moment leaves only whole shards.
+Pictures already in --media DIR (from download or bulk --media) are not downloaded again.
+
+exit status: 0 when every sample was written (or opted out), 1 when one failed or the export
+stopped, 2 for bad input, 130 when interrupted."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `meigen-async` and its commands."""
     formatter = argparse.RawDescriptionHelpFormatter
@@ -255,6 +276,64 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_media_host(download)
     download.set_defaults(run=_download)
+
+    export = commands.add_parser(
+        "export",
+        parents=[remote],
+        help="export pictures with their prompts as a dataset (imagefolder, webdataset, parquet)",
+        description="Export gallery pictures with their prompts into OUT as a dataset that "
+        "Hugging Face datasets, webdataset and pyarrow read.",
+        epilog=_EXPORT_EXAMPLES,
+        formatter_class=formatter,
+    )
+    export.add_argument("output", metavar="OUT", help="the dataset's directory")
+    export.add_argument(
+        "file", metavar="IDS_FILE", nargs="?", help="ids, one per line; '-' reads stdin"
+    )
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--query", metavar="Q", help="export the posts a gallery search finds")
+    which.add_argument("--all", action="store_true", help="export every post of the gallery")
+    export.add_argument(
+        "--format", required=True, choices=FORMATS, help="the dataset's layout (required)"
+    )
+    export.add_argument(
+        "--shard-size",
+        type=_int_at_least(1, MAX_SHARD_SIZE),
+        default=DEFAULT_SHARD_SIZE,
+        metavar="N",
+        help=f"most samples a shard, 1 to {MAX_SHARD_SIZE:,} (default: {DEFAULT_SHARD_SIZE:,})",
+    )
+    export.add_argument(
+        "--resume", action="store_true", help="keep the shards done in OUT and make the rest"
+    )
+    export.add_argument(
+        "--media",
+        metavar="DIR",
+        help="download pictures into DIR/{id}/{index}{ext} and keep them there, reusing "
+        "those already downloaded (default: OUT/.media, emptied as shards are done)",
+    )
+    export.add_argument(
+        "--ignore-opt-out",
+        action="store_true",
+        help="write pictures whose host says X-Robots-Tag: noai (only for pictures you have "
+        "the rights to; the dataset card records it)",
+    )
+    export.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="most requests to the gallery in flight at once (default: 16)",
+    )
+    export.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="most requests per second (default: no limit)",
+    )
+    _add_media_host(export)
+    export.set_defaults(run=_export)
 
     search = commands.add_parser(
         "search",

@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if hasattr(args, "base_url") and args.base_url is None:
         args.base_url = _default_base_url(parser)
-    if args.command in ("demo",) or (args.command == "bulk" and sys.stderr.isatty()):
+    if args.command in ("demo",) or (args.command in ("bulk", "export") and sys.stderr.isatty()):
         try:
             import rich  # noqa: F401
         except ModuleNotFoundError:
