@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from ._export_rules import COLUMNS, STATUSES, WEBDATASET_IMAGE_FIELD, ExportFormat
+from ._text import terminal_safe
 
 __all__ = ["Card", "card_text"]
 
@@ -160,10 +161,10 @@ their authors before you use them beyond what the law allows you.
 
 def _inline(text: str) -> str:
     """`text` as inline code on one line, whatever it holds (a backtick shown as a quote)."""
-    shown = " ".join(text.replace("`", "'").splitlines())
+    shown = terminal_safe(text).replace("`", "'")
     return f"`{shown}`"
 
 
 def _fenced(text: str) -> str:
-    # A fence of three backticks ends at a line of three backticks: none can start one.
-    return text.replace("```", "` ` `")
+    # One line (a newline shown as \n), so that no line of it can end the fence.
+    return terminal_safe(text)
