@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import os
 import shutil
@@ -53,6 +54,7 @@ from ._export_rules import (
     sample_rows,
 )
 from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord, shard_stats
+from ._media import UNSYNCED
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
 from .export import ExportProgress, ExportSummary
@@ -63,6 +65,10 @@ __all__ = ["STAGING_NAME", "export_images"]
 
 STAGING_NAME = ".media"
 """The export's own download directory in OUT (without `media=`): emptied as shards are done."""
+
+_CLEANERS = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="meigen-export-clean")
+_WRITERS = 2
+"""Shards written at once: one thread's fsync waits on the disk while the other writes."""
 
 Download = Callable[[GalleryImage, Path], Awaitable[tuple[list[MediaFile], MediaError | None]]]
 Item = str | GalleryImage
@@ -116,7 +122,8 @@ async def export_images(
     try:
         seen = await _skip_done(source_items, done)
         start = done[-1].input_end if done else 0
-        work = _work(get_image, download, staging)
+        # imagefolder's shard links the staged files themselves: they are synced as written.
+        work = _work(get_image, download, staging, sync=media is not None or fmt == "imagefolder")
         try:
             await _assemble(
                 run,
@@ -201,9 +208,16 @@ async def _skip_done(source: AsyncIterator[Item], done: list[ShardRecord]) -> se
 
 
 def _work(
-    get_image: Callable[[str], Awaitable[GalleryImage]], download: Download, staging: Path
+    get_image: Callable[[str], Awaitable[GalleryImage]],
+    download: Download,
+    staging: Path,
+    *,
+    sync: bool,
 ) -> Callable[[Item], Awaitable[_Outcome]]:
     async def one(item: Item) -> _Outcome:
+        # In this task only: staged pictures are read back into a shard that is fsynced
+        # whole (tar, Parquet); syncing each first would write every byte to disk twice.
+        UNSYNCED.set(not sync)
         try:
             image = item if isinstance(item, GalleryImage) else await get_image(item)
             validate_image_id(image.id)  # no path is made of another id
@@ -299,8 +313,7 @@ async def _assemble(
                 reached = outcome.error if outcome.error is not None else outcome.image
                 assert reached is not None  # a post, or why there is none
                 streak = transport_streak(streak, reached)
-            if closed is not None:
-                held.append(closed)
+            held.extend(closed)
             if streak == 0:
                 for shard in held:
                     await run.hand_over(shard)
@@ -339,6 +352,7 @@ class _Run:
         self.queue: asyncio.Queue[Shard | None] = asyncio.Queue(maxsize=1)
         self.writer: asyncio.Task[None] | None = None
         self.opened = datetime.now(UTC)
+        self.cleaning: list[concurrent.futures.Future[None]] = []
         self.shards_written = 0
         self.counts = dict.fromkeys(STATUSES, 0)
         self.live = dict.fromkeys(STATUSES, 0)  # as samples are made, for progress
@@ -377,27 +391,65 @@ class _Run:
             raise ExportError("the export's writer stopped")
 
     async def write_all(self) -> None:
-        """Write the shards queued, in order, until None."""
-        while (shard := await self.queue.get()) is not None:
-            job = asyncio.ensure_future(asyncio.to_thread(self._write, shard))
-            try:
-                written = await asyncio.shield(job)
-            except asyncio.CancelledError:
-                # A thread cannot be stopped: the shard it writes is finished (whole) first,
-                # so that nothing still writes in OUT once the export has returned.
-                with contextlib.suppress(Exception):
-                    await job
-                raise
-            self.shards_written += 1
-            self.duplicates += written.duplicates
-            for sample in written.samples:
-                self.counts[sample.row["status"]] += 1
-                if sample.picture is not None:
-                    self.bytes += sample.picture.bytes
+        """Write the shards queued until None: two at once, each committed in order.
+
+        A shard is committed as soon as it and those before it are written.
+        """
+        jobs: collections.deque[asyncio.Future[Shard]] = collections.deque()
+        getter: asyncio.Future[Shard | None] | None = None
+        finished = False
+        try:
+            while True:
+                if getter is None and not finished and len(jobs) < _WRITERS:
+                    getter = asyncio.ensure_future(self.queue.get())
+                waiting = {future for future in (getter, jobs[0] if jobs else None) if future}
+                if not waiting:
+                    return
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if jobs and jobs[0].done():
+                    written = jobs.popleft().result()
+                    await asyncio.shield(asyncio.to_thread(self._commit, written))
+                    self._count(written)
+                    self._clean(written)
+                elif getter is not None and getter.done():
+                    shard, getter = getter.result(), None
+                    if shard is None:
+                        finished = True
+                    else:
+                        jobs.append(asyncio.ensure_future(asyncio.to_thread(self._write, shard)))
+        finally:
+            if getter is not None:
+                getter.cancel()
+            # A thread cannot be stopped: the shards being written are finished (whole) first,
+            # so that nothing still writes in OUT once the export has returned.
+            await asyncio.gather(*jobs, return_exceptions=True)
+
+    def _clean(self, written: Shard) -> None:
+        """Remove a done shard's staged downloads, in threads beside the writing.
+
+        Each directory's removal waits on the disk (a discard, on a file system mounted with
+        it: milliseconds each); several at once overlap, and the next shard waits for none.
+        """
+        if not self.own_staging:
+            return
+        self.cleaning = [job for job in self.cleaning if not job.done()]
+        for image_id in {sample.row["id"] for sample in written.samples if sample.key}:
+            self.cleaning.append(_CLEANERS.submit(remove_staged, self.staging, image_id))
+
+    def _count(self, written: Shard) -> None:
+        self.shards_written += 1
+        self.duplicates += written.duplicates
+        for sample in written.samples:
+            self.counts[sample.row["status"]] += 1
+            if sample.picture is not None:
+                self.bytes += sample.picture.bytes
 
     def _write(self, shard: Shard) -> Shard:
-        """In a thread: the shard's files, then its stats (it is done), then its downloads."""
-        written = write_shard(self.out, self.fmt, shard, self.arrow)
+        """In a thread: the shard's data and status table, whole, under their names."""
+        return write_shard(self.out, self.fmt, shard, self.arrow, verify=not self.own_staging)
+
+    def _commit(self, written: Shard) -> None:
+        """In a thread, in shard order: its stats (it is done), then its staged downloads."""
         size = sum(s.picture.bytes for s in written.samples if s.picture is not None)
         ended = datetime.now(UTC)
         stats = shard_stats(
@@ -409,13 +461,11 @@ class _Run:
             ended=ended,
         )
         self.opened = ended
-        write_stats(self.out, shard.number, stats)
-        if self.own_staging:
-            remove_staged(self.staging, {s.row["id"] for s in shard.samples if s.key})
-        return written
+        write_stats(self.out, written.number, stats)
 
     def finish(self, records: list[ShardRecord], card: str) -> None:
         """In a thread: imagefolder's metadata, the card, and the staging directory gone."""
+        concurrent.futures.wait(self.cleaning)
         if self.fmt == "imagefolder":
             write_metadata(self.out, records, self.arrow)
         write_card(self.out, card)

@@ -13,8 +13,8 @@ status tables and imagefolder's metadata are JSON Lines, and the parquet format 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -49,6 +49,7 @@ from ._export_shards import (
     stats_name,
     status_name,
 )
+from ._protocol import validate_image_id
 from .errors import ExportError
 
 __all__ = [
@@ -189,11 +190,14 @@ def _remove(path: Path) -> None:
 # -- One shard ------------------------------------------------------------------------------------
 
 
-def write_shard(out: Path, fmt: ExportFormat, shard: Shard, arrow: Arrow | None) -> Shard:
+def write_shard(
+    out: Path, fmt: ExportFormat, shard: Shard, arrow: Arrow | None, *, verify: bool = True
+) -> Shard:
     """Write `shard`'s data and status table, renamed into place; the shard as written.
 
     A picture that changed or vanished on disk since it was downloaded is not written: its
-    sample becomes `failed_to_download`, in the shard returned (and its status table).
+    sample becomes `failed_to_download`, in the shard returned (and its status table). With
+    `verify`, a picture's SHA-256 is checked again as it is read; without, its size.
 
     Raises:
         ExportError: a file could not be written (nothing of this shard is left half-made).
@@ -205,10 +209,10 @@ def write_shard(out: Path, fmt: ExportFormat, shard: Shard, arrow: Arrow | None)
             # No data file for a shard of failures: a reader infers its fields from the first.
             failed: set[str] = set()
         elif fmt == "webdataset":
-            failed = _write_tar(target, shard.written)
+            failed = _write_tar(target, shard.written, verify)
         elif fmt == "parquet":
             assert arrow is not None  # refused before the export started
-            failed = _write_parquet(target, shard.written, arrow)
+            failed = _write_parquet(target, shard.written, arrow, verify)
         else:
             failed = _write_images(target, shard.written)
         if failed:
@@ -239,50 +243,138 @@ def _status_row(fmt: ExportFormat, number: int, sample: Sample) -> dict[str, Any
     return {"file_name": name, **sample.row}
 
 
-def _picture(sample: Sample) -> bytes | None:
-    """The picture's bytes, when the file is still the one downloaded (its SHA-256)."""
+def _open_picture(sample: Sample) -> int | None:
+    """A descriptor of the picture's file, when it is a regular file of the size downloaded."""
     assert sample.picture is not None
     try:
-        fd = os.open(sample.picture.path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(sample.picture.path, _READ)
     except OSError:
         return None
+    try:
+        found = os.fstat(fd)
+        if stat.S_ISREG(found.st_mode) and found.st_size == sample.picture.bytes:
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _picture(sample: Sample, verify: bool) -> bytes | None:
+    """The picture's bytes, when the file is still the one downloaded.
+
+    Its size is checked, and with `verify` its SHA-256 too: a media directory of the user's
+    may change under us; the export's own staging is read as written.
+    """
+    assert sample.picture is not None
+    fd = _open_picture(sample)
+    if fd is None:
+        return None
     with open(fd, "rb") as stream:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
         data = stream.read(sample.picture.bytes + 1)
-    if hashlib.sha256(data).hexdigest() != sample.picture.sha256:
+    if len(data) != sample.picture.bytes:
+        return None
+    if verify and hashlib.sha256(data).hexdigest() != sample.picture.sha256:
         return None
     return data
 
 
-def _write_tar(target: Path, samples: Sequence[Sample]) -> set[str]:
+_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+_BLOCK = tarfile.BLOCKSIZE
+_RECORD = tarfile.RECORDSIZE
+
+
+def _write_tar(target: Path, samples: Sequence[Sample], verify: bool) -> set[str]:
+    """A WebDataset shard: for each sample its picture, `.json` and `.txt`, in order.
+
+    Laid out as `tarfile` lays out a PAX archive, its headers made by `tarfile` itself, but
+    written here, so that a picture is copied file to file by the kernel (`copy_file_range`)
+    rather than through Python, when it need not be hashed again.
+    """
     failed: set[str] = set()
-    with _replacing(target) as temp, tarfile.open(temp, "w", format=tarfile.PAX_FORMAT) as tar:
+    with _replacing(target) as temp, open(temp, "wb", buffering=0) as stream:
+        out = stream.fileno()
         for sample in samples:
-            data = _picture(sample)
-            if data is None:
-                failed.add(str(sample.key))
-                continue
+            assert sample.picture is not None
+            name = f"{sample.key}.{WEBDATASET_IMAGE_FIELD}"
+            if verify:
+                data = _picture(sample, verify)
+                if data is None:
+                    failed.add(str(sample.key))
+                    continue
+                _member(out, name, data)
+            else:
+                source = _open_picture(sample)
+                if source is None:
+                    failed.add(str(sample.key))
+                    continue
+                size = sample.picture.bytes
+                try:
+                    _write_all(out, _header(name, size))
+                    copied = _copy(source, out, size)
+                finally:
+                    os.close(source)
+                if not copied:  # shorter than its size: the archive is not kept
+                    raise OSError(errno.EIO, f"{sample.picture.path} changed while it was read")
+                _write_all(out, _padding(size))
             row = json_row(sample.row)
-            text = json.dumps(row, ensure_ascii=False, separators=(",", ":"))
-            members = (
-                (WEBDATASET_IMAGE_FIELD, data),
-                ("json", text.encode("utf-8", "replace")),
-                ("txt", str(row["text"]).encode("utf-8", "replace")),
+            text = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode(
+                "utf-8", "replace"
             )
-            for field, body in members:
-                tar.addfile(_member(f"{sample.key}.{field}", len(body)), io.BytesIO(body))
+            prompt = str(row["text"]).encode("utf-8", "replace")
+            for field, body in (("json", text), ("txt", prompt)):
+                _write_all(
+                    out, _header(f"{sample.key}.{field}", len(body)), body, _padding(len(body))
+                )
+        end = stream.tell() + 2 * _BLOCK
+        _write_all(out, bytes(2 * _BLOCK + (-end % _RECORD)))
     return failed
 
 
-def _member(name: str, size: int) -> tarfile.TarInfo:
+def _header(name: str, size: int) -> bytes:
     info = tarfile.TarInfo(name)
     info.size = size
     info.mtime = _TAR_MTIME
     info.mode = 0o644
     info.uid = info.gid = 0
     info.uname = info.gname = ""
-    return info
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _member(out: int, name: str, body: bytes) -> None:
+    _write_all(out, _header(name, len(body)), body, _padding(len(body)))
+
+
+def _padding(size: int) -> bytes:
+    return bytes(-size % _BLOCK)
+
+
+def _write_all(fd: int, *parts: bytes) -> None:
+    for part in parts:
+        view = memoryview(part)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _copy(source: int, out: int, size: int) -> bool:
+    """Copy `size` bytes from `source` to `out`, in the kernel where it can; False if short."""
+    left = size
+    copy_file_range = getattr(os, "copy_file_range", None)
+    while left and copy_file_range is not None:
+        try:
+            done = copy_file_range(source, out, left)
+        except OSError:  # another file system on an old kernel, or not supported: by hand
+            break
+        if done == 0:
+            return False
+        left -= done
+    while left:
+        chunk = os.read(source, min(left, 1 << 20))
+        if not chunk:
+            return False
+        _write_all(out, chunk)
+        left -= len(chunk)
+    return True
 
 
 def _parquet_schema(arrow: Arrow) -> Any:
@@ -298,14 +390,14 @@ def _arrow_type(pa: ModuleType, kind: str) -> Any:
     return pa.int64() if kind == "int64" else pa.string()
 
 
-def _write_parquet(target: Path, samples: Sequence[Sample], arrow: Arrow) -> set[str]:
+def _write_parquet(target: Path, samples: Sequence[Sample], arrow: Arrow, verify: bool) -> set[str]:
     failed: set[str] = set()
     schema = _parquet_schema(arrow)
     with _replacing(target) as temp, arrow.pq.ParquetWriter(temp, schema) as writer:
         batch: list[dict[str, Any]] = []
         held = 0
         for sample in samples:
-            data = _picture(sample)
+            data = _picture(sample, verify)
             if data is None:
                 failed.add(str(sample.key))
                 continue
@@ -351,7 +443,7 @@ def _place(source: Path, final: Path, sample: Sample) -> bool:
         return False
     except OSError:
         pass  # another file system, or no hard links here: a copy
-    data = _picture(sample)
+    data = _picture(sample, verify=True)
     if data is None:
         return False
     with open(final, "xb") as stream:
@@ -490,10 +582,9 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def remove_staged(staging: Path, ids: Iterable[str]) -> None:
-    """Remove the downloads of `ids` from the export's own staging directory."""
-    for image_id in ids:
-        shutil.rmtree(staging / image_id, ignore_errors=True)
+def remove_staged(staging: Path, image_id: str) -> None:
+    """Remove the downloads of gallery post `image_id` from the export's own staging."""
+    shutil.rmtree(staging / validate_image_id(image_id), ignore_errors=True)
 
 
 def _error(message: str, exc: OSError) -> ExportError:

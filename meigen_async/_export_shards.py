@@ -69,9 +69,10 @@ class Shard:
 class ShardAssembler:
     """Puts the posts, in input order, into shards of at most `size` samples.
 
-    A post is never split: a shard closes before a post that would take it past `size` (a
-    post larger than `size` gets a shard of its own). Every input position belongs to one
-    shard, so a shard's inputs are a range of positions: what `--resume` skips.
+    A post is never split: a shard closes once it holds `size` samples, or before a post that
+    would take it past `size` (a post larger than `size` gets a shard of its own). Every
+    input position belongs to one shard, so a shard's inputs are a range of positions: what
+    `--resume` skips.
     """
 
     size: int
@@ -84,16 +85,18 @@ class ShardAssembler:
 
     def add(
         self, position: int, item_id: str, samples: Sequence[Sample], *, duplicate: bool = False
-    ) -> Shard | None:
-        """Add the input at `position`; the shard it closed, if any."""
-        closed = None
+    ) -> list[Shard]:
+        """Add the input at `position`; the shards it closed (none, one or two)."""
+        closed = []
         if samples and self._samples and len(self._samples) + len(samples) > self.size:
-            closed = self._close(position)
+            closed.append(self._close(position))
         if self._first_id is None:
             self._first_id = item_id
         self._last_id = item_id
         self._samples.extend(samples)
         self._duplicates += duplicate
+        if len(self._samples) >= self.size:  # full: closed now, not when the next post comes
+            closed.append(self._close(position + 1))
         return closed
 
     def finish(self, end: int) -> Shard | None:

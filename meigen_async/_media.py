@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import hashlib
 import itertools
 import os
@@ -64,7 +65,14 @@ from .media import MediaFile, MediaResult
 from .models import GalleryImage
 from .retry import RetryPolicy
 
-__all__ = ["MediaDownloader", "stream_media"]
+__all__ = ["UNSYNCED", "MediaDownloader", "stream_media"]
+
+UNSYNCED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "meigen_async_unsynced", default=False
+)
+"""Set in a task whose downloads need no fsync: an export's staging, whose shard is fsynced
+whole. A crash can then leave a file whose record its bytes do not match: its SHA-256 is
+checked before reuse, and it is downloaded again."""
 
 _T = TypeVar("_T")
 # Bytes gathered before they go to a worker thread in one job: each hand-over costs a thread
@@ -382,6 +390,7 @@ class _TempFile:
         self._index = index
         self._url = url
         self._make_directory = make_directory
+        self._sync = not UNSYNCED.get()  # read in the downloading task, on the event loop
         self._fd: int | None = None
         self._digest = hashlib.sha256()
         self._job: concurrent.futures.Future[Any] | None = None
@@ -482,7 +491,8 @@ class _TempFile:
         assert fd is not None
         on_file = _attach(fd, record)
         # The rename must not land before the data (and the record): fsync first.
-        os.fsync(fd)
+        if self._sync:
+            os.fsync(fd)
         self._fd = None
         os.close(fd)
         os.replace(self.path, final)

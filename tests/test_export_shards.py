@@ -27,9 +27,13 @@ def _samples(count: int) -> list[Sample]:
 def test_a_shard_closes_before_a_post_that_would_overfill_it_and_no_post_is_split():
     assembler = ShardAssembler(size=4)
     sizes = [2, 1, 3, 1, 6, 1]  # pictures a post
-    closed = [assembler.add(n, f"p{n}", _samples(size)) for n, size in enumerate(sizes)]
-    closed.append(assembler.finish(len(sizes)))
-    shards = [shard for shard in closed if shard is not None]
+    shards = [
+        shard for n, size in enumerate(sizes) for shard in assembler.add(n, f"p{n}", _samples(size))
+    ]
+    assert [s.input_end for s in shards] == [2, 4, 5]  # a full shard closes at once
+    last = assembler.finish(len(sizes))
+    assert last is not None
+    shards.append(last)
     assert [len(shard.samples) for shard in shards] == [3, 4, 6, 1]
     assert [(s.input_start, s.input_end) for s in shards] == [(0, 2), (2, 4), (4, 5), (5, 6)]
     assert [(s.first_id, s.last_id) for s in shards] == [
@@ -42,12 +46,10 @@ def test_a_shard_closes_before_a_post_that_would_overfill_it_and_no_post_is_spli
 
 def test_a_duplicate_input_belongs_to_the_open_shard_and_counts_there():
     assembler = ShardAssembler(size=2, number=7, start=100)
-    assert assembler.add(100, "a", _samples(2)) is None
-    assert assembler.add(101, "a", (), duplicate=True) is None
-    shard = assembler.add(102, "b", _samples(1))
-    assert shard is not None
-    assert (shard.number, shard.input_end, shard.duplicates, shard.last_id) == (7, 102, 1, "a")
-    assert assembler.finish(103) is not None
+    assert assembler.add(100, "a", _samples(1)) == []
+    assert assembler.add(101, "a", (), duplicate=True) == []
+    [shard] = assembler.add(102, "b", _samples(1))
+    assert (shard.number, shard.input_end, shard.duplicates, shard.last_id) == (7, 103, 1, "b")
     assert assembler.finish(103) is None
 
 
