@@ -18,7 +18,6 @@ pictures runs (shards of 250): flat means the peak does not grow with N.
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 import tempfile
 import tracemalloc

@@ -9,6 +9,7 @@ import pytest
 from meigen_async import errors
 from meigen_async.errors import (
     ApiError,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -48,6 +49,7 @@ SUBCLASSES = [
     MediaTooLarge,
     MediaTransportError,
     MediaWriteError,
+    ExportError,
 ]
 
 
