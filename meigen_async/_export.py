@@ -17,6 +17,7 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
+import sys
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -25,10 +26,10 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Sequence,
 )
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import attrs
 
@@ -42,18 +43,20 @@ from ._export_files import (
     remove_staged,
     write_card,
     write_metadata,
-    write_shard,
     write_stats,
+    write_status,
 )
 from ._export_rules import (
     FORMATS,
     MAX_SHARD_SIZE,
     STATUSES,
     ExportFormat,
+    Sample,
     input_id,
     sample_rows,
 )
 from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord, shard_stats
+from ._export_writers import ShardFile, shard_file
 from ._media import UNSYNCED
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
@@ -66,9 +69,10 @@ __all__ = ["STAGING_NAME", "export_images"]
 STAGING_NAME = ".media"
 """The export's own download directory in OUT (without `media=`): emptied as shards are done."""
 
-_CLEANERS = concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="meigen-export-clean")
 _WRITERS = 2
-"""Shards written at once: one thread's fsync waits on the disk while the other writes."""
+"""Closed shards waiting for their commit, at most, while the next ones are written."""
+_EVENTS = 64
+"""Posts (and closes) queued for the writer, at most; the pipeline waits past that."""
 
 Download = Callable[[GalleryImage, Path], Awaitable[tuple[list[MediaFile], MediaError | None]]]
 Item = str | GalleryImage
@@ -148,6 +152,8 @@ async def export_images(
             writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, ExportError):
                 await writer
+        if sys.exc_info()[1] is not None:
+            await asyncio.to_thread(run.shutdown)
     records = await asyncio.to_thread(read_records, root, marker)
     card = Card(
         format=fmt,
@@ -160,7 +166,10 @@ async def export_images(
         ignore_opt_out=ignore_opt_out,
         metadata_name="metadata.parquet" if arrow is not None else "metadata.jsonl",
     )
-    await asyncio.to_thread(run.finish, records, card_text(card))
+    try:
+        await asyncio.to_thread(run.finish, records, card_text(card))
+    finally:
+        await asyncio.to_thread(run.shutdown)
     return ExportSummary(
         out=root,
         format=fmt,
@@ -309,6 +318,9 @@ async def _assemble(
                     item, outcome.image, outcome.files, outcome.error, ignore_opt_out=ignore_opt_out
                 )
                 closed = assembler.add(position, input_id(item), samples)
+                # Written now, into the shard it went to (closed at once if it filled it).
+                full = [shard for shard in closed if shard.input_end > position]
+                await run.hand_over((full[0].number if full else assembler.number, samples))
                 run.tally(samples)
                 reached = outcome.error if outcome.error is not None else outcome.image
                 assert reached is not None  # a post, or why there is none
@@ -330,8 +342,17 @@ async def _assemble(
         await run.hand_over(shard)
 
 
+_Event = tuple[int, Sequence[Sample]] | Shard | None
+"""For the writer: a post's samples for shard number N, a shard to close, or the end."""
+
+
 class _Run:
-    """One export's shared state: the writer's queue, and this run's counts."""
+    """One export's writing, in threads of its own that none outlives it.
+
+    Posts are appended to their shards' files as they come, in one thread; each closed shard
+    is committed (fsync, renames, status table, stats) in another, in order; staged
+    downloads are removed in a few more.
+    """
 
     def __init__(
         self,
@@ -349,9 +370,15 @@ class _Run:
         self.arrow = arrow
         self.own_staging = own_staging
         self.staging = staging
-        self.queue: asyncio.Queue[Shard | None] = asyncio.Queue(maxsize=1)
+        self.queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=_EVENTS)
         self.writer: asyncio.Task[None] | None = None
-        self.opened = datetime.now(UTC)
+        self.appender = _thread("write")
+        self.committer = _thread("commit")
+        self.cleaners = concurrent.futures.ThreadPoolExecutor(8, "meigen-export-clean")
+        self.files: dict[int, ShardFile] = {}  # the appender thread's alone
+        self.commits: collections.deque[concurrent.futures.Future[tuple[Shard, ShardFile]]] = (
+            collections.deque()
+        )
         self.cleaning: list[concurrent.futures.Future[None]] = []
         self.shards_written = 0
         self.counts = dict.fromkeys(STATUSES, 0)
@@ -360,7 +387,7 @@ class _Run:
         self.live_bytes = 0
         self.duplicates = 0
 
-    def tally(self, samples: Iterable[Any]) -> None:
+    def tally(self, samples: Iterable[Sample]) -> None:
         for sample in samples:
             self.live[sample.row["status"]] += 1
             if sample.picture is not None:
@@ -377,10 +404,12 @@ class _Run:
             bytes=self.live_bytes,
         )
 
-    async def hand_over(self, shard: Shard | None) -> None:
-        """Queue `shard` for the writer (None: no more), or raise the writer's failure."""
+    # -- On the event loop ---------------------------------------------------------------------
+
+    async def hand_over(self, event: _Event) -> None:
+        """Queue `event` for the writer, or raise the writer's failure."""
         assert self.writer is not None
-        put = asyncio.ensure_future(self.queue.put(shard))
+        put = asyncio.ensure_future(self.queue.put(event))
         try:
             await asyncio.wait({put, self.writer}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -391,77 +420,99 @@ class _Run:
             raise ExportError("the export's writer stopped")
 
     async def write_all(self) -> None:
-        """Write the shards queued until None: two at once, each committed in order.
-
-        A shard is committed as soon as it and those before it are written.
-        """
-        jobs: collections.deque[asyncio.Future[Shard]] = collections.deque()
-        getter: asyncio.Future[Shard | None] | None = None
-        finished = False
+        """The writer task: hands the queued events to the appender thread, a batch at a time."""
+        loop = asyncio.get_running_loop()
+        job: asyncio.Future[None] | None = None
         try:
             while True:
-                if getter is None and not finished and len(jobs) < _WRITERS:
-                    getter = asyncio.ensure_future(self.queue.get())
-                waiting = {future for future in (getter, jobs[0] if jobs else None) if future}
-                if not waiting:
-                    return
-                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                if jobs and jobs[0].done():
-                    written = jobs.popleft().result()
-                    await asyncio.shield(asyncio.to_thread(self._commit, written))
-                    self._count(written)
-                    self._clean(written)
-                elif getter is not None and getter.done():
-                    shard, getter = getter.result(), None
-                    if shard is None:
-                        finished = True
-                    else:
-                        jobs.append(asyncio.ensure_future(asyncio.to_thread(self._write, shard)))
+                batch = [await self.queue.get()]
+                while len(batch) < _EVENTS and not self.queue.empty():
+                    batch.append(self.queue.get_nowait())
+                job = loop.run_in_executor(self.appender, self._apply, batch)
+                await asyncio.shield(job)
+                self._collect()
+                if batch[-1] is None:
+                    break
+            while self.commits:
+                await asyncio.shield(asyncio.wrap_future(self.commits[0]))
+                self._collect()
         finally:
-            if getter is not None:
-                getter.cancel()
-            # A thread cannot be stopped: the shards being written are finished (whole) first,
-            # so that nothing still writes in OUT once the export has returned.
-            await asyncio.gather(*jobs, return_exceptions=True)
+            # Threads cannot be stopped: what they write is finished (whole) first, so that
+            # nothing still writes in OUT once the export has returned; open shards are dropped.
+            if job is not None:
+                await asyncio.gather(job, return_exceptions=True)
+            await asyncio.gather(
+                loop.run_in_executor(self.appender, self._discard),
+                *(asyncio.wrap_future(commit) for commit in self.commits),
+                return_exceptions=True,
+            )
 
-    def _clean(self, written: Shard) -> None:
-        """Remove a done shard's staged downloads, in threads beside the writing.
+    def _collect(self) -> None:
+        """Count the shards committed so far; raise what failed a commit."""
+        while self.commits and self.commits[0].done():
+            shard, written = self.commits.popleft().result()
+            self.shards_written += 1
+            self.duplicates += shard.duplicates
+            self.bytes += written.size
+            for sample in written.samples:
+                self.counts[sample.row["status"]] += 1
 
-        Each directory's removal waits on the disk (a discard, on a file system mounted with
-        it: milliseconds each); several at once overlap, and the next shard waits for none.
+    # -- In the appender thread ----------------------------------------------------------------
+
+    def _apply(self, batch: list[_Event]) -> None:
+        for event in batch:
+            if isinstance(event, tuple):
+                number, samples = event
+                target = self.files.get(number)
+                if target is None:
+                    target = self.files[number] = self._file(number)
+                for sample in samples:
+                    target.add(sample)
+            elif isinstance(event, Shard):
+                target = self.files.pop(event.number, None) or self._file(event.number)
+                target.close()
+                # At most two shards wait for their commit: their rows are what is held.
+                pending = [commit for commit in self.commits if not commit.done()]
+                if len(pending) >= _WRITERS:
+                    concurrent.futures.wait(pending[:1])
+                self.commits.append(self.committer.submit(self._commit, event, target))
+
+    def _file(self, number: int) -> ShardFile:
+        try:
+            return shard_file(self.out, self.fmt, number, self.arrow, verify=not self.own_staging)
+        except OSError as exc:
+            raise ExportError(f"cannot write shard {number} in {self.out}: {exc}") from exc
+
+    def _discard(self) -> None:
+        for open_file in self.files.values():
+            open_file.discard()
+        self.files.clear()
+
+    # -- In the committer thread ---------------------------------------------------------------
+
+    def _commit(self, shard: Shard, written: ShardFile) -> tuple[Shard, ShardFile]:
+        """Rename `shard`'s data into place, then its status table and stats (it is done).
+
+        Its staged downloads are removed after, in the cleaning threads.
         """
-        if not self.own_staging:
-            return
-        self.cleaning = [job for job in self.cleaning if not job.done()]
-        for image_id in {sample.row["id"] for sample in written.samples if sample.key}:
-            self.cleaning.append(_CLEANERS.submit(remove_staged, self.staging, image_id))
-
-    def _count(self, written: Shard) -> None:
-        self.shards_written += 1
-        self.duplicates += written.duplicates
-        for sample in written.samples:
-            self.counts[sample.row["status"]] += 1
-            if sample.picture is not None:
-                self.bytes += sample.picture.bytes
-
-    def _write(self, shard: Shard) -> Shard:
-        """In a thread: the shard's data and status table, whole, under their names."""
-        return write_shard(self.out, self.fmt, shard, self.arrow, verify=not self.own_staging)
-
-    def _commit(self, written: Shard) -> None:
-        """In a thread, in shard order: its stats (it is done), then its staged downloads."""
-        size = sum(s.picture.bytes for s in written.samples if s.picture is not None)
-        ended = datetime.now(UTC)
+        try:
+            written.commit()
+        except OSError as exc:
+            raise ExportError(f"cannot write shard {shard.number} in {self.out}: {exc}") from exc
+        write_status(self.out, written, self.arrow)
         stats = shard_stats(
-            written,
+            attrs.evolve(shard, samples=tuple(written.samples)),
             fmt=self.fmt,
             shard_size=self.shard_size,
-            size=size,
-            started=self.opened,
-            ended=ended,
+            size=written.size,
+            started=written.opened,
+            ended=datetime.now(UTC),
         )
-        self.opened = ended
-        write_stats(self.out, written.number, stats)
+        write_stats(self.out, shard.number, stats)
+        if self.own_staging:
+            for image_id in {sample.row["id"] for sample in shard.samples if sample.key}:
+                self.cleaning.append(self.cleaners.submit(remove_staged, self.staging, image_id))
+        return shard, written
 
     def finish(self, records: list[ShardRecord], card: str) -> None:
         """In a thread: imagefolder's metadata, the card, and the staging directory gone."""
@@ -471,3 +522,13 @@ class _Run:
         write_card(self.out, card)
         if self.own_staging:
             shutil.rmtree(self.staging, ignore_errors=True)
+
+    def shutdown(self) -> None:
+        """Stop the threads (each has finished its work: `write_all` waited for it)."""
+        for pool in (self.appender, self.committer, self.cleaners):
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
+    # One thread: its jobs run one at a time, in the order given.
+    return concurrent.futures.ThreadPoolExecutor(1, f"meigen-export-{name}")

@@ -1,9 +1,9 @@
-"""Dataset exports, the file side: each shard written whole, then renamed into place.
+"""Dataset exports, the file side: OUT made ready, status tables, stats, the card, metadata.
 
-Everything here blocks (reads, writes, fsyncs, renames) and runs in a worker thread, never on
-the event loop. A shard's files are written under temporary names (`.{name}.part`) and renamed
-in order, data, status table, then stats: a stats file says its shard is done, and a kill at
-any moment leaves every name either whole or absent. What to write is decided in
+Everything here blocks and runs in a worker thread, never on the event loop. Every file is
+written under a temporary name (`.{name}.part`), fsynced and renamed: after a shard's data
+(`_export_writers`), its status table, then its stats, which say the shard is done, so that a
+kill at any moment leaves every name whole or absent. What to write is decided in
 `_export_rules` and `_export_shards`; the pipeline that feeds this is `_export`.
 
 pyarrow (the `dataset` extra) is imported only here, only when an export runs; without it the
@@ -13,13 +13,9 @@ status tables and imagefolder's metadata are JSON Lines, and the parquet format 
 from __future__ import annotations
 
 import contextlib
-import errno
-import hashlib
 import json
 import os
 import shutil
-import stat
-import tarfile
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -27,20 +23,11 @@ from typing import Any
 
 import attrs
 
-from ._export_rules import (
-    COLUMNS,
-    WEBDATASET_IMAGE_FIELD,
-    ExportFormat,
-    Sample,
-    hf_features,
-    json_row,
-)
+from ._export_rules import COLUMNS
 from ._export_shards import (
     MARKER_NAME,
     Marker,
-    Shard,
     ShardRecord,
-    data_name,
     done_prefix,
     marker_text,
     read_marker,
@@ -49,6 +36,7 @@ from ._export_shards import (
     stats_name,
     status_name,
 )
+from ._export_writers import ShardFile, arrow_type
 from ._protocol import validate_image_id
 from .errors import ExportError
 
@@ -61,14 +49,9 @@ __all__ = [
     "write_atomically",
     "write_card",
     "write_metadata",
-    "write_shard",
     "write_stats",
+    "write_status",
 ]
-
-_ROW_GROUP = 100  # rows a Parquet row group holds, as the Hub's viewer likes them
-_ROW_GROUP_BYTES = 64 * 1024 * 1024  # ...or fewer, when their pictures are this large
-_TAR_MTIME = 0  # with owner and mode fixed, the same samples make the same bytes
-_CHANGED = "the downloaded file changed or vanished before it was exported"
 
 
 @attrs.frozen
@@ -187,270 +170,22 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-# -- One shard ------------------------------------------------------------------------------------
+# -- One shard's table --------------------------------------------------------------------------
 
 
-def write_shard(
-    out: Path, fmt: ExportFormat, shard: Shard, arrow: Arrow | None, *, verify: bool = True
-) -> Shard:
-    """Write `shard`'s data and status table, renamed into place; the shard as written.
-
-    A picture that changed or vanished on disk since it was downloaded is not written: its
-    sample becomes `failed_to_download`, in the shard returned (and its status table). With
-    `verify`, a picture's SHA-256 is checked again as it is read; without, its size.
+def write_status(out: Path, shard: ShardFile, arrow: Arrow | None) -> None:
+    """Write the status table of `shard`: every sample's row, with where it is in the dataset.
 
     Raises:
-        ExportError: a file could not be written (nothing of this shard is left half-made).
+        ExportError: it could not be written.
 
     """
-    target = out / data_name(fmt, shard.number)
+    rows = ({"file_name": shard.file_name(sample), **sample.row} for sample in shard.samples)
+    target = out / status_name(shard.number, arrow is not None)
     try:
-        if not shard.written:
-            # No data file for a shard of failures: a reader infers its fields from the first.
-            failed: set[str] = set()
-        elif fmt == "webdataset":
-            failed = _write_tar(target, shard.written, verify)
-        elif fmt == "parquet":
-            assert arrow is not None  # refused before the export started
-            failed = _write_parquet(target, shard.written, arrow, verify)
-        else:
-            failed = _write_images(target, shard.written)
-        if failed:
-            shard = attrs.evolve(shard, samples=tuple(_failed(s, failed) for s in shard.samples))
-        rows = (_status_row(fmt, shard.number, sample) for sample in shard.samples)
-        _write_table(out / status_name(shard.number, arrow is not None), rows, arrow)
+        _write_table(target, rows, arrow)
     except OSError as exc:
-        raise _error(f"cannot write shard {shard.number} in {out}", exc) from exc
-    return shard
-
-
-def _failed(sample: Sample, failed: set[str]) -> Sample:
-    if sample.key not in failed:
-        return sample
-    row = {**sample.row, "status": "failed_to_download", "error_message": _CHANGED}
-    row.update(width=None, height=None, sha256=None)
-    return Sample(row)
-
-
-def _status_row(fmt: ExportFormat, number: int, sample: Sample) -> dict[str, Any]:
-    # Where the sample is in the dataset: imagefolder's `file_name`, the member or path else.
-    name = None
-    if sample.picture is not None:
-        ext = f".{WEBDATASET_IMAGE_FIELD}" if fmt == "webdataset" else sample.ext
-        name = f"{sample.key}{ext}"
-        if fmt == "imagefolder":
-            name = f"{data_name(fmt, number)}/{name}"
-    return {"file_name": name, **sample.row}
-
-
-def _open_picture(sample: Sample) -> int | None:
-    """A descriptor of the picture's file, when it is a regular file of the size downloaded."""
-    assert sample.picture is not None
-    try:
-        fd = os.open(sample.picture.path, _READ)
-    except OSError:
-        return None
-    try:
-        found = os.fstat(fd)
-        if stat.S_ISREG(found.st_mode) and found.st_size == sample.picture.bytes:
-            return fd
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
-def _picture(sample: Sample, verify: bool) -> bytes | None:
-    """The picture's bytes, when the file is still the one downloaded.
-
-    Its size is checked, and with `verify` its SHA-256 too: a media directory of the user's
-    may change under us; the export's own staging is read as written.
-    """
-    assert sample.picture is not None
-    fd = _open_picture(sample)
-    if fd is None:
-        return None
-    with open(fd, "rb") as stream:
-        data = stream.read(sample.picture.bytes + 1)
-    if len(data) != sample.picture.bytes:
-        return None
-    if verify and hashlib.sha256(data).hexdigest() != sample.picture.sha256:
-        return None
-    return data
-
-
-_READ = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_BLOCK = tarfile.BLOCKSIZE
-_RECORD = tarfile.RECORDSIZE
-
-
-def _write_tar(target: Path, samples: Sequence[Sample], verify: bool) -> set[str]:
-    """A WebDataset shard: for each sample its picture, `.json` and `.txt`, in order.
-
-    Laid out as `tarfile` lays out a PAX archive, its headers made by `tarfile` itself, but
-    written here, so that a picture is copied file to file by the kernel (`copy_file_range`)
-    rather than through Python, when it need not be hashed again.
-    """
-    failed: set[str] = set()
-    with _replacing(target) as temp, open(temp, "wb", buffering=0) as stream:
-        out = stream.fileno()
-        for sample in samples:
-            assert sample.picture is not None
-            name = f"{sample.key}.{WEBDATASET_IMAGE_FIELD}"
-            if verify:
-                data = _picture(sample, verify)
-                if data is None:
-                    failed.add(str(sample.key))
-                    continue
-                _member(out, name, data)
-            else:
-                source = _open_picture(sample)
-                if source is None:
-                    failed.add(str(sample.key))
-                    continue
-                size = sample.picture.bytes
-                try:
-                    _write_all(out, _header(name, size))
-                    copied = _copy(source, out, size)
-                finally:
-                    os.close(source)
-                if not copied:  # shorter than its size: the archive is not kept
-                    raise OSError(errno.EIO, f"{sample.picture.path} changed while it was read")
-                _write_all(out, _padding(size))
-            row = json_row(sample.row)
-            text = json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode(
-                "utf-8", "replace"
-            )
-            prompt = str(row["text"]).encode("utf-8", "replace")
-            for field, body in (("json", text), ("txt", prompt)):
-                _write_all(
-                    out, _header(f"{sample.key}.{field}", len(body)), body, _padding(len(body))
-                )
-        end = stream.tell() + 2 * _BLOCK
-        _write_all(out, bytes(2 * _BLOCK + (-end % _RECORD)))
-    return failed
-
-
-def _header(name: str, size: int) -> bytes:
-    info = tarfile.TarInfo(name)
-    info.size = size
-    info.mtime = _TAR_MTIME
-    info.mode = 0o644
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-
-
-def _member(out: int, name: str, body: bytes) -> None:
-    _write_all(out, _header(name, len(body)), body, _padding(len(body)))
-
-
-def _padding(size: int) -> bytes:
-    return bytes(-size % _BLOCK)
-
-
-def _write_all(fd: int, *parts: bytes) -> None:
-    for part in parts:
-        view = memoryview(part)
-        while view:
-            view = view[os.write(fd, view) :]
-
-
-def _copy(source: int, out: int, size: int) -> bool:
-    """Copy `size` bytes from `source` to `out`, in the kernel where it can; False if short."""
-    left = size
-    copy_file_range = getattr(os, "copy_file_range", None)
-    while left and copy_file_range is not None:
-        try:
-            done = copy_file_range(source, out, left)
-        except OSError:  # another file system on an old kernel, or not supported: by hand
-            break
-        if done == 0:
-            return False
-        left -= done
-    while left:
-        chunk = os.read(source, min(left, 1 << 20))
-        if not chunk:
-            return False
-        _write_all(out, chunk)
-        left -= len(chunk)
-    return True
-
-
-def _parquet_schema(arrow: Arrow) -> Any:
-    pa = arrow.pa
-    image = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    fields = [pa.field("image", image)] + [pa.field(n, _arrow_type(pa, t)) for n, t in COLUMNS]
-    features = hf_features([("image", "image"), *COLUMNS])
-    metadata = {"huggingface": json.dumps({"info": {"features": features}})}
-    return pa.schema(fields, metadata=metadata)
-
-
-def _arrow_type(pa: ModuleType, kind: str) -> Any:
-    return pa.int64() if kind == "int64" else pa.string()
-
-
-def _write_parquet(target: Path, samples: Sequence[Sample], arrow: Arrow, verify: bool) -> set[str]:
-    failed: set[str] = set()
-    schema = _parquet_schema(arrow)
-    with _replacing(target) as temp, arrow.pq.ParquetWriter(temp, schema) as writer:
-        batch: list[dict[str, Any]] = []
-        held = 0
-        for sample in samples:
-            data = _picture(sample, verify)
-            if data is None:
-                failed.add(str(sample.key))
-                continue
-            batch.append({"image": {"bytes": data, "path": f"{sample.key}{sample.ext}"}})
-            batch[-1].update(sample.row)
-            held += len(data)
-            if len(batch) >= _ROW_GROUP or held >= _ROW_GROUP_BYTES:
-                writer.write_table(arrow.pa.Table.from_pylist(batch, schema=schema))
-                batch, held = [], 0
-        if batch or not samples:
-            writer.write_table(arrow.pa.Table.from_pylist(batch, schema=schema))
-    return failed
-
-
-def _write_images(target: Path, samples: Sequence[Sample]) -> set[str]:
-    """Link (or, across file systems, copy) each picture into a folder, renamed into place."""
-    failed: set[str] = set()
-    temp = target.with_name(f".{target.name}.part")
-    _remove(temp)
-    temp.mkdir(parents=True)
-    for sample in samples:
-        assert sample.picture is not None
-        if not _place(sample.picture.path, temp / f"{sample.key}{sample.ext}", sample):
-            failed.add(str(sample.key))
-    _fsync_dir(temp)
-    _remove(target)
-    os.replace(temp, target)
-    _fsync_dir(target.parent)
-    return failed
-
-
-def _place(source: Path, final: Path, sample: Sample) -> bool:
-    assert sample.picture is not None
-    try:
-        os.link(source, final, follow_symlinks=False)
-        found = os.lstat(final)
-        # A hard link to a symbolic link is a link: only a regular file of the size is kept.
-        if stat.S_ISREG(found.st_mode) and found.st_size == sample.picture.bytes:
-            return True
-        final.unlink()
-        return False
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass  # another file system, or no hard links here: a copy
-    data = _picture(sample, verify=True)
-    if data is None:
-        return False
-    with open(final, "xb") as stream:
-        stream.write(data)
-        stream.flush()
-        os.fsync(stream.fileno())
-    return True
+        raise _error(f"cannot write {target}", exc) from exc
 
 
 # -- Tables ---------------------------------------------------------------------------------------
@@ -466,7 +201,7 @@ def _write_table(target: Path, rows: Iterable[dict[str, Any]], arrow: Arrow | No
             return
         pa = arrow.pa
         fields = [pa.field("file_name", pa.string())]
-        fields += [pa.field(n, _arrow_type(pa, t)) for n, t in COLUMNS]
+        fields += [pa.field(n, arrow_type(pa, t)) for n, t in COLUMNS]
         schema = pa.schema(fields)
         with arrow.pq.ParquetWriter(temp, schema) as writer:
             writer.write_table(pa.Table.from_pylist(list(rows), schema=schema))
@@ -493,7 +228,7 @@ def write_metadata(out: Path, shards: Sequence[ShardRecord], arrow: Arrow | None
         # Shard by shard: a status table is at most MAX_SHARD_SIZE rows.
         pa = arrow.pa
         fields = [pa.field("file_name", pa.string())]
-        fields += [pa.field(n, _arrow_type(pa, t)) for n, t in COLUMNS]
+        fields += [pa.field(n, arrow_type(pa, t)) for n, t in COLUMNS]
         schema = pa.schema(fields)
         with _replacing(out / name) as temp, arrow.pq.ParquetWriter(temp, schema) as writer:
             batch: list[dict[str, Any]] = []
@@ -571,15 +306,6 @@ def write_atomically(target: Path, data: bytes) -> None:
     """Write `data` to `target` whole: through a temporary file, fsynced, then a rename."""
     with _replacing(target) as temp, open(temp, "wb") as stream:
         stream.write(data)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):  # a directory cannot be opened so everywhere
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def remove_staged(staging: Path, image_id: str) -> None:
