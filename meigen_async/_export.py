@@ -3,21 +3,19 @@
 Inputs are read lazily and worked on `window` at a time, each a post's data and pictures
 (`get_image` and the media downloader: host, type, size and pixel checks, retries, the rate
 limit, records). Their outcomes are taken in input order, so that which shard a post lands in
-depends on the input alone, never on timing. `ShardAssembler` closes shards; each closed one
-waits for the writer, which writes one at a time, in order (`_export_files.write_shard`, in a
-thread), then its stats. At most a shard being written, one waiting and one filling are held,
-whatever the number of samples. The decisions are `_export_rules` and `_export_shards`.
+depends on the input alone, never on timing. Each post's samples are appended to its shard's
+file as they come (`_export_writers`, in a thread of the export's own), and each shard that
+`ShardAssembler` closes is committed in order (renames, status table, stats) in another. At
+most a shard filling and two waiting for their commit are held, whatever the number of
+samples. The decisions are `_export_rules` and `_export_shards`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
 import os
-import shutil
-import sys
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -26,37 +24,24 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
-    Sequence,
 )
-from datetime import UTC, datetime
 from pathlib import Path
 
 import attrs
 
 from ._bulk import async_items, should_stop, transport_streak
 from ._export_card import Card, card_text
-from ._export_files import (
-    Arrow,
-    load_arrow,
-    prepare,
-    read_records,
-    remove_staged,
-    write_card,
-    write_metadata,
-    write_stats,
-    write_status,
-)
+from ._export_files import load_arrow, prepare, read_records
 from ._export_rules import (
     FORMATS,
     MAX_SHARD_SIZE,
     STATUSES,
     ExportFormat,
-    Sample,
     input_id,
     sample_rows,
 )
-from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord, shard_stats
-from ._export_writers import ShardFile, shard_file
+from ._export_run import ExportRun
+from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord
 from ._media import UNSYNCED
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
@@ -69,10 +54,6 @@ __all__ = ["STAGING_NAME", "export_images"]
 STAGING_NAME = ".media"
 """The export's own download directory in OUT (without `media=`): emptied as shards are done."""
 
-_WRITERS = 2
-"""Closed shards waiting for their commit, at most, while the next ones are written."""
-_EVENTS = 64
-"""Posts (and closes) queued for the writer, at most; the pipeline waits past that."""
 
 Download = Callable[[GalleryImage, Path], Awaitable[tuple[list[MediaFile], MediaError | None]]]
 Item = str | GalleryImage
@@ -119,67 +100,67 @@ async def export_images(
     marker = Marker(fmt, shard_size, ignore_opt_out)
     done = await asyncio.to_thread(prepare, root, marker, resume=resume, arrow=arrow is not None)
     staging = Path(media) if media is not None else root / STAGING_NAME
-    run = _Run(root, fmt, shard_size, arrow, own_staging=media is None, staging=staging)
-    source_items = async_items(items)
-    writer = asyncio.create_task(run.write_all(), name="meigen-async export writer")
-    run.writer = writer
+    run = ExportRun(root, fmt, shard_size, arrow, own_staging=media is None, staging=staging)
     try:
-        seen = await _skip_done(source_items, done)
-        start = done[-1].input_end if done else 0
-        # imagefolder's shard links the staged files themselves: they are synced as written.
-        work = _work(get_image, download, staging, sync=media is not None or fmt == "imagefolder")
+        source_items = async_items(items)
+        writer = asyncio.create_task(run.write_all(), name="meigen-async export writer")
+        run.writer = writer
         try:
-            await _assemble(
-                run,
-                _outcomes(source_items, seen, start=start, work=work, window=window),
-                next_shard=len(done),
-                start=start,
-                ignore_opt_out=ignore_opt_out,
-                stop_after=stop_after,
-                progress=progress,
+            seen = await _skip_done(source_items, done)
+            start = done[-1].input_end if done else 0
+            # imagefolder's shard links the staged files themselves: they are synced as written.
+            work = _work(
+                get_image, download, staging, sync=media is not None or fmt == "imagefolder"
             )
-        except UpstreamUnreachable:
-            # A clean stop: the shards already handed over are written before it is told.
+            try:
+                await _assemble(
+                    run,
+                    _outcomes(source_items, seen, start=start, work=work, window=window),
+                    next_shard=len(done),
+                    start=start,
+                    ignore_opt_out=ignore_opt_out,
+                    stop_after=stop_after,
+                    progress=progress,
+                )
+            except UpstreamUnreachable:
+                # A clean stop: the shards already handed over are written before it is told.
+                await run.hand_over(None)
+                await writer
+                raise
             await run.hand_over(None)
             await writer
-            raise
-        await run.hand_over(None)
-        await writer
-    finally:
-        with contextlib.suppress(AttributeError):
-            await source_items.aclose()  # type: ignore[attr-defined]
-        if not writer.done():
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ExportError):
-                await writer
-        if sys.exc_info()[1] is not None:
-            await asyncio.to_thread(run.shutdown)
-    records = await asyncio.to_thread(read_records, root, marker)
-    card = Card(
-        format=fmt,
-        counts=_total(records),
-        shards=len(records),
-        bytes=sum(record.bytes for record in records),
-        command=command,
-        gallery=gallery,
-        source=source,
-        ignore_opt_out=ignore_opt_out,
-        metadata_name="metadata.parquet" if arrow is not None else "metadata.jsonl",
-    )
-    try:
+        finally:
+            with contextlib.suppress(AttributeError):
+                await source_items.aclose()  # type: ignore[attr-defined]
+            if not writer.done():
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ExportError):
+                    await writer
+        records = await asyncio.to_thread(read_records, root, marker)
+        card = Card(
+            format=fmt,
+            counts=_total(records),
+            shards=len(records),
+            bytes=sum(record.bytes for record in records),
+            command=command,
+            gallery=gallery,
+            source=source,
+            ignore_opt_out=ignore_opt_out,
+            metadata_name="metadata.parquet" if arrow is not None else "metadata.jsonl",
+        )
         await asyncio.to_thread(run.finish, records, card_text(card))
+        return ExportSummary(
+            out=root,
+            format=fmt,
+            shards=len(records),
+            shards_written=run.shards_written,
+            counts=dict(run.counts),
+            bytes=run.bytes,
+            duplicates=run.duplicates,
+            seconds=time.monotonic() - started,
+        )
     finally:
         await asyncio.to_thread(run.shutdown)
-    return ExportSummary(
-        out=root,
-        format=fmt,
-        shards=len(records),
-        shards_written=run.shards_written,
-        counts=dict(run.counts),
-        bytes=run.bytes,
-        duplicates=run.duplicates,
-        seconds=time.monotonic() - started,
-    )
 
 
 def _total(records: Iterable[ShardRecord]) -> dict[str, int]:
@@ -287,7 +268,7 @@ async def _outcomes(
 
 
 async def _assemble(
-    run: _Run,
+    run: ExportRun,
     outcomes: AsyncGenerator[tuple[int, Item, _Outcome], None],
     *,
     next_shard: int,
@@ -340,195 +321,3 @@ async def _assemble(
     last = assembler.finish(end)
     for shard in [*held, *([last] if last is not None else [])]:
         await run.hand_over(shard)
-
-
-_Event = tuple[int, Sequence[Sample]] | Shard | None
-"""For the writer: a post's samples for shard number N, a shard to close, or the end."""
-
-
-class _Run:
-    """One export's writing, in threads of its own that none outlives it.
-
-    Posts are appended to their shards' files as they come, in one thread; each closed shard
-    is committed (fsync, renames, status table, stats) in another, in order; staged
-    downloads are removed in a few more.
-    """
-
-    def __init__(
-        self,
-        out: Path,
-        fmt: ExportFormat,
-        shard_size: int,
-        arrow: Arrow | None,
-        *,
-        own_staging: bool,
-        staging: Path,
-    ):
-        self.out = out
-        self.fmt = fmt
-        self.shard_size = shard_size
-        self.arrow = arrow
-        self.own_staging = own_staging
-        self.staging = staging
-        self.queue: asyncio.Queue[_Event] = asyncio.Queue(maxsize=_EVENTS)
-        self.writer: asyncio.Task[None] | None = None
-        self.appender = _thread("write")
-        self.committer = _thread("commit")
-        self.cleaners = concurrent.futures.ThreadPoolExecutor(8, "meigen-export-clean")
-        self.files: dict[int, ShardFile] = {}  # the appender thread's alone
-        self.commits: collections.deque[concurrent.futures.Future[tuple[Shard, ShardFile]]] = (
-            collections.deque()
-        )
-        self.cleaning: list[concurrent.futures.Future[None]] = []
-        self.shards_written = 0
-        self.counts = dict.fromkeys(STATUSES, 0)
-        self.live = dict.fromkeys(STATUSES, 0)  # as samples are made, for progress
-        self.bytes = 0
-        self.live_bytes = 0
-        self.duplicates = 0
-
-    def tally(self, samples: Iterable[Sample]) -> None:
-        for sample in samples:
-            self.live[sample.row["status"]] += 1
-            if sample.picture is not None:
-                self.live_bytes += sample.picture.bytes
-
-    def progress(self, inputs: int) -> ExportProgress:
-        live = self.live
-        return ExportProgress(
-            inputs=inputs,
-            samples=sum(live.values()),
-            written=live["success"],
-            failed=live["not_found"] + live["failed_to_download"] + live["refused"],
-            opted_out=live["opted_out"],
-            bytes=self.live_bytes,
-        )
-
-    # -- On the event loop ---------------------------------------------------------------------
-
-    async def hand_over(self, event: _Event) -> None:
-        """Queue `event` for the writer, or raise the writer's failure."""
-        assert self.writer is not None
-        put = asyncio.ensure_future(self.queue.put(event))
-        try:
-            await asyncio.wait({put, self.writer}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            if not put.done():
-                put.cancel()
-        if not put.done() or put.cancelled():
-            self.writer.result()  # raises what stopped the writer
-            raise ExportError("the export's writer stopped")
-
-    async def write_all(self) -> None:
-        """The writer task: hands the queued events to the appender thread, a batch at a time."""
-        loop = asyncio.get_running_loop()
-        job: asyncio.Future[None] | None = None
-        try:
-            while True:
-                batch = [await self.queue.get()]
-                while len(batch) < _EVENTS and not self.queue.empty():
-                    batch.append(self.queue.get_nowait())
-                job = loop.run_in_executor(self.appender, self._apply, batch)
-                await asyncio.shield(job)
-                self._collect()
-                if batch[-1] is None:
-                    break
-            while self.commits:
-                await asyncio.shield(asyncio.wrap_future(self.commits[0]))
-                self._collect()
-        finally:
-            # Threads cannot be stopped: what they write is finished (whole) first, so that
-            # nothing still writes in OUT once the export has returned; open shards are dropped.
-            if job is not None:
-                await asyncio.gather(job, return_exceptions=True)
-            await asyncio.gather(
-                loop.run_in_executor(self.appender, self._discard),
-                *(asyncio.wrap_future(commit) for commit in self.commits),
-                return_exceptions=True,
-            )
-
-    def _collect(self) -> None:
-        """Count the shards committed so far; raise what failed a commit."""
-        while self.commits and self.commits[0].done():
-            shard, written = self.commits.popleft().result()
-            self.shards_written += 1
-            self.duplicates += shard.duplicates
-            self.bytes += written.size
-            for sample in written.samples:
-                self.counts[sample.row["status"]] += 1
-
-    # -- In the appender thread ----------------------------------------------------------------
-
-    def _apply(self, batch: list[_Event]) -> None:
-        for event in batch:
-            if isinstance(event, tuple):
-                number, samples = event
-                target = self.files.get(number)
-                if target is None:
-                    target = self.files[number] = self._file(number)
-                for sample in samples:
-                    target.add(sample)
-            elif isinstance(event, Shard):
-                target = self.files.pop(event.number, None) or self._file(event.number)
-                target.close()
-                # At most two shards wait for their commit: their rows are what is held.
-                pending = [commit for commit in self.commits if not commit.done()]
-                if len(pending) >= _WRITERS:
-                    concurrent.futures.wait(pending[:1])
-                self.commits.append(self.committer.submit(self._commit, event, target))
-
-    def _file(self, number: int) -> ShardFile:
-        try:
-            return shard_file(self.out, self.fmt, number, self.arrow, verify=not self.own_staging)
-        except OSError as exc:
-            raise ExportError(f"cannot write shard {number} in {self.out}: {exc}") from exc
-
-    def _discard(self) -> None:
-        for open_file in self.files.values():
-            open_file.discard()
-        self.files.clear()
-
-    # -- In the committer thread ---------------------------------------------------------------
-
-    def _commit(self, shard: Shard, written: ShardFile) -> tuple[Shard, ShardFile]:
-        """Rename `shard`'s data into place, then its status table and stats (it is done).
-
-        Its staged downloads are removed after, in the cleaning threads.
-        """
-        try:
-            written.commit()
-        except OSError as exc:
-            raise ExportError(f"cannot write shard {shard.number} in {self.out}: {exc}") from exc
-        write_status(self.out, written, self.arrow)
-        stats = shard_stats(
-            attrs.evolve(shard, samples=tuple(written.samples)),
-            fmt=self.fmt,
-            shard_size=self.shard_size,
-            size=written.size,
-            started=written.opened,
-            ended=datetime.now(UTC),
-        )
-        write_stats(self.out, shard.number, stats)
-        if self.own_staging:
-            for image_id in {sample.row["id"] for sample in shard.samples if sample.key}:
-                self.cleaning.append(self.cleaners.submit(remove_staged, self.staging, image_id))
-        return shard, written
-
-    def finish(self, records: list[ShardRecord], card: str) -> None:
-        """In a thread: imagefolder's metadata, the card, and the staging directory gone."""
-        concurrent.futures.wait(self.cleaning)
-        if self.fmt == "imagefolder":
-            write_metadata(self.out, records, self.arrow)
-        write_card(self.out, card)
-        if self.own_staging:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-    def shutdown(self) -> None:
-        """Stop the threads (each has finished its work: `write_all` waited for it)."""
-        for pool in (self.appender, self.committer, self.cleaners):
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _thread(name: str) -> concurrent.futures.ThreadPoolExecutor:
-    # One thread: its jobs run one at a time, in the order given.
-    return concurrent.futures.ThreadPoolExecutor(1, f"meigen-export-{name}")
