@@ -207,6 +207,8 @@ class ExportRun:
         )
         write_stats(self.out, shard.number, stats)
         if self.own_staging:
+            # Those done are dropped: what is kept does not grow with the number of samples.
+            self.cleaning = [job for job in self.cleaning if not job.done()]
             for image_id in {sample.row["id"] for sample in shard.samples if sample.key}:
                 self.cleaning.append(self.cleaners.submit(remove_staged, self.staging, image_id))
         return shard, written
