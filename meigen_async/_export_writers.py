@@ -202,19 +202,26 @@ class _Parquet(ShardFile):
         super().__init__(out, "parquet", number, verify=verify)
         self._arrow = arrow
         self._writer: Any = None
-        self._batch: list[dict[str, Any]] = []
+        self._batch: list[tuple[bytes, str, Any]] = []
         self._held = 0
 
     def _start(self) -> None:
         self._schema = _parquet_schema(self._arrow)
-        self._writer = self._arrow.pq.ParquetWriter(self.temp, self._schema)
+        # The pictures are compressed already: neither a codec nor a dictionary is tried on
+        # their bytes (both cost more than the write, and gain nothing).
+        text = ["image.path", *(name for name, _ in COLUMNS)]
+        self._writer = self._arrow.pq.ParquetWriter(
+            self.temp,
+            self._schema,
+            compression={"image.bytes": "NONE", **dict.fromkeys(text, "SNAPPY")},
+            use_dictionary=text,
+        )
 
     def _put(self, sample: Sample) -> bool:
         data = _picture(sample, self.verify)
         if data is None:
             return False
-        self._batch.append({"image": {"bytes": data, "path": f"{sample.key}{sample.ext}"}})
-        self._batch[-1].update(sample.row)
+        self._batch.append((data, f"{sample.key}{sample.ext}", sample.row))
         self._held += len(data)
         if len(self._batch) >= _ROW_GROUP or self._held >= _ROW_GROUP_BYTES:
             self._flush()
@@ -222,8 +229,19 @@ class _Parquet(ShardFile):
 
     def _flush(self) -> None:
         if self._batch:
-            table = self._arrow.pa.Table.from_pylist(self._batch, schema=self._schema)
-            self._writer.write_table(table)
+            # Column by column: building a struct a row from Python dicts cost more than the
+            # write itself.
+            pa = self._arrow.pa
+            pictures, paths, rows = zip(*self._batch, strict=True)
+            image = pa.StructArray.from_arrays(
+                [pa.array(pictures, pa.binary()), pa.array(paths, pa.string())],
+                names=["bytes", "path"],
+            )
+            columns = [
+                pa.array([row[name] for row in rows], arrow_type(pa, kind))
+                for name, kind in COLUMNS
+            ]
+            self._writer.write_table(pa.Table.from_arrays([image, *columns], schema=self._schema))
             try:
                 fd = os.open(self.temp, _READ)  # the page cache is the file's, whoever asks
             except OSError:

@@ -129,6 +129,23 @@ def _add_media_host(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pacing(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="most requests in flight at once (default: 16)",
+    )
+    command.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="most requests per second (default: no limit)",
+    )
+
+
 _DOWNLOAD_EXAMPLES = """\
 examples:
   meigen-async download 2009629483448627597 -o media/
@@ -230,20 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bulk.add_argument("file", metavar="FILE", help="ids, one a line; '-' reads stdin")
     bulk.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
-    bulk.add_argument(
-        "--concurrency",
-        type=_int_at_least(1),
-        default=16,
-        metavar="N",
-        help="most requests in flight at once (default: 16)",
-    )
-    bulk.add_argument(
-        "--rate-limit",
-        type=_positive_float,
-        default=None,
-        metavar="R",
-        help="most requests per second (default: no limit)",
-    )
+    _add_pacing(bulk)
     bulk.add_argument(
         "--resume",
         action="store_true",
@@ -318,20 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="write pictures whose host says X-Robots-Tag: noai (only for pictures you have "
         "the rights to; the dataset card records it)",
     )
-    export.add_argument(
-        "--concurrency",
-        type=_int_at_least(1),
-        default=16,
-        metavar="N",
-        help="most requests to the gallery in flight at once (default: 16)",
-    )
-    export.add_argument(
-        "--rate-limit",
-        type=_positive_float,
-        default=None,
-        metavar="R",
-        help="most requests per second (default: no limit)",
-    )
+    _add_pacing(export)
     _add_media_host(export)
     export.set_defaults(run=_export)
 
