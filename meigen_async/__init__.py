@@ -3,6 +3,7 @@
 from ._version import __version__
 from .errors import (
     ApiError,
+    DailyLimitReached,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -27,6 +28,7 @@ from .session import GallerySession
 
 __all__ = [
     "ApiError",
+    "DailyLimitReached",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",

@@ -38,6 +38,7 @@ from ._flight import Flight, SingleFlight
 from ._media import MediaDownloader, stream_media
 from ._media_rules import host_set
 from ._protocol import validate_image_id
+from ._quota import api_key_from
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
@@ -105,6 +106,12 @@ class GallerySession:
             are kept in process only, apart from the images.
 
 
+        api_key: A MeiGen API key (`meigen_sk_...`), sent as `Authorization: Bearer <key>`
+            on search requests only, so that the account's daily search quota applies rather
+            than the per-address limit; never on image requests, nor to a media host, and
+            never shown in a log, a repr, an error message or `stats`. None (the default)
+            reads `$MEIGEN_API_KEY`; `""` sends none. A key holding whitespace or control
+            characters is a `ValueError`, which does not quote it.
         media_hosts: The only hosts `download_media` and `iter_media` request (exact names;
             http and https only), redirects included.
         max_media_bytes: A larger media file is refused as `MediaTooLarge`.
@@ -135,6 +142,7 @@ class GallerySession:
         media_hosts: Iterable[str] = DEFAULT_MEDIA_HOSTS,
         max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
         media_concurrency: int = 8,
+        api_key: str | None = None,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -149,6 +157,7 @@ class GallerySession:
         _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
+        api_key = api_key_from(api_key, os.environ)
         self.base_url: str = base_url.rstrip("/")
         """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
@@ -215,6 +224,7 @@ class GallerySession:
             policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
             cache_pages=cache_size > 0 and search_ttl > 0,
             tally=self._tally,
+            api_key=api_key,
         )
         self._flights: SingleFlight[GalleryImage] = SingleFlight(
             fetcher.fetch,
@@ -469,17 +479,19 @@ class GallerySession:
     async def search(self, query: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
         """One page of the gallery's search for `query`: up to `limit` hits from `offset`.
 
-        `GET /api/search`, which the service does not document and may change. Pages share
-        this session's concurrency bound, rate limit and retries; each is kept `search_ttl`
-        seconds (or as the server's `Cache-Control` says), and identical pages asked at once
-        share one request. A page shorter than `limit` is the last.
+        `GET /api/search`; see docs/search.md. The empty query (or one of spaces) lists recent
+        posts. Pages share this session's concurrency bound, rate limit and retries; each is
+        kept `search_ttl` seconds (or as the server's `Cache-Control` says), and identical
+        pages asked at once share one request. A server may send fewer hits than `limit`
+        (its own page size) on a page that is not the last.
 
         Raises:
-            InvalidQuery: before any I/O, for a query that is blank or longer than 200
-                characters once stripped, or a `limit` outside 1 to 20 or `offset` below 0
-                (a `ValueError`).
+            InvalidQuery: before any I/O, for a query longer than 200 characters once
+                stripped, or a `limit` outside 1 to 20 or `offset` below 0 (a `ValueError`).
+            DailyLimitReached: the API key's daily search quota is spent (never retried; the
+                session sends no search before its `resets_at`).
             MeigenError: the search failed, as one of its subclasses (`RateLimited` when the
-                service's limit on searches was hit and no retry was left).
+                per-address limit on searches was hit and no retry was left).
 
         """
         self._ensure_open()
@@ -488,11 +500,13 @@ class GallerySession:
     def iter_search(
         self, query: str, *, max_results: int | None = 100, page_size: int = 20
     ) -> AsyncGenerator[SearchHit, None]:
-        """Yield the hits for `query`, page after page by offset, each id once.
+        """Yield the hits for `query` (`""`: recent posts), page after page by offset, each once.
 
-        One page is in flight at a time. It stops at a page shorter than `page_size`, after
-        `max_results` hits (None: no bound), or at a page that adds no id not yet yielded.
-        Pages are fetched and kept as by `search`.
+        One page is in flight at a time; each offset moves by the results the last page held.
+        It stops at a page shorter than `page_size` and than the longest page seen so far
+        (so a server's own page size does not end it), at an empty page or one that adds no
+        id not yet yielded, or after `max_results` hits (None: no bound). Pages are fetched
+        and kept as by `search`.
 
         Raises:
             InvalidQuery: at the call, before any I/O, for a bad query, `page_size` (1 to
