@@ -7,7 +7,9 @@ Every error carries the data a caller branches on: `image_id` and `status`
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
+from typing import Any
 
 __all__ = [
     "ApiError",
@@ -104,6 +106,10 @@ class DailyLimitReached(RateLimited):
         self.resets_at: datetime = resets_at
         """When searches may resume (UTC): the service's `Retry-After` if it sent one, else
         the next 00:00 UTC, when the service resets daily quotas."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copy and pickle with `resets_at`, which `cls(*args)` alone would lack."""
+        return functools.partial(type(self), resets_at=self.resets_at), self.args, self.__dict__
 
 
 class ServerError(MeigenError):

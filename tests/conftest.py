@@ -52,6 +52,12 @@ def cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     return home
 
 
+@pytest.fixture(autouse=True)
+def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `$MEIGEN_API_KEY` from the environment the tests run in: a session sends none."""
+    monkeypatch.delenv("MEIGEN_API_KEY", raising=False)
+
+
 @pytest.fixture
 def logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Every record of the `meigen_async` logger, DEBUG and up, in `caplog`."""
