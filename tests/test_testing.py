@@ -577,3 +577,10 @@ async def test_nothing_the_sample_serves_points_beyond_loopback(
                 assert resp.status == 200
     assert len(urls) > 3 * len(gallery.ids)
     assert {URL(url).origin() for url in urls} == {URL(gallery.url)}
+
+
+async def test_no_test_connects_beyond_the_loopback(http: aiohttp.ClientSession) -> None:
+    # conftest's loopback_only: a test that would reach another address fails instead.
+    for url in ("http://93.184.216.34/", "http://[2606:2800:220:1::]/"):
+        with pytest.raises(aiohttp.ClientError, match="loopback only"):
+            await http.get(url)
