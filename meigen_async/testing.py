@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import re
 import time
 import zlib
 from collections import Counter, deque
@@ -83,6 +84,7 @@ _PICTURE_SIDE = 512  # the side of a picture whose image states no usable size
 _LARGEST_SIDE = 8192  # a stated side past this is not drawn either
 _AVATAR_SIDE = 48
 _THUMB_SIDE = 320
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _hang_up(
@@ -586,24 +588,26 @@ class FakeGallery:
 
     def _own_media(self) -> None:
         """Point every image's media at this origin, each picture to be drawn when asked."""
-        for image_id, data in list(self.images.items()):
+        for position, (image_id, data) in enumerate(list(self.images.items())):
             red, green, blue, _ = zlib.crc32(image_id.encode()).to_bytes(4, "big")
             rgb = (red, green, blue)
             width, height = _side(data.get("image_width")), _side(data.get("image_height"))
             urls = data.get("media_urls")
             count = len(urls) if isinstance(urls, list) else 0
-            names = [f"{image_id}-{index}.png" for index in range(count)]
+            # A gallery id is safe in a path; another is named by its place (no id has a ~).
+            stem = image_id if _SAFE_NAME.fullmatch(image_id) else f"~{position}"
+            names = [f"{stem}-{index}.png" for index in range(count)]
             for name in names:
                 self._pictures[name] = (width, height, rgb)
             thumbnail = data.get("thumbnail_url")
             if isinstance(thumbnail, str) and isinstance(urls, list) and thumbnail in urls:
                 thumb = names[urls.index(thumbnail)]
             else:
-                thumb = f"{image_id}-thumb.png"
+                thumb = f"{stem}-thumb.png"
                 scale = _THUMB_SIDE / max(width, height)
                 side = (max(1, round(width * scale)), max(1, round(height * scale)))
                 self._pictures[thumb] = (*side, rgb)
-            avatar = f"{image_id}-avatar.png"
+            avatar = f"{stem}-avatar.png"
             self._pictures[avatar] = (_AVATAR_SIDE, _AVATAR_SIDE, rgb)
             self.images[image_id] = {
                 **data,

@@ -584,3 +584,15 @@ async def test_no_test_connects_beyond_the_loopback(http: aiohttp.ClientSession)
     for url in ("http://93.184.216.34/", "http://[2606:2800:220:1::]/"):
         with pytest.raises(aiohttp.ClientError, match="loopback only"):
             await http.get(url)
+
+
+async def test_media_served_for_an_id_unsafe_in_a_path_is_named_by_its_place(
+    http: aiohttp.ClientSession,
+) -> None:
+    odd = {"id": "a/b?c", "media_urls": ["https://cdn.example/x.jpg"], "image_width": 3}
+    async with FakeGallery([odd], serve_media=True) as gallery:
+        [url] = gallery.images["a/b?c"]["media_urls"]
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert struct.unpack(">II", (await resp.read())[16:24]) == (3, 512)
+    assert url == f"{gallery.url}/media/~0-0.png"
