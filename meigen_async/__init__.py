@@ -3,6 +3,7 @@
 from ._version import __version__
 from .errors import (
     ApiError,
+    DailyLimitReached,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -33,6 +34,7 @@ from .session import GallerySession
 
 __all__ = [
     "ApiError",
+    "DailyLimitReached",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",

@@ -39,6 +39,7 @@ from ._media import MediaDownloader
 from ._media_rules import origin_set
 from ._media_tasks import stream_media
 from ._protocol import validate_image_id
+from ._quota import api_key_from
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
@@ -127,6 +128,12 @@ class GallerySession:
             URLs past it are refused as `MediaTooManyFiles`, with no request.
         max_media_pixels: A media file whose header claims more pixels is refused as
             `MediaDecompressionBomb` (default 178,956,970, Pillow's bomb limit).
+        api_key: A MeiGen API key (`meigen_sk_...`), sent as `Authorization: Bearer <key>`
+            on search requests only, so that the account's daily search quota applies rather
+            than the per-address limit; never on image requests, nor to a media host, and
+            never shown in a log, a repr, an error message or `stats`. None (the default)
+            reads `$MEIGEN_API_KEY`; `""` sends none. A key holding whitespace or control
+            characters is a `ValueError`, which does not quote it.
 
     """
 
@@ -156,6 +163,7 @@ class GallerySession:
         media_timeout: float = DEFAULT_MEDIA_TIMEOUT,
         max_media_files: int = DEFAULT_MAX_MEDIA_FILES,
         max_media_pixels: int = DEFAULT_MAX_MEDIA_PIXELS,
+        api_key: str | None = None,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -173,6 +181,7 @@ class GallerySession:
         _require(media_timeout > 0, "media_timeout must be positive")
         _require(max_media_files >= 1, "max_media_files must be at least 1")
         _require(max_media_pixels >= 1, "max_media_pixels must be at least 1")
+        api_key = api_key_from(api_key, os.environ)
         self.base_url: str = base_url.rstrip("/")
         """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
@@ -239,6 +248,7 @@ class GallerySession:
             policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
             cache_pages=cache_size > 0 and search_ttl > 0,
             tally=self._tally,
+            api_key=api_key,
         )
         self._flights: SingleFlight[GalleryImage] = SingleFlight(
             fetcher.fetch,
@@ -498,17 +508,19 @@ class GallerySession:
     async def search(self, query: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
         """One page of the gallery's search for `query`: up to `limit` hits from `offset`.
 
-        `GET /api/search`, which the service does not document and may change. Pages share
-        this session's concurrency bound, rate limit and retries; each is kept `search_ttl`
-        seconds (or as the server's `Cache-Control` says), and identical pages asked at once
-        share one request. A page shorter than `limit` is the last.
+        `GET /api/search`; see docs/search.md. The empty query (or one of spaces) lists recent
+        posts. Pages share this session's concurrency bound, rate limit and retries; each is
+        kept `search_ttl` seconds (or as the server's `Cache-Control` says), and identical
+        pages asked at once share one request. A server may send fewer hits than `limit`
+        (its own page size) on a page that is not the last.
 
         Raises:
-            InvalidQuery: before any I/O, for a query that is blank or longer than 200
-                characters once stripped, or a `limit` outside 1 to 20 or `offset` below 0
-                (a `ValueError`).
+            InvalidQuery: before any I/O, for a query longer than 200 characters once
+                stripped, or a `limit` outside 1 to 20 or `offset` below 0 (a `ValueError`).
+            DailyLimitReached: the API key's daily search quota is spent (never retried; the
+                session sends no search before its `resets_at`).
             MeigenError: the search failed, as one of its subclasses (`RateLimited` when the
-                service's limit on searches was hit and no retry was left).
+                per-address limit on searches was hit and no retry was left).
 
         """
         self._ensure_open()
@@ -517,11 +529,13 @@ class GallerySession:
     def iter_search(
         self, query: str, *, max_results: int | None = 100, page_size: int = 20
     ) -> AsyncGenerator[SearchHit, None]:
-        """Yield the hits for `query`, page after page by offset, each id once.
+        """Yield the hits for `query` (`""`: recent posts), page after page by offset, each once.
 
-        One page is in flight at a time. It stops at a page shorter than `page_size`, after
-        `max_results` hits (None: no bound), or at a page that adds no id not yet yielded.
-        Pages are fetched and kept as by `search`.
+        One page is in flight at a time; each offset moves by the results the last page held.
+        It stops at a page shorter than `page_size` and than the longest page seen so far
+        (so a server's own page size does not end it), at an empty page or one that adds no
+        id not yet yielded, or after `max_results` hits (None: no bound). Pages are fetched
+        and kept as by `search`.
 
         Raises:
             InvalidQuery: at the call, before any I/O, for a bad query, `page_size` (1 to

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import ipaddress
 import logging
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,38 @@ def cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     home = tmp_path_factory.mktemp("cache-home")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     return home
+
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_connect(sock: socket.socket, address: Any) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:  # a name: the loop resolves names before it connects
+            loopback = False
+        if not loopback:
+            refused = f"a test may connect to the loopback only, not to {host!r}"
+            raise OSError(errno.ENETUNREACH, refused)
+    _real_connect(sock, address)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection a test makes in process leaves the machine: any other address fails.
+
+    asyncio connects every socket it opens through `socket.connect`, aiohttp's and the
+    Redis client's alike; a subprocess is not covered.
+    """
+    monkeypatch.setattr(socket.socket, "connect", _loopback_connect)
+
+
+@pytest.fixture(autouse=True)
+def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `$MEIGEN_API_KEY` from the environment the tests run in: a session sends none."""
+    monkeypatch.delenv("MEIGEN_API_KEY", raising=False)
 
 
 @pytest.fixture

@@ -721,7 +721,7 @@ async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
     err = await serve_then_stop(stop)
-    assert len(err.splitlines()) == 2  # what it serves and a few ids: no traceback, no warning
+    assert len(err.splitlines()) == 3  # what it serves, a few ids, its media: no traceback
     assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
 
 
@@ -731,7 +731,42 @@ async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
     stop: signal.Signals,
 ) -> None:
     err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
-    assert len(err.splitlines()) == 2, err  # what it serves, and a few of its ids
+    assert len(err.splitlines()) == 3, err  # what it serves, a few of its ids, its media
+
+
+@pytest.mark.slow
+async def test_serve_then_download_and_bulk_media_work_with_the_media_host_it_prints(
+    tmp_path: Path,
+) -> None:
+    process = await start_cli("serve")
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
+        lines = [(await process.stderr.readline()).decode() for _ in range(3)]
+        said = lines[2].strip()
+        match = re.fullmatch(
+            r"meigen-async: media files are served here too: meigen-async (download "
+            r"--base-url (\S+) --media-host (127\.0\.0\.1:\d+) (\d+))",
+            said,
+        )
+        assert match is not None, lines
+        assert match[2] == url
+        assert await run(*match[1].split(), "-o", str(tmp_path / "one")) == 0
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"{PLAIN_ID}\n{JSON_ID}\n", encoding="utf-8")
+        media = ["--media", str(tmp_path / "bulk"), "--media-host", match[3]]
+        out = ["-o", str(tmp_path / "images.jsonl")]
+        assert await run("bulk", str(ids), "--base-url", url, *media, *out) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=10)
+    assert process.returncode == 0
+    downloaded = sorted((tmp_path / "one").rglob("*.png"))
+    assert [path.parent.name for path in downloaded] == [match[4]] * len(downloaded) != []
+    bulk = sorted(path.relative_to(tmp_path / "bulk") for path in (tmp_path / "bulk").rglob("*"))
+    assert {path.parts[0] for path in bulk if path.suffix == ".png"} == {PLAIN_ID, JSON_ID}
+    assert len(json_lines((tmp_path / "images.jsonl").read_text(encoding="utf-8"))) == 2
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(
@@ -763,6 +798,13 @@ async def test_demo_fetches_the_sample_with_one_request_per_distinct_id_and_one_
     assert report.coalesced >= 20
     assert report.cache_hits == 81  # the second pass, and the burst served while stale
     assert (report.revalidated, report.refreshed) == (1, 1)
+
+
+async def test_demo_downloads_the_pictures_of_three_images_from_the_samples_own_address() -> None:
+    report = await run_demo()
+    assert report.media_images == 3
+    assert report.media_files >= 3
+    assert 0 < report.media_bytes < 3000 * report.media_files  # flat PNGs of a few hundred bytes
 
 
 async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:

@@ -75,12 +75,67 @@ async def test_search_json_prints_json_lines_of_the_hits(
     assert json.loads(line)["id"] == "9"
 
 
-async def test_search_refuses_a_blank_query_with_status_2_before_any_request(
+@pytest.mark.parametrize("query", [[], ["  "]], ids=["no query", "spaces"])
+async def test_search_without_words_browses_the_newest_posts(
+    query: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    dated = [
+        {**image, "created_at": f"2026-01-{10 + i:02d}T00:00:00Z"}
+        for i, image in enumerate(neon(5))
+    ]
+    async with FakeGallery(dated) as fake:
+        assert await run("search", *query, "--base-url", fake.url, "--ids") == 0
+    assert capsys.readouterr().out.split() == ["1004", "1003", "1002", "1001", "1000"]
+    assert [q for q, _, _ in fake.searches] == ["", ""]  # a short first page, then an empty one
+
+
+KEY = "meigen_sk_cli_0123456789"
+
+
+async def test_search_sends_the_api_key_given_or_from_meigen_api_key_with_searches_only(
+    city: FakeGallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert await run("search", "neon", "--base-url", city.url, "--api-key", KEY, "--max", "1") == 0
+    monkeypatch.setenv("MEIGEN_API_KEY", "meigen_sk_env")
+    assert await run("search", "forest", "--base-url", city.url) == 0
+    assert await run("get", "1000", "--base-url", city.url, "--no-cache") == 0
+    # 'forest' has one hit: a short first page, then the empty one that ends the paging.
+    assert [value for _, value in city.authorizations] == [
+        f"Bearer {KEY}",
+        "Bearer meigen_sk_env",
+        "Bearer meigen_sk_env",
+    ]
+    assert all(path.startswith("/api/search?") for path, _ in city.authorizations)
+    assert city.requests["1000"] == 1
+
+
+@pytest.mark.parametrize("where", ["--api-key", "MEIGEN_API_KEY"])
+async def test_a_key_with_a_space_is_refused_with_status_2_without_being_shown(
+    where: str,
+    city: FakeGallery,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bad = f"{KEY} oops"
+    given = ["--api-key", bad] if where == "--api-key" else []
+    if not given:
+        monkeypatch.setenv("MEIGEN_API_KEY", bad)
+    assert await run("search", "neon", "--base-url", city.url, *given) == 2
+    err = capsys.readouterr().err
+    assert "whitespace, control characters" in err
+    assert KEY not in err
+    assert city.total_requests == 0
+
+
+async def test_search_says_when_the_daily_limit_is_reached_with_status_1(
     city: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run("search", "  ", "--base-url", city.url) == 2
-    assert capsys.readouterr().err.startswith("meigen-async: error: a search query cannot be empty")
-    assert city.total_requests == 0
+    city.script_search(Answer.daily_limit_reached())
+    assert await run("search", "neon", "--base-url", city.url, "--api-key", KEY) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "HTTP 429: Daily search limit reached" in line
+    assert "00:00:00 UTC" in line
+    assert len(city.searches) == 1
 
 
 def test_search_refuses_a_limit_over_20_with_status_2(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,4 +23,5 @@ def test_the_readmes_first_python_block_runs_offline_as_it_is() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.startswith("nanobanana 2048 https://")
+    # The sample serves its pictures itself: even the media URL names 127.0.0.1.
+    assert result.stdout.startswith("nanobanana 2048 http://127.0.0.1:")

@@ -1,4 +1,4 @@
-"""A Discord bot that answers ``/image <id>`` and ``/inspire <words>`` with gallery embeds.
+"""A Discord bot that answers ``/image <id>`` and ``/inspire [words]`` with gallery embeds.
 
 Run it with ``pip install 'meigen-async[bots]'`` and::
 
@@ -22,11 +22,13 @@ import discord
 from discord import app_commands
 
 from meigen_async import (
+    DailyLimitReached,
     GallerySession,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
     MeigenError,
+    RateLimited,
 )
 from meigen_async.bots import discord_embed, pick_inspiration
 from meigen_async.session import DEFAULT_BASE_URL
@@ -46,18 +48,31 @@ async def image_reply(gallery: GallerySession, image_id: str) -> discord.Embed |
     return discord.Embed.from_dict(discord_embed(image))
 
 
-async def inspire_reply(gallery: GallerySession, words: str) -> discord.Embed | str:
-    """What the bot answers to ``/inspire <words>``: one of the best-liked matches, or why not."""
+async def inspire_reply(gallery: GallerySession, words: str = "") -> discord.Embed | str:
+    """What the bot answers to ``/inspire [words]``: one of the best-liked matches, or why not.
+
+    Without words, one of the best-liked of the newest posts. The two limits on searches are
+    told apart: the bot's daily quota (with an API key) is spent until a time it can say,
+    the per-address limit is over in about a minute.
+    """
     try:
-        hit = pick_inspiration(await gallery.search(words))
-        if hit is None:
-            return f"Nothing in the gallery matches {words.strip()!r}."
-        image = await gallery.get_image(hit.id)
+        hits = await gallery.search(words)
     except InvalidQuery:
-        return "Give me a few words to search for (at most 200 characters)."
+        return "That search is too long: at most 200 characters."
+    except DailyLimitReached as error:
+        return f"I have used up today's searches; ask again after {error.resets_at:%H:%M} UTC."
+    except RateLimited:
+        return "Too many searches right now; please try again in a minute."
     except MeigenError:
         return "The gallery is not answering right now; please try again in a minute."
-    return discord.Embed.from_dict(discord_embed(image))
+    hit = pick_inspiration(hits)
+    if hit is None:
+        return (
+            f"Nothing in the gallery matches {words.strip()!r}."
+            if words.strip()
+            else ("The gallery has nothing to show right now.")
+        )
+    return await image_reply(gallery, hit.id)
 
 
 class GalleryBot(discord.Client):
@@ -79,6 +94,8 @@ class GalleryBot(discord.Client):
 
     async def setup_hook(self) -> None:
         """Open the gallery session and register the commands before connecting."""
+        # The API key, if any, comes from $MEIGEN_API_KEY: searches count against its daily
+        # quota rather than the per-address limit this bot would share with its neighbours.
         self._gallery = GallerySession(self.base_url)
         self.tree.add_command(image_command, guild=self.guild)
         self.tree.add_command(inspire_command, guild=self.guild)
@@ -107,9 +124,9 @@ async def image_command(interaction: discord.Interaction[GalleryBot], image_id: 
 
 
 @app_commands.command(name="inspire", description="Show a well-liked gallery image about a theme.")
-@app_commands.describe(words="What to look for, e.g. cherry blossom")
-async def inspire_command(interaction: discord.Interaction[GalleryBot], words: str) -> None:
-    """``/inspire <words>``: reply with the embed of one of the best-liked matches."""
+@app_commands.describe(words="What to look for, e.g. cherry blossom; none for the newest posts")
+async def inspire_command(interaction: discord.Interaction[GalleryBot], words: str = "") -> None:
+    """``/inspire [words]``: reply with the embed of one of the best-liked matches."""
     await interaction.response.defer(thinking=True)
     reply = await inspire_reply(interaction.client.gallery, words)
     if isinstance(reply, discord.Embed):

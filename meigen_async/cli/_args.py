@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import NoReturn
 
+from .._quota import API_KEY_ENV
 from .._version import __version__
 from ..session import DEFAULT_BASE_URL
 from ._bulk import (
@@ -87,11 +88,15 @@ exit status: 0 when every id was fetched (and its media, with --media), 1 when o
 _SEARCH_EXAMPLES = """\
 examples:
   meigen-async search "cherry blossom"
+  meigen-async search                    # no query: browse the newest posts
   meigen-async search "neon city" --json --max 50 > hits.jsonl
   meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+  MEIGEN_API_KEY=meigen_sk_... meigen-async search "neon city" --max 1000
 
 Pages through GET /api/search by offset, each id once, until the results end or --max.
-The service does not document its search, limits it per address, and may change it.
+Without an API key the service limits searches per address (429, about a minute); with one
+($MEIGEN_API_KEY, or --api-key) the key's daily quota applies, until 00:00 UTC once spent.
+The key is sent with searches only.
 
 exit status: 0 when the search ran, 1 when it failed, 2 for bad input."""
 
@@ -101,8 +106,10 @@ examples:
   meigen-async serve --port 8080 --data my-gallery.jsonl
   meigen-async serve --list
 
-Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
---data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
+Prints the URL to stdout, then serves GET /api/images/:id and the search on 127.0.0.1 until
+Ctrl-C. The bundled sample serves its images' media files too, from the same address: its
+stderr names the --media-host that download and bulk --media need. --data takes a JSON Lines
+file, one endpoint 'data' object (with an 'id') a line; its media URLs are served as given.
 
 exit status: 0 when stopped by SIGINT (Ctrl-C) or SIGTERM, also when started with SIGINT
 ignored; 2 for bad input."""
@@ -113,7 +120,19 @@ example:
 
 Starts the bundled sample gallery on 127.0.0.1, fetches it the way a busy bot would
 (duplicates, a missing id, a burst of calls for one popular image, a second pass from the
-cache) and shows what the session did. Sends nothing to the real service."""
+cache), downloads a few of its pictures (from the sample's own address, into a temporary
+directory) and shows what the session did. Sends nothing beyond 127.0.0.1."""
+
+
+def _add_api_key(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--api-key",
+        metavar="KEY",
+        default=None,  # None: the session reads $MEIGEN_API_KEY
+        help=f"a MeiGen API key (meigen_sk_...) sent with search requests only, so that its "
+        f"daily quota applies rather than the per-address limit (default: ${API_KEY_ENV}; "
+        "prefer the variable: a command line is visible to other users)",
+    )
 
 
 def _add_media_host(command: argparse.ArgumentParser) -> None:
@@ -264,7 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_SEARCH_EXAMPLES,
         formatter_class=formatter,
     )
-    search.add_argument("query", metavar="QUERY", help="the words to search for")
+    search.add_argument(
+        "query",
+        metavar="QUERY",
+        nargs="?",
+        default="",
+        help="the words to search for; none (or only spaces) lists the newest posts",
+    )
     search.add_argument(
         "--limit",
         type=_int_at_least(1, 20),
@@ -282,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     shown = search.add_mutually_exclusive_group()
     shown.add_argument("--json", action="store_true", help="one JSON object a hit (JSON Lines)")
     shown.add_argument("--ids", action="store_true", help="one id a line, for 'bulk -'")
+    _add_api_key(search)
     search.set_defaults(run=_search)
 
     serve = commands.add_parser(

@@ -140,6 +140,8 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
             concurrency=getattr(args, "concurrency", 16),
             rate_limit=getattr(args, "rate_limit", None),
             cache=cache,
+            # None reads $MEIGEN_API_KEY; a command with no --api-key never searches.
+            api_key=getattr(args, "api_key", ""),
             **_media_options(args),
         )
     except ValueError as exc:  # the options are checked when parsed; this is a backstop
