@@ -15,6 +15,7 @@ from ._download import _download
 from ._get import (
     _get,
 )
+from ._help import HelpFormatter
 from ._options import (
     _MAX_RETRIES,
     BASE_URL_ENV,
@@ -50,8 +51,9 @@ examples (offline, against the bundled sample gallery):
   export MEIGEN_BASE_URL=http://127.0.0.1:8080
   meigen-async get 2013572250852104677
   meigen-async get --json 2013572250852104677 2014980103401885690
-  meigen-async serve --list > ids.txt && meigen-async bulk ids.txt -o images.jsonl
-  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+  meigen-async serve --list > ids.txt
+  meigen-async bulk ids.txt -o images.jsonl
+  meigen-async search "neon city" --ids | meigen-async bulk - -o neon.jsonl
   meigen-async demo
 
 Without --base-url or $MEIGEN_BASE_URL, get and bulk ask the real service.
@@ -61,7 +63,7 @@ Run 'meigen-async COMMAND --help' for a command's options."""
 _GET_EXAMPLES = """\
 examples (start 'meigen-async serve --port 8080' first to try them offline):
   meigen-async get --base-url http://127.0.0.1:8080 2013572250852104677
-  meigen-async get --base-url http://127.0.0.1:8080 --json 2014980103401885690 > image.json
+  meigen-async get --base-url http://127.0.0.1:8080 --json 2014980103401885690
   meigen-async get 2009629483448627597    # the real service
 
 exit status: 0 when every image was fetched, 1 when one failed, 2 for bad input."""
@@ -70,9 +72,9 @@ _BULK_EXAMPLES = """\
 examples (start 'meigen-async serve --port 8080' first to try them offline):
   meigen-async serve --list > ids.txt
   meigen-async bulk --base-url http://127.0.0.1:8080 ids.txt -o images.jsonl
-  cut -f1 export.tsv | meigen-async bulk - --concurrency 32 --rate-limit 20 > images.jsonl
+  cut -f1 export.tsv | meigen-async bulk - --rate-limit 20 > images.jsonl
 
-The ids are read as a stream, one a line (blank lines skipped), so a file of millions of ids
+The ids are read as a stream, one id per line (blank lines skipped), so a file of millions of ids
 runs in flat memory. Each image is written as one JSON line as soon as it arrives, in
 completion order. With --media, an image whose media files did not all download is not
 written: it failed. Failed ids are reported on stderr at the end (grouped by kind when there
@@ -88,7 +90,7 @@ _SEARCH_EXAMPLES = """\
 examples:
   meigen-async search "cherry blossom"
   meigen-async search "neon city" --json --max 50 > hits.jsonl
-  meigen-async search "neon city" --ids --max 500 | meigen-async bulk - -o neon.jsonl
+  meigen-async search "neon city" --ids | meigen-async bulk - -o neon.jsonl
 
 Pages through GET /api/search by offset, each id once, until the results end or --max.
 The service does not document its search, limits it per address, and may change it.
@@ -102,7 +104,7 @@ examples:
   meigen-async serve --list
 
 Prints the URL to stdout, then serves GET /api/images/:id on 127.0.0.1 until Ctrl-C.
---data takes a JSON Lines file, one endpoint 'data' object (with an 'id') a line.
+--data takes a JSON Lines file: one endpoint 'data' object (with an 'id') per line.
 
 exit status: 0 when stopped by SIGINT (Ctrl-C) or SIGTERM, also when started with SIGINT
 ignored; 2 for bad input."""
@@ -141,7 +143,7 @@ exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad inpu
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `meigen-async` and its commands."""
-    formatter = argparse.RawDescriptionHelpFormatter
+    formatter = HelpFormatter
     parser = _Parser(
         prog=_PROG, description=_DESCRIPTION, epilog=_EXAMPLES, formatter_class=formatter
     )
@@ -195,7 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument(
         "--json",
         action="store_true",
-        help="print the images as JSON: an object for one id, a list for several",
+        help="print each image as one line of JSON (JSON Lines, as bulk writes)",
     )
     get.set_defaults(run=_get)
 
@@ -207,7 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_BULK_EXAMPLES,
         formatter_class=formatter,
     )
-    bulk.add_argument("file", metavar="FILE", help="ids, one a line; '-' reads stdin")
+    bulk.add_argument(
+        "file", metavar="FILE", help="a file of ids, one id per line; '-' reads stdin"
+    )
     bulk.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
     bulk.add_argument(
         "--concurrency",
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     bulk.add_argument(
         "--failed",
         metavar="FAILED.txt",
-        help="write the ids that failed or were not attempted here, one a line",
+        help="write the ids that failed or were not attempted here, one id per line",
     )
     bulk.add_argument(
         "--media",
@@ -270,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_int_at_least(1, 20),
         default=20,
         metavar="N",
-        help="results a page, 1 to 20 (default: 20)",
+        help="results per page, 1 to 20 (default: 20)",
     )
     search.add_argument(
         "--max",
@@ -280,8 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="the most hits to list (default: 100)",
     )
     shown = search.add_mutually_exclusive_group()
-    shown.add_argument("--json", action="store_true", help="one JSON object a hit (JSON Lines)")
-    shown.add_argument("--ids", action="store_true", help="one id a line, for 'bulk -'")
+    shown.add_argument("--json", action="store_true", help="one JSON object per hit (JSON Lines)")
+    shown.add_argument("--ids", action="store_true", help="one id per line, for 'bulk -'")
     search.set_defaults(run=_search)
 
     serve = commands.add_parser(
@@ -302,7 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", metavar="FILE.jsonl", help="serve these images (default: the bundled sample)"
     )
     serve.add_argument(
-        "--list", action="store_true", help="print the ids it would serve, one a line, and exit"
+        "--list",
+        action="store_true",
+        help="print the ids it would serve, one id per line, and exit",
     )
     serve.set_defaults(run=_serve)
 
