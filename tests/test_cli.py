@@ -791,7 +791,7 @@ def test_demo_without_rich_says_how_to_install_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "rich", None)  # as if the cli extra were not installed
     assert main(["demo"]) == 2
-    assert "pip install 'meigen-async[cli]'" in one_error_line(capsys.readouterr().err)
+    assert "pip install rich" in one_error_line(capsys.readouterr().err)
 
 
 # -- The package ---------------------------------------------------------------------------------
@@ -857,17 +857,3 @@ def test_serve_list_prints_every_id_it_would_serve(capsys: pytest.CaptureFixture
 async def test_serve_names_a_few_of_its_ids_on_stderr() -> None:
     err = await serve_then_stop(signal.SIGTERM)
     assert re.search(rf"ids: {PLAIN_ID}, \d+, \d+, \d+, \d+ and 55 more", err), err
-
-
-def test_the_progress_bar_labels_its_time_columns() -> None:
-    from meigen_async import cli
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    stream = Terminal()
-    with cli._progress(stream, 2) as advance:
-        advance(True)
-    assert "elapsed" in stream.getvalue()
-    assert "left" in stream.getvalue()

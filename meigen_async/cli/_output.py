@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 _PROG = "meigen-async"
 
+RICH_HINT = "pip install rich, the cli extra"
+"""How to get rich, which draws the progress bar and the demo's table."""
+
 
 _EXIT_OK = 0
 _EXIT_FAILED = 1
@@ -39,6 +42,10 @@ class CommandError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a command that has already said where it stopped."""
 
 
 def _error(message: str) -> None:
