@@ -598,7 +598,8 @@ def _still_there(path: Path, entry: ManifestEntry) -> MediaFile | None:
         return None
     if digest.hexdigest() != entry.sha256:
         return None
-    return media_file(entry.url, path, entry.bytes, entry.sha256, kind, head)
+    found = media_file(entry.url, path, entry.bytes, entry.sha256, kind, head)
+    return attrs.evolve(found, reused=True)
 
 
 def _attach(fd: int, record: bytes) -> bool:

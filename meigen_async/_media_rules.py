@@ -155,6 +155,7 @@ def check_media_url(url: str | URL, hosts: frozenset[str]) -> URL:
             f"refused {shown}: the host {printable(host, 80)} is not in media_hosts "
             f"({', '.join(sorted(hosts)) or 'none'})",
             url=str(url),
+            host=host.rstrip(".").lower(),
         )
     return parsed
 
@@ -208,6 +209,7 @@ def redirect_target(
             f"{refused.message}",
             url=original,
             status=status,
+            host=refused.host,
         ) from None
 
 

@@ -97,7 +97,7 @@ def test_a_relative_redirect_on_an_allowed_host_is_followed():
 
 def test_a_redirect_off_the_allowed_hosts_is_refused():
     here = URL("https://images.meigen.ai/x")
-    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts"):
+    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts") as caught:
         redirect_target(
             301,
             "http://169.254.169.254/latest",
@@ -106,6 +106,7 @@ def test_a_redirect_off_the_allowed_hosts_is_refused():
             hosts=HOSTS,
             original=str(here),
         )
+    assert caught.value.host == "169.254.169.254"  # the target's host, to be named as refused
 
 
 def test_a_redirect_past_the_limit_is_an_error():

@@ -132,13 +132,16 @@ def _add_media_host(command: argparse.ArgumentParser) -> None:
 _DOWNLOAD_EXAMPLES = """\
 examples:
   meigen-async download 2009629483448627597 -o media/
-  meigen-async download 2009629483448627597 2013572250852104677
+  meigen-async download -i ids.txt -o media/
+  meigen-async search "neon city" --ids | meigen-async download -
 
-Prints one line per file (path, bytes, type). Files already complete (each carries a record of
-its URL, size and SHA-256) are not downloaded again. Only http(s) URLs on the media hosts are
-requested.
+Prints one line per file (path, bytes, type, and 'downloaded' or 'already there'), then a
+summary on stderr. A file already complete (each carries a record of its URL, size and
+SHA-256) is not downloaded again. Only http(s) URLs on the media hosts are requested. On a
+terminal, a progress bar counts the images.
 
-exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input."""
+exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad input, 130
+when interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -248,12 +251,17 @@ def build_parser() -> argparse.ArgumentParser:
     download = commands.add_parser(
         "download",
         parents=[remote],
-        help="download the media files of a few images",
-        description="Download the media files of each ID into DIR/{id}/{index}{ext}.",
+        help="download the media files of images, named or from a file or stdin",
+        description="Download the media files of each image into DIR/{id}/{index}{ext}.",
         epilog=_DOWNLOAD_EXAMPLES,
         formatter_class=formatter,
     )
-    download.add_argument("ids", nargs="+", metavar="ID", help="a gallery image id")
+    download.add_argument(
+        "ids", nargs="*", metavar="ID", help="a gallery image id; '-' reads ids from stdin"
+    )
+    download.add_argument(
+        "-i", "--input", metavar="FILE", help="read ids from FILE, one id per line; '-': stdin"
+    )
     download.add_argument(
         "-o", "--output", metavar="DIR", default="media", help="where to write (default: media)"
     )

@@ -26,6 +26,7 @@ from ._failures import FailedIdsWriter, FailureTally
 from ._input import count_ids, open_ids
 from ._options import (
     _session,
+    cli_message,
 )
 from ._output import (
     _EXIT_FAILED,
@@ -251,7 +252,7 @@ def _problem(result: ImageResult | MediaResult) -> tuple[str, str] | None:
     """
     if result.error is None:
         return None
-    return type(result.error).__name__, str(result.error)
+    return type(result.error).__name__, cli_message(result.error)
 
 
 def bulk_summary(done: int, stats: SessionStats) -> str:

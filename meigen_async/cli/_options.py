@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .._protocol import validate_image_id
 from .._transport import image_urls
-from ..errors import MeigenError
+from ..errors import MediaNotAllowed, MeigenError
 from ..retry import RetryPolicy
 from ..session import GallerySession
 from ..sqlite_cache import SQLiteCache
@@ -152,6 +152,17 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
     finally:
         if cache is not None:
             await cache.close()
+
+
+def cli_message(error: MeigenError) -> str:
+    """`error`'s message in the words of the command line: the flag, not the Python parameter.
+
+    A media host refused is named with the option that allows it: `--media-host 127.0.0.1`.
+    """
+    message = error.message.replace("media_hosts", "--media-host")
+    if isinstance(error, MediaNotAllowed) and error.host:
+        message += f"; allow it with --media-host {error.host}"
+    return message
 
 
 def _media_options(args: argparse.Namespace) -> dict[str, Any]:
