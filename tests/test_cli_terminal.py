@@ -25,13 +25,15 @@ from meigen_async.cli._progress import Field, _fitted_progress, _progress, fit
 from meigen_async.testing import FakeGallery
 
 
-def command_names() -> list[str]:
-    commands = next(
-        action
-        for action in build_parser()._actions
-        if isinstance(action, argparse._SubParsersAction)
-    )
-    return sorted(commands.choices)
+def command_lines(parser: argparse.ArgumentParser | None = None) -> list[list[str]]:
+    """Every command and subcommand (`cache info`), as the words that name it."""
+    parser = parser or build_parser()
+    found: list[list[str]] = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, command in action.choices.items():
+                found += [[name], *([name, *rest] for rest in command_lines(command))]
+    return found
 
 
 def help_text(
@@ -50,7 +52,7 @@ def help_text(
 # -- Help ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("argv", [[], *([name] for name in command_names())], ids=str)
+@pytest.mark.parametrize("argv", [[], *command_lines()], ids=" ".join)
 def test_help_at_80_columns_fits_with_every_word_whole(
     argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,6 +10,7 @@ from ..session import DEFAULT_BASE_URL
 from ._bulk import (
     _bulk,
 )
+from ._cache import _cache_clear, _cache_info, _cache_path
 from ._demo import _demo
 from ._download import _download
 from ._get import (
@@ -144,6 +145,54 @@ exit status: 0 when every file was downloaded, 1 when one failed, 2 for bad inpu
 when interrupted."""
 
 
+_CACHE_EXAMPLES = """\
+examples:
+  meigen-async cache info
+  meigen-async cache path
+  meigen-async cache clear --cache /tmp/gallery.sqlite
+
+The commands that talk to a gallery keep the images they fetch (and the ids it does not
+have) in this SQLite file, so that asking again makes no request until they expire. 'clear'
+deletes every entry of a file of ours (never another program's database) and gives the space
+back; the next run starts afresh.
+
+exit status: 0 when done, 1 when the file cannot be read or cleared, 2 for bad input."""
+
+
+def _add_cache(commands: argparse._SubParsersAction[_Parser]) -> None:
+    cache = commands.add_parser(
+        "cache",
+        help="show where the cache is and what it holds, or clear it",
+        description="The SQLite cache of the commands that talk to a gallery.",
+        epilog=_CACHE_EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    actions = cache.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for name, run, summary in (
+        ("path", _cache_path, "print where the cache file is"),
+        ("info", _cache_info, "show the cache's entries, its size, and when they were stored"),
+        ("clear", _cache_clear, "delete every entry of the cache and give the space back"),
+    ):
+        action = actions.add_parser(
+            name,
+            help=summary,
+            description=summary[0].upper() + summary[1:] + ".",
+            formatter_class=HelpFormatter,
+        )
+        _add_cache_file(action)
+        action.set_defaults(run=run)
+
+
+def _add_cache_file(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--cache",
+        metavar="PATH",
+        default=None,
+        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/gallery.sqlite, "
+        "else ~/.cache/meigen-async/gallery.sqlite)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of `meigen-async` and its commands."""
     formatter = HelpFormatter
@@ -174,13 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="retries of a request that failed in a retryable way (default: 3)",
     )
-    remote.add_argument(
-        "--cache",
-        metavar="PATH",
-        default=None,
-        help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/gallery.sqlite, "
-        "else ~/.cache/meigen-async/gallery.sqlite)",
-    )
+    _add_cache_file(remote)
     remote.add_argument(
         "--no-cache",
         action="store_true",
@@ -328,4 +371,5 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=formatter,
     )
     demo.set_defaults(run=_demo)
+    _add_cache(commands)
     return parser

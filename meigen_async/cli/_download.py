@@ -13,7 +13,15 @@ import attrs
 from ._failures import FailureTally
 from ._input import count_ids, open_ids
 from ._options import _check_ids, _session, cli_message
-from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, _print, _print_row
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    _PROG,
+    CommandError,
+    _print,
+    _print_row,
+    human_size,
+)
 from ._progress import _progress
 
 
@@ -28,10 +36,9 @@ class _Tally:
 
     def summary(self) -> str:
         """The line `download` ends with."""
-        size = f"{self.downloaded_bytes / 1e6:,.1f} MB"
         return (
-            f"{_PROG}: {self.images:,} images: {self.downloaded:,} files downloaded ({size}), "
-            f"{self.already_there:,} already there"
+            f"{_PROG}: {self.images:,} images: {self.downloaded:,} files downloaded "
+            f"({human_size(self.downloaded_bytes)}), {self.already_there:,} already there"
         )
 
 

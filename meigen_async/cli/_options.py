@@ -111,11 +111,16 @@ def default_cache_path() -> Path:
     return root / "meigen-async" / "gallery.sqlite"
 
 
+def cache_path(args: argparse.Namespace) -> Path:
+    """The SQLite cache file `--cache` names, else the default one."""
+    return Path(args.cache).expanduser() if args.cache is not None else default_cache_path()
+
+
 def _open_cache(args: argparse.Namespace) -> SQLiteCache | None:
     """The SQLite cache the options ask for, or None (`--no-cache`, or no place for it)."""
     if getattr(args, "no_cache", True):
         return None
-    path = Path(args.cache).expanduser() if args.cache is not None else default_cache_path()
+    path = cache_path(args)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

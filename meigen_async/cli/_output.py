@@ -48,6 +48,21 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped a command that has already said where it stopped."""
 
 
+def human_size(count: int) -> str:
+    """`count` bytes in decimal units, as rich shows them: `287 bytes`, `12.3 kB`, `4.5 MB`.
+
+    Here rather than rich's own: `download` and `cache` run without rich.
+    """
+    if count < 1000:
+        return "1 byte" if count == 1 else f"{count} bytes"
+    value = float(count)
+    for unit in ("kB", "MB", "GB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:,.1f} {unit}"
+    return f"{value / 1000:,.1f} TB"
+
+
 def _error(message: str) -> None:
     _print(f"{_PROG}: error: {message}", sys.stderr)
 
