@@ -106,7 +106,7 @@ async def test_download_dash_reads_ids_from_stdin_and_counts_a_bad_one_as_failed
         str(tmp_path / "one" / "0.png")
     ]
     summary, head, failure = captured.err.splitlines()
-    assert summary.startswith("meigen-async: 2 images: 1 files downloaded")
+    assert summary.startswith("meigen-async: 2 images: 1 file downloaded")
     assert head == "meigen-async: 1 of 2 ids failed:"
     assert failure.startswith("  bad!id: invalid image id 'bad!id'")
 

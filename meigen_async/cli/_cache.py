@@ -14,7 +14,7 @@ from .._sqlite_file import Contents, NotOurs, clear_file, read_contents
 from ..sqlite_cache import BUSY_TIMEOUT
 from ._get import _in_utc
 from ._options import cache_path
-from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, _print, human_size
+from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, _print, counted, human_size
 
 _CLEAR_WAIT = 10 * BUSY_TIMEOUT
 """Seconds `clear` waits for another process's write lock: a user asked, so wait a while."""
@@ -36,8 +36,8 @@ async def _cache_info(args: argparse.Namespace) -> int:
         rows += [
             (
                 "entries",
-                f"{_counted(entries, 'entry', 'entries')} "
-                f"({_counted(contents.images, 'image', 'images')}, {contents.missing:,} not found)",
+                f"{counted(entries, 'entry', 'entries')} "
+                f"({counted(contents.images, 'image', 'images')}, {contents.missing:,} not found)",
             ),
             ("size", human_size(_size(path))),
             ("oldest", _stored(contents.oldest)),
@@ -61,7 +61,7 @@ async def _cache_clear(args: argparse.Namespace) -> int:
     except sqlite3.Error as exc:
         raise CommandError(f"cannot clear {path}: {exc}", _EXIT_FAILED) from None
     freed = max(before - _size(path), 0)
-    cleared = _counted(count, "entry", "entries")
+    cleared = counted(count, "entry", "entries")
     _print(f"{_PROG}: cleared {path}: {cleared}, {human_size(freed)} freed", sys.stdout)
     return _EXIT_OK
 
@@ -94,7 +94,3 @@ def _stored(moment: float | None) -> str:
         return _in_utc(datetime.fromtimestamp(moment, UTC))
     except (OverflowError, ValueError, OSError):  # not a time this machine can show
         return "unknown"
-
-
-def _counted(count: int, one: str, many: str) -> str:
-    return f"{count:,} {one if count == 1 else many}"

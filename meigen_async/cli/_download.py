@@ -20,6 +20,7 @@ from ._output import (
     CommandError,
     _print,
     _print_row,
+    counted,
     human_size,
 )
 from ._progress import _progress
@@ -37,7 +38,8 @@ class _Tally:
     def summary(self) -> str:
         """The line `download` ends with."""
         return (
-            f"{_PROG}: {self.images:,} images: {self.downloaded:,} files downloaded "
+            f"{_PROG}: {counted(self.images, 'image', 'images')}: "
+            f"{counted(self.downloaded, 'file', 'files')} downloaded "
             f"({human_size(self.downloaded_bytes)}), {self.already_there:,} already there"
         )
 

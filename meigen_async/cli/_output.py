@@ -48,6 +48,11 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM stopped a command that has already said where it stopped."""
 
 
+def counted(count: int, one: str, many: str) -> str:
+    """`count` and the noun for it: `1 image`, `2 images`."""
+    return f"{count:,} {one if count == 1 else many}"
+
+
 def human_size(count: int) -> str:
     """`count` bytes in decimal units, as rich shows them: `287 bytes`, `12.3 kB`, `4.5 MB`.
 
