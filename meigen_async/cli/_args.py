@@ -151,7 +151,7 @@ examples:
   meigen-async cache path
   meigen-async cache clear --cache /tmp/gallery.sqlite
 
-The commands that talk to a gallery keep the images they fetch (and the ids it does not
+get, bulk and download keep the images they fetch (and the ids the gallery does not
 have) in this SQLite file, so that asking again makes no request until they expire. 'clear'
 deletes every entry of a file of ours (never another program's database) and gives the space
 back; the next run starts afresh.
@@ -163,7 +163,7 @@ def _add_cache(commands: argparse._SubParsersAction[_Parser]) -> None:
     cache = commands.add_parser(
         "cache",
         help="show where the cache is and what it holds, or clear it",
-        description="The SQLite cache of the commands that talk to a gallery.",
+        description="The SQLite cache of get, bulk and download.",
         epilog=_CACHE_EXAMPLES,
         formatter_class=HelpFormatter,
     )
