@@ -141,7 +141,7 @@ def _fitted_progress(console: Console, doing: str, unit: str, *, redirect_stdout
     spinner, elapsed, left = SpinnerColumn(), TimeElapsedColumn(), TimeRemainingColumn()
 
     def fields(task: Task) -> dict[str, Text]:
-        """The fields this frame may show, but the bar: rendered, in the order they are shown."""
+        """The fields this frame may show, rendered (the bar is drawn once its width is known)."""
         running = task.fields["word"] == doing
         failed: int = task.fields.get("failed", 0)
         media: int = task.fields.get("media", 0)
