@@ -530,4 +530,7 @@ def still_there(directory: ImageDir, entry: ManifestEntry) -> MediaFile | None:
         return None
     if digest.hexdigest() != entry.sha256:
         return None
-    return media_file(entry.url, directory.path / entry.name, entry.bytes, entry.sha256, kind, head)
+    found = media_file(
+        entry.url, directory.path / entry.name, entry.bytes, entry.sha256, kind, head
+    )
+    return attrs.evolve(found, reused=True)

@@ -158,8 +158,14 @@ def check_media_url(url: str | URL, origins: MediaOrigins) -> URL:
             f"refused {shown}: the origin {printable(str(parsed.origin()), 100)} is not in "
             f"media_hosts ({', '.join(origins.entries) or 'none'})",
             url=str(url),
+            host=_entry_for(parsed.scheme, host.rstrip(".").lower(), port),
         )
     return parsed
+
+
+def _entry_for(scheme: str, host: str, port: int) -> str:
+    """The `media_hosts` entry (and `--media-host` value) that allows this origin."""
+    return host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
 def redirect_target(
@@ -221,6 +227,7 @@ def redirect_target(
             f"{refused.message}",
             url=original,
             status=status,
+            host=refused.host,
         ) from None
 
 

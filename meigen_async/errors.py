@@ -187,6 +187,20 @@ class MediaNotAllowed(MediaError, ValueError):
     Raised before any request to it: a refused URL costs no traffic.
     """
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        image_id: str | None = None,
+        status: int | None = None,
+        host: str | None = None,
+    ):
+        super().__init__(message, url=url, image_id=image_id, status=status)
+        self.host: str | None = host
+        """The host that is not in `media_hosts` (a redirect's target's, for a redirect), as
+        `media_hosts` would name it; None when the URL was refused for another reason."""
+
 
 class MediaTooLarge(MediaError):
     """The file is larger than `max_media_bytes` (by `Content-Length`, or while streaming)."""

@@ -395,8 +395,9 @@ class SQLiteCache:
 
         def write(connection: sqlite3.Connection, now: float) -> None:
             connection.execute(
-                "INSERT OR REPLACE INTO entries (id, kind, value, expires) VALUES (?, ?, ?, ?)",
-                (key, stored.kind, stored.value, stored.until),
+                "INSERT OR REPLACE INTO entries (id, kind, value, expires, stored) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, stored.kind, stored.value, stored.until, now),
             )
 
         await self._write(write)

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from meigen_async.cli import hit_line, main
+from meigen_async.cli._search import _cells, hit_header
 from meigen_async.models import SearchHit
 from meigen_async.testing import Answer, FakeGallery
 
@@ -44,16 +45,64 @@ def test_a_hit_line_shows_id_model_author_likes_and_the_prompts_first_line() -> 
     hit = SearchHit(
         id="7", text="\n  a cat\nmore", model="nanobanana", author_username="ann", likes=1234
     )
-    assert hit_line(hit) == "7  nanobanana  @ann  1,234 likes  a cat"
+    assert hit_line(hit).split() == ["7", "nanobanana", "@ann", "1,234", "a", "cat"]
 
 
-async def test_search_lists_one_readable_line_a_hit(
+def test_a_hit_line_shows_a_json_prompts_first_text_not_its_brace() -> None:
+    text = '{\n  "scene": {"subject": "  \\n a red fox\\nin snow", "light": "dusk"}\n}'
+    hit = SearchHit(id="7", text=text)
+    assert hit_line(hit).endswith("  a red fox")
+
+
+def test_hit_lines_align_their_columns_and_fit_80_cells_whatever_the_script() -> None:
+    hits = [
+        SearchHit(id="2013572250852104677", text="x" * 200, model="nanobanana", likes=12),
+        SearchHit(
+            id="2013572250852104678",
+            text="\u732b\u306e\u5199\u771f" * 40,  # wide characters: two cells each
+            model="a-model-with-a-long-name",
+            author_display_name="\u5c71\u7530 \u592a\u90ce of the long name",
+            likes=123_456,
+        ),
+    ]
+    lines = [hit_header(), *(hit_line(hit, 80) for hit in hits)]
+    assert [_cells(line) for line in lines[1:]] == [80, 80]
+    starts = [
+        [_cells(line[: line.index(word)]) for word in words]
+        for line, words in zip(
+            lines,
+            [
+                ["MODEL", "AUTHOR", "PROMPT"],
+                ["nanobanana", "-", "x"],
+                ["a-model", "\u5c71", "\u732b"],
+            ],
+            strict=True,
+        )
+    ]
+    assert starts[0] == starts[1] == starts[2]
+    assert lines[2].endswith("\u2026")
+
+
+async def test_search_lists_a_header_and_one_readable_line_a_hit(
     city: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert await run("search", "neon", "--base-url", city.url, "--max", "3") == 0
-    assert capsys.readouterr().out.splitlines() == [
-        f"{1000 + i}  midjourney  @pixel  {1000 + i:,} likes  neon city, take {i}" for i in range(3)
+    header, *lines = capsys.readouterr().out.splitlines()
+    assert header.split() == ["ID", "MODEL", "AUTHOR", "LIKES", "PROMPT"]
+    assert [line.split() for line in lines] == [
+        [f"{1000 + i}", "midjourney", "@pixel", f"{1000 + i:,}", "neon", "city,", "take", f"{i}"]
+        for i in range(3)
     ]
+
+
+@pytest.mark.parametrize("form", ["--ids", "--json", "--readable"])
+async def test_search_with_no_hits_says_so_on_stderr_and_prints_nothing(
+    form: str, city: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    options = [] if form == "--readable" else [form]
+    assert await run("search", "no such words", "--base-url", city.url, *options) == 0
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "meigen-async: no hits for 'no such words'\n")
 
 
 async def test_search_ids_prints_one_id_a_line_paging_to_max(
@@ -208,6 +257,8 @@ async def test_search_lists_only_hits_with_gallery_ids_and_says_once_how_many_it
     if form == "--ids":
         assert written.out == b"1001\n1004\n"
     else:
+        if form == "--readable":
+            lines = lines[1:]  # the header
         shown = [json.loads(line)["id"] if form == "--json" else line.split()[0] for line in lines]
         assert shown == ["1001", "1004"]
     # Said once, by the library's own check (its warning), with the ids escaped.

@@ -143,7 +143,7 @@ def test_a_relative_redirect_on_an_allowed_host_is_followed():
 
 def test_a_redirect_off_the_allowed_hosts_is_refused():
     here = URL("https://images.meigen.ai/x")
-    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts"):
+    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts") as caught:
         redirect_target(
             301,
             "https://169.254.169.254/latest",
@@ -152,6 +152,7 @@ def test_a_redirect_off_the_allowed_hosts_is_refused():
             origins=HOSTS,
             original=str(here),
         )
+    assert caught.value.host == "169.254.169.254"  # the target's host, to be named as refused
 
 
 def test_a_redirect_from_https_to_http_is_refused_even_on_an_allowed_origin():

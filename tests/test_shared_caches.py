@@ -83,8 +83,8 @@ class SQLiteBackend:
             await self.open()
         with sqlite3.connect(self.path) as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, 'image', ?, ?)",
-                (key, raw, time.time() + 3600),
+                "INSERT OR REPLACE INTO entries VALUES (?, 'image', ?, ?, ?)",
+                (key, raw, time.time() + 3600, time.time()),
             )
 
     async def peek(self, key: str) -> object | None:
