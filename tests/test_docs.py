@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import slow_only
 
 griffe = pytest.importorskip("griffe")
 
@@ -71,6 +72,7 @@ def test_every_public_field_and_parameter_is_documented_with_a_type() -> None:
     assert problems == []
 
 
+@pytest.mark.slow
 def test_no_docstring_in_the_package_holds_rest_markup() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "markdown_docstrings.py"), "--check"],
@@ -82,7 +84,8 @@ def test_no_docstring_in_the_package_holds_rest_markup() -> None:
 
 
 @pytest.fixture(scope="session")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The docs site, built once per test process by `mkdocs build --strict`."""
     pytest.importorskip("mkdocs")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
@@ -95,16 +98,26 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture
+def site(request: pytest.FixtureRequest) -> Path:
+    """The built site; building it takes seconds, so only for tests marked slow."""
+    slow_only(request, "the built docs site (mkdocs build takes seconds)")
+    built: Path = request.getfixturevalue("built_site")
+    return built
+
+
 def _text(html: str) -> str:
     return re.sub(r"<[^>]+>", "", html)
 
 
+@pytest.mark.slow
 def test_the_built_reference_shows_no_literal_rest_roles(site: Path) -> None:
     text = _text((site / "reference" / "index.html").read_text(encoding="utf-8"))
     assert ROLE.findall(text) == []
     assert "``" not in text
 
 
+@pytest.mark.slow
 def test_the_built_reference_shows_each_field_of_gallery_image_with_type_and_default(
     site: Path,
 ) -> None:
@@ -114,6 +127,7 @@ def test_the_built_reference_shows_each_field_of_gallery_image_with_type_and_def
         assert shown in text
 
 
+@pytest.mark.slow
 def test_the_built_reference_links_its_cross_references(site: Path) -> None:
     html = (site / "reference" / "index.html").read_text(encoding="utf-8")
     # The bots module's summary names GalleryImage: a link to its entry, not plain text.

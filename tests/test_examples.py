@@ -15,6 +15,7 @@ from typing import Any
 from unittest.mock import AsyncMock
 
 import pytest
+from helpers import slow_only
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async.bots import discord_embed, telegram_caption
@@ -46,10 +47,17 @@ def discord_bot() -> ModuleType:
     return load_example("discord_bot", "discord")
 
 
-# Importing aiogram takes seconds: the tests using this fixture are marked slow.
 @pytest.fixture(scope="module")
-def telegram_bot() -> ModuleType:
+def telegram_module() -> ModuleType:
     return load_example("telegram_bot", "aiogram")
+
+
+@pytest.fixture
+def telegram_bot(request: pytest.FixtureRequest) -> ModuleType:
+    """The Telegram example; importing aiogram takes seconds, so only for tests marked slow."""
+    slow_only(request, "the Telegram example (importing aiogram takes seconds)")
+    module: ModuleType = request.getfixturevalue("telegram_module")
+    return module
 
 
 @pytest.fixture
@@ -330,6 +338,7 @@ async def test_discord_inspire_command_defers_then_sends_the_embed(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -340,6 +349,7 @@ async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     assert reply == telegram_bot.Reply(image.media_urls[0], telegram_caption(image, "HTML"))
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_explains_the_command_without_words(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -348,6 +358,7 @@ async def test_telegram_inspire_explains_the_command_without_words(
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -357,6 +368,7 @@ async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_request(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -365,6 +377,7 @@ async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_r
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_telegram_dispatcher_routes_inspire(
     telegram_bot: ModuleType, gallery: FakeGallery
 ) -> None:
