@@ -26,19 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import griffe
-
-PACKAGE = "meigen_async"
-ROOT = Path(__file__).resolve().parent.parent
-
-# The modules docs/reference.md renders whole, besides the package's own `__all__`.
-RENDERED_MODULES = (
-    "meigen_async.testing",
-    "meigen_async.bots",
-    "meigen_async.prompt",
-    "meigen_async.cache",
-    "meigen_async.shared",
-    "meigen_async.redis_cache",
-)
+from public_names import PACKAGE, ROOT, documented_names, final_target, load_package
 
 ROLE = re.compile(r":(?:py:)?(class|meth|func|data|attr|mod|exc|obj):`(~?)([^`]+)`")
 LITERAL = re.compile(r"(?<!`)``(?!`)([^`\n]+?)``(?!`)")
@@ -81,38 +69,18 @@ def _lookup(package: griffe.Module, path: str) -> griffe.Object | griffe.Alias |
         return None
 
 
-def _final(obj: griffe.Object | griffe.Alias) -> griffe.Object | None:
-    try:
-        target = obj.final_target if obj.is_alias else obj
-    except (griffe.AliasResolutionError, griffe.CyclicAliasError):
-        return None
-    return target if isinstance(target, griffe.Object) else None
-
-
 class Resolver:
     """Where on the site an object named in a docstring is documented, if it is."""
 
     def __init__(self, package: griffe.Module) -> None:
         self.package = package
-        exported = {}
-        for name in map(str, package.exports or ()):
-            target = _final(package[name]) if name in package.members else None
-            if target is not None:
-                exported[target.path] = f"{PACKAGE}.{name}"
-        self.exported = exported
+        self.documented = documented_names(package)
 
     def anchor(self, obj: griffe.Object) -> str | None:
         """The reference's anchor for `obj`, or None when the reference does not show it."""
-        if obj.path in self.exported:
-            return self.exported[obj.path]
+        if obj.path in self.documented:
+            return self.documented[obj.path]
         parent = obj.parent
-        if isinstance(parent, griffe.Module):
-            public = (
-                obj.name in map(str, parent.exports)
-                if parent.exports
-                else not obj.name.startswith("_")
-            )
-            return obj.path if parent.path in RENDERED_MODULES and public else None
         if isinstance(parent, griffe.Class) and not obj.name.startswith("_"):
             owner = self.anchor(parent)
             return None if owner is None or not obj.docstring else f"{owner}.{obj.name}"
@@ -124,7 +92,7 @@ class Resolver:
         candidates.append(f"{PACKAGE}.{name}")
         for path in candidates:
             found = _lookup(self.package, path)
-            target = _final(found) if found is not None else None
+            target = final_target(found) if found is not None else None
             if target is not None:
                 return self.anchor(target)
         return None
@@ -219,9 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if needed")
     args = parser.parse_args(argv)
-    package = griffe.load(PACKAGE, search_paths=[str(ROOT)], resolve_aliases=True)
-    assert isinstance(package, griffe.Module)
-    resolver = Resolver(package)
+    resolver = Resolver(load_package())
     changed = []
     for path in sorted((ROOT / PACKAGE).rglob("*.py")):
         new = convert_file(path, resolver)

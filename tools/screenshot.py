@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-PAGES = {"home": "", "reference": "reference/"}
+PAGES = {"home": "", "reference": "reference/", "cli": "cli/"}
 """Each screenshot's name and its path under the site."""
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
