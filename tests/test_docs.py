@@ -144,7 +144,7 @@ def test_the_references_error_tree_holds_every_error_under_its_own_bases(
 
 
 @pytest.mark.slow
-def test_no_docstring_in_the_package_holds_rest_markup() -> None:
+def test_no_docstring_in_the_package_or_the_examples_holds_rest_markup() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "tools" / "markdown_docstrings.py"), "--check"],
         capture_output=True,

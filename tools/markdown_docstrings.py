@@ -1,4 +1,4 @@
-"""Rewrite the reST markup left in meigen_async's docstrings as Markdown, in place.
+"""Rewrite the reST markup left in docstrings as Markdown, in place: the package's, the examples'.
 
 mkdocstrings renders docstrings as Markdown, where reST roles show up literally
 (":class:`~meigen_async.cache.MemoryCache`"). This script turns
@@ -7,7 +7,11 @@ mkdocstrings renders docstrings as Markdown, where reST roles show up literally
   an object the API reference documents into an autorefs link,
   `[MemoryCache][meigen_async.cache.MemoryCache]`;
 - any other role (a private helper, the standard library) into a code span, `` `time.time` ``;
-- a reST literal, two backticks either side, into a Markdown code span of one.
+- a reST literal, two backticks either side, into a Markdown code span of one;
+- the `::` that opens a reST literal block into a `:` (the indented block is code in Markdown).
+
+The bot examples in docs/examples are shown on the site as they are, so their roles always
+become code spans.
 
 Only docstrings (bare string statements) are touched, never code. It is idempotent: a second
 run changes nothing. Run it from the repository root:
@@ -30,6 +34,7 @@ from public_names import PACKAGE, ROOT, documented_names, final_target, load_pac
 
 ROLE = re.compile(r":(?:py:)?(class|meth|func|data|attr|mod|exc|obj):`(~?)([^`]+)`")
 LITERAL = re.compile(r"(?<!`)``(?!`)([^`\n]+?)``(?!`)")
+BLOCK_MARKER = re.compile(r"(?<=\S)::$")
 LINE_LENGTH = 100
 ITEM = re.compile(r"\s+[\w*]+(?: \([^)]*\))?: ")
 SECTION = re.compile(r"\s*(?:Args|Arguments|Parameters|Attributes|Raises|Returns|Yields):\s*$")
@@ -88,6 +93,8 @@ class Resolver:
 
     def link(self, name: str, scopes: list[str]) -> str | None:
         """The anchor for `name` as written in a docstring within `scopes`, if documented."""
+        if not scopes[0].startswith(PACKAGE):
+            return None  # an example, shown on the site as code, where a link shows literally
         candidates = [name] if name.startswith(PACKAGE + ".") else [f"{s}.{name}" for s in scopes]
         candidates.append(f"{PACKAGE}.{name}")
         for path in candidates:
@@ -131,7 +138,7 @@ def convert_text(text: str, resolver: Resolver, scopes: list[str]) -> str:
             anchor = resolver.link(name, scopes) if links else None
             return f"[`{shown}`][{anchor}]" if anchor else f"`{shown}`"
 
-        return LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line))
+        return BLOCK_MARKER.sub(":", LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line)))
 
     lines: list[str] = []
     in_section = False
@@ -189,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     resolver = Resolver(load_package())
     changed = []
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+    examples = sorted((ROOT / "docs" / "examples").glob("*.py"))
+    for path in [*sorted((ROOT / PACKAGE).rglob("*.py")), *examples]:
         new = convert_file(path, resolver)
         if new != path.read_text(encoding="utf-8"):
             changed.append(path.relative_to(ROOT))
