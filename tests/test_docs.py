@@ -22,6 +22,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 from public_names import documented_names, load_package, public_modules  # noqa: E402
 
+# One worker loads the package with griffe (a second) and builds the site, not both.
+pytestmark = pytest.mark.xdist_group("docs")
+
 REFERENCE = ROOT / "docs" / "reference.md"
 ROLE = re.compile(r":(?:py:)?(?:class|meth|func|data|attr|mod|exc|obj):`")
 ENTRY = re.compile(r"^::: (\S+)$", re.M)
