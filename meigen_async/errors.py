@@ -13,6 +13,7 @@ __all__ = [
     "InvalidImageId",
     "InvalidQuery",
     "InvalidResponse",
+    "MediaDecompressionBomb",
     "MediaError",
     "MediaHTTPError",
     "MediaNotAllowed",
@@ -20,6 +21,7 @@ __all__ = [
     "MediaRateLimited",
     "MediaServerError",
     "MediaTooLarge",
+    "MediaTooManyFiles",
     "MediaTransportError",
     "MediaWriteError",
     "MeigenError",
@@ -157,6 +159,22 @@ class MediaTooLarge(MediaError):
     """The file is larger than `max_media_bytes` (by `Content-Length`, or while streaming)."""
 
 
+class MediaDecompressionBomb(MediaTooLarge):
+    """The image's header claims more pixels than `max_media_pixels`: a decompression bomb.
+
+    A few kilobytes can declare a picture that takes gigabytes to decode; such a file is not
+    kept, whatever its size in bytes.
+    """
+
+
+class MediaTooManyFiles(MediaError):
+    """The image lists more media URLs than `max_media_files`: the ones past it are refused.
+
+    Raised for the first URL past the limit, with no request to it or to any after it; the
+    files before it are downloaded.
+    """
+
+
 class MediaNotAnImage(MediaError):
     """What came back is not an image of the type its `Content-Type` names.
 
@@ -182,4 +200,8 @@ class MediaTransportError(MediaError, TransportError):
 
 
 class MediaWriteError(MediaError):
-    """The file could not be written under the output directory (its `OSError` as cause)."""
+    """The file could not be written under the output directory (its `OSError` as cause).
+
+    Also raised, before any request, when the image's directory `out/{id}` is a symbolic
+    link (or becomes one while its files are written): nothing is written through it.
+    """

@@ -35,8 +35,9 @@ from ._core import (
 )
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
-from ._media import MediaDownloader, stream_media
-from ._media_rules import host_set
+from ._media import MediaDownloader
+from ._media_rules import origin_set
+from ._media_tasks import stream_media
 from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
@@ -46,7 +47,15 @@ from ._upstream import Pacer, Upstream
 from .cache import CachePolicy, MemoryCache
 from .errors import MeigenError, TransportError
 from .limits import LocalRateLimiter, RateLimiter
-from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
+from .media import (
+    DEFAULT_MAX_MEDIA_BYTES,
+    DEFAULT_MAX_MEDIA_FILES,
+    DEFAULT_MAX_MEDIA_PIXELS,
+    DEFAULT_MEDIA_HOSTS,
+    DEFAULT_MEDIA_TIMEOUT,
+    MediaFile,
+    MediaResult,
+)
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
 from .shared import SharedCache
@@ -105,10 +114,19 @@ class GallerySession:
             are kept in process only, apart from the images.
 
 
-        media_hosts: The only hosts `download_media` and `iter_media` request (exact names;
-            http and https only), redirects included.
+        media_hosts: The only origins `download_media` and `iter_media` request, redirects
+            included: `host` (http and https on their default ports, 80 and 443),
+            `host:port` (that port), or `https://host[:port]` (that scheme only). Names are
+            exact (a subdomain is another host); `ValueError` for an entry of another form.
         max_media_bytes: A larger media file is refused as `MediaTooLarge`.
         media_concurrency: Most media requests in flight at once to one host.
+        media_timeout: Seconds one media request may take, from sending it to its last
+            byte (default 300); past it, the request fails as `MediaTransportError` and is
+            retried as a timeout is. `timeout` still bounds each wait for more of the body.
+        max_media_files: The most media files downloaded for one image (default 16); the
+            URLs past it are refused as `MediaTooManyFiles`, with no request.
+        max_media_pixels: A media file whose header claims more pixels is refused as
+            `MediaDecompressionBomb` (default 178,956,970, Pillow's bomb limit).
 
     """
 
@@ -135,6 +153,9 @@ class GallerySession:
         media_hosts: Iterable[str] = DEFAULT_MEDIA_HOSTS,
         max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
         media_concurrency: int = 8,
+        media_timeout: float = DEFAULT_MEDIA_TIMEOUT,
+        max_media_files: int = DEFAULT_MAX_MEDIA_FILES,
+        max_media_pixels: int = DEFAULT_MAX_MEDIA_PIXELS,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -149,6 +170,9 @@ class GallerySession:
         _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
+        _require(media_timeout > 0, "media_timeout must be positive")
+        _require(max_media_files >= 1, "max_media_files must be at least 1")
+        _require(max_media_pixels >= 1, "max_media_pixels must be at least 1")
         self.base_url: str = base_url.rstrip("/")
         """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
@@ -226,12 +250,15 @@ class GallerySession:
         """Most media requests in flight at once to one host."""
         self._media = MediaDownloader(
             http=self._transport.open,
-            hosts=host_set(media_hosts),
+            origins=origin_set(media_hosts),
             max_bytes=max_media_bytes,
             concurrency=media_concurrency,
             retry=self.retry,
             pacer=pacer,
             timeout=timeout,
+            media_timeout=media_timeout,
+            max_files=max_media_files,
+            max_pixels=max_media_pixels,
         )
         self._closed = False
 
@@ -256,15 +283,17 @@ class GallerySession:
         """Cancel fetches in flight, wait for every task started, close the HTTP session.
 
         Background refreshes are fetches too: cancelled and waited for, none outlives this.
-        Idempotent. A caller still waiting on a cancelled fetch gets `TransportError`. With a
-        shared cache, the deletions and lease releases still running are waited for; the
-        cache itself is left open, for whoever made it to close.
+        Media downloads are cancelled and waited for as well, before the HTTP session they
+        read from is closed; none is retried. Idempotent. A caller still waiting on a
+        cancelled fetch gets `TransportError`, on a download `MediaTransportError`, and
+        `iter_media` ends. With a shared cache, the deletions and lease releases still
+        running are waited for; the cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
         self._closed = True
         self._upstream.close()
-        self._media.close()
+        await self._media.close()
         await self._flights.close()
         await self._searcher.close()
         if self._shared is not None:
@@ -514,12 +543,14 @@ class GallerySession:
         and SHA-256 it still has, is not requested again.
 
         Raises:
-            MediaError: a file could not be downloaded (the others were); its subclass says why.
+            MediaError: a file could not be downloaded (the others were); its subclass says why:
+                `MediaWriteError` when `out/{id}` is a symbolic link, `MediaTransportError`
+                when the session was closed meanwhile.
             InvalidImageId: `image.id` is not a gallery id.
 
         """
         self._ensure_open()
-        files, error = await self._media.download_image(image, out)
+        files, error = await self._media.download(image, out)
         if error is not None:
             raise error
         return files
@@ -533,7 +564,8 @@ class GallerySession:
 
         Ids are fetched first (through the cache). At most twice `media_concurrency` images
         are worked on at once, and `images` is read only that far ahead. Errors are reported
-        in the results, never raised.
+        in the results, never raised. Closing the session ends it: the images in flight are
+        given with a `MediaTransportError`, and no more of `images` is read.
 
         Raises:
             TypeError: `images` is a single `str` or `bytes`.
@@ -545,6 +577,7 @@ class GallerySession:
             images,
             get_image=self.get_image,
             download=functools.partial(self._media.download_image, root=out),
+            tasks=self._media.tasks,
             limit=2 * self.media_concurrency,
         )
 

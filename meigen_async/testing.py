@@ -284,6 +284,14 @@ class FakeGallery:
         return self._url
 
     @property
+    def media_host(self) -> str:
+        """Its `host:port`, e.g. `127.0.0.1:54321`: the `media_hosts` entry for its media files.
+
+        A bare `127.0.0.1` allows only ports 80 and 443, not the free port this one binds.
+        """
+        return self.url.removeprefix("http://")
+
+    @property
     def total_requests(self) -> int:
         """Every request received, to any path."""
         return len(self.paths)
@@ -461,8 +469,8 @@ class FakeGallery:
     def add_media(self, name: str, body: bytes, content_type: str) -> str:
         """Serve `body` at `/media/{name}` under `content_type`; its URL, once started.
 
-        Image data's `media_urls` can point here (give the session `media_hosts` holding
-        `127.0.0.1`). Requests are counted in `media_requests`.
+        Image data's `media_urls` can point here (give the session
+        `media_hosts=[gallery.media_host]`). Requests are counted in `media_requests`.
         """
         self.media[name] = (body, content_type)
         return self.media_url(name) if self._url is not None else f"/media/{name}"

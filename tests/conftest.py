@@ -15,7 +15,7 @@ from clocks import FakeTimer
 from helpers import FAST, keeps_user_attributes
 from hypothesis import HealthCheck, settings
 
-import meigen_async._media
+import meigen_async._media_files
 from meigen_async import GallerySession
 from meigen_async.testing import FakeGallery, sample_images
 
@@ -134,5 +134,5 @@ def media_records(
         if not keeps_user_attributes(tmp_path):
             pytest.skip("this file system keeps no user extended attributes")
     else:
-        monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+        monkeypatch.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
     return str(request.param)

@@ -121,9 +121,9 @@ def _add_media_host(command: argparse.ArgumentParser) -> None:
         "--media-host",
         dest="media_hosts",
         action="append",
-        metavar="HOST",
-        help="a host media may be downloaded from; repeatable, replaces the defaults "
-        "(images.meigen.ai, pbs.twimg.com)",
+        metavar="HOST[:PORT]",
+        help="a host media may be downloaded from, on its scheme's default port unless "
+        "PORT is given; repeatable, replaces the defaults (images.meigen.ai, pbs.twimg.com)",
     )
 
 
