@@ -7,6 +7,7 @@ import errno
 import gc
 import ipaddress
 import logging
+import shutil
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -27,6 +28,24 @@ settings.register_profile("meigen", deadline=None, suppress_health_check=[Health
 settings.load_profile("meigen")
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gallery-prompts.jsonl"
+
+REDIS_FIXTURES = frozenset({"redis_server", "redis_url"})
+"""The fixtures that start a redis-server: a test using one skips when there is none."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip each test that needs redis-server when it is not installed.
+
+    The skip is raised here rather than in the fixtures: pytest reports a skip raised in a
+    fixture at the test's own line, one `-ra` line a test, but a skip raised here at this line,
+    which `-ra` folds into one line with the count.
+    """
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    needs_redis = bool(REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if (needs_redis or "redis" in params) and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: .ci/run installs it; see README")
 
 
 @pytest.fixture(autouse=True)

@@ -111,6 +111,16 @@ def keeps_user_attributes(directory: Path) -> bool:
     return True
 
 
+def slow_only(request: Any, what: str) -> None:
+    """Fail a test that uses `what` (seconds of work) without being marked slow.
+
+    `make quick` leaves out the tests marked slow and must stay quick: an expensive fixture
+    calls this, so that a new test using it cannot slip into the quick run unmarked.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        raise AssertionError(f"{request.node.name} uses {what}: mark it @pytest.mark.slow")
+
+
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims `width` by `height` pixels: a decompression bomb's shape.
 

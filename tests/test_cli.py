@@ -896,6 +896,7 @@ def test_serve_list_prints_every_id_it_would_serve(capsys: pytest.CaptureFixture
     assert PLAIN_ID in ids
 
 
+@pytest.mark.slow
 async def test_serve_names_a_few_of_its_ids_on_stderr() -> None:
     err = await serve_then_stop(signal.SIGTERM)
     assert re.search(rf"ids: {PLAIN_ID}, \d+, \d+, \d+, \d+ and 55 more", err), err

@@ -203,6 +203,7 @@ async def test_search_reports_a_failed_search_in_one_line_with_status_1(
     assert line == "meigen-async: error: search 'neon' (limit 20, offset 0): HTTP 400: bad search"
 
 
+@pytest.mark.slow
 async def test_search_ids_piped_into_bulk_fetches_every_image(city: FakeGallery) -> None:
     read_end, write_end = os.pipe()
     command = [sys.executable, "-m", "meigen_async"]

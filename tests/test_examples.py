@@ -15,6 +15,7 @@ from typing import Any
 from unittest.mock import AsyncMock
 
 import pytest
+from helpers import slow_only
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async.bots import discord_embed, telegram_caption
@@ -46,10 +47,17 @@ def discord_bot() -> ModuleType:
     return load_example("discord_bot", "discord")
 
 
-# Importing aiogram takes seconds: the tests using this fixture are marked slow.
 @pytest.fixture(scope="module")
-def telegram_bot() -> ModuleType:
+def telegram_module() -> ModuleType:
     return load_example("telegram_bot", "aiogram")
+
+
+@pytest.fixture
+def telegram_bot(request: pytest.FixtureRequest) -> ModuleType:
+    """The Telegram example; importing aiogram takes seconds, so only for tests marked slow."""
+    slow_only(request, "the Telegram example (importing aiogram takes seconds)")
+    module: ModuleType = request.getfixturevalue("telegram_module")
+    return module
 
 
 @pytest.fixture
@@ -309,7 +317,7 @@ async def test_discord_inspire_without_words_shows_one_of_the_best_liked_newest_
     assert gallery.searches == [("", 20, 0)]
 
 
-@pytest.mark.parametrize("bot", ["discord", "telegram"])
+@pytest.mark.parametrize("bot", ["discord", pytest.param("telegram", marks=pytest.mark.slow)])
 async def test_inspire_tells_the_daily_quota_from_the_per_address_limit(
     bot: str, request: pytest.FixtureRequest, gallery: FakeGallery
 ) -> None:
@@ -347,6 +355,7 @@ async def test_discord_inspire_command_defers_then_sends_the_embed(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -357,6 +366,7 @@ async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     assert reply == telegram_bot.Reply(image.media_urls[0], telegram_caption(image, "HTML"))
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_without_words_is_a_photo_of_the_newest_posts(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -365,6 +375,7 @@ async def test_telegram_inspire_without_words_is_a_photo_of_the_newest_posts(
     assert gallery.searches == [("", 20, 0)]  # the second answered from the kept page
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -374,6 +385,7 @@ async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_request(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -382,6 +394,7 @@ async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_r
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_telegram_dispatcher_routes_inspire(
     telegram_bot: ModuleType, gallery: FakeGallery
 ) -> None:

@@ -158,6 +158,7 @@ async def test_an_expired_image_is_never_the_answer_without_a_revalidate_window(
 # -- Stale-while-revalidate ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_stale_hit_answers_at_once_while_the_server_is_slow(
     images: list[dict[str, Any]], timer: FakeTimer
 ) -> None:
@@ -203,6 +204,7 @@ async def test_a_burst_of_stale_gets_makes_one_background_request_and_none_waits
     assert stats.cache_hits == 1000
 
 
+@pytest.mark.slow
 async def test_the_sessions_stale_while_revalidate_applies_without_the_directive(
     fresh_gallery: FakeGallery, timer: FakeTimer
 ) -> None:

@@ -362,6 +362,7 @@ async def test_iter_search_ends_at_a_full_page_of_bad_ids(city: FakeGallery) -> 
     assert len(city.searches) == 1
 
 
+@pytest.mark.slow
 async def test_a_2_mb_page_gives_limit_hits(city: FakeGallery) -> None:
     huge = page_of(*({"id": str(i)} for i in range(130_000)))
     assert len(huge.body or b"") <= 2_097_152  # the default max_body_bytes
@@ -380,6 +381,7 @@ async def test_iter_search_over_huge_pages_yields_page_size_hits_a_page(city: Fa
     assert [offset for _, _, offset in city.searches] == [0, 20, 40]
 
 
+@pytest.mark.slow
 async def test_pages_of_huge_prompts_are_evicted_to_stay_within_the_memory_budget(
     city: FakeGallery,
 ) -> None:
