@@ -359,6 +359,20 @@ async def test_get_images_raises_the_first_error(
     assert caught.value.image_id == "missing-one"
 
 
+async def test_get_images_raises_the_first_error_while_other_fetches_are_still_pending(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    held = gallery.ids[0]
+    gallery.script(held, Answer.slow(60))
+    # The 404 a moment later, so that the held request has surely reached the server.
+    gallery.script("missing-one", Answer.slow(0.1))
+    async with asyncio.timeout(5):
+        with pytest.raises(ImageNotFound):
+            await session.get_images([held, "missing-one"])
+    assert gallery.requests[held] == 1
+    assert fetch_tasks() == []
+
+
 async def test_get_images_with_return_exceptions_puts_errors_in_place(
     session: GallerySession, gallery: FakeGallery
 ) -> None:
