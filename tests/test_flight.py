@@ -1,7 +1,7 @@
 """SingleFlight: join, leave, cancel, wait for all, fail fast; with plain coroutines, no HTTP.
 
 An await that ends only when `close`, `leave` or fail-fast cancels a job that is never
-finished is bounded by `soon()`: with that cancellation broken the test fails in a second,
+finished is bounded by `soon()`: with that cancellation broken the test fails in seconds,
 naming the await, rather than hanging.
 """
 
@@ -16,7 +16,7 @@ from meigen_async._flight import SingleFlight
 
 def soon() -> asyncio.Timeout:
     """A bound for an await that a working cancellation ends at once."""
-    return asyncio.timeout(1.0)
+    return asyncio.timeout(5.0)
 
 
 class Closed(Exception):

