@@ -17,6 +17,7 @@ import pytest
 from clocks import FakeTimer
 from helpers import FAST, keeps_user_attributes
 from hypothesis import HealthCheck, settings
+from printable_reports import pytest_report_to_serializable  # noqa: F401 - the hook, registered
 
 import meigen_async._media_files
 from meigen_async import GallerySession

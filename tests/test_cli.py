@@ -174,6 +174,17 @@ async def test_get_never_prints_an_image_its_cache_holds_from_another_gallery(
     assert f"request for image {PLAIN_ID} failed" in one_error_line(captured.err)
 
 
+async def test_get_without_retries_given_retries_three_times(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Retry-After: 0 makes each retry at once; one 503 more than the default allows for.
+    busy = Answer.error(503, "Busy", {"Retry-After": "0"})
+    gallery.script(PLAIN_ID, *[busy] * 5)
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
+    assert "HTTP 503" in one_error_line(capsys.readouterr().err)
+    assert gallery.requests[PLAIN_ID] == 4
+
+
 async def test_get_reports_a_missing_image_with_status_1(
     gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -130,6 +130,15 @@ async def test_download_without_ids_is_a_usage_error(capsys: pytest.CaptureFixtu
     assert "no ids" in capsys.readouterr().err
 
 
+async def test_download_refuses_an_invalid_id_with_status_2_before_any_request(
+    media_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["download", "two", "not/an id", "-o", str(tmp_path), "--base-url", media_gallery.url]
+    assert await run(*argv, "--media-host", media_gallery.media_host) == 2
+    assert "invalid image id 'not/an id'" in capsys.readouterr().err
+    assert media_gallery.total_requests == 0
+
+
 async def test_download_off_the_media_hosts_names_the_flag_that_allows_it(
     media_gallery: FakeGallery, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -682,6 +682,17 @@ async def test_a_redis_that_refuses_connections_fails_no_call_and_warns_once(
     assert len(records(logs, logging.WARNING)) == 1
 
 
+async def test_try_lease_returns_a_token_while_redis_is_down() -> None:
+    # Nobody can hold the lease then: a None would leave the caller waiting on nobody.
+    cache = RedisCache(f"redis://127.0.0.1:{free_port()}/0", prefix=PREFIX)
+    try:
+        # The first call finds Redis down; the second comes during the back-off.
+        tokens = [await cache.try_lease(MISSING, 1000) for _ in range(2)]
+    finally:
+        await cache.close()
+    assert all(isinstance(token, str) and token for token in tokens), tokens
+
+
 @pytest.mark.slow
 async def test_a_redis_that_never_answers_costs_at_most_its_timeout(
     gallery: FakeGallery,
