@@ -29,7 +29,7 @@ from meigen_async import GalleryImage, GallerySession
 
 from .common import Config, Metrics, alternate, log, perf_counter, ratio_entry, summarise
 from .common import target_entry as target
-from .media import _images, _settle, _start_server
+from .media import _images, _origins, _settle, _start_server
 
 __all__ = ["run"]
 
@@ -38,7 +38,7 @@ FORMATS = ("webdataset", "parquet", "imagefolder")
 
 async def _download(url: str, images: list[GalleryImage], out: Path) -> int:
     total = 0
-    async with GallerySession(url, media_hosts=["127.0.0.1"]) as session:
+    async with GallerySession(url, media_hosts=_origins(images)) as session:
         async for result in session.iter_media(images, out):
             if result.error is not None:
                 raise result.error
@@ -54,7 +54,7 @@ _SHARD = 100
 async def _export(
     url: str, images: list[GalleryImage], out: Path, fmt: str, shard_size: int = _SHARD
 ) -> int:
-    async with GallerySession(url, media_hosts=["127.0.0.1"]) as session:
+    async with GallerySession(url, media_hosts=_origins(images)) as session:
         summary = await session.export(images, out, format=fmt, shard_size=shard_size)  # type: ignore[arg-type]
     if summary.counts["success"] != len(images):
         raise RuntimeError(f"the export wrote {summary.counts}")

@@ -42,7 +42,7 @@ from ._export_rules import (
 )
 from ._export_run import ExportRun
 from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord
-from ._media import UNSYNCED
+from ._media_files import UNSYNCED
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
 from .export import ExportProgress, ExportSummary

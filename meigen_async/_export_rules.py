@@ -24,6 +24,7 @@ from .errors import (
     MediaNotAllowed,
     MediaNotAnImage,
     MediaTooLarge,
+    MediaTooManyFiles,
     MeigenError,
 )
 from .media import MediaFile
@@ -118,14 +119,15 @@ def status_of(error: MeigenError) -> str:
     """The status of a sample that failed with `error`.
 
     `not_found`: no such post, no such picture (404, 410), or no gallery id at all;
-    `refused`: the picture's host, type, size or pixels were refused before it was kept;
+    `refused`: the picture's host, type, size or pixels (`MediaDecompressionBomb`, a
+    `MediaTooLarge`) were refused before it was kept, or it was past `max_media_files`;
     `failed_to_download`: anything else (the network, a 5xx, a 429 past every retry, a disk).
     """
     if isinstance(error, (ImageNotFound, InvalidImageId)):
         return "not_found"
     if isinstance(error, MediaHTTPError) and error.status in (404, 410):
         return "not_found"
-    if isinstance(error, (MediaNotAllowed, MediaNotAnImage, MediaTooLarge)):
+    if isinstance(error, (MediaNotAllowed, MediaNotAnImage, MediaTooLarge, MediaTooManyFiles)):
         return "refused"
     return "failed_to_download"
 

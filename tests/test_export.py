@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from conftest import MediaHost, picture
+from helpers import media_origin
 
 import meigen_async._export
 from meigen_async import ExportError, GallerySession, RetryPolicy, UpstreamUnreachable
@@ -78,7 +79,8 @@ def _gallery(posts: dict[str, list[str]]) -> FakeGallery:
 
 async def _export(gallery: FakeGallery, out: Path, **options: Any) -> Any:
     inputs = options.pop("inputs", INPUT)
-    async with GallerySession(gallery.url, media_hosts=["127.0.0.1"], retry=NO_RETRY) as session:
+    hosts = [media_origin(gallery)]
+    async with GallerySession(gallery.url, media_hosts=hosts, retry=NO_RETRY) as session:
         return await session.export(inputs, out, **options)
 
 
@@ -185,7 +187,7 @@ async def test_pictures_downloaded_before_are_reused_and_their_opt_outs_kept(med
     posts = _posts(media_host)
     media = tmp_path / "media"
     async with _gallery(posts) as gallery:
-        async with GallerySession(gallery.url, media_hosts=["127.0.0.1"]) as session:
+        async with GallerySession(gallery.url, media_hosts=[media_host.origin]) as session:
             for image_id in ("p1", "p2", "p3"):
                 await session.download_media(await session.get_image(image_id), media)
         media_host.requests.clear()
@@ -281,7 +283,7 @@ def _command(gallery: FakeGallery, out: Path, ids: Path) -> list[str]:
     return [
         sys.executable, "-m", "meigen_async", "export", str(out), str(ids),
         "--format", "webdataset", "--shard-size", "2", "--base-url", gallery.url,
-        "--media-host", "127.0.0.1", "--no-cache", "--retries", "0",
+        "--media-host", media_origin(gallery), "--no-cache", "--retries", "0",
     ]  # fmt: skip
 
 

@@ -17,8 +17,8 @@ from ..export import ExportProgress, ExportSummary
 from ..session import GallerySession
 from ._bulk import _resume_command, _sigterm_as_interrupt
 from ._input import count_ids, open_ids
-from ._options import _session
-from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, _print
+from ._options import _session, cli_message
+from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, Interrupted, _print
 from ._progress import _progress
 
 __all__ = ["export_summary"]
@@ -35,8 +35,9 @@ async def _export(args: argparse.Namespace) -> int:
         try:
             summary = await _run(args, ids, total, source)
         except asyncio.CancelledError:
+            # After the bar's last frame: the one message a Ctrl-C (or SIGTERM) gives.
             _print(f"{_PROG}: interrupted: resume with: {_resume_command(args)}", sys.stderr)
-            raise
+            raise Interrupted from None
     _print(export_summary(summary), sys.stderr)
     return _EXIT_FAILED if summary.failed else _EXIT_OK
 
@@ -47,13 +48,13 @@ async def _run(
     total: int | None,
     source: str,
 ) -> ExportSummary:
-    with _progress(sys.stderr, total, unit="posts", verb="exporting") as advance:
+    with _progress(sys.stderr, total, doing="exporting", unit="posts") as tracker:
         last = ExportProgress(0, 0, 0, 0, 0, 0)
 
         def progress(now: ExportProgress) -> None:
             nonlocal last
             ok = now.failed == last.failed
-            advance(ok, now.bytes - last.bytes, now.samples - last.samples)
+            tracker.advance(ok, now.bytes - last.bytes, now.samples - last.samples)
             last = now
 
         try:
@@ -80,7 +81,7 @@ async def _run(
             raise CommandError(str(exc)) from None
         except MeigenError as error:  # the search failed
             raise CommandError(
-                f"{error.message}; resume with: {_resume_command(args)}", _EXIT_FAILED
+                f"{cli_message(error)}; resume with: {_resume_command(args)}", _EXIT_FAILED
             ) from None
 
 
