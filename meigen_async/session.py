@@ -636,6 +636,8 @@ class GallerySession:
                 pictures' host (2 x `concurrency`, at least 20): the export stopped, keeping
                 the shards done.
             MeigenError: reading `images` failed (a search, say), as one of its subclasses.
+            RuntimeError: the session was closed, before or while it ran (its downloads are
+                ended by `close()`; the shards done are kept, no row says a picture failed).
 
         """
         self._ensure_open()

@@ -254,6 +254,28 @@ async def test_an_unreachable_host_stops_the_export_without_a_shard_of_its_failu
     assert set(_statuses(out).values()) == {"success"}
 
 
+async def test_close_ends_an_exports_downloads_and_writes_no_row_saying_they_failed(
+    media_host, tmp_path
+):
+    # Two posts whose host is slow: close() comes while both downloads are running.
+    posts = {f"s{n}": [media_host.add(f"s{n}", PNG, delay=30.0)] for n in range(2)}
+    out = tmp_path / "out"
+    async with _gallery(posts) as gallery:
+        session = GallerySession(gallery.url, media_hosts=[media_host.origin], retry=NO_RETRY)
+        async with session:
+            export = asyncio.ensure_future(
+                session.export(list(posts), out, format="webdataset", shard_size=1)
+            )
+            for _ in range(500):  # bounded: until both downloads have been asked for
+                if len(media_host.requests) == 2:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.wait_for(session.close(), 5)
+            with pytest.raises(RuntimeError, match="closed"):
+                await asyncio.wait_for(export, 5)
+    assert not list(out.glob("*_status.*"))
+
+
 async def test_without_pyarrow_metadata_and_status_tables_are_json_lines(
     media_host, tmp_path, monkeypatch
 ):

@@ -14,11 +14,13 @@ from meigen_async._export_rules import COLUMNS, json_row, sample_key, sample_row
 from meigen_async.errors import (
     ImageNotFound,
     InvalidImageId,
+    MediaDecompressionBomb,
     MediaHTTPError,
     MediaNotAllowed,
     MediaNotAnImage,
     MediaServerError,
     MediaTooLarge,
+    MediaTooManyFiles,
     MediaTransportError,
     MeigenError,
     TransportError,
@@ -48,6 +50,8 @@ def test_keys_carry_no_dot_and_two_pictures_never_share_one(a, i, b, j):
         (MediaNotAllowed("host"), "refused"),
         (MediaNotAnImage("html"), "refused"),
         (MediaTooLarge("big"), "refused"),
+        (MediaDecompressionBomb("pixels"), "refused"),
+        (MediaTooManyFiles("files"), "refused"),
     ],
 )
 def test_a_failure_has_the_status_img2dataset_users_expect(error: MeigenError, status: str):
