@@ -32,6 +32,7 @@ from ._core import (
     look_up,
     may_refresh,
     remembered_404,
+    unreachable_after,
 )
 from ._export import export_images
 from ._fetch import Fetcher
@@ -652,7 +653,7 @@ class GallerySession:
             media=media,
             ignore_opt_out=ignore_opt_out,
             window=4 * self.media_concurrency,
-            stop_after=max(20, 2 * self.concurrency),
+            stop_after=unreachable_after(self.concurrency),
             progress=progress,
             command=command or f"GallerySession.export(format={format!r})",
             gallery=self.base_url,
