@@ -4,6 +4,7 @@ from ._version import __version__
 from .errors import (
     ApiError,
     DailyLimitReached,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -25,6 +26,7 @@ from .errors import (
     TransportError,
     UpstreamUnreachable,
 )
+from .export import ExportProgress, ExportSummary
 from .limits import LocalRateLimiter, RateLimiter
 from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
@@ -35,6 +37,9 @@ from .session import GallerySession
 __all__ = [
     "ApiError",
     "DailyLimitReached",
+    "ExportError",
+    "ExportProgress",
+    "ExportSummary",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",

@@ -67,6 +67,7 @@ __all__ = [
     "read_response",
     "remembered_404",
     "retold",
+    "unreachable_after",
 ]
 
 
@@ -447,3 +448,12 @@ class Tally:
             refreshed=self.refreshed,
             search_hits_skipped=self.skipped_hits,
         )
+
+
+def unreachable_after(concurrency: int) -> int:
+    """Transport failures in a row after which a long job takes its upstream as unreachable.
+
+    More than two full waves of requests: one network blip fails every request in flight at
+    once, and should not end a long job; the ids started after it failing too should.
+    """
+    return max(20, 2 * concurrency)

@@ -41,6 +41,7 @@ from ._media_rules import (
     file_name,
     head_pixels,
     media_dir,
+    opts_out,
     redirect_target,
     status_error,
     too_large,
@@ -340,6 +341,7 @@ class MediaDownloader:
         if length is not None and length > limit:
             raise too_large(url, limit, f"Content-Length is {length}", status)
         content_type = resp.headers.get("Content-Type")
+        opted_out = opts_out(resp.headers.getall("X-Robots-Tag", ()))
         head = b""
         pending: list[bytes] = []  # the first chunks, until the type is known
         size = 0
@@ -379,4 +381,5 @@ class MediaDownloader:
             if out is not None:
                 await out.discard()
             raise
-        return Received(out, url, directory, file_name(index, kind), kind, head, size)
+        name = file_name(index, kind)
+        return Received(out, url, directory, name, kind, head, size, opted_out)

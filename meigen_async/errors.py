@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "ApiError",
     "DailyLimitReached",
+    "ExportError",
     "ImageNotFound",
     "InvalidImageId",
     "InvalidQuery",
@@ -251,4 +252,15 @@ class MediaWriteError(MediaError):
 
     Also raised, before any request, when the image's directory `out/{id}` is a symbolic
     link (or becomes one while its files are written): nothing is written through it.
+    """
+
+
+# -- Exporting datasets ----------------------------------------------------------------------------
+
+
+class ExportError(MeigenError):
+    """An export cannot go on: OUT holds something else, or a shard could not be written.
+
+    A shard's files appear whole or not at all, so what is done stays done; the `OSError`
+    of a failed write is kept as `__cause__`.
     """

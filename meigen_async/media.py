@@ -66,6 +66,9 @@ class MediaFile:
 
     Left out of comparisons: the file is the same either way.
     """
+    opted_out: bool = False
+    """Its response carried `X-Robots-Tag: noai` or `noimageai`: its author does not want it
+    used for AI. Kept in the file's record, so a file found on disk says it too."""
 
 
 @attrs.frozen(slots=True)

@@ -11,7 +11,7 @@ import asyncio
 import functools
 import logging
 import os
-from collections.abc import AsyncGenerator, AsyncIterable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from types import TracebackType
 from typing import Literal, overload
 
@@ -32,7 +32,9 @@ from ._core import (
     look_up,
     may_refresh,
     remembered_404,
+    unreachable_after,
 )
+from ._export import export_images
 from ._fetch import Fetcher
 from ._flight import Flight, SingleFlight
 from ._media import MediaDownloader
@@ -46,7 +48,8 @@ from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
 from ._upstream import Pacer, Upstream
 from .cache import CachePolicy, MemoryCache
-from .errors import MeigenError, TransportError
+from .errors import MediaError, MediaTransportError, MeigenError, TransportError
+from .export import DEFAULT_SHARD_SIZE, ExportFormat, ExportProgress, ExportSummary
 from .limits import LocalRateLimiter, RateLimiter
 from .media import (
     DEFAULT_MAX_MEDIA_BYTES,
@@ -594,6 +597,82 @@ class GallerySession:
             tasks=self._media.tasks,
             limit=2 * self.media_concurrency,
         )
+
+    async def export(
+        self,
+        images: Iterable[str | GalleryImage] | AsyncIterable[str | GalleryImage],
+        out: str | os.PathLike[str],
+        *,
+        format: ExportFormat,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        resume: bool = False,
+        media: str | os.PathLike[str] | None = None,
+        ignore_opt_out: bool = False,
+        progress: Callable[[ExportProgress], None] | None = None,
+        command: str | None = None,
+        source: str = "the posts given",
+    ) -> ExportSummary:
+        """Export the pictures of `images` (ids or images) with their prompts as a dataset.
+
+        `format` is `"imagefolder"`, `"webdataset"` or `"parquet"`, laid out in `out` as
+        docs/datasets.md says, with a status table and stats per shard and a dataset card
+        (`README.md`). Pictures come through `download_media`'s own path (hosts, size, type
+        and pixel checks, retries, the rate limit), into `media` (default: `out/.media`,
+        emptied as shards are done); pictures already there with their records are not
+        downloaded again. A picture whose host sends `X-Robots-Tag: noai` or `noimageai` is
+        not written (`ignore_opt_out=True` writes it, and the card says so).
+
+        `out` must be empty or new, unless `resume=True`: then the shards done are kept and
+        the input read past them (give the same input), and the rest is made again. Shards
+        appear whole, by rename, so a kill at any moment leaves only whole shards. `images`
+        is read lazily, and memory holds at most a few shards' rows, plus the set of ids
+        seen (each id is exported once).
+
+        Raises:
+            ValueError: before any I/O, for an unknown `format` or a `shard_size` outside 1
+                to 10,000.
+            ExportError: `out` is not empty (without `resume`), holds another export, or
+                cannot be written; or the input differs from the one a resumed export had.
+            UpstreamUnreachable: a run of posts could not reach the gallery or their
+                pictures' host (2 x `concurrency`, at least 20): the export stopped, keeping
+                the shards done.
+            MeigenError: reading `images` failed (a search, say), as one of its subclasses.
+            RuntimeError: the session was closed, before or while it ran (its downloads are
+                ended by `close()`; the shards done are kept, no row says a picture failed).
+
+        """
+        self._ensure_open()
+        return await export_images(
+            images,
+            out,
+            get_image=self.get_image,
+            download=self._export_download,
+            fmt=format,
+            shard_size=shard_size,
+            resume=resume,
+            media=media,
+            ignore_opt_out=ignore_opt_out,
+            window=4 * self.media_concurrency,
+            stop_after=unreachable_after(self.concurrency),
+            progress=progress,
+            command=command or f"GallerySession.export(format={format!r})",
+            gallery=self.base_url,
+            source=source,
+        )
+
+    async def _export_download(
+        self, image: GalleryImage, root: str | os.PathLike[str]
+    ) -> tuple[list[MediaFile], MediaError | None]:
+        """`download_media`'s owned download, so that `close()` ends an export's downloads too.
+
+        A download ended by `close()` is no failure of its picture: the export stops (as any
+        call on a closed session does), rather than writing a row that says it failed.
+        """
+        try:
+            return await self._media.download(image, root)
+        except MediaTransportError:
+            self._ensure_open()
+            raise
 
     # -- Cache control and counters ------------------------------------------------------------
 

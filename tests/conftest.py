@@ -1,19 +1,26 @@
-"""Shared fixtures: the sample gallery over loopback, and a loop that fails on leaked tasks."""
+"""Shared fixtures: the sample gallery over loopback, a media host, and a loop that fails on
+leaked tasks."""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import gc
+import io
 import ipaddress
 import logging
+import os
 import shutil
 import socket
+import tempfile
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
+from aiohttp import web
 from clocks import FakeTimer
 from helpers import FAST, keeps_user_attributes
 from hypothesis import HealthCheck, settings
@@ -27,6 +34,27 @@ from meigen_async.testing import FakeGallery, sample_images
 # take longer than hypothesis's 200 ms default, and that is no failure of the code under test.
 settings.register_profile("meigen", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("meigen")
+
+_HF_HOME: str | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hugging Face's libraries offline, their caches in a temporary directory (not home)."""
+    global _HF_HOME
+    _HF_HOME = tempfile.mkdtemp(prefix="meigen-hf-")
+    os.environ.update(
+        HF_HOME=_HF_HOME,
+        HF_DATASETS_CACHE=os.path.join(_HF_HOME, "datasets"),
+        HF_DATASETS_OFFLINE="1",
+        HF_HUB_OFFLINE="1",
+        HF_HUB_DISABLE_TELEMETRY="1",
+    )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _HF_HOME is not None:
+        shutil.rmtree(_HF_HOME, ignore_errors=True)
+
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gallery-prompts.jsonl"
 
@@ -172,3 +200,74 @@ def media_records(
     else:
         monkeypatch.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
     return str(request.param)
+
+
+def picture(
+    kind: str = "PNG", size: tuple[int, int] = (8, 6), rgb: tuple[int, ...] = (200, 30, 60)
+) -> bytes:
+    """A real small picture, encoded by Pillow (`PNG` or `JPEG`)."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", size, rgb).save(out, kind)
+    return out.getvalue()
+
+
+@attrs.define
+class MediaHost:
+    """A media host on 127.0.0.1: files by name, each with its headers, delay and status."""
+
+    url: str = ""
+    files: dict[str, tuple[int, bytes, str, dict[str, str], float]] = attrs.field(factory=dict)
+    requests: Counter[str] = attrs.field(factory=Counter)
+
+    @property
+    def origin(self) -> str:
+        """Its `127.0.0.1:{port}`: the `media_hosts` entry (and `--media-host`) that allows it."""
+        return self.url.removeprefix("http://")
+
+    def add(
+        self,
+        name: str,
+        body: bytes,
+        content_type: str = "image/png",
+        *,
+        headers: dict[str, str] | None = None,
+        status: int = 200,
+        delay: float = 0.0,
+    ) -> str:
+        """Serve `body` at `/m/{name}` (status 0: drop the connection instead); its URL."""
+        self.files[name] = (status, body, content_type, dict(headers or {}), delay)
+        return f"{self.url}/m/{name}"
+
+    async def serve(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        self.requests[name] += 1
+        status, body, content_type, headers, delay = self.files.get(
+            name, (404, b"not found", "text/plain", {}, 0.0)
+        )
+        if delay:
+            await asyncio.sleep(delay)
+        if status == 0 and request.transport is not None:
+            request.transport.close()
+        return web.Response(
+            status=status or 500, body=body, content_type=content_type, headers=headers
+        )
+
+
+@pytest.fixture
+async def media_host() -> AsyncIterator[MediaHost]:
+    """A `MediaHost` serving on a free loopback port."""
+    host = MediaHost()
+    app = web.Application()
+    app.router.add_get("/m/{name}", host.serve)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    host.url = f"http://127.0.0.1:{port}"
+    try:
+        yield host
+    finally:
+        await runner.cleanup()

@@ -12,6 +12,7 @@ from meigen_async import errors
 from meigen_async.errors import (
     ApiError,
     DailyLimitReached,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -56,6 +57,7 @@ SUBCLASSES = [
     MediaTooManyFiles,
     MediaTransportError,
     MediaWriteError,
+    ExportError,
 ]
 
 

@@ -16,6 +16,7 @@ from meigen_async._media_rules import (
     file_name,
     head_pixels,
     media_dir,
+    opts_out,
     origin_set,
     redirect_target,
     status_error,
@@ -266,3 +267,23 @@ def test_only_names_that_file_name_makes_have_an_index(name, index):
 def test_an_id_that_is_no_gallery_id_makes_no_path(image_id):
     with pytest.raises(InvalidImageId):
         media_dir(Path("out"), image_id)
+
+
+@pytest.mark.parametrize(
+    ("values", "opted_out"),
+    [
+        (["noai"], True),
+        (["noindex, NoImageAI"], True),
+        (["noindex", "noai"], True),
+        (["meigen-async: noai"], True),
+        (["noai, unavailable_after: 25 Jun 2030 15:00:00 PST"], True),
+        (["unavailable_after: 25 Jun 2030 15:00:00 PST, noimageai"], True),
+        (["GPTBot: noai"], False),
+        (["noindex, nofollow"], False),
+        (["unavailable_after: 25 Jun 2030 15:00:00 PST"], False),
+        (["noairplane"], False),
+        ([], False),
+    ],
+)
+def test_x_robots_tag_opts_out_for_everyone_or_for_us(values, opted_out):
+    assert opts_out(values) is opted_out

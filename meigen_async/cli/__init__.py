@@ -1,4 +1,6 @@
-"""The `meigen-async` command line: `get`, `bulk`, `search`, `download`, `cache`, `serve`, `demo`.
+"""The `meigen-async` command line.
+
+Its commands: `get`, `bulk`, `search`, `download`, `export`, `cache`, `serve` and `demo`.
 
 Every command that talks to a gallery takes `--base-url` (default: `$MEIGEN_BASE_URL`, else
 the real service) and `--timeout`. Bad input is reported as one `meigen-async: error: ...`
@@ -11,8 +13,8 @@ Every readable line shows what a terminal would act on (controls, escape sequenc
 overrides, a newline inside a field) escaped (`_text.terminal_safe`); JSON stays exact JSON.
 
 rich (the `cli` extra) draws the progress bar and the demo's table. It is imported only
-where it is needed, so every command but `demo` runs without it (`bulk` and `download` then
-draw no bar, and say how to get one).
+where it is needed, so every command but `demo` runs without it (`bulk`, `download` and
+`export` then draw no bar, and say how to get one).
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ from typing import NoReturn
 
 from .._quota import API_KEY_ENV
 from .._version import __version__
+from ..export import DEFAULT_SHARD_SIZE, FORMATS, MAX_SHARD_SIZE
 from ..session import DEFAULT_BASE_URL
 from ._bulk import (
     _bulk,
@@ -14,6 +15,7 @@ from ._bulk import (
 from ._cache import _cache_clear, _cache_info, _cache_path
 from ._demo import _demo
 from ._download import _download
+from ._export import _export
 from ._get import (
     _get,
 )
@@ -149,6 +151,23 @@ def _add_media_host(command: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_pacing(command: argparse.ArgumentParser) -> None:
+    command.add_argument(
+        "--concurrency",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="most requests in flight at once (default: 16)",
+    )
+    command.add_argument(
+        "--rate-limit",
+        type=_positive_float,
+        default=None,
+        metavar="R",
+        help="most requests per second (default: no limit)",
+    )
+
+
 _DOWNLOAD_EXAMPLES = """\
 examples:
   meigen-async download 2009629483448627597 -o media/
@@ -210,6 +229,25 @@ def _add_cache_file(command: argparse.ArgumentParser) -> None:
         help="the SQLite cache file (default: $XDG_CACHE_HOME/meigen-async/gallery.sqlite, "
         "else ~/.cache/meigen-async/gallery.sqlite)",
     )
+
+
+_EXPORT_EXAMPLES = """\
+examples (start 'meigen-async serve --port 8080' first to try them offline):
+  meigen-async export neon/ --query "neon city" --format webdataset
+  meigen-async serve --list | meigen-async export gallery/ - --format parquet
+  meigen-async export gallery/ ids.txt --format imagefolder --media media/
+  meigen-async export gallery/ ids.txt --format imagefolder --media media/ --resume
+
+One sample per picture, keyed {id}_{index}, with its prompt and metadata. Every shard has a
+status table ({shard}_status.parquet: a row for every input sample, failures included) and
+{shard}_stats.json; OUT gets a dataset card (README.md). Pictures whose host sends
+X-Robots-Tag: noai or noimageai are not written, unless --ignore-opt-out (for pictures you
+have the rights to; the card says it was used). --resume keeps the shards done and makes the
+rest; shards appear whole, by rename, so a kill at any moment leaves only whole shards.
+Pictures already in --media DIR (from download or bulk --media) are not downloaded again.
+
+exit status: 0 when every sample was written (or opted out), 1 when one failed or the export
+stopped, 2 for bad input, 130 when interrupted."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -278,20 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "file", metavar="FILE", help="a file of ids, one id per line; '-' reads stdin"
     )
     bulk.add_argument("-o", "--output", metavar="OUT", help="write here instead of stdout")
-    bulk.add_argument(
-        "--concurrency",
-        type=_int_at_least(1),
-        default=16,
-        metavar="N",
-        help="most requests in flight at once (default: 16)",
-    )
-    bulk.add_argument(
-        "--rate-limit",
-        type=_positive_float,
-        default=None,
-        metavar="R",
-        help="most requests per second (default: no limit)",
-    )
+    _add_pacing(bulk)
     bulk.add_argument(
         "--resume",
         action="store_true",
@@ -329,6 +354,53 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_media_host(download)
     download.set_defaults(run=_download)
+
+    export = commands.add_parser(
+        "export",
+        parents=[remote],
+        help="export pictures with their prompts as a dataset (imagefolder, webdataset, parquet)",
+        description="Export gallery pictures with their prompts into OUT as a dataset that "
+        "Hugging Face datasets, webdataset and pyarrow read.",
+        epilog=_EXPORT_EXAMPLES,
+        formatter_class=formatter,
+    )
+    export.add_argument("output", metavar="OUT", help="the dataset's directory")
+    export.add_argument(
+        "file", metavar="IDS_FILE", nargs="?", help="ids, one per line; '-' reads stdin"
+    )
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--query", metavar="Q", help="export the posts a gallery search finds")
+    which.add_argument("--all", action="store_true", help="export every post of the gallery")
+    export.add_argument(
+        "--format", required=True, choices=FORMATS, help="the dataset's layout (required)"
+    )
+    export.add_argument(
+        "--shard-size",
+        type=_int_at_least(1, MAX_SHARD_SIZE),
+        default=DEFAULT_SHARD_SIZE,
+        metavar="N",
+        help=f"most samples a shard, 1 to {MAX_SHARD_SIZE:,} (default: {DEFAULT_SHARD_SIZE:,})",
+    )
+    export.add_argument(
+        "--resume", action="store_true", help="keep the shards done in OUT and make the rest"
+    )
+    export.add_argument(
+        "--media",
+        metavar="DIR",
+        help="download pictures into DIR/{id}/{index}{ext} and keep them there, reusing "
+        "those already downloaded (default: OUT/.media, emptied as shards are done)",
+    )
+    export.add_argument(
+        "--ignore-opt-out",
+        action="store_true",
+        help="write pictures whose host says X-Robots-Tag: noai (only for pictures you have "
+        "the rights to; the dataset card records it)",
+    )
+    _add_pacing(export)
+    _add_media_host(export)
+    # No --api-key: the command line is kept in the dataset card and the resume command, and a
+    # key must not be; --query and --all search with $MEIGEN_API_KEY when it is set.
+    export.set_defaults(run=_export, api_key=None)
 
     search = commands.add_parser(
         "search",

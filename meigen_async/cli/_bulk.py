@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from typing import Any, TextIO
 
+from .._core import unreachable_after as _stop_after
 from ..errors import MeigenError, UpstreamUnreachable
 from ..media import MediaResult
 from ..models import (
@@ -77,12 +78,6 @@ def _record_id(line: bytes) -> str | None:
         return None
     image_id = record.get("id") if isinstance(record, dict) else None
     return image_id if isinstance(image_id, str) else None
-
-
-def _stop_after(concurrency: int) -> int:
-    # More than two full waves of requests: one network blip fails every request in flight
-    # at once, and should not end a long job; the ids started after it failing too should.
-    return max(20, 2 * concurrency)
 
 
 def _resume_command(args: argparse.Namespace) -> str:

@@ -1,4 +1,4 @@
-"""The progress bar of `bulk` and `download` on a terminal (rich, imported only when drawn).
+"""The progress bar of `bulk`, `download` and `export` on a terminal (rich, imported if drawn).
 
 Each frame is laid out for the width the terminal has then (`fit`): the fields are taken in
 order of use (what it is doing, the count, the failures, the bar, the time left, the rate, the
@@ -63,8 +63,11 @@ class Tracker:
     This one draws nothing: stderr is not a terminal, or rich is not installed.
     """
 
-    def advance(self, ok: bool, size: int = 0) -> None:
-        """One image done (`ok`: without a failure), having brought `size` bytes of media."""
+    def advance(self, ok: bool, size: int = 0, samples: int = 0) -> None:
+        """One image done (`ok`: without a failure), having brought `size` bytes of media.
+
+        `samples` is the pictures it gave (`export`), shown beside the count when not zero.
+        """
 
     def end(self, word: str) -> None:
         """Say `word` ("stopped", ...) in the last frame, rather than "done"."""
@@ -76,12 +79,16 @@ class _Drawn(Tracker):
         self._task = task
         self._failed = 0
         self._media = 0
+        self._samples = 0
         self._ended = False
 
-    def advance(self, ok: bool, size: int = 0) -> None:
+    def advance(self, ok: bool, size: int = 0, samples: int = 0) -> None:
         self._failed += not ok
         self._media += size
-        self._progress.update(self._task, advance=1, failed=self._failed, media=self._media)
+        self._samples += samples
+        self._progress.update(
+            self._task, advance=1, failed=self._failed, media=self._media, samples=self._samples
+        )
 
     def end(self, word: str) -> None:
         if self._ended:  # the first word stays: a stop is not made "done" on the way out
@@ -145,6 +152,7 @@ def _fitted_progress(console: Console, doing: str, unit: str, *, redirect_stdout
         running = task.fields["word"] == doing
         failed: int = task.fields.get("failed", 0)
         media: int = task.fields.get("media", 0)
+        samples: int = task.fields.get("samples", 0)
         done = int(task.completed)
         speed = task.finished_speed or task.speed
         shown: dict[str, Any] = {
@@ -155,6 +163,7 @@ def _fitted_progress(console: Console, doing: str, unit: str, *, redirect_stdout
                 style="progress.download",
             ),
             "failed": Text(f"{failed:,} failed", style="red") if failed else None,
+            "samples": Text(f"{samples:,} samples") if samples else None,
             "media": Text(filesize.decimal(media), style="progress.filesize") if media else None,
             "rate": Text(
                 f"{'-' if speed is None else f'{speed:,.0f}'} {unit}/s",
@@ -197,8 +206,30 @@ def _fitted_progress(console: Console, doing: str, unit: str, *, redirect_stdout
     return FittedProgress(console=console, redirect_stdout=redirect_stdout, redirect_stderr=False)
 
 
-_BY_USE = ("word", "count", "failed", "bar", "left", "rate", "media", "elapsed", "spinner")
+_BY_USE = (
+    "word",
+    "count",
+    "failed",
+    "samples",
+    "bar",
+    "left",
+    "rate",
+    "media",
+    "elapsed",
+    "spinner",
+)
 """The fields of the progress line, most useful first: the last are dropped first."""
 
-_IN_ORDER = ("spinner", "word", "bar", "count", "failed", "media", "rate", "elapsed", "left")
+_IN_ORDER = (
+    "spinner",
+    "word",
+    "bar",
+    "count",
+    "samples",
+    "failed",
+    "media",
+    "rate",
+    "elapsed",
+    "left",
+)
 """The fields of the progress line in the order they are shown."""
