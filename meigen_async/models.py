@@ -169,6 +169,9 @@ class SessionStats:
     """Expired images a `304 Not Modified` renewed, with no body sent."""
     refreshed: int = 0
     """Background refreshes (stale-while-revalidate) that got their answer."""
+    shared_hits: int = 0
+    """Misses of the in-process cache that the shared cache answered (an image or a 404),
+    with no upstream request; a miss shared by several callers counts once."""
     search_hits_skipped: int = 0
     """Search results left out because their id is not a gallery id."""
 

@@ -1,51 +1,34 @@
-"""`GallerySession`: the public methods, calling the pieces that do the work.
+"""`GallerySession`: the options checked, the pieces wired, the public methods documented.
 
-What each step decides lives in `_core` (plain functions), the fetch of one id in `_fetch`,
-single flight in `_flight`, the request loop in `_upstream`, HTTP in `_transport`; see
-docs/architecture.md for how they fit together.
+Every image request goes through `_images.ImagePath` (cache, shared tier, single flight, fetch,
+counters), the bulk calls through the drivers of `_bulk`, search pages through `_searcher`,
+every request through `_upstream` and `_transport`; what each step decides lives in `_core`.
+See docs/architecture.md for how they fit together.
 """
 
 from __future__ import annotations
 
-import asyncio
 import functools
-import logging
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, Iterable
 from types import TracebackType
 from typing import Literal, overload
 
 import aiohttp
-from cachetools import LRUCache
 
 from ._bulk import gather_images, refuse_single_id, stream_images
-from ._core import (
-    COALESCED,
-    HIT,
-    KNOWN_MISSING,
-    MISS,
-    REFRESH,
-    REFRESHED,
-    RefreshFailed,
-    Tally,
-    after_failed_refresh,
-    look_up,
-    may_refresh,
-    remembered_404,
-)
-from ._fetch import Fetcher
-from ._flight import Flight, SingleFlight
+from ._core import HIT, Tally
+from ._images import FETCH_TASK_PREFIX, ImagePath
 from ._media import MediaDownloader, stream_media
 from ._media_rules import host_set
-from ._protocol import validate_image_id
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
-from ._upstream import Pacer, Upstream
+from ._upstream import Upstream
 from .cache import CachePolicy, MemoryCache
-from .errors import MeigenError, TransportError
-from .limits import LocalRateLimiter, RateLimiter
+from .errors import MeigenError
+from .limits import LocalRateLimiter, Pacer, RateLimiter
 from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
@@ -53,13 +36,8 @@ from .shared import SharedCache
 
 __all__ = ["DEFAULT_BASE_URL", "FETCH_TASK_PREFIX", "GallerySession"]
 
-logger = logging.getLogger("meigen_async")
-
 DEFAULT_BASE_URL = "https://www.meigen.ai"
 """The real service."""
-
-FETCH_TASK_PREFIX = "meigen-async fetch "
-"""Upstream fetches run in tasks named this prefix plus the id, to spot them in a debugger."""
 
 
 class GallerySession:
@@ -166,23 +144,19 @@ class GallerySession:
         """How failed requests are retried."""
         shared: SharedTier | None = None
         if isinstance(cache, MemoryCache):
-            self._cache = cache
+            memory = cache
         else:
-            self._cache = MemoryCache(cache_size, stale_window=stale_if_error)
+            memory = MemoryCache(cache_size, stale_window=stale_if_error)
             if cache is not None:
                 # A lease lasts one request's timeout: longer than a live holder's attempt.
                 shared = SharedTier(
-                    self._cache,
                     cache,
+                    stale_window=memory.stale_window,
                     lease_time=timeout,
                     gallery=gallery_of(parse_base_url(self.base_url)),
                     policy=self.policy,
                 )
-        self._shared = shared
         self._tally = Tally()
-        # Per id, the background refreshes that failed in a row: none again before its time.
-        # Bounded like the cache (an id dropped early is only refreshed sooner).
-        self._refresh_failed: LRUCache[str, RefreshFailed] = LRUCache(max(self._cache.maxsize, 1))
         self._transport = AiohttpTransport(
             timeout=timeout,
             max_body_bytes=max_body_bytes,
@@ -201,11 +175,12 @@ class GallerySession:
             tally=self._tally,
             pacer=pacer,
         )
-        self._fetcher = fetcher = Fetcher(
-            cache=self._cache,
+        self._images = ImagePath(
+            cache=memory,
             shared=shared,
             upstream=upstream,
             policy=self.policy,
+            retry=self.retry,
             image_url=image_url,
             tally=self._tally,
         )
@@ -215,12 +190,6 @@ class GallerySession:
             policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
             cache_pages=cache_size > 0 and search_ttl > 0,
             tally=self._tally,
-        )
-        self._flights: SingleFlight[GalleryImage] = SingleFlight(
-            fetcher.fetch,
-            task_name=FETCH_TASK_PREFIX.__add__,
-            closed_error=_closed_error,
-            outcomes=(MeigenError,),
         )
         self.media_concurrency: int = media_concurrency
         """Most media requests in flight at once to one host."""
@@ -265,10 +234,8 @@ class GallerySession:
         self._closed = True
         self._upstream.close()
         self._media.close()
-        await self._flights.close()
+        await self._images.close()
         await self._searcher.close()
-        if self._shared is not None:
-            await self._shared.drain()
         await self._transport.close()
 
     @property
@@ -295,29 +262,14 @@ class GallerySession:
             MeigenError: any other failure, as one of its subclasses.
 
         """
-        # The hit path first, inlined: a warm session answers most calls here.
-        image = self._cache.get(image_id) if type(image_id) is str else None
+        # A fresh hit answered here, inlined (a warm session answers most calls so, and a call
+        # to the path would cost a frame); everything else is the image path's.
+        images = self._images
+        image = images.cache.get(image_id) if type(image_id) is str else None
         if image is not None:
-            self._tally.record(HIT)
+            images.tally.record(HIT)
             return image
-        image = self._look_up(image_id)
-        if image is not None:
-            return image
-        flight = self._join(image_id, asyncio.get_running_loop())
-        return await self._flights.wait(flight)
-
-    def _look_up(self, image_id: object) -> GalleryImage | None:
-        """A cached image, or None for a miss, counted; a bad id or a known 404 raised."""
-        lookup, image = look_up(self._cache, image_id) if type(image_id) is str else (MISS, None)
-        if lookup is not HIT:
-            valid_id = validate_image_id(image_id)
-            if lookup is KNOWN_MISSING:
-                self._tally.record(lookup)
-                raise remembered_404(valid_id)
-            if lookup is REFRESH:
-                self._refresh(valid_id)
-        self._tally.record(lookup)
-        return image
+        return await images.get(image_id)
 
     def peek(self, image_id: str) -> GalleryImage | None:
         """The fresh image the in-process cache holds for `image_id`, or None: no I/O at all.
@@ -329,64 +281,7 @@ class GallerySession:
             InvalidImageId: the id is not a gallery id.
 
         """
-        image = self._cache.get(image_id) if type(image_id) is str else None
-        if image is None:
-            validate_image_id(image_id)
-        self._tally.record(HIT if image is not None else MISS)
-        return image
-
-    def _refresh(self, image_id: str) -> None:
-        """Start the background refresh of `image_id`, unless a fetch of it is in flight.
-
-        It rides the id's flight like a miss (a miss meanwhile joins it), held by a done
-        callback rather than a waiting caller, so that nobody waits for it. After a failed
-        one, none starts before its back-off has passed.
-        """
-        if self._closed or self._flights.running(image_id):
-            return
-        if not may_refresh(self._refresh_failed.get(image_id), self._cache.now()):
-            return
-        self._fetcher.refreshing.add(image_id)
-        flight, _ = self._flights.join(image_id, asyncio.get_running_loop())
-        flight.task.add_done_callback(lambda task: self._refreshed(flight))
-
-    def _refreshed(self, flight: Flight[GalleryImage]) -> None:
-        self._fetcher.refreshing.discard(flight.key)
-        self._flights.leave(flight)
-        task = flight.task
-        if task.cancelled():
-            return
-        error = task.exception()
-        if error is None:
-            self._refresh_failed.pop(flight.key, None)
-            self._tally.record(REFRESHED)
-        else:
-            failed = after_failed_refresh(
-                error,
-                self._refresh_failed.get(flight.key),
-                now=self._cache.now(),
-                policy=self.retry,
-            )
-            self._refresh_failed[flight.key] = failed
-            # Counted as an error by the fetch; nobody waits for it, so it is said here, once
-            # a back-off: no refresh starts before it ends.
-            logger.warning(
-                "background refresh of image %s failed (%d in a row), serving the stored image "
-                "until its stale-while-revalidate window ends; next try in %.1f s at the "
-                "earliest: %s",
-                flight.key,
-                failed.failures,
-                failed.wait,
-                error,
-            )
-
-    def _join(self, image_id: str, loop: asyncio.AbstractEventLoop) -> Flight[GalleryImage]:
-        """Wait on the fetch of a valid id that missed the cache, starting it if needed."""
-        self._ensure_open()
-        flight, joined = self._flights.join(image_id, loop)
-        if joined:
-            self._tally.record(COALESCED)
-        return flight
+        return self._images.peek(image_id)
 
     # -- Many images ---------------------------------------------------------------------------
 
@@ -415,13 +310,7 @@ class GallerySession:
         """
         refuse_single_id(ids)
         self._ensure_open()
-        return await gather_images(
-            ids,
-            look_up=self._look_up,
-            join=self._join,
-            flights=self._flights,
-            return_exceptions=return_exceptions,
-        )
+        return await gather_images(self._images, ids, return_exceptions=return_exceptions)
 
     def iter_images(
         self,
@@ -456,10 +345,8 @@ class GallerySession:
             )
         self._ensure_open()
         return stream_images(
+            self._images,
             ids,
-            look_up=self._look_up,
-            join=self._join,
-            flights=self._flights,
             concurrency=self.concurrency,
             stop_after_transport_failures=stop_after_transport_failures,
         )
@@ -556,9 +443,7 @@ class GallerySession:
         With a shared cache, the in-process entry goes at once and the shared one in a task
         that this session's next miss, and `close()`, wait for.
         """
-        self._cache.invalidate(image_id)
-        if self._shared is not None:
-            self._shared.invalidate_later(image_id)
+        self._images.invalidate(image_id)
 
     def clear_cache(self) -> None:
         """Forget every cached image, remembered 404 and search page.
@@ -566,21 +451,13 @@ class GallerySession:
         With a shared cache, it is cleared too, for every process using it: in a task, as for
         `invalidate()`.
         """
-        self._cache.clear()
+        self._images.clear()
         self._searcher.clear()
-        if self._shared is not None:
-            self._shared.clear_later()
 
     @property
     def stats(self) -> SessionStats:
         """A snapshot of the counters since the session was made."""
         return self._tally.snapshot()
-
-
-def _closed_error(image_id: str) -> TransportError:
-    return TransportError(
-        f"the session was closed while image {image_id} was being fetched", image_id=image_id
-    )
 
 
 def _require(condition: bool, message: str) -> None:
