@@ -1,6 +1,8 @@
 """Async client for MeiGen's public gallery endpoint `GET /api/images/:id`."""
 
+from ._protocol import Validators
 from ._version import __version__
+from .cache import CachePolicy, MemoryCache
 from .errors import (
     ApiError,
     ImageNotFound,
@@ -11,22 +13,28 @@ from .errors import (
     MediaHTTPError,
     MediaNotAllowed,
     MediaNotAnImage,
+    MediaRateLimited,
+    MediaServerError,
     MediaTooLarge,
+    MediaTransportError,
+    MediaWriteError,
     MeigenError,
     RateLimited,
     ServerError,
     TransportError,
     UpstreamUnreachable,
 )
-from .limits import LocalRateLimiter, RateLimiter
+from .limits import LocalRateLimiter, Pacer, RateLimiter
 from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
 from .session import GallerySession
+from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
 
 __all__ = [
     "ApiError",
+    "CachePolicy",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",
@@ -40,9 +48,15 @@ __all__ = [
     "MediaHTTPError",
     "MediaNotAllowed",
     "MediaNotAnImage",
+    "MediaRateLimited",
     "MediaResult",
+    "MediaServerError",
     "MediaTooLarge",
+    "MediaTransportError",
+    "MediaWriteError",
     "MeigenError",
+    "MemoryCache",
+    "Pacer",
     "Prompt",
     "PromptKind",
     "PromptSegment",
@@ -52,8 +66,13 @@ __all__ = [
     "SearchHit",
     "ServerError",
     "SessionStats",
+    "SharedCache",
+    "SharedEntry",
+    "SharedImage",
+    "SharedMissing",
     "TransportError",
     "UpstreamUnreachable",
+    "Validators",
     "__version__",
     "parse_prompt",
 ]

@@ -10,6 +10,7 @@ described in `meigen_async.shared`; this module knows none of its implementation
 from __future__ import annotations
 
 import functools
+import math
 import re
 import time
 import warnings
@@ -26,6 +27,7 @@ from .models import GalleryImage
 __all__ = [
     "CachePolicy",
     "MemoryCache",
+    "Validators",
     "parse_cache_control",
     "server_lifetime",
 ]
@@ -219,6 +221,29 @@ def server_lifetime(
     return True, lifetime - (_seconds(age) or 0.0)
 
 
+def _require_seconds(name: str, value: object) -> None:
+    """Refuse a lifetime option that is no number of seconds: negative, NaN, infinite, a bool.
+
+    The one check of every lifetime a session or a cache is given.
+
+    Raises:
+        ValueError: naming the option.
+
+    """
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number of seconds, 0 or more; got {value!r}")
+
+
+def _seconds_field(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None or attribute.name != "ttl":
+        _require_seconds(attribute.name, value)
+
+
 def _varies_on_everything(vary: str | None) -> bool:
     return vary is not None and "*" in vary and any(m.strip() == "*" for m in vary.split(","))
 
@@ -233,17 +258,20 @@ class CachePolicy:
     shared cache (`shared=True`) takes `s-maxage` over `max-age`. A response marked
     `no-store` or `no-cache`, or with `Vary: *`, is never stored, whatever `ttl` says;
     one marked `private` is stored in process but never in a shared cache.
+
+    Every lifetime is a finite number of seconds, 0 or more (`ttl` may be None): anything else
+    is a `ValueError` here, rather than a policy that silently keeps nothing.
     """
 
-    ttl: float | None = None
+    ttl: float | None = attrs.field(default=None, validator=_seconds_field)
     """Seconds to keep every image, whatever the server says; None follows the server."""
-    default_ttl: float = 300.0
+    default_ttl: float = attrs.field(default=300.0, validator=_seconds_field)
     """Seconds to keep an image whose response gives no lifetime."""
-    max_ttl: float = 3600.0
+    max_ttl: float = attrs.field(default=3600.0, validator=_seconds_field)
     """The most seconds any server-given lifetime is trusted for."""
-    negative_ttl: float = 30.0
+    negative_ttl: float = attrs.field(default=30.0, validator=_seconds_field)
     """Seconds a 404 is remembered."""
-    stale_while_revalidate: float = 0.0
+    stale_while_revalidate: float = attrs.field(default=0.0, validator=_seconds_field)
     """Seconds past expiry an image may be served while one background request refreshes it."""
 
     def revalidate_window(self, headers: Mapping[str, str]) -> float:
@@ -335,6 +363,10 @@ class MemoryCache:
         stale_window: Seconds an image stays stored past its freshness.
         timer: The clock, in seconds; a fake one in tests.
 
+    Raises:
+        ValueError: `maxsize` is negative, or `stale_window` is no finite number of seconds,
+            0 or more.
+
     """
 
     def __init__(
@@ -344,6 +376,9 @@ class MemoryCache:
         stale_window: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
     ):
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be a whole number, 0 or more; got {maxsize!r}")
+        _require_seconds("stale_window", stale_window)
         self.maxsize: int = maxsize
         """The most images kept, and separately the most 404s remembered."""
         self.stale_window: float = stale_window

@@ -26,7 +26,7 @@ from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
 from ._transport import AiohttpTransport, default_user_agent, image_urls, parse_base_url
 from ._upstream import Upstream
-from .cache import CachePolicy, MemoryCache
+from .cache import CachePolicy, MemoryCache, _require_seconds
 from .errors import MeigenError
 from .limits import LocalRateLimiter, Pacer, RateLimiter
 from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
@@ -122,9 +122,9 @@ class GallerySession:
             not isinstance(rate_limit, (int, float)) or rate_limit > 0,
             "rate_limit must be positive",
         )
-        _require(stale_if_error >= 0, "stale_if_error must not be negative")
-        _require(search_ttl >= 0, "search_ttl must not be negative")
-        _require(stale_while_revalidate >= 0, "stale_while_revalidate must not be negative")
+        # The other lifetimes are checked by CachePolicy, under the same names.
+        _require_seconds("stale_if_error", stale_if_error)
+        _require_seconds("search_ttl", search_ttl)
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
         self.base_url: str = base_url.rstrip("/")

@@ -197,6 +197,34 @@ def test_a_max_age_that_is_not_delta_seconds_makes_the_response_stale(value: str
     assert CachePolicy(default_ttl=42.0).ttl_for({"Cache-Control": value}) is None
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [{"max_ttl": -1}, {"ttl": math.nan}, {"default_ttl": math.inf}, {"negative_ttl": True}],
+    ids=["negative", "nan", "inf", "bool"],
+)
+def test_a_policy_refuses_a_lifetime_that_is_no_number_of_seconds(
+    fields: dict[str, object],
+) -> None:
+    (name,) = fields
+    with pytest.raises(ValueError, match=name):
+        CachePolicy(**fields)  # type: ignore[arg-type]
+
+
+def test_a_policy_takes_zero_and_no_ttl() -> None:
+    policy = CachePolicy(ttl=None, default_ttl=0, max_ttl=0, negative_ttl=0)
+    assert policy.ttl_for({}) is None
+
+
+@pytest.mark.parametrize(
+    ("maxsize", "stale_window"), [(-1, 0.0), (4, -1.0), (4, math.inf)], ids=["size", "neg", "inf"]
+)
+def test_a_memory_cache_refuses_a_nonsense_size_or_stale_window(
+    maxsize: int, stale_window: float
+) -> None:
+    with pytest.raises(ValueError, match="maxsize" if maxsize < 0 else "stale_window"):
+        MemoryCache(maxsize, stale_window=stale_window)
+
+
 def test_a_garbage_max_age_does_not_fall_back_to_s_maxage_or_expires() -> None:
     headers = {
         "Cache-Control": "max-age=soon, s-maxage=90",
@@ -210,7 +238,7 @@ def test_a_garbage_max_age_does_not_fall_back_to_s_maxage_or_expires() -> None:
 def test_a_max_age_too_large_to_hold_is_read_as_two_to_the_31st() -> None:
     headers = {"Cache-Control": "max-age=" + "9" * 5000}
 
-    assert CachePolicy(max_ttl=math.inf).ttl_for(headers) == 2.0**31
+    assert CachePolicy(max_ttl=2.0**32).ttl_for(headers) == 2.0**31
 
 
 @pytest.mark.parametrize("value", ["max-age=0, max-age=60", "max-age=60, Max-Age=0"])

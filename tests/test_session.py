@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
@@ -731,6 +732,26 @@ async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[st
 @pytest.mark.parametrize(("option", "value"), [("rate_limit", 0), ("stale_if_error", -1)])
 def test_nonsense_resilience_options_are_refused(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=option):
+        GallerySession(**{option: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_ttl", -1),  # which used to be taken, and kept nothing at all
+        ("ttl", -1),
+        ("default_ttl", math.nan),
+        ("negative_ttl", -0.5),
+        ("ttl", math.inf),
+        ("stale_while_revalidate", math.inf),
+        ("stale_if_error", math.nan),
+        ("search_ttl", math.inf),
+    ],
+)
+def test_a_lifetime_that_is_no_number_of_seconds_is_refused_at_construction(
+    option: str, value: float
+) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be a finite number of seconds"):
         GallerySession(**{option: value})
 
 

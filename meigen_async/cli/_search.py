@@ -10,7 +10,7 @@ from .._text import terminal_safe
 from ..errors import MeigenError
 from ..models import (
     SearchHit,
-    converter,
+    unstructure_search_hit,
 )
 from ._options import (
     _session,
@@ -48,7 +48,7 @@ async def _search(args: argparse.Namespace) -> int:
                     if args.ids:
                         _print(hit.id, sys.stdout)
                     elif args.json:
-                        _print_json(converter.unstructure(hit), sys.stdout)
+                        _print_json(unstructure_search_hit(hit), sys.stdout)
                     else:
                         _print(hit_line(hit), sys.stdout)
     except ValueError as exc:  # InvalidQuery: before any request
