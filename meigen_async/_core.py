@@ -7,6 +7,10 @@ attempt is tried again (`after_failure`), what a fetch that gave up ends in
 (`after_giving_up`), and when a background refresh that failed may run again
 (`after_failed_refresh`, `may_refresh`). `Tally` turns those outcomes into the counters of
 `SessionStats`: the one place where a counter moves.
+
+Longer than 450 lines on purpose: these are the steps of one fetch, each a few lines, whose
+outcome types (`Store`, `Raise`, `ServeStale`, ...) are shared by the steps and by `Tally`;
+split apart, each piece would import the others' types, and the fetch would read in five files.
 """
 
 from __future__ import annotations

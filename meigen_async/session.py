@@ -4,6 +4,9 @@ Every image request goes through `_images.ImagePath` (cache, shared tier, single
 counters), the bulk calls through the drivers of `_bulk`, search pages through `_searcher`,
 every request through `_upstream` and `_transport`; what each step decides lives in `_core`.
 See docs/architecture.md for how they fit together.
+
+Longer than 450 lines on purpose: it is the reference of the public methods, and most of its
+lines are their docstrings; the work is in the modules above.
 """
 
 from __future__ import annotations

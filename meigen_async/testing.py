@@ -22,6 +22,10 @@ case. [`FakeGallery.searches`][meigen_async.testing.FakeGallery.searches] record
 asked, as the server read it, and
 [`FakeGallery.script_search`][meigen_async.testing.FakeGallery.script_search] queues faults for the
 search as `script` does for ids.
+
+Longer than 450 lines on purpose: `FakeGallery` is one server whose routes (images, search,
+media files) share its counters and scripts, and `meigen_async.testing` is the one import a
+user's tests need; the bytes of sample media files close it.
 """
 
 from __future__ import annotations
