@@ -100,13 +100,7 @@ class Fetcher:
                 raise kept.error
             if kept is not None:
                 assert kept.ttl is not None  # from_shared always gives one
-                self._cache.set(
-                    image_id,
-                    kept.image,
-                    kept.ttl,
-                    validators=kept.validators,
-                    revalidate_window=kept.revalidate_window,
-                )
+                self._keep(image_id, kept, kept.ttl)
                 if kept.ttl > 0:
                     self._tally.record(SHARED_HIT)
                     return kept.image
@@ -131,13 +125,7 @@ class Fetcher:
             if isinstance(outcome, Refresh):
                 self._tally.record(outcome)
             if outcome.ttl is not None:
-                self._cache.set(
-                    image_id,
-                    outcome.image,
-                    outcome.ttl,
-                    validators=outcome.validators,
-                    revalidate_window=outcome.revalidate_window,
-                )
+                self._keep(image_id, outcome, outcome.ttl)
             else:
                 self._cache.invalidate(image_id)
             if self._shared is not None:
@@ -149,6 +137,16 @@ class Fetcher:
             if self._shared is not None:
                 await self._shared.store(image_id, outcome.image, None)
         return outcome.image
+
+    def _keep(self, image_id: str, store: Store, ttl: float) -> None:
+        """Write `store`'s image in process, fresh `ttl` seconds, with its validators and window."""
+        self._cache.set(
+            image_id,
+            store.image,
+            ttl,
+            validators=store.validators,
+            revalidate_window=store.revalidate_window,
+        )
 
     async def _request(
         self, image_id: str, stored: tuple[GalleryImage, Validators] | None
