@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from yarl import URL
 
 from meigen_async import GalleryImage, GallerySession
 
@@ -94,8 +95,10 @@ def _images(base: str, count: int, size: int, tag: str) -> list[GalleryImage]:
 
 async def _ours(gallery_url: str, images: list[GalleryImage], out: Path) -> int:
     total = 0
+    # The media server's origin (its own port), from the images' URLs.
+    origins = {str(URL(image.media_urls[0]).origin()).removeprefix("http://") for image in images}
     async with GallerySession(
-        gallery_url, media_hosts=["127.0.0.1"], media_concurrency=_CONCURRENCY
+        gallery_url, media_hosts=origins, media_concurrency=_CONCURRENCY
     ) as session:
         async for result in session.iter_media(images, out):
             if result.error is not None:

@@ -73,6 +73,7 @@ __all__ = [
     "may_refresh",
     "read_response",
     "remembered_404",
+    "retold",
 ]
 
 
@@ -289,11 +290,19 @@ def for_image(
         message = f"request for {what} failed: {error.message}{after}"
     else:
         message = f"{what}: {error.message}{after}"
-    # A copy, so that what the caller branches on (`status`, a 429's `retry_after`, ...) stays.
+    told = retold(error, message)
+    told.image_id = image_id
+    return told
+
+
+def retold(error: MeigenError, message: str) -> MeigenError:
+    """A copy of `error` with another message: what the caller branches on stays.
+
+    `status`, a 429's `retry_after`, a daily limit's `resets_at`: every attribute is copied.
+    """
     told = copy.copy(error)
     told.args = (message,)
     told.message = message
-    told.image_id = image_id
     return told
 
 

@@ -16,7 +16,7 @@ from typing import TypeVar
 from yarl import URL
 
 from ._core import SENT, Tally, after_failure, for_image
-from ._protocol import cool_down_after
+from ._protocol import cool_down_after, is_daily_limit
 from ._transport import RawResponse
 from .errors import MeigenError, TransportError
 from .limits import Pacer, RateLimiter
@@ -112,7 +112,8 @@ class Upstream:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
             response = await self._send(url, headers)
-        if self._limiter is not None:
+        # A spent daily search quota is one key's, for searches: no pause for the rest.
+        if self._limiter is not None and not is_daily_limit(response.status, response.body):
             pause = cool_down_after(response.status, response.headers, now=self._wall_clock())
             if pause is not None:
                 # Before the response is read: the retry of a 429 already waits for the pause.

@@ -1,18 +1,24 @@
 """The exception hierarchy: one base to catch, subclasses named for what happened.
 
 Every error carries the data a caller branches on: `image_id` and `status`
-(`None` where not known), and `retry_after` (seconds the server asked us to wait, from
-`Retry-After`) on `RateLimited` and `ServerError`.
+(`None` where not known), `retry_after` (seconds the server asked us to wait, from
+`Retry-After`) on `RateLimited` and `ServerError`, and `resets_at` on `DailyLimitReached`.
 """
 
 from __future__ import annotations
 
+import functools
+from datetime import datetime
+from typing import Any
+
 __all__ = [
     "ApiError",
+    "DailyLimitReached",
     "ImageNotFound",
     "InvalidImageId",
     "InvalidQuery",
     "InvalidResponse",
+    "MediaDecompressionBomb",
     "MediaError",
     "MediaHTTPError",
     "MediaNotAllowed",
@@ -20,6 +26,7 @@ __all__ = [
     "MediaRateLimited",
     "MediaServerError",
     "MediaTooLarge",
+    "MediaTooManyFiles",
     "MediaTransportError",
     "MediaWriteError",
     "MeigenError",
@@ -75,6 +82,34 @@ class RateLimited(MeigenError):
         super().__init__(message, image_id=image_id, status=status)
         self.retry_after: float | None = retry_after
         """Seconds the server asked us to wait (`Retry-After`), or None if it did not say."""
+
+
+class DailyLimitReached(RateLimited):
+    """The API key's daily search quota is spent (HTTP 429, code `DAILY_LIMIT_REACHED`).
+
+    Not the per-address limit (a plain `RateLimited`, over in about a minute): no search
+    succeeds before `resets_at`, so it is never retried, and until then the session refuses
+    further searches at once, sending nothing. `retry_after` is the seconds from the error to
+    `resets_at`. Images are not affected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resets_at: datetime,
+        image_id: str | None = None,
+        status: int | None = 429,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, image_id=image_id, status=status, retry_after=retry_after)
+        self.resets_at: datetime = resets_at
+        """When searches may resume (UTC): the service's `Retry-After` if it sent one, else
+        the next 00:00 UTC, when the service resets daily quotas."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copy and pickle with `resets_at`, which `cls(*args)` alone would lack."""
+        return functools.partial(type(self), resets_at=self.resets_at), self.args, self.__dict__
 
 
 class ServerError(MeigenError):
@@ -152,9 +187,39 @@ class MediaNotAllowed(MediaError, ValueError):
     Raised before any request to it: a refused URL costs no traffic.
     """
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        image_id: str | None = None,
+        status: int | None = None,
+        host: str | None = None,
+    ):
+        super().__init__(message, url=url, image_id=image_id, status=status)
+        self.host: str | None = host
+        """The host that is not in `media_hosts` (a redirect's target's, for a redirect), as
+        `media_hosts` would name it; None when the URL was refused for another reason."""
+
 
 class MediaTooLarge(MediaError):
     """The file is larger than `max_media_bytes` (by `Content-Length`, or while streaming)."""
+
+
+class MediaDecompressionBomb(MediaTooLarge):
+    """The image's header claims more pixels than `max_media_pixels`: a decompression bomb.
+
+    A few kilobytes can declare a picture that takes gigabytes to decode; such a file is not
+    kept, whatever its size in bytes.
+    """
+
+
+class MediaTooManyFiles(MediaError):
+    """The image lists more media URLs than `max_media_files`: the ones past it are refused.
+
+    Raised for the first URL past the limit, with no request to it or to any after it; the
+    files before it are downloaded.
+    """
 
 
 class MediaNotAnImage(MediaError):
@@ -182,4 +247,8 @@ class MediaTransportError(MediaError, TransportError):
 
 
 class MediaWriteError(MediaError):
-    """The file could not be written under the output directory (its `OSError` as cause)."""
+    """The file could not be written under the output directory (its `OSError` as cause).
+
+    Also raised, before any request, when the image's directory `out/{id}` is a symbolic
+    link (or becomes one while its files are written): nothing is written through it.
+    """

@@ -13,13 +13,34 @@ import attrs
 from .errors import MeigenError
 from .models import GalleryImage
 
-__all__ = ["DEFAULT_MAX_MEDIA_BYTES", "DEFAULT_MEDIA_HOSTS", "MediaFile", "MediaResult"]
+__all__ = [
+    "DEFAULT_MAX_MEDIA_BYTES",
+    "DEFAULT_MAX_MEDIA_FILES",
+    "DEFAULT_MAX_MEDIA_PIXELS",
+    "DEFAULT_MEDIA_HOSTS",
+    "DEFAULT_MEDIA_TIMEOUT",
+    "MediaFile",
+    "MediaResult",
+]
 
 DEFAULT_MEDIA_HOSTS: tuple[str, ...] = ("images.meigen.ai", "pbs.twimg.com")
-"""The hosts media is downloaded from by default: the gallery's image host and Twitter's."""
+"""The hosts media is downloaded from by default: the gallery's image host and Twitter's,
+each on its scheme's default port (an entry such as `127.0.0.1:8080` names another port)."""
 
 DEFAULT_MAX_MEDIA_BYTES = 20 * 1024 * 1024
 """The largest media file downloaded by default: 20 MiB."""
+
+DEFAULT_MEDIA_TIMEOUT = 300.0
+"""Seconds one media request may take, body included, by default: 5 minutes, enough for
+`DEFAULT_MAX_MEDIA_BYTES` at 70 KB/s, and a host that trickles bytes holds a file no longer."""
+
+DEFAULT_MAX_MEDIA_FILES = 16
+"""The most media files downloaded for one image by default; the gallery's images have one to
+four."""
+
+DEFAULT_MAX_MEDIA_PIXELS = 178_956_970
+"""The most pixels an image's header may claim by default: Pillow's decompression-bomb limit
+(twice its `Image.MAX_IMAGE_PIXELS`), past which Pillow refuses to open a file at all."""
 
 
 @attrs.frozen(slots=True)
@@ -40,6 +61,11 @@ class MediaFile:
     """Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None."""
     height: int | None = None
     """Its height in pixels, likewise."""
+    reused: bool = attrs.field(default=False, eq=False)
+    """True when it was already there, complete, from an earlier run: not downloaded again.
+
+    Left out of comparisons: the file is the same either way.
+    """
 
 
 @attrs.frozen(slots=True)

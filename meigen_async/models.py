@@ -7,6 +7,7 @@ fields take their defaults, and only a value of the wrong type is an error.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -63,9 +64,14 @@ class GalleryImage:
     image_height: int | None = None
     """Height in pixels, or None when unknown."""
     model: str | None = None
-    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
+    """The generator that made it, or None: an open vocabulary, family names ("nanobanana",
+    "gptimage", "midjourney", "other") and exact model ids ("flux2-klein", "seedream-4.5",
+    ...), growing. For filtering and display (`meigen_async.bots.model_name`), not as a
+    model id to generate with."""
     sref: str | None = None
     """The Midjourney style reference code, or None."""
+    profile: str | None = None
+    """The Midjourney personalization (`--profile`) code, or None."""
     created_at: datetime | None = None
     """When it was posted, timezone-aware (UTC), or None."""
     likes: int = 0
@@ -115,7 +121,7 @@ class SearchHit:
     image_height: int | None = None
     """Height in pixels, or None when unknown."""
     model: str | None = None
-    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
+    """The generator that made it, or None: an open vocabulary, as `GalleryImage.model`."""
     likes: int = 0
     """Likes on the original post."""
     views: int = 0
@@ -124,11 +130,29 @@ class SearchHit:
     """The author's handle, without the `@`, or None."""
     author_display_name: str | None = None
     """The author's display name, or None."""
+    rank: float | None = None
+    """The service's relevance score for this hit, or None: the pages come in its order, so
+    compare hits by it, but do not read it as a position."""
+    matched_media_index: int | None = None
+    """The index in `media_urls` of the picture that matched the query, or None when the
+    service did not say (see `matched_media_url`)."""
 
     @functools.cached_property
     def prompt(self) -> Prompt:
         """The text, parsed as `GalleryImage.prompt` parses it; computed once and kept."""
         return parse_prompt(self.text)
+
+    @property
+    def matched_media_url(self) -> str | None:
+        """The picture that matched (`media_urls[matched_media_index]`), else the first one.
+
+        The first when the service named none, or an index outside `media_urls`; None when
+        the hit has no media URL.
+        """
+        index = self.matched_media_index
+        if index is not None and 0 <= index < len(self.media_urls):
+            return self.media_urls[index]
+        return self.media_urls[0] if self.media_urls else None
 
 
 @attrs.frozen
@@ -213,6 +237,19 @@ def _structure_int(value: Any, _: Any) -> int | None:
     raise TypeError(f"expected an integer, got {type(value).__name__}")
 
 
+def _structure_float(value: Any, _: Any) -> float | None:
+    # A JSON number, whole or not; a bool is no number, and neither is NaN or an infinity
+    # (Python's json reads `NaN` and `1e999`): a hit's rank must order.
+    if type(value) is float or type(value) is int:
+        number = float(value) if type(value) is float or abs(value) < 2**1023 else math.inf
+        if math.isfinite(number):
+            return number
+        raise TypeError(f"expected a finite number, got {value!r:.40}")
+    if value is None:
+        return None
+    raise TypeError(f"expected a number, got {type(value).__name__}")
+
+
 def parse_timestamp(value: str) -> datetime:
     """Parse an ISO 8601 timestamp; a naive one is taken as UTC."""
     parsed = datetime.fromisoformat(value)
@@ -273,6 +310,7 @@ def _build_converter() -> cattrs.Converter:
         (str, _structure_str),
         (bool, _expect(bool, "a boolean")),
         (int, _structure_int),
+        (float, _structure_float),
         (datetime, _structure_datetime),
     ):
         conv.register_structure_hook(kind, hook)

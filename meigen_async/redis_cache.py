@@ -1,6 +1,6 @@
 """`RedisCache`: a `SharedCache` in Redis, for many processes.
 
-Needs the `redis` extra (`pip install 'meigen-async[redis]'`, redis-py's asyncio client).
+Needs the `redis` extra (`pip install '.[redis]'` in a clone; redis-py's asyncio client).
 The key layout is pure functions ([`entry_key`][meigen_async.redis_cache.entry_key],
 [`lease_key`][meigen_async.redis_cache.lease_key]); the values are opaque text, written and
 read by the one codec every shared cache uses, and so is

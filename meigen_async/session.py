@@ -22,8 +22,10 @@ import aiohttp
 from ._bulk import gather_images, refuse_single_id, stream_images
 from ._core import HIT, Tally
 from ._images import FETCH_TASK_PREFIX, ImagePath
-from ._media import MediaDownloader, stream_media
-from ._media_rules import host_set
+from ._media import MediaDownloader
+from ._media_rules import origin_set
+from ._media_tasks import stream_media
+from ._quota import api_key_from
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
 from ._shared_tier import SharedTier
@@ -32,7 +34,15 @@ from ._upstream import Upstream
 from .cache import CachePolicy, MemoryCache, _require_seconds
 from .errors import MeigenError
 from .limits import LocalRateLimiter, Pacer, RateLimiter
-from .media import DEFAULT_MAX_MEDIA_BYTES, DEFAULT_MEDIA_HOSTS, MediaFile, MediaResult
+from .media import (
+    DEFAULT_MAX_MEDIA_BYTES,
+    DEFAULT_MAX_MEDIA_FILES,
+    DEFAULT_MAX_MEDIA_PIXELS,
+    DEFAULT_MEDIA_HOSTS,
+    DEFAULT_MEDIA_TIMEOUT,
+    MediaFile,
+    MediaResult,
+)
 from .models import GalleryImage, ImageResult, SearchHit, SessionStats
 from .retry import RetryPolicy
 from .shared import SharedCache
@@ -86,10 +96,25 @@ class GallerySession:
             are kept in process only, apart from the images.
 
 
-        media_hosts: The only hosts `download_media` and `iter_media` request (exact names;
-            http and https only), redirects included.
+        media_hosts: The only origins `download_media` and `iter_media` request, redirects
+            included: `host` (http and https on their default ports, 80 and 443),
+            `host:port` (that port), or `https://host[:port]` (that scheme only). Names are
+            exact (a subdomain is another host); `ValueError` for an entry of another form.
         max_media_bytes: A larger media file is refused as `MediaTooLarge`.
         media_concurrency: Most media requests in flight at once to one host.
+        media_timeout: Seconds one media request may take, from sending it to its last
+            byte (default 300); past it, the request fails as `MediaTransportError` and is
+            retried as a timeout is. `timeout` still bounds each wait for more of the body.
+        max_media_files: The most media files downloaded for one image (default 16); the
+            URLs past it are refused as `MediaTooManyFiles`, with no request.
+        max_media_pixels: A media file whose header claims more pixels is refused as
+            `MediaDecompressionBomb` (default 178,956,970, Pillow's bomb limit).
+        api_key: A MeiGen API key (`meigen_sk_...`), sent as `Authorization: Bearer <key>`
+            on search requests only, so that the account's daily search quota applies rather
+            than the per-address limit; never on image requests, nor to a media host, and
+            never shown in a log, a repr, an error message or `stats`. None (the default)
+            reads `$MEIGEN_API_KEY`; `""` sends none. A key holding whitespace or control
+            characters is a `ValueError`, which does not quote it.
 
     """
 
@@ -116,6 +141,10 @@ class GallerySession:
         media_hosts: Iterable[str] = DEFAULT_MEDIA_HOSTS,
         max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
         media_concurrency: int = 8,
+        media_timeout: float = DEFAULT_MEDIA_TIMEOUT,
+        max_media_files: int = DEFAULT_MAX_MEDIA_FILES,
+        max_media_pixels: int = DEFAULT_MAX_MEDIA_PIXELS,
+        api_key: str | None = None,
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -130,6 +159,10 @@ class GallerySession:
         _require_seconds("search_ttl", search_ttl)
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
+        _require(media_timeout > 0, "media_timeout must be positive")
+        _require(max_media_files >= 1, "max_media_files must be at least 1")
+        _require(max_media_pixels >= 1, "max_media_pixels must be at least 1")
+        api_key = api_key_from(api_key, os.environ)
         self.base_url: str = base_url.rstrip("/")
         """Where the service lives, without a trailing slash."""
         image_url = image_urls(self.base_url)
@@ -196,17 +229,21 @@ class GallerySession:
             policy=CachePolicy(default_ttl=search_ttl, max_ttl=max_ttl, negative_ttl=0),
             cache_pages=cache_size > 0 and search_ttl > 0,
             tally=self._tally,
+            api_key=api_key,
         )
         self.media_concurrency: int = media_concurrency
         """Most media requests in flight at once to one host."""
         self._media = MediaDownloader(
             http=self._transport.open,
-            hosts=host_set(media_hosts),
+            origins=origin_set(media_hosts),
             max_bytes=max_media_bytes,
             concurrency=media_concurrency,
             retry=self.retry,
             pacer=pacer,
             timeout=timeout,
+            media_timeout=media_timeout,
+            max_files=max_media_files,
+            max_pixels=max_media_pixels,
         )
         self._closed = False
 
@@ -231,15 +268,17 @@ class GallerySession:
         """Cancel fetches in flight, wait for every task started, close the HTTP session.
 
         Background refreshes are fetches too: cancelled and waited for, none outlives this.
-        Idempotent. A caller still waiting on a cancelled fetch gets `TransportError`. With a
-        shared cache, the deletions and lease releases still running are waited for; the
-        cache itself is left open, for whoever made it to close.
+        Media downloads are cancelled and waited for as well, before the HTTP session they
+        read from is closed; none is retried. Idempotent. A caller still waiting on a
+        cancelled fetch gets `TransportError`, on a download `MediaTransportError`, and
+        `iter_media` ends. With a shared cache, the deletions and lease releases still
+        running are waited for; the cache itself is left open, for whoever made it to close.
         """
         if self._closed:
             return
         self._closed = True
         self._upstream.close()
-        self._media.close()
+        await self._media.close()
         await self._images.close()
         await self._searcher.close()
         await self._transport.close()
@@ -362,17 +401,19 @@ class GallerySession:
     async def search(self, query: str, limit: int = 20, offset: int = 0) -> list[SearchHit]:
         """One page of the gallery's search for `query`: up to `limit` hits from `offset`.
 
-        `GET /api/search`, which the service does not document and may change. Pages share
-        this session's concurrency bound, rate limit and retries; each is kept `search_ttl`
-        seconds (or as the server's `Cache-Control` says), and identical pages asked at once
-        share one request. A page shorter than `limit` is the last.
+        `GET /api/search`; see docs/search.md. The empty query (or one of spaces) lists recent
+        posts. Pages share this session's concurrency bound, rate limit and retries; each is
+        kept `search_ttl` seconds (or as the server's `Cache-Control` says), and identical
+        pages asked at once share one request. A server may send fewer hits than `limit`
+        (its own page size) on a page that is not the last.
 
         Raises:
-            InvalidQuery: before any I/O, for a query that is blank or longer than 200
-                characters once stripped, or a `limit` outside 1 to 20 or `offset` below 0
-                (a `ValueError`).
+            InvalidQuery: before any I/O, for a query longer than 200 characters once
+                stripped, or a `limit` outside 1 to 20 or `offset` below 0 (a `ValueError`).
+            DailyLimitReached: the API key's daily search quota is spent (never retried; the
+                session sends no search before its `resets_at`).
             MeigenError: the search failed, as one of its subclasses (`RateLimited` when the
-                service's limit on searches was hit and no retry was left).
+                per-address limit on searches was hit and no retry was left).
 
         """
         self._ensure_open()
@@ -381,11 +422,13 @@ class GallerySession:
     def iter_search(
         self, query: str, *, max_results: int | None = 100, page_size: int = 20
     ) -> AsyncGenerator[SearchHit, None]:
-        """Yield the hits for `query`, page after page by offset, each id once.
+        """Yield the hits for `query` (`""`: recent posts), page after page by offset, each once.
 
-        One page is in flight at a time. It stops at a page shorter than `page_size`, after
-        `max_results` hits (None: no bound), or at a page that adds no id not yet yielded.
-        Pages are fetched and kept as by `search`.
+        One page is in flight at a time; each offset moves by the results the last page held.
+        It stops at a page shorter than `page_size` and than the longest page seen so far
+        (so a server's own page size does not end it), at an empty page or one that adds no
+        id not yet yielded, or after `max_results` hits (None: no bound). Pages are fetched
+        and kept as by `search`.
 
         Raises:
             InvalidQuery: at the call, before any I/O, for a bad query, `page_size` (1 to
@@ -407,12 +450,14 @@ class GallerySession:
         and SHA-256 it still has, is not requested again.
 
         Raises:
-            MediaError: a file could not be downloaded (the others were); its subclass says why.
+            MediaError: a file could not be downloaded (the others were); its subclass says why:
+                `MediaWriteError` when `out/{id}` is a symbolic link, `MediaTransportError`
+                when the session was closed meanwhile.
             InvalidImageId: `image.id` is not a gallery id.
 
         """
         self._ensure_open()
-        files, error = await self._media.download_image(image, out)
+        files, error = await self._media.download(image, out)
         if error is not None:
             raise error
         return files
@@ -426,7 +471,8 @@ class GallerySession:
 
         Ids are fetched first (through the cache). At most twice `media_concurrency` images
         are worked on at once, and `images` is read only that far ahead. Errors are reported
-        in the results, never raised.
+        in the results, never raised. Closing the session ends it: the images in flight are
+        given with a `MediaTransportError`, and no more of `images` is read.
 
         Raises:
             TypeError: `images` is a single `str` or `bytes`.
@@ -438,6 +484,7 @@ class GallerySession:
             images,
             get_image=self.get_image,
             download=functools.partial(self._media.download_image, root=out),
+            tasks=self._media.tasks,
             limit=2 * self.media_concurrency,
         )
 

@@ -129,8 +129,8 @@ class SQLiteCache:
     ):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self.path = Path(path).expanduser()
-        self.max_entries = max_entries
+        self.path: Path = Path(path).expanduser()
+        self.max_entries: int = max_entries
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meigen-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._disabled = False
@@ -399,8 +399,9 @@ class SQLiteCache:
 
         def write(connection: sqlite3.Connection, now: float) -> None:
             connection.execute(
-                "INSERT OR REPLACE INTO entries (id, kind, value, expires) VALUES (?, ?, ?, ?)",
-                (key, stored.kind, stored.value, stored.until),
+                "INSERT OR REPLACE INTO entries (id, kind, value, expires, stored) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, stored.kind, stored.value, stored.until, now),
             )
 
         await self._write(write)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import ipaddress
 import logging
+import shutil
+import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,8 +17,9 @@ import pytest
 from clocks import FakeTimer
 from helpers import FAST, keeps_user_attributes
 from hypothesis import HealthCheck, settings
+from printable_reports import pytest_report_to_serializable  # noqa: F401 - the hook, registered
 
-import meigen_async._media
+import meigen_async._media_files
 from meigen_async import GallerySession
 from meigen_async.testing import FakeGallery, sample_images
 
@@ -24,6 +29,24 @@ settings.register_profile("meigen", deadline=None, suppress_health_check=[Health
 settings.load_profile("meigen")
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "gallery-prompts.jsonl"
+
+REDIS_FIXTURES = frozenset({"redis_server", "redis_url"})
+"""The fixtures that start a redis-server: a test using one skips when there is none."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Skip each test that needs redis-server when it is not installed.
+
+    The skip is raised here rather than in the fixtures: pytest reports a skip raised in a
+    fixture at the test's own line, one `-ra` line a test, but a skip raised here at this line,
+    which `-ra` folds into one line with the count.
+    """
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params.values() if callspec is not None else ()
+    needs_redis = bool(REDIS_FIXTURES.intersection(getattr(item, "fixturenames", ())))
+    if (needs_redis or "redis" in params) and shutil.which("redis-server") is None:
+        pytest.skip("redis-server is not installed: .ci/run installs it; see README")
 
 
 @pytest.fixture(autouse=True)
@@ -50,6 +73,38 @@ def cache_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mon
     home = tmp_path_factory.mktemp("cache-home")
     monkeypatch.setenv("XDG_CACHE_HOME", str(home))
     return home
+
+
+_real_connect = socket.socket.connect
+
+
+def _loopback_connect(sock: socket.socket, address: Any) -> None:
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        host = address[0]
+        try:
+            loopback = ipaddress.ip_address(host.split("%")[0]).is_loopback
+        except ValueError:  # a name: the loop resolves names before it connects
+            loopback = False
+        if not loopback:
+            refused = f"a test may connect to the loopback only, not to {host!r}"
+            raise OSError(errno.ENETUNREACH, refused)
+    _real_connect(sock, address)
+
+
+@pytest.fixture(autouse=True)
+def loopback_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No connection a test makes in process leaves the machine: any other address fails.
+
+    asyncio connects every socket it opens through `socket.connect`, aiohttp's and the
+    Redis client's alike; a subprocess is not covered.
+    """
+    monkeypatch.setattr(socket.socket, "connect", _loopback_connect)
+
+
+@pytest.fixture(autouse=True)
+def no_api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No `$MEIGEN_API_KEY` from the environment the tests run in: a session sends none."""
+    monkeypatch.delenv("MEIGEN_API_KEY", raising=False)
 
 
 @pytest.fixture
@@ -115,5 +170,5 @@ def media_records(
         if not keeps_user_attributes(tmp_path):
             pytest.skip("this file system keeps no user extended attributes")
     else:
-        monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+        monkeypatch.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
     return str(request.param)

@@ -1,27 +1,32 @@
 """Helpers shared by the tests that script faults against FakeGallery.
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
-gallery saw its requests, whether a directory's files can carry media records, and the
-hypothesis strategies of untrusted JSON.
+gallery saw its requests, whether a directory's files can carry media records, a PNG
+header claiming any size, a media server of one handler, and the hypothesis strategies of
+untrusted JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
+import struct
 import time
 from bisect import bisect_left
 from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import attrs
+from aiohttp import web
 from hypothesis import strategies as st
 
 from meigen_async.retry import RetryPolicy
 from meigen_async.session import FETCH_TASK_PREFIX
-from meigen_async.testing import FakeGallery
+from meigen_async.testing import FakeGallery, png_bytes
 
 # Text with lone surrogates mixed in: st.text() itself leaves them out.
 UNTRUSTED_TEXT = st.lists(
@@ -104,3 +109,46 @@ def keeps_user_attributes(directory: Path) -> bool:
     finally:
         probe.unlink()
     return True
+
+
+def slow_only(request: Any, what: str) -> None:
+    """Fail a test that uses `what` (seconds of work) without being marked slow.
+
+    `make quick` leaves out the tests marked slow and must stay quick: an expensive fixture
+    calls this, so that a new test using it cannot slip into the quick run unmarked.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        raise AssertionError(f"{request.node.name} uses {what}: mark it @pytest.mark.slow")
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A small PNG whose header claims `width` by `height` pixels: a decompression bomb's shape.
+
+    `png_bytes(w, h)` at that size would build the pixels; the header alone is what is read.
+    """
+    body = bytearray(png_bytes(2, 2))
+    body[16:24] = struct.pack(">II", width, height)  # IHDR's width and height
+    return bytes(body)
+
+
+@contextlib.asynccontextmanager
+async def media_server(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    release: asyncio.Event,
+) -> AsyncIterator[str]:
+    """Serve `handler` at `/m.png` on 127.0.0.1; yields the server's `http://host:port`.
+
+    `release` is set before the server stops: a handler stalling on it then ends.
+    """
+    app = web.Application()
+    app.router.add_get("/m.png", handler)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        yield f"http://{host}:{port}"
+    finally:
+        release.set()
+        await runner.cleanup()

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
 from contextlib import aclosing
 from pathlib import Path
 
+import aiohttp
 import pytest
-from helpers import keeps_user_attributes
+from aiohttp import web
+from helpers import keeps_user_attributes, media_server, png_claiming
 
-import meigen_async._media
-from meigen_async import GalleryImage, GallerySession, RetryPolicy
+import meigen_async._media_files
+from meigen_async import GalleryImage, GallerySession, MediaResult, RetryPolicy
 from meigen_async._media import MediaDownloader
-from meigen_async._media_rules import RECORD_ATTRIBUTE, host_set, read_file_record
+from meigen_async._media_records import RECORD_ATTRIBUTE, read_file_record
+from meigen_async._media_rules import origin_set
+from meigen_async._media_tasks import MEDIA_TASK_PREFIX
 from meigen_async.errors import (
     ImageNotFound,
+    MediaDecompressionBomb,
     MediaHTTPError,
     MediaNotAllowed,
     MediaNotAnImage,
     MediaTooLarge,
+    MediaTooManyFiles,
     MediaTransportError,
     MediaWriteError,
 )
 from meigen_async.testing import Answer, FakeGallery, jpeg_bytes, png_bytes, webp_bytes
 
-LOOPBACK = ("127.0.0.1",)
 NO_RETRY = RetryPolicy(max_retries=0)
 
 
@@ -35,7 +42,7 @@ async def _served(gallery: FakeGallery, **files: tuple[bytes, str]) -> dict[str,
 
 
 def _session(gallery: FakeGallery, **options: object) -> GallerySession:
-    options.setdefault("media_hosts", LOOPBACK)
+    options.setdefault("media_hosts", [gallery.media_host])
     return GallerySession(gallery.url, **options)  # type: ignore[arg-type]
 
 
@@ -282,7 +289,7 @@ async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
         gallery.script_media("a", Answer.rate_limited(retry_after=7))
         downloader = MediaDownloader(
             http=session._transport.open,
-            hosts=host_set(LOOPBACK),
+            origins=origin_set([gallery.media_host]),
             max_bytes=1 << 20,
             concurrency=2,
             retry=RetryPolicy(),
@@ -341,7 +348,7 @@ async def test_a_directory_written_with_a_manifest_is_resumed_where_files_keep_r
         image = GalleryImage(id="img1", media_urls=(urls["a"],))
         async with _session(gallery) as session:
             with monkeypatch.context() as patched:  # as a run before records on files wrote it
-                patched.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+                patched.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
                 first = await session.download_media(image, tmp_path)
             gallery.reset_counts()
             again = await session.download_media(image, tmp_path)
@@ -366,21 +373,215 @@ async def test_a_file_whose_record_was_stripped_is_downloaded_again(tmp_path):
 async def test_a_manifest_that_cannot_be_read_means_downloading_again_not_an_exception(
     tmp_path, monkeypatch
 ):
-    monkeypatch.setattr(meigen_async._media, "_RECORDS_ON_FILES", False)
+    monkeypatch.setattr(meigen_async._media_files, "_RECORDS_ON_FILES", False)
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"))
         image = GalleryImage(id="img1", media_urls=(urls["a"],))
         async with _session(gallery) as session:
             await session.download_media(image, tmp_path)
-            real = Path.read_text
+            real = os.open
 
-            def refused(self: Path, *args: object, **kwargs: object) -> str:
-                if self.name == "manifest.json":
-                    raise PermissionError(13, "Permission denied", str(self))
-                return real(self, *args, **kwargs)  # type: ignore[arg-type]
+            def refused(path: str, flags: int, *args: object, **kwargs: object) -> int:
+                if path == "manifest.json" and not flags & os.O_CREAT:
+                    raise PermissionError(13, "Permission denied", path)
+                return real(path, flags, *args, **kwargs)  # type: ignore[arg-type]
 
-            monkeypatch.setattr(Path, "read_text", refused)
+            monkeypatch.setattr(meigen_async._media_files.os, "open", refused)
             gallery.reset_counts()
             [media] = await session.download_media(image, tmp_path)
         assert gallery.media_requests == {"a": 1}
     assert media.path.read_bytes() == png_bytes()
+
+
+# -- Origins and limits ----------------------------------------------------------------------------
+
+
+async def test_an_allowed_host_on_another_port_is_refused_with_no_request(tmp_path):
+    async with FakeGallery() as gallery:
+        image = GalleryImage(
+            id="img1", media_urls=(gallery.add_media("a", png_bytes(), "image/png"),)
+        )
+        async with _session(gallery, media_hosts=["127.0.0.1"]) as session:  # ports 80, 443
+            with pytest.raises(MediaNotAllowed, match="not in media_hosts"):
+                await session.download_media(image, tmp_path)
+        assert gallery.total_requests == 0
+
+
+async def test_files_past_max_media_files_are_refused_and_never_requested(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, **{f"f{n}": (png_bytes(), "image/png") for n in range(3)})
+        image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
+        async with _session(gallery, max_media_files=2) as session:
+            [result] = [r async for r in session.iter_media([image], tmp_path)]
+        assert gallery.media_requests == {"f0": 1, "f1": 1}
+    assert [f.path.name for f in result.files] == ["0.png", "1.png"]
+    assert isinstance(result.error, MediaTooManyFiles)
+    assert (result.error.url, result.error.image_id) == (urls["f2"], "img1")
+
+
+async def test_a_header_claiming_more_than_max_media_pixels_is_a_bomb_and_leaves_nothing(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_claiming(20_000, 10_000), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery, retry=NO_RETRY) as session:
+            with pytest.raises(MediaDecompressionBomb, match="20000x10000"):
+                await session.download_media(image, tmp_path)
+        async with _session(gallery, max_media_pixels=200_000_000) as session:
+            [media] = await session.download_media(image, tmp_path / "roomier")
+        assert gallery.media_requests == {"a": 2}
+    assert not (tmp_path / "img1").exists()
+    assert (media.width, media.height) == (20_000, 10_000)
+
+
+async def test_a_file_kept_by_a_run_with_a_higher_max_media_pixels_is_not_given(tmp_path):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(40, 40), "image/png"))
+        image = GalleryImage(id="img1", media_urls=(urls["a"],))
+        async with _session(gallery) as session:
+            await session.download_media(image, tmp_path)
+        gallery.reset_counts()
+        async with _session(gallery, max_media_pixels=1000) as session:
+            with pytest.raises(MediaDecompressionBomb):
+                await session.download_media(image, tmp_path)
+        assert gallery.total_requests == 0
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"media_timeout": 0},
+        {"max_media_files": 0},
+        {"max_media_pixels": 0},
+        {"media_hosts": ["127.0.0.1:http"]},
+        {"media_hosts": ["https://h/path"]},
+    ],
+)
+def test_media_options_are_checked_when_the_session_is_made(option):
+    with pytest.raises(ValueError, match=r"media_timeout|max_media|media_hosts"):
+        GallerySession("http://127.0.0.1:9", **option)
+
+
+# -- Deadlines and closing -------------------------------------------------------------------------
+
+
+def _trickling(
+    started: asyncio.Event, release: asyncio.Event, every: float, requests: list[str] | None = None
+):
+    """A PNG that comes one byte every `every` seconds after its header: a slow-loris host."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if requests is not None:
+            requests.append(request.path)
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.content_length = 100_000
+        await resp.prepare(request)
+        await resp.write(png_bytes()[:40])
+        started.set()
+        with contextlib.suppress(ConnectionError):
+            while not release.is_set():
+                await resp.write(b"\0")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(release.wait(), every)
+        return resp
+
+    return handler
+
+
+async def test_a_host_trickling_bytes_is_cut_off_at_media_timeout(tmp_path):
+    started, release = asyncio.Event(), asyncio.Event()
+    async with media_server(_trickling(started, release, every=0.05), release) as base:
+        image = GalleryImage(id="img1", media_urls=(f"{base}/m.png",))
+        host = base.removeprefix("http://")
+        async with GallerySession(
+            base, media_hosts=[host], media_timeout=0.3, retry=NO_RETRY, timeout=5
+        ) as session:
+            async with asyncio.timeout(5):
+                with pytest.raises(MediaTransportError, match=r"longer than media_timeout=0\.3s"):
+                    await session.download_media(image, tmp_path)
+    assert _leftovers(tmp_path / "img1") == []
+
+
+async def test_close_ends_a_download_stalled_mid_body_and_sends_nothing_more(tmp_path):
+    started, release = asyncio.Event(), asyncio.Event()
+    requests: list[str] = []
+    async with media_server(_trickling(started, release, 3600, requests), release) as base:
+        image = GalleryImage(id="img1", media_urls=(f"{base}/m.png",))
+        session = GallerySession(base, media_hosts=[base.removeprefix("http://")], timeout=60)
+        download = asyncio.ensure_future(session.download_media(image, tmp_path))
+        await started.wait()
+        async with asyncio.timeout(5):
+            await session.close()
+            assert _media_tasks() == []  # none outlives close()
+            assert download.done()
+            with pytest.raises(MediaTransportError, match="session was closed"):
+                await download
+        assert requests == ["/m.png"]
+    assert _leftovers(tmp_path / "img1") == []
+
+
+async def test_close_ends_iter_media_with_the_images_in_flight_reported(tmp_path):
+    started, release = asyncio.Event(), asyncio.Event()
+    requests: list[str] = []
+    async with media_server(_trickling(started, release, 3600, requests), release) as base:
+        images = [GalleryImage(id=f"i{n}", media_urls=(f"{base}/m.png",)) for n in range(100)]
+        # The caller's own aiohttp session, which close() leaves open: only cancelling the
+        # downloads ends them.
+        http = aiohttp.ClientSession()
+        session = GallerySession(
+            base, media_hosts=[base.removeprefix("http://")], timeout=60, session=http
+        )
+        results: list[MediaResult] = []
+
+        async def consume() -> None:
+            async with aclosing(session.iter_media(images, tmp_path)) as stream:
+                async for result in stream:
+                    results.append(result)
+
+        consumer = asyncio.ensure_future(consume())
+        await started.wait()
+        async with asyncio.timeout(5):
+            await session.close()
+            assert _media_tasks() == []  # none outlives close()
+            await consumer
+        await http.close()
+    # Twice media_concurrency images in flight, 8 of them requesting (one host): each one
+    # reported with the error, and no more of the input read.
+    assert len(requests) == 8
+    assert len(results) == 16
+    assert all(isinstance(r.error, MediaTransportError) for r in results)
+
+
+def _media_tasks() -> list[asyncio.Task[object]]:
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if task.get_name().startswith(MEDIA_TASK_PREFIX) and not task.done()
+    ]
+
+
+async def test_a_closed_session_neither_retries_nor_waits_to(tmp_path):
+    slept: list[float] = []
+
+    async with FakeGallery() as gallery, GallerySession(gallery.url) as session:
+        gallery.add_media("a", png_bytes(), "image/png")
+        gallery.script_media("a", *[Answer.rate_limited(retry_after=7)] * 4)
+        downloader = MediaDownloader(
+            http=session._transport.open,
+            origins=origin_set([gallery.media_host]),
+            max_bytes=1 << 20,
+            concurrency=2,
+            retry=RetryPolicy(max_retries=3),
+            sleep=lambda seconds: _closing(downloader, slept, seconds),
+        )
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        files, error = await downloader.download_image(image, tmp_path)
+        assert gallery.media_requests["a"] == 1  # closed during the wait: the retry not sent
+    assert slept == [7.0]  # and no wait for another
+    assert files == []
+    assert isinstance(error, MediaTransportError)
+    assert "session was closed" in error.message
+
+
+async def _closing(downloader: MediaDownloader, slept: list[float], seconds: float) -> None:
+    slept.append(seconds)
+    await downloader.close()

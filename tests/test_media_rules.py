@@ -1,48 +1,42 @@
-"""The pure media rules: hosts, redirects, statuses, sniffing, dimensions, layout, resume."""
+"""The pure media rules: origins, redirects, statuses, limits, layout."""
 
 from __future__ import annotations
 
-import json
-import struct
 from pathlib import Path
 
 import pytest
+from helpers import png_claiming
 from yarl import URL
 
+from meigen_async._media_formats import Kind
 from meigen_async._media_rules import (
     MAX_REDIRECTS,
-    Kind,
-    ManifestEntry,
     check_media_url,
-    dimensions,
+    file_index,
     file_name,
-    file_record,
-    host_set,
-    manifest_text,
+    head_pixels,
     media_dir,
-    read_file_record,
-    read_manifest,
+    origin_set,
     redirect_target,
-    sniff,
     status_error,
-    verify,
-    worth_hashing,
+    too_many_files,
+    too_many_pixels,
 )
 from meigen_async.errors import (
     InvalidImageId,
+    MediaDecompressionBomb,
     MediaHTTPError,
     MediaNotAllowed,
-    MediaNotAnImage,
     MediaRateLimited,
     MediaServerError,
+    MediaTooLarge,
+    MediaTooManyFiles,
 )
-from meigen_async.media import MediaFile
+from meigen_async.media import DEFAULT_MAX_MEDIA_PIXELS
 from meigen_async.retry import RetryPolicy
-from meigen_async.testing import jpeg_bytes, png_bytes, webp_bytes
+from meigen_async.testing import png_bytes
 
-HOSTS = host_set(["images.meigen.ai", "pbs.twimg.com"])
-GIF_HEADER = b"GIF89a" + struct.pack("<HH", 12, 7) + b"\x80\x00\x00"
-AVIF_HEADER = b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1miaf" + b"\x00" * 8
+HOSTS = origin_set(["images.meigen.ai", "pbs.twimg.com"])
 
 
 # -- Hosts and URLs ------------------------------------------------------------------------------
@@ -77,7 +71,59 @@ def test_a_url_off_the_allowed_hosts_or_schemes_is_refused(url):
 
 def test_a_single_string_as_media_hosts_is_a_type_error():
     with pytest.raises(TypeError):
-        host_set("images.meigen.ai")
+        origin_set("images.meigen.ai")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://images.meigen.ai:8443/x.png",
+        "http://images.meigen.ai:443/x.png",
+        "https://images.meigen.ai:80/x.png",
+    ],
+)
+def test_a_host_without_a_port_allows_only_the_default_port_of_the_scheme(url):
+    with pytest.raises(MediaNotAllowed, match="is not in media_hosts"):
+        check_media_url(url, HOSTS)
+
+
+def test_the_default_port_written_out_is_the_same_origin():
+    assert check_media_url("https://images.meigen.ai:443/x", HOSTS).port == 443
+    assert check_media_url("http://images.meigen.ai:80/x", HOSTS).port == 80
+
+
+def test_an_entry_with_a_port_allows_that_port_only():
+    origins = origin_set(["127.0.0.1:8080"])
+    assert check_media_url("http://127.0.0.1:8080/x", origins).port == 8080
+    assert check_media_url("https://127.0.0.1:8080/x", origins).port == 8080
+    for url in ("http://127.0.0.1/x", "http://127.0.0.1:8081/x", "https://127.0.0.1/x"):
+        with pytest.raises(MediaNotAllowed, match=r"origin 'http\w?://127\.0\.0\.1"):
+            check_media_url(url, origins)
+
+
+def test_an_entry_with_a_scheme_allows_that_scheme_only():
+    origins = origin_set(["https://cdn.example", "[::1]:9000"])
+    assert check_media_url("https://CDN.example./x", origins).host == "cdn.example."
+    assert check_media_url("http://[::1]:9000/x", origins).port == 9000
+    with pytest.raises(MediaNotAllowed):
+        check_media_url("http://cdn.example/x", origins)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    ["", " . ", "ftp://h", "h/path", "h:0", "h:99999", "h:port", "user@h", "h?x=1", 80, None],
+)
+def test_an_entry_that_names_no_origin_is_a_value_error(entry):
+    with pytest.raises(ValueError, match="media_hosts must hold host names or origins"):
+        origin_set([entry])
+
+
+def test_a_refusal_names_the_allowed_origins():
+    origins = origin_set(["b.example:8080", "https://a.example", "c.example."])
+    with pytest.raises(
+        MediaNotAllowed, match=r"\(b\.example:8080, c\.example, https://a\.example\)"
+    ):
+        check_media_url("https://d.example/x", origins)
 
 
 # -- Redirects -----------------------------------------------------------------------------------
@@ -85,41 +131,64 @@ def test_a_single_string_as_media_hosts_is_a_type_error():
 
 def test_a_non_redirect_status_has_no_target():
     here = URL("https://images.meigen.ai/x")
-    kw = {"redirects_so_far": 0, "hosts": HOSTS, "original": str(here)}
+    kw = {"redirects_so_far": 0, "origins": HOSTS, "original": str(here)}
     assert redirect_target(200, "https://pbs.twimg.com/y", here, **kw) is None
 
 
 def test_a_relative_redirect_on_an_allowed_host_is_followed():
     here = URL("https://images.meigen.ai/a/x")
-    kw = {"redirects_so_far": 0, "hosts": HOSTS, "original": str(here)}
+    kw = {"redirects_so_far": 0, "origins": HOSTS, "original": str(here)}
     assert redirect_target(302, "../b/y.png", here, **kw) == URL("https://images.meigen.ai/b/y.png")
 
 
 def test_a_redirect_off_the_allowed_hosts_is_refused():
     here = URL("https://images.meigen.ai/x")
-    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts"):
+    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts") as caught:
         redirect_target(
             301,
-            "http://169.254.169.254/latest",
+            "https://169.254.169.254/latest",
             here,
             redirects_so_far=0,
-            hosts=HOSTS,
+            origins=HOSTS,
             original=str(here),
         )
+    assert caught.value.host == "169.254.169.254"  # the target's host, to be named as refused
+
+
+def test_a_redirect_from_https_to_http_is_refused_even_on_an_allowed_origin():
+    here = URL("https://images.meigen.ai/x")
+    with pytest.raises(MediaNotAllowed, match="from https to http") as caught:
+        redirect_target(
+            302,
+            "http://images.meigen.ai/x",
+            here,
+            redirects_so_far=0,
+            origins=HOSTS,
+            original=str(here),
+        )
+    assert (caught.value.status, caught.value.url) == (302, str(here))
+
+
+def test_a_redirect_from_http_to_https_is_followed():
+    here = URL("http://images.meigen.ai/x")
+    kw = {"redirects_so_far": 0, "origins": HOSTS, "original": str(here)}
+    assert redirect_target(301, "https://images.meigen.ai/x", here, **kw) == URL(
+        "https://images.meigen.ai/x"
+    )
 
 
 def test_a_redirect_past_the_limit_is_an_error():
     here = URL("https://images.meigen.ai/x")
     with pytest.raises(MediaHTTPError, match="more than 3 redirects"):
         redirect_target(
-            307, "/y", here, redirects_so_far=MAX_REDIRECTS, hosts=HOSTS, original=str(here)
+            307, "/y", here, redirects_so_far=MAX_REDIRECTS, origins=HOSTS, original=str(here)
         )
 
 
 def test_a_redirect_without_location_is_an_error():
     here = URL("https://images.meigen.ai/x")
     with pytest.raises(MediaHTTPError, match="no Location"):
-        redirect_target(302, None, here, redirects_so_far=0, hosts=HOSTS, original=str(here))
+        redirect_target(302, None, here, redirects_so_far=0, origins=HOSTS, original=str(here))
 
 
 # -- Statuses ------------------------------------------------------------------------------------
@@ -145,74 +214,37 @@ def test_a_404_is_an_http_error_not_retried():
     assert RetryPolicy().delay_before_retry(0, error) is None
 
 
-# -- Sniffing and dimensions ---------------------------------------------------------------------
+# -- Limits ------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("body", "kind"),
-    [
-        (jpeg_bytes(), Kind.JPEG),
-        (png_bytes(), Kind.PNG),
-        (webp_bytes(), Kind.WEBP),
-        (GIF_HEADER, Kind.GIF),
-        (AVIF_HEADER, Kind.AVIF),
-        (b"<!DOCTYPE html><html>", None),
-        (b"", None),
-    ],
-)
-def test_the_magic_bytes_tell_the_type(body, kind):
-    assert sniff(body) is kind
+def test_files_up_to_max_media_files_pass_and_the_first_past_it_is_named():
+    urls = [f"https://images.meigen.ai/{n}" for n in range(5)]
+    assert too_many_files(urls[:3], 3) is None
+    error = too_many_files(urls, 3)
+    assert isinstance(error, MediaTooManyFiles)
+    assert error.url == urls[3]
+    assert "5 media URLs, more than max_media_files=3: the last 2" in error.message
 
 
-def test_an_html_page_served_as_an_image_is_named_in_the_error():
-    page = b"<!DOCTYPE html><html><title>Just a moment...</title></html>"
-    with pytest.raises(
-        MediaNotAnImage, match="got an HTML page: '<!DOCTYPE html><html><title>Just"
-    ):
-        verify(page, "text/html; charset=utf-8", url="https://images.meigen.ai/x", status=200)
+def test_pillows_bomb_limit_is_the_default_and_a_header_past_it_is_a_bomb():
+    assert DEFAULT_MAX_MEDIA_PIXELS == 178_956_970 == 17_895_697 * 10
+    assert too_many_pixels((17_895_697, 10), DEFAULT_MAX_MEDIA_PIXELS, url="u") is None
+    error = too_many_pixels((17_895_698, 10), DEFAULT_MAX_MEDIA_PIXELS, url="u", status=200)
+    assert isinstance(error, MediaDecompressionBomb)
+    assert isinstance(error, MediaTooLarge)
+    assert error.status == 200
+    assert "decompression bomb" in error.message
 
 
-def test_bytes_of_another_type_than_the_content_type_are_refused():
-    with pytest.raises(MediaNotAnImage, match="Content-Type: 'image/png', but the bytes are JPEG"):
-        verify(jpeg_bytes(), "image/png", url="https://images.meigen.ai/x", status=200)
+def test_a_header_that_tells_no_size_is_no_bomb():
+    assert too_many_pixels(None, 1, url="u") is None
 
 
-def test_a_content_type_of_the_same_family_is_accepted():
-    assert verify(jpeg_bytes(), "image/pjpeg", url="u", status=200) is Kind.JPEG
-
-
-def test_no_content_type_leaves_the_magic_bytes_to_decide():
-    assert verify(png_bytes(), None, url="u", status=200) is Kind.PNG
-
-
-@pytest.mark.parametrize(
-    ("body", "size"),
-    [
-        (jpeg_bytes(17, 9), (17, 9)),
-        (png_bytes(640, 2), (640, 2)),
-        (webp_bytes(), (5, 3)),
-        (GIF_HEADER, (12, 7)),
-    ],
-)
-def test_the_header_gives_the_dimensions(body, size):
-    kind = sniff(body)
-    assert kind is not None
-    assert dimensions(body, kind) == size
-
-
-def test_a_jpeg_frame_header_after_an_app_segment_is_found():
-    body = jpeg_bytes(33, 21)
-    exif = b"\xff\xe1" + struct.pack(">H", 1002) + b"E" * 1000
-    assert dimensions(body[:2] + exif + body[2:], Kind.JPEG) == (33, 21)
-
-
-def test_a_cut_header_gives_no_dimensions_rather_than_an_error():
-    assert dimensions(jpeg_bytes()[:30], Kind.JPEG) is None
-    assert dimensions(png_bytes()[:18], Kind.PNG) is None
-
-
-def test_avif_dimensions_are_not_read():
-    assert dimensions(AVIF_HEADER, Kind.AVIF) is None
+def test_the_size_a_png_header_claims_is_checked_against_max_media_pixels():
+    head = png_claiming(65_535, 65_535)  # 4.3 gigapixels, in 70 bytes
+    with pytest.raises(MediaDecompressionBomb, match="65535x65535"):
+        head_pixels(head, Kind.PNG, DEFAULT_MAX_MEDIA_PIXELS, url="u", status=200)
+    head_pixels(png_bytes(10, 10), Kind.PNG, 100, url="u", status=200)
 
 
 # -- Layout and resume ---------------------------------------------------------------------------
@@ -222,70 +254,15 @@ def test_files_go_under_the_id_with_the_extension_of_their_type():
     assert media_dir(Path("out"), "abc_1") / file_name(2, Kind.WEBP) == Path("out/abc_1/2.webp")
 
 
+@pytest.mark.parametrize(
+    ("name", "index"),
+    [("2.webp", 2), ("10.jpg", 10), ("02.png", None), (".0.png", None), ("0.txt", None)],
+)
+def test_only_names_that_file_name_makes_have_an_index(name, index):
+    assert file_index(name) == index
+
+
 @pytest.mark.parametrize("image_id", ["../etc", "a/b", "", ".."])
 def test_an_id_that_is_no_gallery_id_makes_no_path(image_id):
     with pytest.raises(InvalidImageId):
         media_dir(Path("out"), image_id)
-
-
-def _file(name: str = "0.png", url: str = "https://images.meigen.ai/x") -> MediaFile:
-    return MediaFile(url, Path("out/a") / name, 10, "ab" * 32, "image/png", 4, 3)
-
-
-def test_a_manifest_reads_back_what_was_written():
-    entries = read_manifest(manifest_text("a", [(0, _file())]))
-    media = _file()
-    assert entries[0] == ManifestEntry(
-        0, media.url, media.path.name, media.bytes, media.sha256, media.content_type
-    )
-
-
-def test_a_manifest_entry_naming_another_path_is_ignored():
-    text = manifest_text("a", [(0, _file())]).replace('"0.png"', '"../../etc/passwd.png"')
-    assert read_manifest(text) == {}
-
-
-_URL = "https://images.meigen.ai/x"
-
-
-def test_a_file_record_reads_back_what_a_rerun_checks():
-    record = file_record(_URL, 10, "ab" * 32)
-    entry = read_file_record("0.png", record, [_URL])
-    assert entry == ManifestEntry(0, _URL, "0.png", 10, "ab" * 32, "image/png", on_file=True)
-
-
-def test_a_file_record_fits_inside_an_ext4_inode():
-    assert len(file_record(_URL * 100, 2**40, "ab" * 32)) <= 60
-
-
-def test_a_file_record_for_another_url_is_not_believed():
-    assert read_file_record("0.png", file_record(_URL, 10, "ab" * 32), [_URL + "?v=2"]) is None
-
-
-@pytest.mark.parametrize(
-    "name", ["00.png", "0.jpeg", "0", "x.png", "\u00b2.png", "1.png", ".0.png"]
-)
-def test_a_file_record_on_a_name_that_is_not_ours_is_not_believed(name):
-    # "1.png": an index with no URL (the image has one); "²": a digit, but not an ASCII one.
-    assert read_file_record(name, file_record(_URL, 10, "ab" * 32), [_URL]) is None
-
-
-def test_an_unreadable_file_record_is_none():
-    assert read_file_record("0.png", b"\xff{not a record", [_URL]) is None
-    record = bytearray(file_record(_URL, 10, "ab" * 32))
-    record[0] = 2  # a later version
-    assert read_file_record("0.png", bytes(record), [_URL]) is None
-
-
-def test_an_unreadable_manifest_is_empty():
-    assert read_manifest("{not json") == {}
-    assert read_manifest(json.dumps({"files": [{"index": "0"}]})) == {}
-
-
-def test_a_file_is_worth_hashing_only_with_the_same_url_and_size():
-    entry = ManifestEntry(0, "https://h/x", "0.png", 10, "ab" * 32, "image/png")
-    assert worth_hashing(entry, "https://h/x", 10)
-    assert not worth_hashing(entry, "https://h/x", 9)
-    assert not worth_hashing(entry, "https://h/other", 10)
-    assert not worth_hashing(entry, "https://h/x", None)
-    assert not worth_hashing(None, "https://h/x", 10)

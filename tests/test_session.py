@@ -364,6 +364,18 @@ async def test_get_images_raises_the_first_error(
     assert caught.value.image_id == "missing-one"
 
 
+async def test_get_images_raises_the_first_error_while_other_fetches_are_still_pending(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    held = gallery.ids[0]
+    gallery.script(held, Answer.slow(60))
+    # Waiting for every fetch would take the held one's minute: the bound fails it first.
+    async with asyncio.timeout(5):
+        with pytest.raises(ImageNotFound):
+            await session.get_images([held, "missing-one"])
+    assert fetch_tasks() == []  # the held fetch, cancelled
+
+
 async def test_get_images_with_return_exceptions_puts_errors_in_place(
     session: GallerySession, gallery: FakeGallery
 ) -> None:
