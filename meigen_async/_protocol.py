@@ -366,10 +366,15 @@ _VALIDATOR = re.compile(r"[\x20-\x7e]+")
 
 @attrs.frozen
 class Validators:
-    """What a stored image is revalidated with: its `ETag` and its `Last-Modified`."""
+    """What a stored image is revalidated with: its `ETag` and its `Last-Modified`.
+
+    What `MemoryCache` keeps beside an image, to send back in a conditional request.
+    """
 
     etag: str | None = None
+    """The response's `ETag`, sent back as `If-None-Match` (None: it had none)."""
     last_modified: str | None = None
+    """The response's `Last-Modified`, sent back as `If-Modified-Since` (None: it had none)."""
 
     def updated_by(self, newer: Validators | None) -> Validators:
         """These validators, with those a 304 carried taking their place (RFC 9111 4.3.4)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Protocol, TypeVar
+from typing import TypeVar
 
 from yarl import URL
 
@@ -19,27 +19,16 @@ from ._core import SENT, Tally, after_failure, for_image
 from ._protocol import cool_down_after, is_daily_limit
 from ._transport import RawResponse
 from .errors import MeigenError, TransportError
-from .limits import RateLimiter
+from .limits import Pacer, RateLimiter
 from .retry import RetryPolicy
 
+# Pacer (now public, in limits) is still named here for the modules that import it from here.
 __all__ = ["Pacer", "Upstream"]
 
 T = TypeVar("T")
 
 Send = Callable[[URL, Mapping[str, str] | None], Awaitable[RawResponse]]
 """One HTTP GET with extra request headers (or None): the response, or `TransportError`."""
-
-
-class Pacer(Protocol):
-    """Paces requests: `acquire` returns when the next one may go.
-
-    The older, smaller form of `meigen_async.RateLimiter`: a pacer without `cool_down` is
-    never told of a 429.
-    """
-
-    async def acquire(self) -> None:
-        """Wait for the next request's turn."""
-        ...
 
 
 class Upstream:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,10 +26,10 @@ __all__ = [
     "PromptSegment",
     "SearchHit",
     "SessionStats",
-    "converter",
     "structure_image",
     "structure_search_hit",
     "unstructure_image",
+    "unstructure_search_hit",
 ]
 
 
@@ -193,6 +194,9 @@ class SessionStats:
     """Expired images a `304 Not Modified` renewed, with no body sent."""
     refreshed: int = 0
     """Background refreshes (stale-while-revalidate) that got their answer."""
+    shared_hits: int = 0
+    """Misses of the in-process cache that the shared cache answered (an image or a 404),
+    with no upstream request; a miss shared by several callers counts once."""
     search_hits_skipped: int = 0
     """Search results left out because their id is not a gallery id."""
 
@@ -319,14 +323,31 @@ def _build_converter() -> cattrs.Converter:
     return conv
 
 
-converter: cattrs.Converter = _build_converter()
-"""The one converter, built at import and reused for every structure and unstructure call."""
+_converter: cattrs.Converter = _build_converter()
+"""The one converter, built at import and reused for every structure and unstructure call.
+
+Private: the functions below are the way in and out (`unstructure_image`,
+`unstructure_search_hit`), so that its hooks can change without breaking a caller."""
+
+
+def __getattr__(name: str) -> Any:
+    # The converter was public until this release: its old name works for one more, with a
+    # warning.
+    if name != "converter":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        "meigen_async.models.converter is deprecated and will be removed: use "
+        "unstructure_image or unstructure_search_hit",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _converter
 
 
 _ID_SHOWN = 140  # characters of a foreign id quoted: a valid id has at most 128
 
 # The converter's own hook for the class, looked up once rather than dispatched per call.
-_structure_gallery_image = converter.get_structure_hook(GalleryImage)
+_structure_gallery_image = _converter.get_structure_hook(GalleryImage)
 
 
 # What structuring may raise for data of the wrong shape. RecursionError and OverflowError
@@ -372,7 +393,7 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     return image
 
 
-_structure_hit = converter.get_structure_hook(SearchHit)
+_structure_hit = _converter.get_structure_hook(SearchHit)
 
 
 def structure_search_hit(data: Any) -> SearchHit:
@@ -398,7 +419,13 @@ def structure_search_hit(data: Any) -> SearchHit:
 
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:
     """Turn an image back into the endpoint's `data` object (JSON-ready)."""
-    data: dict[str, Any] = converter.unstructure(image)
+    data: dict[str, Any] = _converter.unstructure(image)
+    return data
+
+
+def unstructure_search_hit(hit: SearchHit) -> dict[str, Any]:
+    """Turn a search hit back into a JSON-ready object, as `unstructure_image` does an image."""
+    data: dict[str, Any] = _converter.unstructure(hit)
     return data
 
 

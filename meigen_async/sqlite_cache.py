@@ -19,6 +19,10 @@ a write that cannot have it soon is skipped, with a back-off (`Backoff`, as for 
 
 Only a file marked as ours is ever written (see `_sqlite_file`): another program's database is
 left byte for byte as it was.
+
+Longer than 450 lines on purpose: one class, the `SharedCache` protocol on one connection and
+one worker thread, whose methods share its batching and failure handling; what could be split
+off already is (`_sqlite_file`, `_shared_codec`, `_backoff`).
 """
 
 from __future__ import annotations

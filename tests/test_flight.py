@@ -71,6 +71,19 @@ async def test_the_task_is_named_for_its_key() -> None:
         await single.close()
 
 
+async def test_a_task_started_with_its_own_start_runs_it_and_later_callers_join_it() -> None:
+    jobs, other = Jobs(), Jobs()
+    single = flights(jobs)
+    loop = asyncio.get_running_loop()
+    first, _ = single.join("a", loop, other.run)
+    second, joined = single.join("a", loop)
+    other.finish("a", "from the other start")
+
+    assert joined
+    assert await single.wait(first) == await single.wait(second) == "from the other start"
+    assert (jobs.started, other.started) == ({}, {"a": 1})
+
+
 async def test_a_key_asked_again_after_its_flight_landed_starts_a_new_task() -> None:
     jobs = Jobs()
     single = flights(jobs)

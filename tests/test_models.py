@@ -23,6 +23,7 @@ from meigen_async.models import (
     structure_image,
     structure_search_hit,
     unstructure_image,
+    unstructure_search_hit,
 )
 
 ID = "2009629483448627597"
@@ -354,19 +355,30 @@ def test_image_result_is_not_ok_with_an_error() -> None:
 # -- The converter ------------------------------------------------------------------------------
 
 
-def test_the_converter_is_one_module_level_cattrs_converter() -> None:
-    converter = models.converter
+def test_the_converter_is_one_private_module_level_cattrs_converter() -> None:
+    converter = models._converter
     assert isinstance(converter, cattrs.Converter)
 
     structure_image(realistic_data())
     unstructure_image(structure_image(realistic_data()))
 
-    assert models.converter is converter
+    assert models._converter is converter
 
 
 def test_the_module_converter_carries_the_strict_hooks() -> None:
     with pytest.raises(cattrs.BaseValidationError):
-        models.converter.structure({"id": ID, "likes": "12"}, GalleryImage)
+        models._converter.structure({"id": ID, "likes": "12"}, GalleryImage)
+
+
+def test_the_converters_old_public_name_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="unstructure_search_hit"):
+        assert models.converter is models._converter
+
+
+def test_a_search_hit_unstructures_to_what_structures_it_again() -> None:
+    hit = structure_search_hit({"id": ID, "text": "a garden", "likes": 3})
+
+    assert structure_search_hit(unstructure_search_hit(hit)) == hit
 
 
 # -- Untrusted data: foreign ids, deep nesting, lone surrogates ---------------------------------

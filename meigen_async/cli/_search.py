@@ -12,7 +12,7 @@ from .._text import terminal_safe
 from ..errors import MeigenError
 from ..models import (
     SearchHit,
-    converter,
+    unstructure_search_hit,
 )
 from ..prompt import _string_values
 from ._options import (
@@ -119,7 +119,7 @@ async def _search(args: argparse.Namespace) -> int:
                     if args.ids:
                         _print(hit.id, sys.stdout)
                     elif args.json:
-                        _print_json(converter.unstructure(hit), sys.stdout)
+                        _print_json(unstructure_search_hit(hit), sys.stdout)
                     else:
                         width = shutil.get_terminal_size().columns
                         if not found:
