@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from . import burst, cold, freshness, media, report, scale, sqlite, warm
+from . import burst, cold, export, freshness, media, report, scale, sqlite, warm
 from .common import Config, log, ratio_entry, summarise
 from .server import ServerProcess
 
@@ -31,6 +31,7 @@ SCENARIOS: dict[str, Callable[[str, Config], Awaitable[dict[str, Any]]]] = {
     "freshness": freshness.run,
     "sqlite": sqlite.run,
     "media": media.run,
+    "export": export.run,
 }
 ALL = (*SCENARIOS, "prompt_parsing")
 

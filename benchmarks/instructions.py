@@ -6,6 +6,9 @@ For each client (ours, the raw aiohttp loop) a process is run under ``valgrind
 collector off; the difference divided by ``N`` is the client's instructions per id. The count
 leaves out the system calls, which both clients make alike, so its ratio understates the
 wall-time one. Needs valgrind (Debian's package).
+
+``--warm`` counts a warm hit instead: ours and the cachetools floor of the warm scenario, each
+warmed with 1,000 ids and then awaiting ``N`` cached gets, less the same process awaiting none.
 """
 
 from __future__ import annotations
@@ -47,8 +50,34 @@ async def _raw(url: str, ids: list[str]) -> None:
         await asyncio.gather(*(one(key) for key in ids))
 
 
+_WARM_IDS = 1000
+
+
+async def _warm(url: str, count: int, *, floor: bool) -> None:
+    from cachetools import TTLCache
+
+    from meigen_async import GallerySession
+
+    ids = [image_id(n) for n in range(_WARM_IDS)]
+    async with GallerySession(url, cache_size=4096) as session:
+        await session.get_images(ids)
+        kept: TTLCache[str, Any] = TTLCache(4096, 3600)
+        for each in ids:
+            kept[each] = await session.get_image(each)
+
+        async def cached(key: str) -> Any:
+            return kept[key]
+
+        get = cached if floor else session.get_image
+        for n in range(count):
+            await get(ids[n % _WARM_IDS])
+
+
 def _client(which: str, url: str, count: int) -> None:
     gc.disable()
+    if which in ("warm", "floor"):
+        asyncio.run(_warm(url, count, floor=which == "floor"))
+        return
     ids = [image_id(100_000 + n) for n in range(count)]
     asyncio.run((_ours if which == "ours" else _raw)(url, ids))
 
@@ -81,23 +110,27 @@ def _instructions(which: str, url: str, count: int) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Print instructions per cold id for ours and the raw loop, and their ratio."""
+    """Print instructions per cold id (or warm hit) for ours and its peer, and their ratio."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
-    parser.add_argument("--ids", type=int, default=1500)
+    parser.add_argument("--ids", type=int, default=None, help="ids (calls with --warm)")
+    parser.add_argument("--warm", action="store_true", help="count a warm hit instead")
     parser.add_argument("--client", nargs=3, metavar=("WHICH", "URL", "COUNT"))
     args = parser.parse_args(argv)
     if args.client:
         which, url, count = args.client
         _client(which, url, int(count))
         return
+    count = args.ids or (100_000 if args.warm else 1500)
+    ours, peer = ("warm", "floor") if args.warm else ("ours", "raw")
+    unit = "a warm hit" if args.warm else "an id"
     per_id: dict[str, float] = {}
     with ServerProcess() as server:
-        for which in ("ours", "raw"):
-            full = _instructions(which, server.url, args.ids)
+        for which in (ours, peer):
+            full = _instructions(which, server.url, count)
             empty = _instructions(which, server.url, 0)
-            per_id[which] = (full - empty) / args.ids
-            print(f"{which}: {per_id[which]:,.0f} instructions an id", flush=True)
-    print(f"raw / ours: {per_id['raw'] / per_id['ours']:.3f}")
+            per_id[which] = (full - empty) / count
+            print(f"{which}: {per_id[which]:,.0f} instructions {unit}", flush=True)
+    print(f"{peer} / {ours}: {per_id[peer] / per_id[ours]:.3f}")
 
 
 if __name__ == "__main__":

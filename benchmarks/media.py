@@ -93,12 +93,15 @@ def _images(base: str, count: int, size: int, tag: str) -> list[GalleryImage]:
     ]
 
 
+def _origins(images: list[GalleryImage]) -> set[str]:
+    """The media server's origin (its own port), from the images' URLs: their `media_hosts`."""
+    return {str(URL(image.media_urls[0]).origin()).removeprefix("http://") for image in images}
+
+
 async def _ours(gallery_url: str, images: list[GalleryImage], out: Path) -> int:
     total = 0
-    # The media server's origin (its own port), from the images' URLs.
-    origins = {str(URL(image.media_urls[0]).origin()).removeprefix("http://") for image in images}
     async with GallerySession(
-        gallery_url, media_hosts=origins, media_concurrency=_CONCURRENCY
+        gallery_url, media_hosts=_origins(images), media_concurrency=_CONCURRENCY
     ) as session:
         async for result in session.iter_media(images, out):
             if result.error is not None:

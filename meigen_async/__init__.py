@@ -1,8 +1,12 @@
 """Async client for MeiGen's public gallery endpoint `GET /api/images/:id`."""
 
+from ._protocol import Validators
 from ._version import __version__
+from .cache import CachePolicy, MemoryCache
 from .errors import (
     ApiError,
+    DailyLimitReached,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -24,15 +28,22 @@ from .errors import (
     TransportError,
     UpstreamUnreachable,
 )
-from .limits import LocalRateLimiter, RateLimiter
+from .export import ExportProgress, ExportSummary
+from .limits import LocalRateLimiter, Pacer, RateLimiter
 from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult, PromptSegment, SearchHit, SessionStats
 from .prompt import Prompt, PromptKind, parse_prompt
 from .retry import RetryPolicy
 from .session import GallerySession
+from .shared import SharedCache, SharedEntry, SharedImage, SharedMissing
 
 __all__ = [
     "ApiError",
+    "CachePolicy",
+    "DailyLimitReached",
+    "ExportError",
+    "ExportProgress",
+    "ExportSummary",
     "GalleryImage",
     "GallerySession",
     "ImageNotFound",
@@ -55,6 +66,8 @@ __all__ = [
     "MediaTransportError",
     "MediaWriteError",
     "MeigenError",
+    "MemoryCache",
+    "Pacer",
     "Prompt",
     "PromptKind",
     "PromptSegment",
@@ -64,8 +77,13 @@ __all__ = [
     "SearchHit",
     "ServerError",
     "SessionStats",
+    "SharedCache",
+    "SharedEntry",
+    "SharedImage",
+    "SharedMissing",
     "TransportError",
     "UpstreamUnreachable",
+    "Validators",
     "__version__",
     "parse_prompt",
 ]

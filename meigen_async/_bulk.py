@@ -1,9 +1,9 @@
 """The bulk drivers: every id at once, a bounded stream of ids, a bounded stream of downloads.
 
-`gather_images` and `stream_images` ride the fetch tasks of `SingleFlight` directly, with no
-task or shield of their own per id: bulk calls are where that overhead would show. The session
-hands them its cache look-up and its join, so that hits, coalescing and counting are the same
-as for single gets. `stream_media` (`iter_media`) runs each image in a task the session owns
+`gather_images` and `stream_images` call the session's `ImagePath` (its look-up and its join),
+so that hits, coalescing and counting are the same as for single gets, and ride its fetch tasks
+directly, with no task or shield of their own per id: bulk calls are where that overhead would
+show. `stream_media` (`iter_media`) runs each image in a task the session owns
 (`_media_tasks.OwnedTasks`), which `close()` ends.
 """
 
@@ -21,7 +21,8 @@ from collections.abc import (
 )
 from typing import TypeVar, cast
 
-from ._flight import Flight, SingleFlight
+from ._flight import Flight
+from ._images import ImagePath
 from ._media_tasks import MEDIA_TASK_PREFIX, OwnedTasks, closed_error
 from .errors import MediaError, MeigenError, TransportError, UpstreamUnreachable
 from .media import MediaFile, MediaResult
@@ -39,11 +40,6 @@ __all__ = [
 
 T = TypeVar("T")
 
-LookUp = Callable[[object], GalleryImage | None]
-"""A cached image or None for a miss; a bad id or a known 404 raised."""
-Join = Callable[[str, asyncio.AbstractEventLoop], Flight[GalleryImage]]
-"""Wait on the fetch of a valid id, starting it when there is none."""
-
 
 def refuse_single_id(ids: object) -> None:
     """Refuse a `str` (or bytes) given where an iterable of ids belongs.
@@ -60,11 +56,9 @@ def refuse_single_id(ids: object) -> None:
 
 
 async def gather_images(
+    images: ImagePath,
     ids: Iterable[object],
     *,
-    look_up: LookUp,
-    join: Join,
-    flights: SingleFlight[GalleryImage],
     return_exceptions: bool,
 ) -> list[GalleryImage | MeigenError]:
     """Every id's image (or error, with `return_exceptions`), in input order, each fetched once.
@@ -72,6 +66,7 @@ async def gather_images(
     Without `return_exceptions`, the first error is raised and the fetches left are cancelled.
     """
     loop = asyncio.get_running_loop()
+    look_up, join, flights = images.look_up, images.join, images.flights
     wanted = list(ids)
     try:
         distinct: dict[object, object] = {image_id: image_id for image_id in wanted}
@@ -121,11 +116,9 @@ def should_stop(streak: int, limit: int | None) -> bool:
 
 
 async def stream_images(
+    images: ImagePath,
     ids: Iterable[str] | AsyncIterable[str],
     *,
-    look_up: LookUp,
-    join: Join,
-    flights: SingleFlight[GalleryImage],
     concurrency: int,
     stop_after_transport_failures: int | None = None,
 ) -> AsyncGenerator[ImageResult, None]:
@@ -138,6 +131,7 @@ async def stream_images(
     always told by an `UpstreamUnreachable`, never by an early end alone.
     """
     loop = asyncio.get_running_loop()
+    look_up, join, flights = images.look_up, images.join, images.flights
     source = async_items(ids)
     streak = 0
     # The fetch tasks waited on, each with the flights (one per id asked, duplicates too) it

@@ -1,11 +1,16 @@
 """What a fetch does next, decided with plain values: no asyncio, no aiohttp.
 
-`GallerySession` does the I/O and asks these functions at each step: what the cache holds for an
-id (`look_up`, `freshness`), what a response means (`read_response`, a 304 included), whether a
-failed attempt is tried again
-(`after_failure`), what a fetch that gave up ends in (`after_giving_up`), and when a background
-refresh that failed may run again (`after_failed_refresh`, `may_refresh`). `Tally` turns
-those outcomes into the counters of `SessionStats`: the one place where a counter moves.
+The image path (`_images`, `_fetch`) does the I/O and asks these functions at each step: what
+the cache holds for an id (`look_up`, `freshness`), what an entry of the shared tier means
+(`from_shared`), what a response means (`read_response`, a 304 included), whether a failed
+attempt is tried again (`after_failure`), what a fetch that gave up ends in
+(`after_giving_up`), and when a background refresh that failed may run again
+(`after_failed_refresh`, `may_refresh`). `Tally` turns those outcomes into the counters of
+`SessionStats`: the one place where a counter moves.
+
+Longer than 450 lines on purpose: these are the steps of one fetch, each a few lines, whose
+outcome types (`Store`, `Raise`, `ServeStale`, ...) are shared by the steps and by `Tally`;
+split apart, each piece would import the others' types, and the fetch would read in five files.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from .errors import (
 )
 from .models import GalleryImage, SessionStats
 from .retry import RetryPolicy, is_retryable
+from .shared import SharedEntry, SharedMissing
 
 __all__ = [
     "COALESCED",
@@ -64,11 +70,14 @@ __all__ = [
     "after_giving_up",
     "for_image",
     "freshness",
+    "from_shared",
     "look_up",
     "may_refresh",
     "read_response",
     "remembered_404",
+    "retold",
     "retries_note",
+    "unreachable_after",
 ]
 
 
@@ -237,6 +246,38 @@ def read_response(
     return new(image, ttl, shared_ttl, validators, window)
 
 
+def from_shared(
+    entry: SharedEntry,
+    left: float,
+    *,
+    image_id: str,
+    policy: CachePolicy,
+    stale_window: float,
+    stored: bool,
+) -> Store | Raise | None:
+    """What an entry the shared tier found, fresh `left` seconds more, means to the fetch.
+
+    `entry` has passed the shared tier's check. A fresh image is the answer, kept in process
+    as one from the upstream would be: `Store` for `left` seconds, with its validators and
+    the session's stale-while-revalidate window (`policy.stale_while_revalidate`; a server's
+    own directive is not kept in a shared cache). A fresh 404 is the answer too: `Raise`, to be
+    remembered `left` seconds. An expired image is no answer (its `Store` has a `ttl` of 0 or
+    less: stored already expired) and is kept only when the in-process cache has nothing for
+    the id (`stored` False) and it may yet be served within `stale_window` if the upstream
+    fails, or revalidated with its validators. None: nothing to keep, and no answer.
+    """
+    if isinstance(entry, SharedMissing):
+        return Raise(remembered_404(image_id), remember_missing=left) if left > 0 else None
+    validators = (
+        Validators(etag=entry.etag, last_modified=entry.last_modified)
+        if entry.etag is not None or entry.last_modified is not None
+        else None
+    )
+    if left <= 0 and (stored or (left + stale_window <= 0 and validators is None)):
+        return None
+    return Store(entry.image, left, None, validators, policy.stale_while_revalidate)
+
+
 # -- After a failed attempt ----------------------------------------------------------------------
 
 
@@ -253,11 +294,19 @@ def for_image(
         message = f"request for {what} failed: {error.message}{after}"
     else:
         message = f"{what}: {error.message}{after}"
-    # A copy, so that what the caller branches on (`status`, a 429's `retry_after`, ...) stays.
+    told = retold(error, message)
+    told.image_id = image_id
+    return told
+
+
+def retold(error: MeigenError, message: str) -> MeigenError:
+    """A copy of `error` with another message: what the caller branches on stays.
+
+    `status`, a 429's `retry_after`, a daily limit's `resets_at`: every attribute is copied.
+    """
     told = copy.copy(error)
     told.args = (message,)
     told.message = message
-    told.image_id = image_id
     return told
 
 
@@ -364,7 +413,7 @@ SENT = _Event.SENT
 COALESCED = _Event.COALESCED
 """A call joined the fetch already in flight for its id."""
 SHARED_HIT = _Event.SHARED_HIT
-"""The shared tier answered a miss of the in-process cache."""
+"""The shared tier answered a miss of the in-process cache (an image or a 404)."""
 REFRESHED = _Event.REFRESHED
 """A background refresh (stale-while-revalidate) got its answer."""
 SKIPPED_HIT = _Event.SKIPPED_HIT
@@ -392,6 +441,7 @@ class Tally:
         "requests",
         "retries",
         "revalidated",
+        "shared_hits",
         "skipped_hits",
         "stale_served",
     )
@@ -406,6 +456,7 @@ class Tally:
         self.stale_served = 0
         self.revalidated = 0
         self.refreshed = 0
+        self.shared_hits = 0
         self.skipped_hits = 0
         self.media_requests = 0
         self.media_retries = 0
@@ -414,14 +465,9 @@ class Tally:
     def record(self, outcome: Outcome) -> None:
         """Count one outcome."""
         # Ordered by how often each comes: a warm session mostly records hits.
-        if (
-            outcome is HIT
-            or outcome is KNOWN_MISSING
-            or outcome is SHARED_HIT
-            or outcome is REFRESH
-        ):
-            # Remembered 404s, the shared tier's answers and stale-while-revalidate answers
-            # are answers from a cache too (a refresh is counted when it is done).
+        if outcome is HIT or outcome is KNOWN_MISSING or outcome is REFRESH:
+            # Remembered 404s and stale-while-revalidate answers are answers from the
+            # in-process cache too (a refresh is counted when it is done).
             self.hits += 1
         elif outcome is MISS or outcome is STALE:
             self.misses += 1
@@ -435,6 +481,9 @@ class Tally:
             self.revalidated += 1
         elif outcome is REFRESHED:
             self.refreshed += 1
+        elif outcome is SHARED_HIT:
+            # A miss of the in-process cache (counted as one) that the shared tier answered.
+            self.shared_hits += 1
         elif outcome is SKIPPED_HIT:
             self.skipped_hits += 1
         elif outcome is MEDIA_SENT:
@@ -464,8 +513,18 @@ class Tally:
             stale_served=self.stale_served,
             revalidated=self.revalidated,
             refreshed=self.refreshed,
+            shared_hits=self.shared_hits,
             search_hits_skipped=self.skipped_hits,
             media_requests=self.media_requests,
             media_retries=self.media_retries,
             media_bytes=self.media_bytes,
         )
+
+
+def unreachable_after(concurrency: int) -> int:
+    """Transport failures in a row after which a long job takes its upstream as unreachable.
+
+    More than two full waves of requests: one network blip fails every request in flight at
+    once, and should not end a long job; the ids started after it failing too should.
+    """
+    return max(20, 2 * concurrency)

@@ -1,14 +1,18 @@
 """What a flight's task runs for one id: the shared tier, then the upstream, then the caches.
 
 `Fetcher` is the I/O shell around `_core`'s decisions: it asks the shared tier (when there is
-one), sends through `Upstream` (a conditional request when the stored image has validators, and
-one plain request more when its 304 was for another representation), stores what
-`read_response` says to store, and ends a failed fetch as `after_giving_up` says.
+one) and keeps what it found as `from_shared` says, sends through `Upstream` (a conditional
+request when the stored image has validators, and one plain request more when its 304 was for
+another representation), stores what `read_response` says to store, and ends a failed fetch as
+`after_giving_up` says. It is the only writer of the in-process cache (but for a user's
+`invalidate` and `clear_cache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from yarl import URL
 
@@ -21,8 +25,8 @@ from ._core import (
     Store,
     Tally,
     after_giving_up,
+    from_shared,
     read_response,
-    remembered_404,
 )
 from ._protocol import Validators, conditional_headers
 from ._shared_tier import SharedTier
@@ -64,31 +68,50 @@ class Fetcher:
         self._policy = policy
         self._image_url = image_url
         self._tally = tally
-        self.refreshing: set[str] = set()
-        """Ids fetched as background refreshes: their caller already has the stale image, so
-        a failure ends in its error rather than in that image again (stale-if-error)."""
         # Without a shared tier the task runs the upstream loop itself: one frame less for
         # every resumption of every request.
-        self.fetch = self._fetch_upstream if shared is None else self._fetch_shared
+        run = self._fetch_upstream if shared is None else self._fetch_shared
+        self.fetch: Callable[[str], Coroutine[Any, Any, GalleryImage]] = run
+        """Fetch one id that missed the cache."""
+        self.refresh: Callable[[str], Coroutine[Any, Any, GalleryImage]] = functools.partial(
+            run, refresh=True
+        )
+        """Fetch one id as a background refresh (stale-while-revalidate): a failure ends in its
+        error, never in the stale image (stale-if-error), which its caller already has."""
 
-    async def _fetch_shared(self, image_id: str) -> GalleryImage:
-        """Ask the shared tier first; fetch upstream under its lease when it has nothing."""
+    async def _fetch_shared(self, image_id: str, refresh: bool = False) -> GalleryImage:
+        """Ask the shared tier first; fetch upstream under its lease when it has nothing fresh."""
         shared = self._shared
         assert shared is not None  # chosen only when there is a shared tier
         claim = await shared.claim(image_id)
-        if claim.answered:
-            self._tally.record(SHARED_HIT)
-            if claim.image is not None:
-                return claim.image
-            raise remembered_404(image_id)
+        found = claim.found
+        if found is not None:
+            kept = from_shared(
+                found.entry,
+                found.left,
+                image_id=image_id,
+                policy=self._policy,
+                stale_window=self._cache.stale_window,
+                stored=self._cache.entry(image_id) is not None,
+            )
+            if isinstance(kept, Raise):
+                self._cache.set_missing(image_id, kept.remember_missing)
+                self._tally.record(SHARED_HIT)
+                raise kept.error
+            if kept is not None:
+                assert kept.ttl is not None  # from_shared always gives one
+                self._keep(image_id, kept, kept.ttl)
+                if kept.ttl > 0:
+                    self._tally.record(SHARED_HIT)
+                    return kept.image
         try:
-            return await self._fetch_upstream(image_id)
+            return await self._fetch_upstream(image_id, refresh)
         finally:
             # After the value is stored, so that processes waiting on the lease find it there.
             if claim.token is not None:
                 shared.release_later(image_id, claim.token)
 
-    async def _fetch_upstream(self, image_id: str) -> GalleryImage:
+    async def _fetch_upstream(self, image_id: str, refresh: bool = False) -> GalleryImage:
         try:
             # An image kept past its freshness with validators is asked after conditionally.
             outcome = await self._request(image_id, self._cache.validators(image_id))
@@ -97,18 +120,12 @@ class Fetcher:
                 outcome = await self._request(image_id, None)
                 assert not isinstance(outcome, Refetch)  # only a conditional request gets one
         except MeigenError as error:
-            return await self._give_up(image_id, error)
+            return await self._give_up(image_id, error, refresh)
         if isinstance(outcome, Store):
             if isinstance(outcome, Refresh):
                 self._tally.record(outcome)
             if outcome.ttl is not None:
-                self._cache.set(
-                    image_id,
-                    outcome.image,
-                    outcome.ttl,
-                    validators=outcome.validators,
-                    revalidate_window=outcome.revalidate_window,
-                )
+                self._keep(image_id, outcome, outcome.ttl)
             else:
                 self._cache.invalidate(image_id)
             if self._shared is not None:
@@ -120,6 +137,16 @@ class Fetcher:
             if self._shared is not None:
                 await self._shared.store(image_id, outcome.image, None)
         return outcome.image
+
+    def _keep(self, image_id: str, store: Store, ttl: float) -> None:
+        """Write `store`'s image in process, fresh `ttl` seconds, with its validators and window."""
+        self._cache.set(
+            image_id,
+            store.image,
+            ttl,
+            validators=store.validators,
+            revalidate_window=store.revalidate_window,
+        )
 
     async def _request(
         self, image_id: str, stored: tuple[GalleryImage, Validators] | None
@@ -146,8 +173,8 @@ class Fetcher:
             headers=None if stored is None else conditional_headers(stored[1]),
         )
 
-    async def _give_up(self, image_id: str, error: MeigenError) -> GalleryImage:
-        stale = None if image_id in self.refreshing else self._cache.get_stale(image_id)
+    async def _give_up(self, image_id: str, error: MeigenError, refresh: bool) -> GalleryImage:
+        stale = None if refresh else self._cache.get_stale(image_id)
         ending = after_giving_up(error, stale=stale, negative_ttl=self._policy.negative_ttl)
         self._tally.record(ending)
         if not isinstance(ending, Raise):

@@ -64,16 +64,23 @@ class SingleFlight(Generic[V]):
         """Whether `key` has a task in flight."""
         return key in self._flights
 
-    def join(self, key: str, loop: asyncio.AbstractEventLoop) -> tuple[Flight[V], bool]:
+    def join(
+        self,
+        key: str,
+        loop: asyncio.AbstractEventLoop,
+        start: Callable[[str], Coroutine[Any, Any, V]] | None = None,
+    ) -> tuple[Flight[V], bool]:
         """Wait on `key`'s task, starting it in `loop` if there is none.
 
+        A task started here runs `start(key)` when `start` is given, else the constructor's.
         Returns the flight and whether it was already running (the call was coalesced).
         """
         flight = self._flights.get(key)
         joined = flight is not None
         if flight is None:
+            coroutine = self._start(key) if start is None else start(key)
             # The loop's own create_task: asyncio.create_task would look the loop up per key.
-            task = loop.create_task(self._start(key), name=self._task_name(key))
+            task = loop.create_task(coroutine, name=self._task_name(key))
             flight = Flight(key, task)
             self._flights[key] = flight
         flight.waiters += 1

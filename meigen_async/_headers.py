@@ -12,16 +12,23 @@ from email.utils import parsedate_to_datetime
 
 from multidict import CIMultiDict, CIMultiDictProxy
 
-__all__ = ["header", "header_list", "parse_http_date", "parse_retry_after"]
+__all__ = [
+    "CASE_INSENSITIVE",
+    "header",
+    "header_lines",
+    "header_list",
+    "parse_http_date",
+    "parse_retry_after",
+]
 
 # What aiohttp hands over: a miss there is final, no need to scan for another spelling.
-_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
+CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
 
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """Look a header up by name, ignoring case, in any mapping."""
     value = headers.get(name)
-    if value is not None or isinstance(headers, _CASE_INSENSITIVE):
+    if value is not None or isinstance(headers, CASE_INSENSITIVE):
         return value
     lowered = name.lower()
     for key, candidate in headers.items():
@@ -38,17 +45,22 @@ def header_list(headers: Mapping[str, str], name: str) -> str | None:
     reads as `"max-age=60, no-store"`. In a plain mapping each spelling of the name counts
     as a line. None when the header is absent.
     """
-    if isinstance(headers, _CASE_INSENSITIVE):
-        lines = headers.getall(name, None)
-        if lines is None:
-            return None
-        return lines[0] if len(lines) == 1 else ", ".join(lines)
-    value = headers.get(name)
+    lines = header_lines(headers, name)
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ", ".join(lines)
+
+
+def header_lines(headers: Mapping[str, str], name: str) -> list[str]:
+    """Each line of a header, in order, ignoring case, in any mapping; [] when it is absent.
+
+    For headers whose lines are read one by one (`X-Robots-Tag`: a line may name a crawler).
+    In a plain mapping each spelling of the name counts as a line.
+    """
+    if isinstance(headers, CASE_INSENSITIVE):
+        return headers.getall(name, [])
     lowered = name.lower()
-    others = [v for key, v in headers.items() if key != name and key.lower() == lowered]
-    if not others:
-        return value
-    return ", ".join(others if value is None else [value, *others])
+    return [value for key, value in headers.items() if key.lower() == lowered]
 
 
 def parse_http_date(value: str | None) -> float | None:

@@ -21,6 +21,7 @@ from typing import Any
 from yarl import URL
 
 from ._core import retries_note
+from ._headers import header_lines
 from ._media_files import (
     ImageDir,
     Received,
@@ -39,6 +40,7 @@ from ._media_rules import (
     file_name,
     head_pixels,
     media_dir,
+    opts_out,
     redirect_target,
     status_error,
     too_large,
@@ -294,6 +296,7 @@ class MediaDownloader:
         if length is not None and length > limit:
             raise too_large(url, limit, f"Content-Length is {length}", status)
         content_type = resp.headers.get("Content-Type")
+        opted_out = opts_out(header_lines(resp.headers, "X-Robots-Tag"))
         head = b""
         pending: list[bytes] = []  # the first chunks, until the type is known
         size = 0
@@ -333,7 +336,8 @@ class MediaDownloader:
             if out is not None:
                 await out.discard()
             raise
-        return Received(out, url, directory, file_name(index, kind), kind, head, size)
+        name = file_name(index, kind)
+        return Received(out, url, directory, name, kind, head, size, opted_out)
 
 
 def _after_retries(error: MeigenError, retries: int, about: object) -> MeigenError:

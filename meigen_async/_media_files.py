@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import errno
 import hashlib
 import itertools
@@ -54,6 +55,7 @@ from .media import MediaFile
 
 __all__ = [
     "FILES",
+    "UNSYNCED",
     "ImageDir",
     "Received",
     "TempFile",
@@ -73,6 +75,13 @@ FILES = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix=
 """Threads for the file work of every download. fsyncs issued side by side share the
 journal's commits, so several at once cost little more than one; more threads than downloads
 in flight would only wait."""
+
+UNSYNCED: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "meigen_async_unsynced", default=False
+)
+"""Set in a task whose downloads need no fsync: an export's staging, whose shard is fsynced
+whole. A crash can then leave a file whose record its bytes do not match: its SHA-256 is
+checked before reuse, and it is downloaded again."""
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -209,14 +218,15 @@ class Received:
     kind: Kind
     head: bytes
     size: int
+    opted_out: bool
 
     async def commit(self) -> tuple[MediaFile, bool]:
         """Write the rest, record, fsync and rename: the file, and whether it holds its record."""
         sha256 = self.out.sha256()
         path = self.directory.path / self.name
-        media = media_file(self.url, path, self.size, sha256, self.kind, self.head)
+        media = media_file(self.url, path, self.size, sha256, self.kind, self.head, self.opted_out)
         try:
-            record = file_record(self.url, self.size, sha256)
+            record = file_record(self.url, self.size, sha256, self.opted_out)
             on_file = await self.out.commit(self.name, record)
         except BaseException:
             await self.out.discard()
@@ -248,6 +258,7 @@ class TempFile:
         self._directory = directory
         self._index = index
         self._url = url
+        self._sync = not UNSYNCED.get()  # read in the downloading task, on the event loop
         self._dir_fd: int | None = None  # held from the creation to the rename or removal
         self._fd: int | None = None
         self._digest = hashlib.sha256()
@@ -357,7 +368,8 @@ class TempFile:
         assert dir_fd is not None
         on_file = _attach(fd, record)
         # The rename must not land before the data (and the record): fsync first.
-        os.fsync(fd)
+        if self._sync:
+            os.fsync(fd)
         self._fd = None
         os.close(fd)
         # Within the directory held open: a link swapped in for `out/{id}` since is not used,
@@ -530,4 +542,6 @@ def still_there(directory: ImageDir, entry: ManifestEntry) -> MediaFile | None:
         return None
     if digest.hexdigest() != entry.sha256:
         return None
-    return media_file(entry.url, directory.path / entry.name, entry.bytes, entry.sha256, kind, head)
+    path = directory.path / entry.name
+    found = media_file(entry.url, path, entry.bytes, entry.sha256, kind, head, entry.opted_out)
+    return attrs.evolve(found, reused=True)

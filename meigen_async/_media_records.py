@@ -48,6 +48,8 @@ class ManifestEntry:
     content_type: str
     on_file: bool = False
     """Read from the file's own record (its extended attribute), not from a manifest."""
+    opted_out: bool = False
+    """Its response said `X-Robots-Tag: noai` or `noimageai` (see `_media_rules.opts_out`)."""
 
 
 def read_manifest(text: str) -> dict[int, ManifestEntry]:
@@ -74,8 +76,9 @@ def read_manifest(text: str) -> dict[int, ManifestEntry]:
 def _entry(item: Any) -> ManifestEntry | None:
     if not isinstance(item, dict):
         return None
-    index, url, name, size, digest, mime = (
-        item.get(key) for key in ("index", "url", "name", "bytes", "sha256", "content_type")
+    index, url, name, size, digest, mime, opted_out = (
+        item.get(key)
+        for key in ("index", "url", "name", "bytes", "sha256", "content_type", "opted_out")
     )
     kind = kind_of_name(name) if isinstance(name, str) else None
     if (
@@ -86,6 +89,7 @@ def _entry(item: Any) -> ManifestEntry | None:
         or kind is None
         or name != file_name(index, kind)
         or mime != kind.mime
+        or type(opted_out) is not bool  # written before opt-outs were recorded: unknown
     ):
         return None
     return ManifestEntry(
@@ -95,6 +99,7 @@ def _entry(item: Any) -> ManifestEntry | None:
         bytes=size,
         sha256=digest,
         content_type=mime,
+        opted_out=opted_out,
     )
 
 
@@ -108,6 +113,7 @@ def _fields(index: int, media: MediaFile) -> dict[str, Any]:
         "content_type": media.content_type,
         "width": media.width,
         "height": media.height,
+        "opted_out": media.opted_out,
     }
 
 
@@ -119,20 +125,23 @@ def manifest_text(image_id: str, files: Iterable[tuple[int, MediaFile]]) -> str:
     return json.dumps({"id": image_id, "files": entries}, separators=_COMPACT) + "\n"
 
 
-# Version, SHA-256, size, and the first 16 bytes of the URL's SHA-256: 57 bytes, which ext4
-# keeps inside the inode (up to 60 with this attribute name). A longer record (the URL itself,
-# as JSON) took an extra 4 KiB block a file, allocated, written and journaled.
-_RECORD = struct.Struct(">B32sQ16s")
-_RECORD_VERSION = 1
+# Version, SHA-256, size, the first 16 bytes of the URL's SHA-256, and flags: 58 bytes, which
+# ext4 keeps inside the inode (up to 60 with this attribute name). A longer record (the URL
+# itself, as JSON) took an extra 4 KiB block a file, allocated, written and journaled.
+# Version 1 had no flags: such a file's opt-out is unknown, so it is not taken as recorded.
+_RECORD = struct.Struct(">B32sQ16sB")
+_RECORD_VERSION = 2
+_OPTED_OUT = 0x01
 
 
-def file_record(url: str, size: int, sha256: str) -> bytes:
+def file_record(url: str, size: int, sha256: str, opted_out: bool = False) -> bytes:
     """What a file's extended attribute `RECORD_ATTRIBUTE` holds: what a rerun checks.
 
     The rest of a `MediaFile` is read from the file itself: its type from its name, its size
     in pixels from its header.
     """
-    return _RECORD.pack(_RECORD_VERSION, bytes.fromhex(sha256), size, _url_digest(url))
+    flags = _OPTED_OUT if opted_out else 0
+    return _RECORD.pack(_RECORD_VERSION, bytes.fromhex(sha256), size, _url_digest(url), flags)
 
 
 def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestEntry | None:
@@ -143,7 +152,7 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
     """
     if len(record) != _RECORD.size:
         return None
-    version, digest, size, url_digest = _RECORD.unpack(record)
+    version, digest, size, url_digest, flags = _RECORD.unpack(record)
     index = file_index(name)
     kind = kind_of_name(name)
     if version != _RECORD_VERSION or index is None or kind is None or index >= len(urls):
@@ -158,6 +167,7 @@ def read_file_record(name: str, record: bytes, urls: Sequence[str]) -> ManifestE
         sha256=digest.hex(),
         content_type=kind.mime,
         on_file=True,
+        opted_out=bool(flags & _OPTED_OUT),
     )
 
 

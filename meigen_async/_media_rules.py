@@ -43,6 +43,7 @@ __all__ = [
     "kind_of_name",
     "media_dir",
     "media_file",
+    "opts_out",
     "origin_set",
     "redirect_target",
     "status_error",
@@ -159,8 +160,14 @@ def check_media_url(url: str | URL, origins: MediaOrigins) -> URL:
             f"refused {shown}: the origin {printable(str(parsed.origin()), 100)} is not in "
             f"media_hosts ({', '.join(origins.entries) or 'none'})",
             url=str(url),
+            host=_entry_for(parsed.scheme, host.rstrip(".").lower(), port),
         )
     return parsed
+
+
+def _entry_for(scheme: str, host: str, port: int) -> str:
+    """The `media_hosts` entry (and `--media-host` value) that allows this origin."""
+    return host if port == _DEFAULT_PORTS[scheme] else f"{host}:{port}"
 
 
 def redirect_target(
@@ -222,6 +229,7 @@ def redirect_target(
             f"{refused.message}",
             url=original,
             status=status,
+            host=refused.host,
         ) from None
 
 
@@ -345,7 +353,15 @@ def write_error(
     return error
 
 
-def media_file(url: str, path: Path, size: int, sha256: str, kind: Kind, head: bytes) -> MediaFile:
+def media_file(
+    url: str,
+    path: Path,
+    size: int,
+    sha256: str,
+    kind: Kind,
+    head: bytes,
+    opted_out: bool = False,
+) -> MediaFile:
     """The `MediaFile` of a verified file: its type is `kind`, its dimensions read from `head`."""
     size_read = dimensions(head, kind)
     return MediaFile(
@@ -356,7 +372,35 @@ def media_file(url: str, path: Path, size: int, sha256: str, kind: Kind, head: b
         content_type=kind.mime,
         width=size_read[0] if size_read else None,
         height=size_read[1] if size_read else None,
+        opted_out=opted_out,
     )
+
+
+# -- What came back -------------------------------------------------------------------------------
+
+_USER_AGENT_TOKEN = "meigen-async"
+_NO_AI = frozenset({"noai", "noimageai"})
+# Directives that take a value after a colon: `unavailable_after: <date>` names no user agent.
+_VALUED = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
+
+
+def opts_out(values: Iterable[str]) -> bool:
+    """Whether `X-Robots-Tag` header values forbid use for AI: `noai` or `noimageai`.
+
+    A directive counts when its value names no user agent, or names ours
+    (`meigen-async: noai`); one for another crawler (`GPTBot: noai`) is that crawler's, as
+    img2dataset reads them.
+    """
+    for value in values:
+        agent, colon, rest = value.partition(":")
+        agent = agent.strip().lower()
+        named = bool(colon) and agent not in _VALUED and not any(c in agent for c in ", \t")
+        if named and agent != _USER_AGENT_TOKEN:
+            continue
+        listed = rest if named else value
+        if any(part.partition(":")[0].strip().lower() in _NO_AI for part in listed.split(",")):
+            return True
+    return False
 
 
 def kind_of_name(name: str) -> Kind | None:

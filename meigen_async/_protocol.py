@@ -28,6 +28,7 @@ from .errors import (
 from .models import GalleryImage, structure_image
 
 __all__ = [
+    "DAILY_LIMIT_CODE",
     "MAX_COOL_DOWN",
     "MAX_ID_LENGTH",
     "Validators",
@@ -38,6 +39,7 @@ __all__ = [
     "header",
     "header_list",
     "image_url",
+    "is_daily_limit",
     "not_followed",
     "parse_http_date",
     "parse_retry_after",
@@ -51,6 +53,9 @@ __all__ = [
 
 MAX_ID_LENGTH = 128
 """The longest id accepted."""
+
+DAILY_LIMIT_CODE = "DAILY_LIMIT_REACHED"
+"""The `code` of the 429 that says an API key's daily search quota is spent."""
 
 MAX_COOL_DOWN = 300.0
 """The longest pause a response can impose on every request (seconds): more is cut to this."""
@@ -103,6 +108,22 @@ def cool_down_after(status: int, headers: Mapping[str, str], *, now: float) -> f
     if pause is None or not pause > 0:
         return None
     return min(pause, MAX_COOL_DOWN)
+
+
+def is_daily_limit(status: int, body: bytes) -> bool:
+    """Whether a response is the daily search quota's 429, not the per-address one.
+
+    `429 {"success": false, "error": "Daily search limit reached", "code":
+    "DAILY_LIMIT_REACHED"}`: the quota of one API key, spent until 00:00 UTC. It asks no pause
+    of other requests (images are not counted against it), and is not retried.
+    """
+    if status != 429 or DAILY_LIMIT_CODE.encode() not in body:
+        return False
+    try:
+        envelope = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(envelope, dict) and envelope.get("code") == DAILY_LIMIT_CODE
 
 
 def _until_reset(headers: Mapping[str, str], now: float) -> float | None:
@@ -267,10 +288,15 @@ _VALIDATOR = re.compile(r"[\x20-\x7e]+")
 
 @attrs.frozen
 class Validators:
-    """What a stored image is revalidated with: its `ETag` and its `Last-Modified`."""
+    """What a stored image is revalidated with: its `ETag` and its `Last-Modified`.
+
+    What `MemoryCache` keeps beside an image, to send back in a conditional request.
+    """
 
     etag: str | None = None
+    """The response's `ETag`, sent back as `If-None-Match` (None: it had none)."""
     last_modified: str | None = None
+    """The response's `Last-Modified`, sent back as `If-Modified-Since` (None: it had none)."""
 
     def updated_by(self, newer: Validators | None) -> Validators:
         """These validators, with those a 304 carried taking their place (RFC 9111 4.3.4)."""

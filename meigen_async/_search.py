@@ -1,9 +1,11 @@
 """The search endpoint's contract and the paging decisions, as plain functions and values.
 
-`GET {base_url}/api/search?q=QUERY&type=posts&limit=N&offset=K` answers
-`{"success": true, "data": [...]}`, each item shaped like the image endpoint's `data`. The
-service does not document it; this is how MeiGen's own client calls it. No asyncio or aiohttp
-here: `_searcher` does the I/O and asks these.
+`GET {base_url}/api/search?q=QUERY&type=posts&limit=N&offset=K&media=matched-v1` answers
+`{"success": true, "data": [...]}`, each item a summary of an image with its `rank` and
+`matched_media_index` (docs/search.md says where each fact comes from). An empty query lists
+recent posts. Searches are limited per address (a 429), or, with an API key sent as a Bearer
+token, by the key's daily quota (a 429 with the code `DAILY_LIMIT_REACHED`, until 00:00 UTC).
+No asyncio or aiohttp here: `_searcher` does the I/O and asks these.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -19,12 +22,14 @@ from cachetools import LRUCache
 from yarl import URL
 
 from ._protocol import (
+    is_daily_limit,
     not_followed,
     reported_error,
     service_message,
     snippet,
     validate_image_id,
 )
+from ._quota import daily_limit
 from ._status import SEARCH, Kind, kind_of
 from ._text import printable
 from .errors import ApiError, InvalidImageId, InvalidQuery, InvalidResponse, MeigenError
@@ -49,6 +54,7 @@ __all__ = [
     "validate_page",
     "validate_query",
 ]
+
 
 MAX_QUERY_LENGTH = 200
 """The longest query accepted, in characters, after stripping."""
@@ -77,16 +83,16 @@ _SKIPPED_SHOWN = 40  # characters of a refused id quoted in the log: a valid id 
 def validate_query(query: object) -> str:
     """`query` stripped of surrounding whitespace, when the search takes it.
 
+    The empty query (or one of spaces) is taken: it browses, listing recent posts.
+
     Raises:
-        InvalidQuery: it is not a string, is blank, is longer than 200 characters once
-            stripped, or cannot be sent as UTF-8 (a lone surrogate).
+        InvalidQuery: it is not a string, is longer than 200 characters once stripped, or
+            cannot be sent as UTF-8 (a lone surrogate).
 
     """
     if not isinstance(query, str):
         raise InvalidQuery(f"a search query must be a string, got {type(query).__name__}")
     stripped = query.strip()
-    if not stripped:
-        raise InvalidQuery("a search query cannot be empty or only whitespace")
     if len(stripped) > MAX_QUERY_LENGTH:
         raise InvalidQuery(
             f"a search query is at most {MAX_QUERY_LENGTH} characters, "
@@ -132,13 +138,17 @@ def search_urls(base: URL) -> Callable[[str, int, int], URL]:
     The query is percent-encoded here, every reserved character included (space as `%20`,
     `&`, `#`, `?`, `+`, `=`, `/`, and non-ASCII as UTF-8), and the URL is handed over as
     already encoded, so that neither yarl nor aiohttp re-reads it: the server sees exactly
-    the query given. `base` is the session's base URL, already checked.
+    the query given (`q=` for the empty one). `media=matched-v1` asks each item's
+    `matched_media_index`. `base` is the session's base URL, already checked.
     """
     prefix = str(base.with_path(f"{base.raw_path.rstrip('/')}/api/search", encoded=True))
 
     def url(query: str, limit: int, offset: int) -> URL:
         q = quote(query, safe="")
-        return URL(f"{prefix}?q={q}&type=posts&limit={limit}&offset={offset}", encoded=True)
+        return URL(
+            f"{prefix}?q={q}&type=posts&limit={limit}&offset={offset}&media=matched-v1",
+            encoded=True,
+        )
 
     return url
 
@@ -155,8 +165,12 @@ def parse_page_key(key: str) -> tuple[str, int, int]:
 
 
 def subject(query: str, limit: int, offset: int) -> str:
-    """What a page's errors name: `search 'neon city' (limit 20, offset 40)`."""
-    return f"search {printable(query, _QUERY_SHOWN)} (limit {limit}, offset {offset})"
+    """What a page's errors name: `search 'neon city' (limit 20, offset 40)`.
+
+    The empty query browses: `browse recent posts (limit 20, offset 0)`.
+    """
+    what = f"search {printable(query, _QUERY_SHOWN)}" if query else "browse recent posts"
+    return f"{what} (limit {limit}, offset {offset})"
 
 
 # -- Reading a page ------------------------------------------------------------------------------
@@ -174,7 +188,14 @@ class Page:
     """The ids of the results left out (not gallery ids), each quoted printable, for the log."""
 
 
-def decode_page(status: int, headers: Mapping[str, str], body: bytes, *, limit: int) -> Page:
+def decode_page(
+    status: int,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    limit: int,
+    now: datetime | None = None,
+) -> Page:
     """One response as the page it stands for, or the error it stands for, raised.
 
     A 2xx must carry `{"success": true, "data": [...]}`; `{"success": false, "error": ...}`
@@ -187,12 +208,14 @@ def decode_page(status: int, headers: Mapping[str, str], body: bytes, *, limit: 
     and named in `skipped`; a result that is no object, or whose other fields have the
     wrong type, fails the page as a wrong field fails an image.
 
+    `now` (UTC, the clock's by default) dates a daily limit's reset.
+
     Raises:
         MeigenError: the matching subclass; never a raw exception, whatever the body holds.
 
     """
     if not 200 <= status < 300:
-        raise page_error(status, headers, body)
+        raise page_error(status, headers, body, now=now)
     envelope = _load_json(body)
     if not isinstance(envelope, dict):
         raise InvalidResponse(
@@ -232,17 +255,24 @@ def _shown_id(value: object) -> str:
     return f"(a {type(value).__name__})"
 
 
-def page_error(status: int, headers: Mapping[str, str], body: bytes) -> MeigenError:
+def page_error(
+    status: int, headers: Mapping[str, str], body: bytes, *, now: datetime | None = None
+) -> MeigenError:
     """The error a non-2xx search response stands for, with the service's message.
 
-    Its class is the search's one for the status's kind (`_status.SEARCH`): a 429 (the
-    service's limit on searches per address) is `RateLimited` with its `Retry-After`; a 5xx
-    `ServerError` (a 503's `Retry-After` read); a 3xx an `ApiError` naming its `Location`,
-    never followed; anything else, 404 included, `ApiError`.
+    Its class is the search's one for the status's kind (`_status.SEARCH`), but for a 429
+    whose body's `code` is `DAILY_LIMIT_REACHED` (an API key's daily quota): that is
+    `DailyLimitReached`, resetting at the `Retry-After` if sent, else the next 00:00 UTC
+    after `now`. Any other 429 (the limit on searches per address) is `RateLimited` with its
+    `Retry-After`; a 5xx `ServerError` (a 503's `Retry-After` read); a 3xx an `ApiError`
+    naming its `Location`, never followed; anything else, 404 included, `ApiError`.
     """
     if kind_of(status) is Kind.REDIRECT:
         return SEARCH.error(status, headers, f"HTTP {status}: {not_followed(headers)}")
-    return SEARCH.error(status, headers, f"HTTP {status}: {service_message(body)}")
+    message = f"HTTP {status}: {service_message(body)}"
+    if is_daily_limit(status, body):
+        return daily_limit(message, headers, now if now is not None else datetime.now(UTC))
+    return SEARCH.error(status, headers, message)
 
 
 def _load_json(body: bytes) -> Any:
@@ -260,10 +290,14 @@ def _load_json(body: bytes) -> Any:
 class Pager:
     """What `iter_search` asks next and yields, page by page: offsets, dedupe, when to stop.
 
-    Offsets move by `page_size`. Pages shift while the gallery changes, so an id already
-    yielded is dropped. The paging stops at a page shorter than `page_size` (the last), at
-    `max_results` hits yielded, or at a page that adds no new id (the offsets have run past
-    anything new, or the server repeats itself).
+    The service pages by offset alone (no total, no "has more"), and may send more or fewer
+    results than the `limit` asked: each offset moves by the results the last page counted,
+    and a page shorter than `page_size` is the last only when it is also shorter than the
+    longest page seen so far (a server capping pages at 10 sends 10 a page, not a last page).
+    Pages shift while the gallery changes, so an id already yielded is dropped. The paging
+    stops at such a last page, at an empty page, at a page that adds no new id (the offsets
+    have run past anything new, or the server repeats itself), or at `max_results` hits
+    yielded.
 
     Args:
         page_size: The `limit` of every page, 1 to 20.
@@ -277,12 +311,14 @@ class Pager:
         self.done = False
         self._left = max_results
         self._seen: set[str] = set()
+        self._longest = 0
 
     def take(self, page: Page) -> list[SearchHit]:
         """The hits of the page just fetched at `offset` to yield; moves on to the next page.
 
-        A page is short by the results it counted (`received`), skipped ones included: a page
-        the server sent full is not taken for the last because some of its ids were refused.
+        A page counts the results it held (`received`, cut to the limit), skipped ones
+        included: a page the server sent full is not taken for the last because some of its
+        ids were refused, and the next offset skips past them.
         """
         new: list[SearchHit] = []
         for hit in page.hits:
@@ -293,8 +329,11 @@ class Pager:
                 new.append(hit)
         if self._left is not None:
             self._left -= len(new)
-        self.offset += self.page_size
-        self.done = page.received < self.page_size or not new or self._left == 0
+        received = page.received
+        self.offset += received
+        last = received < self.page_size and received < self._longest
+        self._longest = max(self._longest, received)
+        self.done = received == 0 or last or not new or self._left == 0
         return new
 
 

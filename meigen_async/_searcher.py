@@ -8,6 +8,10 @@ Results whose id is not a gallery id are skipped there; here they are counted in
 `stats.search_hits_skipped` and logged: the first page with any as a warning on the
 `meigen_async` logger, once a session (a server sending them on every page would otherwise
 flood the log), later ones at debug level.
+
+The API key goes here alone, as the `Authorization` header of search requests: the image
+and media requests never carry it. It appears in no log line or error message (`_quota`).
+After a daily limit, a page that would need a request is refused with none until the reset.
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable
+from datetime import UTC, datetime
 
 from yarl import URL
 
 from ._core import SKIPPED_HIT, Tally
 from ._flight import SingleFlight
+from ._quota import SearchQuota, without_secret
 from ._search import (
     PAGE_CACHE_PAGES,
     Page,
@@ -38,7 +44,7 @@ from ._search import (
 from ._transport import RawResponse
 from ._upstream import Upstream
 from .cache import CachePolicy
-from .errors import MeigenError, TransportError
+from .errors import DailyLimitReached, MeigenError, TransportError
 from .models import SearchHit
 
 __all__ = ["SEARCH_TASK_PREFIX", "Searcher"]
@@ -60,6 +66,8 @@ class Searcher:
         tally: The session's counters, where skipped results are counted.
         cache_pages: Whether pages are kept at all (the session's `cache_size` > 0).
         timer: The cache's clock.
+        api_key: Sent as `Authorization: Bearer <key>` on every search request; None: none.
+        wall_clock: Seconds since the epoch, to date a daily limit; `time.time` but in tests.
 
     """
 
@@ -72,8 +80,14 @@ class Searcher:
         tally: Tally,
         cache_pages: bool = True,
         timer: Callable[[], float] = time.monotonic,
+        api_key: str | None = None,
+        wall_clock: Callable[[], float] = time.time,
     ):
         self._url = search_urls(base)
+        self._secret = api_key
+        self._authorization = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._wall_clock = wall_clock
+        self._quota = SearchQuota()
         self._upstream = upstream
         self._policy = policy
         self._tally = tally
@@ -114,6 +128,9 @@ class Searcher:
             return page
         if self._flights.closed:
             raise RuntimeError("this GallerySession is closed")
+        refusal = self._quota.refusal(self._now(), subject(query, limit, offset))
+        if refusal is not None:
+            raise refusal
         flight, _ = self._flights.join(key, asyncio.get_running_loop())
         return await self._flights.wait(flight)
 
@@ -122,13 +139,25 @@ class Searcher:
         policy = self._policy
 
         def read(raw: RawResponse) -> tuple[Page, float | None]:
-            page = decode_page(raw.status, raw.headers, raw.body, limit=limit)
+            page = decode_page(raw.status, raw.headers, raw.body, limit=limit, now=self._now())
             return page, policy.ttl_for(raw.headers)
 
         where = subject(query, limit, offset)
-        page, ttl = await self._upstream.request(
-            self._url(query, limit, offset), read, image_id=None, subject=where
-        )
+        try:
+            page, ttl = await self._upstream.request(
+                self._url(query, limit, offset),
+                read,
+                image_id=None,
+                subject=where,
+                headers=self._authorization,
+            )
+        except MeigenError as error:
+            if isinstance(error, DailyLimitReached):
+                self._quota.spent(error)
+            told = without_secret(error, self._secret)
+            if told is error:
+                raise
+            raise told from error.__cause__
         if page.skipped:
             self._skipped(page, where)
         self._pages.set(key, page, ttl)
@@ -138,6 +167,8 @@ class Searcher:
         for _ in page.skipped:
             self._tally.record(SKIPPED_HIT)
         named = ", ".join(page.skipped[:_SKIPPED_NAMED])
+        if self._secret and self._secret in named:  # a server echoing the key as an id
+            named = named.replace(self._secret, "[API key]")
         more = len(page.skipped) - _SKIPPED_NAMED
         if more > 0:
             named += f" and {more} more"
@@ -152,6 +183,9 @@ class Searcher:
             len(page.skipped),
             named,
         )
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self._wall_clock(), UTC)
 
     def clear(self) -> None:
         """Forget every page kept."""

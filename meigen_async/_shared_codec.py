@@ -228,6 +228,11 @@ class Checked:
     left: float
     """Seconds of freshness left, capped as the session caps its own; 0 or less: expired."""
 
+    @property
+    def fresh(self) -> bool:
+        """Whether the entry is still fresh: then it answers the call."""
+        return self.left > 0
+
 
 def check(entry: object, image_id: str, *, policy: CachePolicy, now: float) -> Checked:
     """What the shared tier may use of `entry`, read back for `image_id` at `now`.

@@ -12,10 +12,10 @@ from typing import Any
 import attrs
 
 from ._protocol import Validators
-from ._shared_codec import BadEntry, check, shared_key
-from .cache import CachePolicy, MemoryCache
+from ._shared_codec import BadEntry, Checked, check, shared_key
+from .cache import CachePolicy
 from .models import GalleryImage
-from .shared import SharedCache, SharedEntry, SharedMissing
+from .shared import SharedCache, SharedImage, SharedMissing
 
 __all__ = ["POLL_INTERVAL", "Claim", "SharedTier"]
 
@@ -26,18 +26,32 @@ logger = logging.getLogger("meigen_async")
 class Claim:
     """What the shared tier said about an id the in-process cache missed.
 
-    Either an answer (`image`, or `missing` for a remembered 404), or permission to fetch
-    upstream, with the lease `token` to release afterwards when this process holds one.
+    `found` is the entry it holds, checked, fresh or not (None: none, or none that could be
+    right); it answers the call when it is fresh. Otherwise the caller fetches upstream,
+    releasing the lease `token` afterwards when this process holds one.
     """
 
-    image: GalleryImage | None = None
-    missing: bool = False
+    found: Checked | None = None
     token: str | None = None
 
     @property
     def answered(self) -> bool:
         """Whether the shared tier answered, so that no upstream request is needed."""
-        return self.image is not None or self.missing
+        return self.found is not None and self.found.fresh
+
+    @property
+    def image(self) -> GalleryImage | None:
+        """The image that answers the call, when the answer is one."""
+        found = self.found
+        if found is None or not found.fresh or not isinstance(found.entry, SharedImage):
+            return None
+        return found.entry.image
+
+    @property
+    def missing(self) -> bool:
+        """Whether the answer is a remembered 404."""
+        found = self.found
+        return found is not None and found.fresh and isinstance(found.entry, SharedMissing)
 
 
 _DEFAULT_POLICY = CachePolicy()
@@ -50,10 +64,10 @@ class SharedTier:
     """A `SharedCache` behind a session's `MemoryCache`, and the lease protocol.
 
     [`GallerySession`][meigen_async.GallerySession] builds one when given a shared cache, and only
-    its
-    miss path uses it: what it finds in the shared cache goes into the in-process tier with the
-    lifetime it has left, no longer than the session would keep it itself; an entry that cannot
-    be right is a miss, and is deleted from the shared cache. Of concurrent misses for one id
+    the fetch of a miss uses it. It writes nothing in process: it hands back what it found,
+    checked, with the lifetime it has left (no longer than the session would keep it itself),
+    and the fetch keeps it as `_core.from_shared` says; an entry that cannot be right is a
+    miss, and is deleted from the shared cache. Of concurrent misses for one id
     in several processes, one takes the lease and fetches; the others look again every
     `POLL_INTERVAL` seconds and fetch themselves when the lease is released without a value
     (the holder failed), has expired (the holder died), or after `lease_time` seconds of
@@ -65,8 +79,9 @@ class SharedTier:
     by id.
 
     Args:
-        memory: The in-process tier.
         shared: The shared tier.
+        stale_window: Seconds an image written is kept past its freshness (the in-process
+            cache's `stale_window`).
         lease_time: Seconds a lease lasts, and the longest a process waits for another's fetch.
         gallery: The gallery the session asks (`_shared_codec.gallery_of` its `base_url`).
         policy: The session's lifetimes, which cap those read back (see `_shared_codec.check`).
@@ -77,17 +92,17 @@ class SharedTier:
 
     def __init__(
         self,
-        memory: MemoryCache,
         shared: SharedCache,
         *,
+        stale_window: float = 0.0,
         lease_time: float,
         gallery: str,
         policy: CachePolicy = _DEFAULT_POLICY,
         clock: Callable[[], float] = time.time,
         timer: Callable[[], float] = time.monotonic,
     ):
-        self.memory = memory
         self.shared = shared
+        self.stale_window = stale_window
         self.lease_time = lease_time
         self.gallery = gallery
         self.policy = policy
@@ -98,76 +113,54 @@ class SharedTier:
         self._releasing: set[asyncio.Task[None]] = set()
 
     async def claim(self, image_id: str) -> Claim:
-        """Answer `image_id` from the shared tier, or say who fetches it upstream."""
+        """What the shared tier holds for `image_id`, and who fetches it upstream if not fresh."""
         if self._forgetting:
             # An invalidate() just before this miss must not be undone by reading the old value.
             await asyncio.wait(set(self._forgetting))
         key = self._key(image_id)
         found = await self._look(image_id, key)
-        if found is not None:
-            return found
+        if found is not None and found.fresh:
+            return Claim(found)
         token = await self.shared.try_lease(key, self._lease_ms)
         if token is not None:
             # The previous holder may have stored the value and released its lease between
             # our look and our lease: look again rather than fetch it a second time.
-            found = await self._look(image_id, key)
-            if found is not None:
+            again = await self._look(image_id, key)
+            if again is not None and again.fresh:
                 self.release_later(image_id, token)
-                return found
-            return Claim(token=token)
+                return Claim(again)
+            return Claim(again or found, token)
         deadline = self._timer() + self.lease_time
         while self._timer() < deadline:
             await asyncio.sleep(POLL_INTERVAL)
             # The lease first, then the value: the holder stores before it releases, so a lease
             # seen gone means a value stored by it is already there to be read.
             held = await self.shared.lease_held(key)
-            found = await self._look(image_id, key)
-            if found is not None:
-                return found
+            again = await self._look(image_id, key)
+            if again is not None:
+                found = again
+                if found.fresh:
+                    return Claim(found)
             if not held:
                 break
-        return Claim()
+        return Claim(found)
 
     def _key(self, image_id: str) -> str:
         return shared_key(self.gallery, image_id)
 
-    async def _look(self, image_id: str, key: str) -> Claim | None:
-        """Read `key` from the shared tier; a Claim when what is there answers the call."""
+    async def _look(self, image_id: str, key: str) -> Checked | None:
+        """Read `key` from the shared tier: the entry checked, or None (none, or a bad one)."""
         entry = await self.shared.get(key)
         if entry is None:
             return None
         try:
-            checked = check(entry, image_id, policy=self.policy, now=self._clock())
+            return check(entry, image_id, policy=self.policy, now=self._clock())
         except BadEntry as error:
             logger.warning("shared cache entry for %s dropped: %s", image_id, error)
             # Awaited, not left to a task: the fetch that follows must not have its own value
             # deleted by a deletion that comes in after it.
             await self.shared.invalidate(key)
             return None
-        return self._use(image_id, checked.entry, checked.left)
-
-    def _use(self, image_id: str, entry: SharedEntry, left: float) -> Claim | None:
-        """Copy a checked shared entry, fresh `left` seconds more, into the in-process tier."""
-        if isinstance(entry, SharedMissing):
-            if left <= 0:
-                return None
-            self.memory.set_missing(image_id, left)
-            return Claim(missing=True)
-        validators = (
-            Validators(etag=entry.etag, last_modified=entry.last_modified)
-            if entry.etag is not None or entry.last_modified is not None
-            else None
-        )
-        if left > 0:
-            self.memory.set(image_id, entry.image, left, validators=validators)
-            return Claim(image=entry.image)
-        if (left + self.memory.stale_window > 0 or validators is not None) and self.memory.entry(
-            image_id
-        ) is None:
-            # Expired but in its stale window: kept so that stale_if_error can serve it if the
-            # upstream fails now; or with validators, so that the fetch revalidates it.
-            self.memory.set(image_id, entry.image, left, validators=validators)
-        return None
 
     async def store(
         self,
@@ -181,13 +174,13 @@ class SharedTier:
         if ttl is None:
             await self.shared.invalidate(key)
         elif validators is None:
-            await self.shared.set(key, image, ttl, self.memory.stale_window)
+            await self.shared.set(key, image, ttl, self.stale_window)
         else:
             await self.shared.set(
                 key,
                 image,
                 ttl,
-                self.memory.stale_window,
+                self.stale_window,
                 etag=validators.etag,
                 last_modified=validators.last_modified,
             )

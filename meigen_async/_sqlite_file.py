@@ -7,6 +7,9 @@ two kinds of file are ever written: ours, and an empty one (no tables, indexes, 
 triggers, and nothing in either mark), which `set_up` makes ours. Anything else
 (another program's database, a cache of an older release that wrote no `application_id`, one
 of ours from a newer release) is left byte for byte as it was, its journal mode included.
+
+`read_contents` and `clear_file` are what `meigen-async cache info` and `clear` do to a file,
+by the same rules: the marks first, and only a file of ours emptied.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ import attrs
 __all__ = [
     "APPLICATION_ID",
     "SCHEMA_VERSION",
+    "Contents",
     "Marks",
     "NotOurs",
     "Verdict",
+    "clear_file",
     "describe",
     "is_busy",
     "judge",
     "open_file",
+    "read_contents",
     "read_marks",
     "set_up",
     "use_wal",
@@ -37,10 +43,10 @@ __all__ = [
 APPLICATION_ID = 0x4D474153
 """Kept in the file's `application_id`: "MGAS", for MeiGen async. A file without it is not ours."""
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Kept in the file's `user_version`: a file of ours of an older version is started afresh,
 one of a newer version left alone, never misread. 2: the first with `APPLICATION_ID`, and
-entries keyed by gallery as well as id."""
+entries keyed by gallery as well as id. 3: when each entry was stored (`stored`)."""
 
 TABLES = ("entries", "leases")
 """The tables of ours: the only ones ever dropped, and only in a file marked ours."""
@@ -50,7 +56,8 @@ CREATE TABLE IF NOT EXISTS entries (
     id TEXT PRIMARY KEY,
     kind TEXT NOT NULL,
     value TEXT NOT NULL,
-    expires REAL NOT NULL
+    expires REAL NOT NULL,
+    stored REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_expires ON entries (expires);
 CREATE TABLE IF NOT EXISTS leases (
@@ -248,3 +255,95 @@ def is_busy(error: sqlite3.Error) -> bool:
     """Whether `error` is another connection's lock ("database is locked"), which passes."""
     code = getattr(error, "sqlite_errorcode", None)
     return code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+# -- Looking inside, and emptying: `meigen-async cache` -------------------------------------------
+
+
+@attrs.frozen
+class Contents:
+    """What a cache file holds: its entries still in force, and when they were stored."""
+
+    images: int
+    """Images stored."""
+    missing: int
+    """404s remembered."""
+    oldest: float | None
+    """When the oldest entry was stored, in seconds since the epoch; None without entries."""
+    newest: float | None
+    """When the newest entry was stored, likewise."""
+
+
+def read_contents(path: Path, now: float) -> Contents:
+    """What the cache file at `path` holds at `now`, read from the file opened read-only.
+
+    A file of ours of an older version, or an empty one, holds nothing this version reads.
+
+    Raises:
+        NotOurs: another program's file, or one of a newer release.
+        sqlite3.Error: it is missing, not a database, or cannot be read.
+
+    """
+    connection = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None
+    )
+    try:
+        marks = read_marks(connection)
+        verdict = judge(marks)
+        if verdict is Verdict.SET_UP:
+            return Contents(images=0, missing=0, oldest=None, newest=None)
+        if verdict is not Verdict.READY:
+            raise NotOurs(describe(marks))
+        rows = connection.execute(
+            "SELECT kind, count(*), min(stored), max(stored) FROM entries WHERE expires > ? "
+            "GROUP BY kind",
+            (now,),
+        ).fetchall()
+    finally:
+        connection.close()
+    counts = {str(kind): int(count) for kind, count, _, _ in rows}
+    # Whatever SQLite's loose typing let into the column, only numbers are times.
+    times = [
+        float(moment)
+        for _, _, first, last in rows
+        for moment in (first, last)
+        if isinstance(moment, (int, float)) and not isinstance(moment, bool)
+    ]
+    return Contents(
+        images=counts.get("image", 0),
+        missing=counts.get("missing", 0),
+        oldest=min(times, default=None),
+        newest=max(times, default=None),
+    )
+
+
+def clear_file(path: Path, wait: float) -> int:
+    """Delete every entry of the cache file at `path` and give the space back; how many went.
+
+    Leases stay: they are other processes' fetches in flight. Under the write lock, as every
+    write, so that processes using the file meanwhile see it whole. A file that is not ours is
+    left as it was.
+
+    Raises:
+        NotOurs: another program's file, or one of a newer release.
+        sqlite3.Error: it cannot be opened, or is locked past `wait` seconds.
+
+    """
+    connection = open_file(path, wait)
+    try:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            count = int(connection.execute("SELECT count(*) FROM entries").fetchone()[0])
+            connection.execute("DELETE FROM entries")
+        except BaseException:
+            _rollback(connection)
+            raise
+        connection.execute("COMMIT")
+        # The space back to the file system: VACUUM waits for no reader, but another process
+        # writing meanwhile makes it fail; the entries are gone all the same.
+        with contextlib.suppress(sqlite3.OperationalError):
+            connection.execute("VACUUM")
+            connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        connection.close()
+    return count

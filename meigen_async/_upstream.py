@@ -17,12 +17,13 @@ from typing import Any, Protocol, TypeVar
 from yarl import URL
 
 from ._core import MEDIA_RETRIED, MEDIA_SENT, SENT, Tally, after_failure, for_image
-from ._protocol import cool_down_after
+from ._protocol import cool_down_after, is_daily_limit
 from ._transport import RawResponse, Streamed, StreamOptions
 from .errors import MeigenError, TransportError
-from .limits import RateLimiter
+from .limits import Pacer, RateLimiter
 from .retry import RetryPolicy
 
+# Pacer (now public, in limits) is still named here for the modules that import it from here.
 __all__ = ["Pacer", "Upstream"]
 
 T = TypeVar("T")
@@ -48,18 +49,6 @@ class Stream(Protocol):
 GiveUp = Callable[[MeigenError, int, Any], MeigenError]
 """The error a request that failed for good ends in, told after its retries (and for what the
 caller said it was `about`)."""
-
-
-class Pacer(Protocol):
-    """Paces requests: `acquire` returns when the next one may go.
-
-    The older, smaller form of `meigen_async.RateLimiter`: a pacer without `cool_down` is
-    never told of a 429.
-    """
-
-    async def acquire(self) -> None:
-        """Wait for the next request's turn."""
-        ...
 
 
 class Upstream:
@@ -196,7 +185,8 @@ class Upstream:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
             response = await self._send(url, headers)
-        if self._limiter is not None:
+        # A spent daily search quota is one key's, for searches: no pause for the rest.
+        if self._limiter is not None and not is_daily_limit(response.status, response.body):
             pause = cool_down_after(response.status, response.headers, now=self._wall_clock())
             if pause is not None:
                 # Before the response is read: the retry of a 429 already waits for the pause.

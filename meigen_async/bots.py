@@ -23,14 +23,22 @@ import json
 import random
 import re
 import unicodedata
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from ._protocol import MAX_ID_LENGTH
 from .models import GalleryImage, SearchHit
 from .prompt import Prompt, PromptKind
 
-__all__ = ["ELLIPSIS", "discord_embed", "pick_inspiration", "telegram_caption", "truncate"]
+__all__ = [
+    "ELLIPSIS",
+    "MODEL_NAMES",
+    "discord_embed",
+    "model_name",
+    "pick_inspiration",
+    "telegram_caption",
+    "truncate",
+]
 
 ELLIPSIS = "…"
 """What a cut text ends with: one character, U+2026."""
@@ -67,7 +75,18 @@ _FENCE = "```"
 _BACKTICK_RUN = re.compile(r"`(?=`)")
 _MARKDOWN_V2_SPECIAL = frozenset("_*[]()~`>#+-=|{}.!\\")
 
-_MODEL_NAMES = {"nanobanana": "Nano Banana", "midjourney": "Midjourney", "gptimage": "GPT Image"}
+MODEL_NAMES: Mapping[str, str] = {
+    "nanobanana": "Nano Banana",
+    "gptimage": "GPT Image",
+    "midjourney": "Midjourney",
+    "flux2-klein": "FLUX.2 [klein]",
+    "seedream-4.5": "Seedream 4.5",
+}
+"""Display names of the `model` values known here: the family names and a few exact ids.
+
+`model` is an open vocabulary that grows (docs/search.md): a value not listed is shown as it
+is; `model_name` reads this.
+"""
 
 
 # -- Cutting text --------------------------------------------------------------------------------
@@ -180,9 +199,17 @@ def _attribution(image: GalleryImage, *, name_limit: int | None = None) -> str:
     return name or (f"@{username}" if username else "")
 
 
-def _model_name(image: GalleryImage) -> str | None:
-    model = (image.model or "").strip()
-    return _MODEL_NAMES.get(model, model) or None
+def model_name(model: str | None) -> str | None:
+    """How to show a `model` value: its display name when known, else the value as it is.
+
+    `"midjourney"` is "Midjourney", `"seedream-4.5"` "Seedream 4.5", and an id not known here
+    (`"flux3-pro"`) is shown as given, stripped. None for no model, a blank one, and the
+    family `"other"`, which says only that the model is none of the families.
+    """
+    raw = (model or "").strip()
+    if raw.lower() == "other":
+        return None
+    return MODEL_NAMES.get(raw.lower(), raw) or None
 
 
 def _media_url(image: GalleryImage) -> str | None:
@@ -207,7 +234,7 @@ def _first_line(text: str) -> str:
 
 
 def _discord_title(image: GalleryImage) -> str:
-    model, username = _model_name(image), (image.author_username or "").strip()
+    model, username = model_name(image.model), (image.author_username or "").strip()
     if model and username:
         return f"{model} by @{username}"
     if model:
@@ -274,6 +301,8 @@ def discord_embed(image: GalleryImage) -> dict[str, Any]:
         fields.append(_field("Size", f"{_number(width, 'd')}x{_number(height, 'd')}"))
     if image.sref and image.sref.strip():
         fields.append(_field("Style reference", image.sref.strip()))
+    if image.profile and image.profile.strip():
+        fields.append(_field("Profile", image.profile.strip()))
     embed["fields"] = fields
     embed["footer"] = {"text": truncate(f"MeiGen gallery · {_shown_id(image)}", _FOOTER)}
     if image.created_at is not None:

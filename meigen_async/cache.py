@@ -1,16 +1,16 @@
 """The cache policy and the in-process cache.
 
 `CachePolicy` decides how long a response may be kept, from the session's settings and the
-response's `Cache-Control`, `Expires`, `Date`, `Age` and `Vary` headers, for the in-process
-(private) cache or a shared one; it is pure and needs no network. `MemoryCache` keeps images
-and remembered 404s, bounded and with per-entry expiry. A cache shared by processes is
-described in `meigen_async.shared`; this module knows none of its implementations.
+response's `Cache-Control`, `Expires`, `Date`, `Age` and `Vary` headers (read in
+`_cache_control`, whose `parse_cache_control` and `server_lifetime` are named here), for the
+in-process (private) cache or a shared one; it is pure and needs no network. `MemoryCache`
+keeps images and remembered 404s, bounded and with per-entry expiry. A cache shared by
+processes is described in `meigen_async.shared`; this module knows none of its implementations.
 """
 
 from __future__ import annotations
 
-import functools
-import re
+import math
 import time
 import warnings
 from collections.abc import Callable, Mapping
@@ -18,14 +18,25 @@ from typing import Any
 
 import attrs
 from cachetools import LRUCache
-from multidict import CIMultiDict, CIMultiDictProxy
 
-from ._protocol import Validators, header, header_list, parse_http_date
+from ._cache_control import (
+    CASE_INSENSITIVE,
+    cache_control_of,
+    control,
+    expires_lifetime,
+    parse_cache_control,
+    revalidate_seconds,
+    seconds,
+    server_lifetime,
+    varies_on_everything,
+)
+from ._protocol import Validators, header, header_list
 from .models import GalleryImage
 
 __all__ = [
     "CachePolicy",
     "MemoryCache",
+    "Validators",
     "parse_cache_control",
     "server_lifetime",
 ]
@@ -55,172 +66,27 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(module), name)
 
 
-# One list member: anything up to a comma, a quoted-string (which may hold commas, and may be
-# left open at the end) counting as one piece. Linear: each alternative starts on its own char.
-_MEMBER = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*"?)+')
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-_QUOTED_PAIR = re.compile(r"\\(.)")
-# RFC 9111 section 1.2.2: a delta-seconds too large to hold is read as 2**31.
-_DELTA_MAX = 2.0**31
+def _require_seconds(name: str, value: object) -> None:
+    """Refuse a lifetime option that is no number of seconds: negative, NaN, infinite, a bool.
 
-# What aiohttp hands over, read without the plain-mapping fallbacks of header_list.
-_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
+    The one check of every lifetime a session or a cache is given.
 
-_CacheDirectives = tuple[tuple[str, str | None], ...]
+    Raises:
+        ValueError: naming the option.
 
-
-def _directives(value: str | None) -> _CacheDirectives:
-    r"""Every directive of a `Cache-Control` value in order, repeats kept, names lower-cased.
-
-    Arguments are unquoted (`"60"` reads `60`, `\"` reads `"`); a quoted-string left
-    open is kept as it came, opening quote included, so that it reads as no valid number.
     """
-    if not value:
-        return ()
-    found: list[tuple[str, str | None]] = []
-    for member in _MEMBER.findall(value):
-        name, sep, argument = member.partition("=")
-        name = name.strip().lower()
-        if not name:
-            continue
-        if not sep:
-            found.append((name, None))
-            continue
-        argument = argument.strip()
-        quoted = _QUOTED.fullmatch(argument)
-        if quoted is not None:
-            argument = _QUOTED_PAIR.sub(r"\1", quoted.group(1))
-        found.append((name, argument))
-    return tuple(found)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise ValueError(f"{name} must be a finite number of seconds, 0 or more; got {value!r}")
 
 
-def parse_cache_control(value: str | None) -> dict[str, str | None]:
-    """Split a `Cache-Control` value into lower-cased directives and their arguments.
-
-    Commas inside a quoted argument (`ext="a, b"`) do not split it, and quoted arguments are
-    unquoted. A directive given more than once keeps its first argument here; when it is a
-    lifetime, `server_lifetime` reads two different arguments as "stale".
-    """
-    directives: dict[str, str | None] = {}
-    for name, argument in _directives(value):
-        directives.setdefault(name, argument)
-    return directives
-
-
-def _seconds(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        return None
-    return seconds if seconds >= 0 else None
-
-
-def _delta_seconds(argument: str | None) -> float | None:
-    # RFC 9111 section 1.2.2: ASCII digits only; "1.5", "-1", "" and "²" are not delta-seconds.
-    if argument is None or not (argument.isascii() and argument.isdigit()):
-        return None
-    return min(float(argument), _DELTA_MAX)
-
-
-def _lifetime_directive(directives: _CacheDirectives, wanted: str) -> float:
-    """The one lifetime `wanted` gives; 0 (stale) if invalid or given twice differently."""
-    values = {_delta_seconds(argument) for name, argument in directives if name == wanted}
-    # RFC 9111 section 4.2.1: conflicting lifetimes may be read as stale; so is an invalid one.
-    if len(values) != 1 or None in values:
-        return 0.0
-    (value,) = values
-    return value if value is not None else 0.0
-
-
-# Responses of one service repeat the same few Cache-Control values: read each one once.
-def _cache_control(headers: Mapping[str, str]) -> str | None:
-    """Every `Cache-Control` line of `headers` as one list (RFC 9110 section 5.3)."""
-    if isinstance(headers, _CASE_INSENSITIVE):
-        lines = headers.getall("Cache-Control", ())
-        return lines[0] if len(lines) == 1 else ", ".join(lines) or None
-    return header_list(headers, "Cache-Control")
-
-
-# Responses of one service repeat the same few header values: each is read once.
-@functools.lru_cache(maxsize=256)
-def _revalidate_seconds(cache_control: str | None) -> float | None:
-    """The `stale-while-revalidate` seconds of a `Cache-Control` value (RFC 5861), or None."""
-    for name, argument in _directives(cache_control):
-        if name == "stale-while-revalidate":
-            return _delta_seconds(argument)
-    return None
-
-
-@functools.lru_cache(maxsize=256)
-def _control(cache_control: str | None, shared: bool) -> tuple[bool, float | None]:
-    """Whether `Cache-Control` lets a cache store, and the lifetime it gives (None: none)."""
-    directives = _directives(cache_control)
-    names = {name for name, _ in directives}
-    # no-cache allows storing only to revalidate before each use, which this library never
-    # does; private is for private caches (the in-process one) only.
-    if "no-store" in names or "no-cache" in names or (shared and "private" in names):
-        return False, None
-    if shared and "s-maxage" in names:
-        return True, _lifetime_directive(directives, "s-maxage")
-    if "max-age" in names:
-        return True, _lifetime_directive(directives, "max-age")
-    return True, None
-
-
-# Keyed on both strings: a lifetime from Expires is counted from Date.
-@functools.lru_cache(maxsize=256)
-def _expires_from_date(expires: str, date: str | None) -> float | None:
-    """`Expires` less `Date`; 0 (stale) for an invalid Expires; None without a valid Date."""
-    expires_at = parse_http_date(expires)
-    if expires_at is None:
-        # RFC 9111 section 5.3: an invalid date, "0" among them, means already expired.
-        return 0.0
-    date_at = parse_http_date(date)
-    return None if date_at is None else expires_at - date_at
-
-
-def _expires_lifetime(expires: str, date: str | None, now: float | None) -> float:
-    lifetime = _expires_from_date(expires, date)
-    if lifetime is None:
-        expires_at = parse_http_date(expires)
-        assert expires_at is not None  # an invalid Expires gave 0.0
-        lifetime = expires_at - (time.time() if now is None else now)
-    return lifetime
-
-
-def server_lifetime(
-    cache_control: str | None,
-    age: str | None,
-    expires: str | None = None,
-    date: str | None = None,
-    *,
-    shared: bool = False,
-    now: float | None = None,
-) -> tuple[bool, float | None]:
-    """Whether the server lets a cache store a response, and for how many seconds more.
-
-    The lifetime (RFC 9111 section 4.2.1) is `max-age`, or for a `shared` cache
-    `s-maxage` first; without either, `Expires` less `Date` (or less `now`, the
-    receive time in seconds since the epoch, when `Date` is absent or invalid). `Age` is
-    subtracted. The seconds are None when no lifetime is given, zero or less when the
-    response is stale: a lifetime given twice differently, an invalid one, an invalid or past
-    `Expires`. `no-store` and `no-cache` forbid storing; `private` forbids it to a
-    `shared` cache only.
-    """
-    storable, lifetime = _control(cache_control, shared)
-    if not storable:
-        return False, None
-    if lifetime is None and expires is not None:
-        lifetime = _expires_lifetime(expires, date, now)
-    if lifetime is None:
-        return True, None
-    return True, lifetime - (_seconds(age) or 0.0)
-
-
-def _varies_on_everything(vary: str | None) -> bool:
-    return vary is not None and "*" in vary and any(m.strip() == "*" for m in vary.split(","))
+def _seconds_field(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None or attribute.name != "ttl":
+        _require_seconds(attribute.name, value)
 
 
 @attrs.frozen
@@ -233,17 +99,20 @@ class CachePolicy:
     shared cache (`shared=True`) takes `s-maxage` over `max-age`. A response marked
     `no-store` or `no-cache`, or with `Vary: *`, is never stored, whatever `ttl` says;
     one marked `private` is stored in process but never in a shared cache.
+
+    Every lifetime is a finite number of seconds, 0 or more (`ttl` may be None): anything else
+    is a `ValueError` here, rather than a policy that silently keeps nothing.
     """
 
-    ttl: float | None = None
+    ttl: float | None = attrs.field(default=None, validator=_seconds_field)
     """Seconds to keep every image, whatever the server says; None follows the server."""
-    default_ttl: float = 300.0
+    default_ttl: float = attrs.field(default=300.0, validator=_seconds_field)
     """Seconds to keep an image whose response gives no lifetime."""
-    max_ttl: float = 3600.0
+    max_ttl: float = attrs.field(default=3600.0, validator=_seconds_field)
     """The most seconds any server-given lifetime is trusted for."""
-    negative_ttl: float = 30.0
+    negative_ttl: float = attrs.field(default=30.0, validator=_seconds_field)
     """Seconds a 404 is remembered."""
-    stale_while_revalidate: float = 0.0
+    stale_while_revalidate: float = attrs.field(default=0.0, validator=_seconds_field)
     """Seconds past expiry an image may be served while one background request refreshes it."""
 
     def revalidate_window(self, headers: Mapping[str, str]) -> float:
@@ -254,7 +123,7 @@ class CachePolicy:
         directive, `stale_while_revalidate`.
         """
         cap = self.stale_while_revalidate
-        seconds = _revalidate_seconds(_cache_control(headers))
+        seconds = revalidate_seconds(cache_control_of(headers))
         if seconds is None:
             return cap
         return min(seconds, cap if cap > 0 else self.max_ttl)
@@ -279,20 +148,20 @@ class CachePolicy:
         the receive time, in seconds since the epoch, for an `Expires` without `Date`.
         """
         # Vary: * says no later request can be known to match (RFC 9111 section 4.1).
-        if isinstance(headers, _CASE_INSENSITIVE):
+        if isinstance(headers, CASE_INSENSITIVE):
             # aiohttp's headers, on every fetch: read directly, not through header_list
             # (measured: 0.6 µs less a response, 0.8 µs in all).
-            cache_control = _cache_control(headers)
+            cache_control = cache_control_of(headers)
             vary = headers.getall("Vary", ())
-            if vary and _varies_on_everything(", ".join(vary)):
+            if vary and varies_on_everything(", ".join(vary)):
                 return None
             age = headers.get("Age")
         else:
             cache_control = header_list(headers, "Cache-Control")
-            if _varies_on_everything(header_list(headers, "Vary")):
+            if varies_on_everything(header_list(headers, "Vary")):
                 return None
             age = header(headers, "Age")
-        storable, remaining = _control(cache_control, shared)
+        storable, remaining = control(cache_control, shared)
         if not storable:
             return None
         if self.ttl is not None:
@@ -302,9 +171,9 @@ class CachePolicy:
             expires = header_list(headers, "Expires")
             if expires is None:
                 return self.default_ttl if self.default_ttl > 0 else None
-            remaining = _expires_lifetime(expires, header(headers, "Date"), now)
+            remaining = expires_lifetime(expires, header(headers, "Date"), now)
         if age is not None:
-            remaining -= _seconds(age) or 0.0
+            remaining -= seconds(age) or 0.0
         remaining = min(remaining, self.max_ttl)
         return remaining if remaining > 0 else None
 
@@ -335,6 +204,10 @@ class MemoryCache:
         stale_window: Seconds an image stays stored past its freshness.
         timer: The clock, in seconds; a fake one in tests.
 
+    Raises:
+        ValueError: `maxsize` is negative, or `stale_window` is no finite number of seconds,
+            0 or more.
+
     """
 
     def __init__(
@@ -344,6 +217,9 @@ class MemoryCache:
         stale_window: float = 0.0,
         timer: Callable[[], float] = time.monotonic,
     ):
+        if isinstance(maxsize, bool) or not isinstance(maxsize, int) or maxsize < 0:
+            raise ValueError(f"maxsize must be a whole number, 0 or more; got {maxsize!r}")
+        _require_seconds("stale_window", stale_window)
         self.maxsize: int = maxsize
         """The most images kept, and separately the most 404s remembered."""
         self.stale_window: float = stale_window

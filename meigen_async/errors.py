@@ -1,14 +1,20 @@
 """The exception hierarchy: one base to catch, subclasses named for what happened.
 
 Every error carries the data a caller branches on: `image_id` and `status`
-(`None` where not known), and `retry_after` (seconds the server asked us to wait, from
-`Retry-After`) on `RateLimited` and `ServerError`.
+(`None` where not known), `retry_after` (seconds the server asked us to wait, from
+`Retry-After`) on `RateLimited` and `ServerError`, and `resets_at` on `DailyLimitReached`.
 """
 
 from __future__ import annotations
 
+import functools
+from datetime import datetime
+from typing import Any
+
 __all__ = [
     "ApiError",
+    "DailyLimitReached",
+    "ExportError",
     "ImageNotFound",
     "InvalidImageId",
     "InvalidQuery",
@@ -77,6 +83,34 @@ class RateLimited(MeigenError):
         super().__init__(message, image_id=image_id, status=status)
         self.retry_after: float | None = retry_after
         """Seconds the server asked us to wait (`Retry-After`), or None if it did not say."""
+
+
+class DailyLimitReached(RateLimited):
+    """The API key's daily search quota is spent (HTTP 429, code `DAILY_LIMIT_REACHED`).
+
+    Not the per-address limit (a plain `RateLimited`, over in about a minute): no search
+    succeeds before `resets_at`, so it is never retried, and until then the session refuses
+    further searches at once, sending nothing. `retry_after` is the seconds from the error to
+    `resets_at`. Images are not affected.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        resets_at: datetime,
+        image_id: str | None = None,
+        status: int | None = 429,
+        retry_after: float | None = None,
+    ):
+        super().__init__(message, image_id=image_id, status=status, retry_after=retry_after)
+        self.resets_at: datetime = resets_at
+        """When searches may resume (UTC): the service's `Retry-After` if it sent one, else
+        the next 00:00 UTC, when the service resets daily quotas."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copy and pickle with `resets_at`, which `cls(*args)` alone would lack."""
+        return functools.partial(type(self), resets_at=self.resets_at), self.args, self.__dict__
 
 
 class ServerError(MeigenError):
@@ -154,6 +188,20 @@ class MediaNotAllowed(MediaError, ValueError):
     Raised before any request to it: a refused URL costs no traffic.
     """
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        image_id: str | None = None,
+        status: int | None = None,
+        host: str | None = None,
+    ):
+        super().__init__(message, url=url, image_id=image_id, status=status)
+        self.host: str | None = host
+        """The host that is not in `media_hosts` (a redirect's target's, for a redirect), as
+        `media_hosts` would name it; None when the URL was refused for another reason."""
+
 
 class MediaTooLarge(MediaError):
     """The file is larger than `max_media_bytes` (by `Content-Length`, or while streaming)."""
@@ -204,4 +252,15 @@ class MediaWriteError(MediaError):
 
     Also raised, before any request, when the image's directory `out/{id}` is a symbolic
     link (or becomes one while its files are written): nothing is written through it.
+    """
+
+
+# -- Exporting datasets ----------------------------------------------------------------------------
+
+
+class ExportError(MeigenError):
+    """An export cannot go on: OUT holds something else, or a shard could not be written.
+
+    A shard's files appear whole or not at all, so what is done stays done; the `OSError`
+    of a failed write is kept as `__cause__`.
     """

@@ -7,7 +7,8 @@ object following the `RateLimiter` protocol, such as
 The session's upstream loop calls `acquire()` before every request it sends (retries
 included), and `cool_down(seconds)` when a response says to stop for a while: a 429 or a 503
 with `Retry-After`, or `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset` (see
-`cool_down_after`). A limiter with `acquire` alone is accepted too; it is told nothing.
+`cool_down_after`). A limiter with `acquire` alone (a `Pacer`) is accepted too; it is told
+nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,19 @@ from aiolimiter import AsyncLimiter
 
 from ._protocol import MAX_COOL_DOWN, cool_down_after
 
-__all__ = ["MAX_COOL_DOWN", "LocalRateLimiter", "RateLimiter", "cool_down_after"]
+__all__ = ["MAX_COOL_DOWN", "LocalRateLimiter", "Pacer", "RateLimiter", "cool_down_after"]
+
+
+class Pacer(Protocol):
+    """Paces requests: `acquire` returns when the next one may go.
+
+    The older, smaller form of `RateLimiter`, accepted by `GallerySession(rate_limit=...)`
+    too: a pacer without `cool_down` is never told of a 429.
+    """
+
+    async def acquire(self) -> None:
+        """Wait for the next request's turn."""
+        ...
 
 
 @runtime_checkable

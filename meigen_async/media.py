@@ -61,6 +61,14 @@ class MediaFile:
     """Its width in pixels, when its header tells it (JPEG, PNG, WebP, GIF), else None."""
     height: int | None = None
     """Its height in pixels, likewise."""
+    reused: bool = attrs.field(default=False, eq=False)
+    """True when it was already there, complete, from an earlier run: not downloaded again.
+
+    Left out of comparisons: the file is the same either way.
+    """
+    opted_out: bool = False
+    """Its response carried `X-Robots-Tag: noai` or `noimageai`: its author does not want it
+    used for AI. Kept in the file's record, so a file found on disk says it too."""
 
 
 @attrs.frozen(slots=True)

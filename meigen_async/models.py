@@ -7,6 +7,8 @@ fields take their defaults, and only a value of the wrong type is an error.
 from __future__ import annotations
 
 import functools
+import math
+import warnings
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -24,10 +26,10 @@ __all__ = [
     "PromptSegment",
     "SearchHit",
     "SessionStats",
-    "converter",
     "structure_image",
     "structure_search_hit",
     "unstructure_image",
+    "unstructure_search_hit",
 ]
 
 
@@ -62,9 +64,14 @@ class GalleryImage:
     image_height: int | None = None
     """Height in pixels, or None when unknown."""
     model: str | None = None
-    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
+    """The generator that made it, or None: an open vocabulary, family names ("nanobanana",
+    "gptimage", "midjourney", "other") and exact model ids ("flux2-klein", "seedream-4.5",
+    ...), growing. For filtering and display (`meigen_async.bots.model_name`), not as a
+    model id to generate with."""
     sref: str | None = None
     """The Midjourney style reference code, or None."""
+    profile: str | None = None
+    """The Midjourney personalization (`--profile`) code, or None."""
     created_at: datetime | None = None
     """When it was posted, timezone-aware (UTC), or None."""
     likes: int = 0
@@ -114,7 +121,7 @@ class SearchHit:
     image_height: int | None = None
     """Height in pixels, or None when unknown."""
     model: str | None = None
-    """The generator that made it ("midjourney", "nanobanana", ...), or None."""
+    """The generator that made it, or None: an open vocabulary, as `GalleryImage.model`."""
     likes: int = 0
     """Likes on the original post."""
     views: int = 0
@@ -123,11 +130,29 @@ class SearchHit:
     """The author's handle, without the `@`, or None."""
     author_display_name: str | None = None
     """The author's display name, or None."""
+    rank: float | None = None
+    """The service's relevance score for this hit, or None: the pages come in its order, so
+    compare hits by it, but do not read it as a position."""
+    matched_media_index: int | None = None
+    """The index in `media_urls` of the picture that matched the query, or None when the
+    service did not say (see `matched_media_url`)."""
 
     @functools.cached_property
     def prompt(self) -> Prompt:
         """The text, parsed as `GalleryImage.prompt` parses it; computed once and kept."""
         return parse_prompt(self.text)
+
+    @property
+    def matched_media_url(self) -> str | None:
+        """The picture that matched (`media_urls[matched_media_index]`), else the first one.
+
+        The first when the service named none, or an index outside `media_urls`; None when
+        the hit has no media URL.
+        """
+        index = self.matched_media_index
+        if index is not None and 0 <= index < len(self.media_urls):
+            return self.media_urls[index]
+        return self.media_urls[0] if self.media_urls else None
 
 
 @attrs.frozen
@@ -169,6 +194,9 @@ class SessionStats:
     """Expired images a `304 Not Modified` renewed, with no body sent."""
     refreshed: int = 0
     """Background refreshes (stale-while-revalidate) that got their answer."""
+    shared_hits: int = 0
+    """Misses of the in-process cache that the shared cache answered (an image or a 404),
+    with no upstream request; a miss shared by several callers counts once."""
     search_hits_skipped: int = 0
     """Search results left out because their id is not a gallery id."""
     media_requests: int = 0
@@ -214,6 +242,19 @@ def _structure_int(value: Any, _: Any) -> int | None:
     if type(value) is float and value.is_integer():
         return int(value)
     raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _structure_float(value: Any, _: Any) -> float | None:
+    # A JSON number, whole or not; a bool is no number, and neither is NaN or an infinity
+    # (Python's json reads `NaN` and `1e999`): a hit's rank must order.
+    if type(value) is float or type(value) is int:
+        number = float(value) if type(value) is float or abs(value) < 2**1023 else math.inf
+        if math.isfinite(number):
+            return number
+        raise TypeError(f"expected a finite number, got {value!r:.40}")
+    if value is None:
+        return None
+    raise TypeError(f"expected a number, got {type(value).__name__}")
 
 
 def parse_timestamp(value: str) -> datetime:
@@ -276,6 +317,7 @@ def _build_converter() -> cattrs.Converter:
         (str, _structure_str),
         (bool, _expect(bool, "a boolean")),
         (int, _structure_int),
+        (float, _structure_float),
         (datetime, _structure_datetime),
     ):
         conv.register_structure_hook(kind, hook)
@@ -288,14 +330,31 @@ def _build_converter() -> cattrs.Converter:
     return conv
 
 
-converter: cattrs.Converter = _build_converter()
-"""The one converter, built at import and reused for every structure and unstructure call."""
+_converter: cattrs.Converter = _build_converter()
+"""The one converter, built at import and reused for every structure and unstructure call.
+
+Private: the functions below are the way in and out (`unstructure_image`,
+`unstructure_search_hit`), so that its hooks can change without breaking a caller."""
+
+
+def __getattr__(name: str) -> Any:
+    # The converter was public until this release: its old name works for one more, with a
+    # warning.
+    if name != "converter":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        "meigen_async.models.converter is deprecated and will be removed: use "
+        "unstructure_image or unstructure_search_hit",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return _converter
 
 
 _ID_SHOWN = 140  # characters of a foreign id quoted: a valid id has at most 128
 
 # The converter's own hook for the class, looked up once rather than dispatched per call.
-_structure_gallery_image = converter.get_structure_hook(GalleryImage)
+_structure_gallery_image = _converter.get_structure_hook(GalleryImage)
 
 
 # What structuring may raise for data of the wrong shape. RecursionError and OverflowError
@@ -341,7 +400,7 @@ def structure_image(data: Any, *, image_id: str | None = None) -> GalleryImage:
     return image
 
 
-_structure_hit = converter.get_structure_hook(SearchHit)
+_structure_hit = _converter.get_structure_hook(SearchHit)
 
 
 def structure_search_hit(data: Any) -> SearchHit:
@@ -367,7 +426,13 @@ def structure_search_hit(data: Any) -> SearchHit:
 
 def unstructure_image(image: GalleryImage) -> dict[str, Any]:
     """Turn an image back into the endpoint's `data` object (JSON-ready)."""
-    data: dict[str, Any] = converter.unstructure(image)
+    data: dict[str, Any] = _converter.unstructure(image)
+    return data
+
+
+def unstructure_search_hit(hit: SearchHit) -> dict[str, Any]:
+    """Turn a search hit back into a JSON-ready object, as `unstructure_image` does an image."""
+    data: dict[str, Any] = _converter.unstructure(hit)
     return data
 
 

@@ -9,6 +9,10 @@ repairs anything (a repairer turns anything into something), then parses it stri
 and repairs it, within bounds, when it cannot. It never raises on any `str`.
 
 Everything here is a pure function of the text; nothing does I/O.
+
+Longer than 450 lines on purpose: one concern, whose bounds and patterns (the first hundred
+lines) are shared by every step of telling, finding, repairing and reading a prompt; split by
+step, each module would import the same constants back.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """`RedisCache`: a `SharedCache` in Redis, for many processes.
 
-Needs the `redis` extra (`pip install 'meigen-async[redis]'`, redis-py's asyncio client).
+Needs the `redis` extra (`pip install '.[redis]'` in a clone; redis-py's asyncio client).
 The key layout is pure functions ([`entry_key`][meigen_async.redis_cache.entry_key],
 [`lease_key`][meigen_async.redis_cache.lease_key]); the values are opaque text, written and
 read by the one codec every shared cache uses, and so is
@@ -13,8 +13,8 @@ redis-py's exceptions are caught.
         async with GallerySession(cache=cache) as gallery:
             image = await gallery.get_image(image_id)
 
-[`RedisRateLimiter`][meigen_async.redis_cache.RedisRateLimiter] shares one request budget, and the
-service's cool-downs, among every
+[`RedisRateLimiter`][meigen_async.redis_cache.RedisRateLimiter], which lives in a module of its
+own and is named here too, shares one request budget, and the service's cool-downs, among every
 process using the same Redis and `name`:
 
     limiter = RedisRateLimiter(client, rate=10.0, name="meigen")
@@ -24,7 +24,6 @@ process using the same Redis and `name`:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import secrets
@@ -38,6 +37,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from ._backoff import Backoff
+from ._redis_client import describe
+from ._redis_limiter import RedisRateLimiter, rate_keys
 from ._shared_codec import (
     VALIDATOR_KEEP,
     BadEntry,
@@ -47,7 +48,6 @@ from ._shared_codec import (
     stored_image,
     stored_missing,
 )
-from .limits import LocalRateLimiter
 from .models import GalleryImage
 from .shared import SharedEntry
 
@@ -68,9 +68,6 @@ logger = logging.getLogger("meigen_async")
 KEY_VERSION = "v2"
 """Part of every cache key: a change of the key or value format gets a new version, never a
 misread. (v1 keys named the id alone, not its gallery: they are never read.)"""
-
-_RATE_VERSION = "v1"
-"""Part of the rate limiter's keys, whose format has not changed."""
 
 _T = TypeVar("_T")
 
@@ -94,47 +91,6 @@ end
 return 0
 """
 
-# One script for the rate limiter, so that no process can race another between a read and a
-# write. GCRA on Redis's own clock (TIME): the key holds the theoretical arrival time (TAT) of
-# the next request; a request may go at TAT - tau (tau: the burst, in seconds). "reserve"
-# hands back the seconds to wait for the slot it books, "check" the seconds left of a
-# cool-down, and "pause" starts one (never shortening one in force) and makes pacing resume
-# from its end, not in a burst. Times are written with microseconds: Lua's default "%.14g"
-# would keep only a tenth of a millisecond of an epoch time.
-_LONGEST_WAIT = 3600.0
-"""Seconds: a wait Redis hands back beyond this is not believed (a cool-down is at most
-`MAX_COOL_DOWN`, and a queue of booked slots takes minutes at the most)."""
-
-_RATE_SCRIPT = """
-local clock = redis.call("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local interval = tonumber(ARGV[2])
-local tau = tonumber(ARGV[3])
-local cool = tonumber(redis.call("GET", KEYS[2]) or "0") or 0
-local tat = tonumber(redis.call("GET", KEYS[1]) or "0") or 0
-local function keep(key, value)
-    redis.call("SET", key, string.format("%.6f", value), "PX",
-        math.ceil((value - now) * 1000) + 1000)
-end
-if ARGV[1] == "pause" then
-    local stop = now + tonumber(ARGV[4])
-    if stop > cool then
-        keep(KEYS[2], stop)
-    end
-    if stop + tau > tat then
-        keep(KEYS[1], stop + tau)
-    end
-    return "0"
-end
-if ARGV[1] == "check" then
-    return string.format("%.6f", math.max(0, cool - now))
-end
-tat = math.max(tat, now)
-local at = math.max(tat - tau, cool, now)
-keep(KEYS[1], math.max(tat, at) + interval)
-return string.format("%.6f", at - now)
-"""
-
 # -- Keys (pure) ---------------------------------------------------------------------------------
 
 
@@ -146,15 +102,6 @@ def entry_key(prefix: str, key: str) -> str:
 def lease_key(prefix: str, key: str) -> str:
     """The Redis key of the lease to fetch what is stored under `key`."""
     return f"{prefix}{KEY_VERSION}:lease:{key}"
-
-
-def rate_keys(name: str) -> tuple[str, str]:
-    """The keys of the rate limiter named `name`: its pacing state and its cool-down.
-
-    Both carry the hash tag `{name}`, so that on a Redis Cluster they live in one slot, as
-    a script touching both requires.
-    """
-    return f"{{{name}}}:{_RATE_VERSION}:rate", f"{{{name}}}:{_RATE_VERSION}:cool-down"
 
 
 def _glob_escape(text: str) -> str:
@@ -238,7 +185,7 @@ class RedisCache:
         self._delete_if_equal = client.register_script(_DELETE_IF_EQUAL)
         self._replace_if_equal = client.register_script(_REPLACE_IF_EQUAL)
         self._lease_ms: int | None = None  # the longest lease asked for, once one was
-        self._where = _describe(client)
+        self._where = describe(client)
 
     # -- Lifecycle -----------------------------------------------------------------------------
 
@@ -455,157 +402,3 @@ def _is_value_and_ttl(reply: object) -> TypeGuard[list[Any]]:
 def _lease_end(left: int) -> float | None:
     """When a lease key whose `PTTL` is `left` expires (None: it has no expiry, or is gone)."""
     return time.time() + left / 1000 if left >= 0 else None
-
-
-# -- The rate limiter ----------------------------------------------------------------------------
-
-
-class RedisRateLimiter:
-    """One request budget for every process sharing `name` on one Redis; a `RateLimiter`.
-
-    Give it to [`GallerySession`][meigen_async.GallerySession] as `rate_limit=`. Together, all the
-    sessions using it send at most `rate` requests a second, `burst` of them at once after
-    a quiet spell (GCRA, in one Lua script on Redis's clock: the processes' clocks do not
-    matter). Each `acquire` books the next slot and sleeps until it, without polling Redis.
-
-    When a response asks for a pause (a 429 or a 503 with `Retry-After`, or
-    `X-RateLimit-Remaining: 0` with `X-RateLimit-Reset`), the session calls
-    [`cool_down`][meigen_async.redis_cache.RedisRateLimiter.cool_down]: "no requests until now +
-    seconds" is written in Redis, and every process
-    waits for it before its next request; one that had booked a slot before the pause checks
-    again once it has slept, and waits out the rest.
-
-    When Redis fails (refused, timed out, an error reply), one warning is logged on the
-    `meigen_async` logger and this process paces itself at `rate` alone (so N processes
-    may send N times `rate`), keeping its own cool-downs; Redis is tried again after 0.5 s,
-    then longer after each failed try, up to 5 s, and the first success logs once at INFO.
-    Nothing is raised to callers.
-
-    The client is used as it is and never closed by this object; each script call is also
-    bounded by `timeout`, so a Redis that stops answering holds a request back no longer.
-
-    Args:
-        client: A `redis.asyncio.Redis`.
-        rate: Requests a second, for all the processes together.
-        name: Processes share a budget only under the same name (see
-            [`rate_keys`][meigen_async.redis_cache.rate_keys]).
-        burst: Requests that may go at once after a quiet spell; 1 spaces every request.
-        timeout: Seconds allowed for each call to Redis.
-        timer: Monotonic seconds; `time.monotonic` but in tests.
-        sleep: Waits; `asyncio.sleep` but in tests.
-
-    """
-
-    def __init__(
-        self,
-        client: redis.asyncio.Redis,
-        *,
-        rate: float = 10.0,
-        name: str = "meigen",
-        burst: int = 1,
-        timeout: float = 0.5,
-        timer: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-    ):
-        if not rate > 0 or not math.isfinite(rate):
-            raise ValueError("rate must be a positive number")
-        if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
-            raise ValueError("burst must be a whole number, at least 1")
-        if not timeout > 0:
-            raise ValueError("timeout must be positive")
-        self.client: redis.asyncio.Redis = client
-        """The Redis client, used as it is and never closed here."""
-        self.rate: float = rate
-        """Requests a second, for all the processes together."""
-        self.name: str = name
-        """The budget's name: processes share a budget only under the same name."""
-        self.burst: int = burst
-        """Requests that may go at once after a quiet spell."""
-        self.timeout: float = timeout
-        """Seconds allowed for each call to Redis."""
-        self._keys = rate_keys(name)
-        self._interval = f"{1.0 / rate:.9f}"
-        self._tau = f"{(burst - 1) / rate:.9f}"
-        self._script = client.register_script(_RATE_SCRIPT)
-        self._local = LocalRateLimiter(rate, timer=timer, sleep=sleep)
-        self._sleep = sleep
-        self._timer = timer
-        self._backoff = Backoff(timer=timer)
-        self._where = _describe(client)
-
-    @property
-    def shared(self) -> bool:
-        """Whether Redis is in use just now (False during an outage: pacing is local)."""
-        return not self._backoff.down
-
-    async def acquire(self) -> None:
-        """Return when the next request may go: a slot booked in Redis, or paced locally."""
-        while True:
-            await self._local.wait_cool_down()
-            wait = await self._run("reserve")
-            if wait is None:
-                await self._local.acquire()
-                return
-            if wait <= 0:
-                return
-            await self._sleep(wait)
-            await self._local.wait_cool_down()
-            # A cool-down another process began while we slept: the slot is void, wait it out.
-            left = await self._run("check")
-            if not left:
-                return
-            await self._sleep(left)
-
-    async def cool_down(self, seconds: float) -> None:
-        """Send nothing, from any process sharing this limiter, for the next `seconds`."""
-        if not seconds > 0:
-            return
-        # Kept here too: it holds if Redis fails, and this process needs no round trip for it.
-        self._local.pause(seconds)
-        await self._run("pause", f"{seconds:.6f}")
-
-    async def _run(self, operation: str, *extra: str) -> float | None:
-        """Run the script; its answer in seconds, or None when Redis failed or is skipped."""
-        if not self._backoff.ready():
-            return None
-        started = self._timer()
-        try:
-            async with asyncio.timeout(self.timeout):
-                reply = await self._script(
-                    keys=list(self._keys), args=[operation, self._interval, self._tau, *extra]
-                )
-            answer = float(reply)
-        # Any exception, as for RedisCache: TimeoutError is ours, ValueError a reply that is no
-        # number (something else's script under our name), AttributeError a server answering
-        # HELLO with the wrong reply type, OSError a socket error redis-py does not wrap.
-        except Exception as error:
-            if self._backoff.failed():
-                logger.warning(
-                    "shared rate limiter %r on %s is unavailable (%s: %s): pacing this "
-                    "process alone at %g requests a second, trying Redis again in %.1f s",
-                    self.name,
-                    self._where,
-                    type(error).__name__,
-                    error,
-                    self.rate,
-                    self._backoff.delay,
-                )
-            else:
-                logger.debug("shared rate limiter %r still unavailable: %s", self.name, error)
-            return None
-        if self._backoff.succeeded(started):
-            logger.info("shared rate limiter %r on %s is available again", self.name, self._where)
-        if not 0 <= answer <= _LONGEST_WAIT:  # also false for nan
-            # No state this limiter writes asks for that (cool-downs are capped at
-            # MAX_COOL_DOWN): a value from elsewhere is not waited for; local pacing instead.
-            logger.debug("shared rate limiter %r: Redis asked for %r s, ignored", self.name, answer)
-            return None
-        return answer
-
-
-def _describe(client: redis.asyncio.Redis) -> str:
-    """Where the client connects, for log messages: never its password."""
-    options: dict[str, Any] = client.connection_pool.connection_kwargs
-    if "path" in options:
-        return f"unix:{options['path']}"
-    return f"{options.get('host', 'localhost')}:{options.get('port', 6379)}/{options.get('db', 0)}"

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 import attrs
 
-from .errors import MeigenError, RateLimited, ServerError, TransportError
+from .errors import DailyLimitReached, MeigenError, RateLimited, ServerError, TransportError
 
 __all__ = ["RETRYABLE_STATUSES", "RetryPolicy", "is_retryable"]
 
@@ -21,7 +21,12 @@ RETRYABLE_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def is_retryable(error: MeigenError) -> bool:
-    """Whether another attempt may succeed: a transport failure or a retryable status."""
+    """Whether another attempt may succeed: a transport failure or a retryable status.
+
+    A `DailyLimitReached` never is: no search succeeds before the quota resets.
+    """
+    if isinstance(error, DailyLimitReached):
+        return False
     return isinstance(error, TransportError) or error.status in RETRYABLE_STATUSES
 
 

@@ -19,6 +19,10 @@ a write that cannot have it soon is skipped, with a back-off (`Backoff`, as for 
 
 Only a file marked as ours is ever written (see `_sqlite_file`): another program's database is
 left byte for byte as it was.
+
+Longer than 450 lines on purpose: one class, the `SharedCache` protocol on one connection and
+one worker thread, whose methods share its batching and failure handling; what could be split
+off already is (`_sqlite_file`, `_shared_codec`, `_backoff`).
 """
 
 from __future__ import annotations
@@ -125,8 +129,8 @@ class SQLiteCache:
     ):
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
-        self.path = Path(path).expanduser()
-        self.max_entries = max_entries
+        self.path: Path = Path(path).expanduser()
+        self.max_entries: int = max_entries
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="meigen-sqlite")
         self._connection: sqlite3.Connection | None = None
         self._disabled = False
@@ -395,8 +399,9 @@ class SQLiteCache:
 
         def write(connection: sqlite3.Connection, now: float) -> None:
             connection.execute(
-                "INSERT OR REPLACE INTO entries (id, kind, value, expires) VALUES (?, ?, ?, ?)",
-                (key, stored.kind, stored.value, stored.until),
+                "INSERT OR REPLACE INTO entries (id, kind, value, expires, stored) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (key, stored.kind, stored.value, stored.until, now),
             )
 
         await self._write(write)

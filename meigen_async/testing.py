@@ -16,12 +16,23 @@ truncated or oversized body, an HTML page), so a test can prove its code survive
 
     gallery.script(image_id, Answer.error(503), Answer.rate_limited(retry_after=2))
 
-It serves `GET /api/search?q=...&limit=N&offset=K` too, over the same images: an image
-matches when every word of the query is a word of its text or its author's names, ignoring
-case. [`FakeGallery.searches`][meigen_async.testing.FakeGallery.searches] records what each search
-asked, as the server read it, and
-[`FakeGallery.script_search`][meigen_async.testing.FakeGallery.script_search] queues faults for the
-search as `script` does for ids.
+It serves the search too, as the service does (docs/search.md): `GET
+/api/search?q=...&type=posts&limit=N&offset=K&media=matched-v1` answers items in exactly the
+search's shape, ranked by relevance (any word of the query counts; more matching words rank
+higher), the empty query listing the newest posts first; `search_page_cap` is its own page
+size, and its quotas (`api_keys`, `search_limit`, `daily_search_limit`) answer the service's
+two 429s. [`FakeGallery.searches`][meigen_async.testing.FakeGallery.searches] records what each
+search asked, as the server read it, and
+[`FakeGallery.script_search`][meigen_async.testing.FakeGallery.script_search] queues any answer
+for the search as `script` does for ids.
+
+`FakeGallery.sample()` also serves every image's media files (small real PNGs of each image's
+size) from its own origin, so that downloading works with no network at all: give the
+session `media_hosts=[gallery.media_host]`.
+
+The module is past 450 lines because the server is one class whose handlers share its
+counters; what its search answers and its quotas are decided in `_fake_search`, and its
+pictures made in `_pictures`.
 """
 
 from __future__ import annotations
@@ -30,10 +41,10 @@ import asyncio
 import hashlib
 import json
 import re
-import struct
+import time
 import zlib
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
 from importlib import resources
@@ -44,12 +55,15 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from ._fake_search import DAILY_LIMIT, SearchQuotas, bearer_key, search_items
+from ._pictures import flat_png, jpeg_bytes, png_bytes, webp_bytes
 from ._protocol import parse_http_date
 
 __all__ = [
     "DEFAULT_CACHE_CONTROL",
     "Answer",
     "FakeGallery",
+    "flat_png",
     "jpeg_bytes",
     "load_jsonl",
     "png_bytes",
@@ -65,8 +79,12 @@ _SHUTDOWN_TIMEOUT = 0.1
 
 _NOT_FOUND = {"success": False, "error": "Image not found"}
 _JSON = "application/json"
-_WORD = re.compile(r"\w+")
 _CHUNK = 16384
+_PICTURE_SIDE = 512  # the side of a picture whose image states no usable size
+_LARGEST_SIDE = 8192  # a stated side past this is not drawn either
+_AVATAR_SIDE = 48
+_THUMB_SIDE = 320
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 
 
 def _hang_up(
@@ -115,6 +133,12 @@ class Answer:
         """A 429, with `Retry-After` (seconds or an HTTP-date) when given."""
         headers = {} if retry_after is None else {"Retry-After": f"{retry_after}"}
         return cls.error(429, "Too many requests", headers)
+
+    @classmethod
+    def daily_limit_reached(cls, retry_after: str | float | None = None) -> Answer:
+        """The search's 429 for a spent daily quota (`"code": "DAILY_LIMIT_REACHED"`)."""
+        headers = {} if retry_after is None else {"Retry-After": f"{retry_after}"}
+        return cls(status=429, body=json.dumps(DAILY_LIMIT).encode(), headers=headers)
 
     @classmethod
     def slow(cls, seconds: float) -> Answer:
@@ -206,6 +230,24 @@ class FakeGallery:
             it) and a `Last-Modified` (the image's `updated_at`, else `created_at`), and
             answer `If-None-Match` / `If-Modified-Since` with `304 Not Modified`; False
             sends neither and ignores conditional requests.
+        search_page_cap: The most items a search page holds, whatever `limit` asks (the
+            service's own page size); None: `limit`.
+        api_keys: The API keys searches may carry (`Authorization: Bearer <key>`); another
+            key is answered `401 {"success": false, "error": "Invalid API key"}`. None takes
+            any key.
+        search_limit: Searches one address may make without a key in `search_window`
+            seconds; past it, `429 {"success": false, "error": "Too many requests"}`. None:
+            no limit.
+        daily_search_limit: Searches one key may make in a UTC day; past it, `429
+            {"success": false, "error": "Daily search limit reached", "code":
+            "DAILY_LIMIT_REACHED"}` until 00:00 UTC. None: no limit.
+        search_window: The per-address window of `search_limit`, in seconds (about a minute,
+            as the service's).
+        serve_media: Serve each image's media files itself: when it starts, every image's
+            `media_urls`, `thumbnail_url` and `author_avatar_url` are rewritten to
+            `{url}/media/{id}-{n}.png` and friends, small one-colour PNGs of the image's
+            `image_width` by `image_height` (512 a side when unknown), made on first request.
+            `sample()` turns it on.
 
     """
 
@@ -217,6 +259,12 @@ class FakeGallery:
         delay: float = 0.0,
         port: int = 0,
         validators: bool = True,
+        search_page_cap: int | None = None,
+        api_keys: Iterable[str] | None = None,
+        search_limit: int | None = None,
+        daily_search_limit: int | None = None,
+        search_window: float = 60.0,
+        serve_media: bool = False,
     ):
         items = images.values() if isinstance(images, Mapping) else images
         self.images: dict[str, dict[str, Any]] = {_image_id(data): dict(data) for data in items}
@@ -251,6 +299,22 @@ class FakeGallery:
         """The scripted answers still to give to searches (see `script_search`)."""
         self.search_cache_control: str | None = None
         """The `Cache-Control` of search answers (None: no header)."""
+        self.search_page_cap: int | None = search_page_cap
+        """The most items a search page holds, whatever its `limit`; None: `limit`."""
+        self.quotas: SearchQuotas = SearchQuotas(
+            api_keys=api_keys,
+            search_limit=search_limit,
+            daily_search_limit=daily_search_limit,
+            window=search_window,
+            clock=time.monotonic,
+            wall_clock=time.time,
+        )
+        """The search limits: per address without a key, per key and UTC day with one."""
+        self.authorizations: list[tuple[str, str]] = []
+        """The path and `Authorization` header of every request that carried one, any path."""
+        self.serve_media: bool = serve_media
+        """Whether it serves every image's media files itself (see the constructor)."""
+        self._pictures: dict[str, tuple[int, int, tuple[int, int, int]]] = {}
         self.media: dict[str, tuple[bytes, str]] = {}
         """The media files served, by name: their bytes and `Content-Type`."""
         self.media_requests: Counter[str] = Counter()
@@ -268,7 +332,12 @@ class FakeGallery:
 
     @classmethod
     def sample(cls, **options: Any) -> FakeGallery:
-        """A gallery serving the bundled sample of 60 images."""
+        """A gallery serving the bundled sample of 60 images, and their media files itself.
+
+        Its media URLs point at its own origin once started (`serve_media`, on unless
+        `serve_media=False` is given): nothing in it reaches beyond 127.0.0.1.
+        """
+        options.setdefault("serve_media", True)
         return cls(sample_images(), **options)
 
     @property
@@ -305,9 +374,14 @@ class FakeGallery:
         self.search_scripts.extend(answers)
 
     def search_results(self, query: str) -> list[dict[str, Any]]:
-        """The images a search for `query` matches, in the order they were given."""
-        wanted = set(_WORD.findall(query.lower()))
-        return [data for data in self.images.values() if wanted and wanted <= _words(data)]
+        """Every item a search for `query` answers, best first, as sent with `media=matched-v1`.
+
+        Ranked by relevance: an image matches when any word of the query is a word of its
+        text or its author's names (ignoring case), `rank` is the share of the query's words
+        it holds, and more matching words come first (ties in the order the images were
+        given). The empty query lists every image, newest `created_at` first.
+        """
+        return search_items(self.images.values(), query.strip(), matched_media=True)
 
     def reset_counts(self) -> None:
         """Zero the request counters."""
@@ -318,13 +392,14 @@ class FakeGallery:
         self.user_agents.clear()
         self.paths.clear()
         self.media_requests.clear()
+        self.authorizations.clear()
         self.max_in_flight = self.in_flight
 
     # -- Serving -------------------------------------------------------------------------------
 
     async def start(self) -> FakeGallery:
         """Bind to 127.0.0.1 and start serving."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._see])
         app.router.add_get("/api/images/{image_id}", self._serve_image)
         app.router.add_get("/api/search", self._serve_search)
         app.router.add_get("/media/{name}", self._serve_media)
@@ -340,6 +415,8 @@ class FakeGallery:
         await site.start()
         host, port = self._runner.addresses[0][:2]
         self._url = f"http://{host}:{port}"
+        if self.serve_media:
+            self._own_media()
         return self
 
     async def close(self) -> None:
@@ -363,6 +440,18 @@ class FakeGallery:
 
     async def _count_path(self, request: web.Request, response: web.StreamResponse) -> None:
         self.paths.append(request.raw_path)
+
+    @web.middleware
+    async def _see(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        # Before any handler: a request answered by a dropped connection is seen too.
+        authorization = request.headers.get("Authorization")
+        if authorization is not None:
+            self.authorizations.append((request.raw_path, authorization))
+        return await handler(request)
 
     async def _serve_image(self, request: web.Request) -> web.StreamResponse:
         image_id = request.match_info["image_id"]
@@ -420,22 +509,32 @@ class FakeGallery:
         try:
             if self.delay:
                 await asyncio.sleep(self.delay)
-            normal = self._search_answer(query, limit, offset)
             if self.search_scripts:
                 answer = self.search_scripts.popleft()
+                normal = self._search_answer(request, query, limit, offset, counted=False)
                 return await self._scripted(request, "", answer, normal)
-            status, headers, body = normal
+            status, headers, body = self._search_answer(request, query, limit, offset)
             return web.Response(status=status, headers=headers, body=body, content_type=_JSON)
         finally:
             self.in_flight -= 1
 
     def _search_answer(
-        self, query: str, limit: int, offset: int
+        self, request: web.Request, query: str, limit: int, offset: int, *, counted: bool = True
     ) -> tuple[int, dict[str, str], bytes]:
+        if request.query.get("type", "posts") != "posts":
+            return _error(400, "Invalid type")
         if not 1 <= limit <= 100 or offset < 0:
-            error = {"success": False, "error": "Invalid limit or offset"}
-            return 400, {}, json.dumps(error).encode()
-        page = self.search_results(query)[offset : offset + limit]
+            return _error(400, "Invalid limit or offset")
+        if counted:
+            key = bearer_key(request.headers.get("Authorization"))
+            refused = self.quotas.admit(request.remote or "", key)
+            if refused is not None:
+                status, error = refused
+                return status, {}, json.dumps(error).encode()
+        size = limit if self.search_page_cap is None else min(limit, self.search_page_cap)
+        matched = request.query.get("media") == "matched-v1"
+        items = search_items(self.images.values(), query.strip(), matched_media=matched)
+        page = items[offset : offset + size]
         headers = {"Cache-Control": self.search_cache_control} if self.search_cache_control else {}
         return 200, headers, json.dumps({"success": True, "data": page}).encode()
 
@@ -487,9 +586,43 @@ class FakeGallery:
         """
         self.media_scripts.setdefault(name, deque()).extend(answers)
 
+    def _own_media(self) -> None:
+        """Point every image's media at this origin, each picture to be drawn when asked."""
+        for position, (image_id, data) in enumerate(list(self.images.items())):
+            red, green, blue, _ = zlib.crc32(image_id.encode()).to_bytes(4, "big")
+            rgb = (red, green, blue)
+            width, height = _side(data.get("image_width")), _side(data.get("image_height"))
+            urls = data.get("media_urls")
+            count = len(urls) if isinstance(urls, list) else 0
+            # A gallery id is safe in a path; another is named by its place (no id has a ~).
+            stem = image_id if _SAFE_NAME.fullmatch(image_id) else f"~{position}"
+            names = [f"{stem}-{index}.png" for index in range(count)]
+            for name in names:
+                self._pictures[name] = (width, height, rgb)
+            thumbnail = data.get("thumbnail_url")
+            if isinstance(thumbnail, str) and isinstance(urls, list) and thumbnail in urls:
+                thumb = names[urls.index(thumbnail)]
+            else:
+                thumb = f"{stem}-thumb.png"
+                scale = _THUMB_SIDE / max(width, height)
+                side = (max(1, round(width * scale)), max(1, round(height * scale)))
+                self._pictures[thumb] = (*side, rgb)
+            avatar = f"{stem}-avatar.png"
+            self._pictures[avatar] = (_AVATAR_SIDE, _AVATAR_SIDE, rgb)
+            self.images[image_id] = {
+                **data,
+                "media_urls": [self.media_url(name) for name in names],
+                "thumbnail_url": self.media_url(thumb),
+                "author_avatar_url": self.media_url(avatar),
+            }
+
     async def _serve_media(self, request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
         self.media_requests[name] += 1
+        picture = self._pictures.get(name)
+        if name not in self.media and picture is not None:
+            width, height, rgb = picture
+            self.media[name] = (flat_png(width, height, rgb), "image/png")
         self.in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
@@ -515,11 +648,15 @@ class FakeGallery:
         return web.json_response({"success": False, "error": "Not found"}, status=404)
 
 
-def _words(data: Mapping[str, Any]) -> set[str]:
-    fields = (data.get("text"), data.get("author_username"), data.get("author_display_name"))
-    return {
-        word for field in fields if isinstance(field, str) for word in _WORD.findall(field.lower())
-    }
+def _error(status: int, message: str) -> tuple[int, dict[str, str], bytes]:
+    return status, {}, json.dumps({"success": False, "error": message}).encode()
+
+
+def _side(value: object) -> int:
+    """A stated width or height to draw, or the default when it is none or out of reason."""
+    if type(value) is int and 0 < value <= _LARGEST_SIDE:
+        return value
+    return _PICTURE_SIDE
 
 
 def _last_modified(data: Mapping[str, Any]) -> str | None:
@@ -579,62 +716,3 @@ async def _respond(
         return _hang_up(request, response)
     await response.write_eof()
     return response
-
-
-# -- Small real images, for media tests -----------------------------------------------------------
-
-
-def png_bytes(width: int = 4, height: int = 3, rgb: tuple[int, int, int] = (200, 30, 60)) -> bytes:
-    """A real PNG of one colour, `width` by `height` pixels (8-bit RGB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    row = b"\x00" + bytes(rgb) * width
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(row * height))
-        + chunk(b"IEND", b"")
-    )
-
-
-def jpeg_bytes(width: int = 4, height: int = 3) -> bytes:
-    """A real baseline JPEG of one grey, `width` by `height` pixels (1 to 65535 each).
-
-    Built by hand: one component, flat quantisation, and Huffman tables of one code each, so
-    that every 8x8 block is two bits (no DC change, end of block).
-    """
-    if not (0 < width < 65536 and 0 < height < 65536):
-        raise ValueError("a JPEG is 1 to 65535 pixels a side")
-
-    def segment(marker: int, data: bytes) -> bytes:
-        return struct.pack(">BBH", 0xFF, marker, len(data) + 2) + data
-
-    one_code = b"\x01" + b"\x00" * 15 + b"\x00"  # one code of length 1, for symbol 0
-    blocks = ((width + 7) // 8) * ((height + 7) // 8)
-    bits = "00" * blocks
-    bits += "1" * (-len(bits) % 8)  # padded with ones, as the standard asks
-    scan = int(bits, 2).to_bytes(len(bits) // 8, "big")
-    return (
-        b"\xff\xd8"
-        + segment(0xDB, b"\x00" + b"\x01" * 64)
-        + segment(0xC0, struct.pack(">BHHBBBB", 8, height, width, 1, 1, 0x11, 0))
-        + segment(0xC4, b"\x00" + one_code)
-        + segment(0xC4, b"\x10" + one_code)
-        + segment(0xDA, b"\x01\x01\x00\x00\x3f\x00")
-        + scan
-        + b"\xff\xd9"
-    )
-
-
-_WEBP_5X3 = bytes.fromhex(
-    "524946461e000000574542505650384c110000002f0480000007508f2297a7ff8188e87f0000"
-)
-
-
-def webp_bytes() -> bytes:
-    """A real lossless WebP, 5 by 3 pixels of one colour (made once with libwebp)."""
-    return _WEBP_5X3

@@ -2,8 +2,8 @@
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
 gallery saw its requests, whether a directory's files can carry media records, a PNG
-header claiming any size, a media server of one handler, and the hypothesis strategies of
-untrusted JSON.
+header claiming any size, a media server of one handler, the loopback origin of a gallery's
+media, and the hypothesis strategies of untrusted JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 from hypothesis import strategies as st
+from yarl import URL
 
 from meigen_async.retry import RetryPolicy
 from meigen_async.session import FETCH_TASK_PREFIX
@@ -109,6 +110,30 @@ def keeps_user_attributes(directory: Path) -> bool:
     finally:
         probe.unlink()
     return True
+
+
+def slow_only(request: Any, what: str) -> None:
+    """Fail a test that uses `what` (seconds of work) without being marked slow.
+
+    `make quick` leaves out the tests marked slow and must stay quick: an expensive fixture
+    calls this, so that a new test using it cannot slip into the quick run unmarked.
+    """
+    if request.node.get_closest_marker("slow") is None:
+        raise AssertionError(f"{request.node.name} uses {what}: mark it @pytest.mark.slow")
+
+
+def media_origin(gallery: FakeGallery) -> str:
+    """The `127.0.0.1:{port}` its images' media are served from: their `media_hosts` entry.
+
+    Exactly one such origin (a test's own media server); media elsewhere are left out.
+    """
+    (origin,) = {
+        f"{url.host}:{url.port}"
+        for data in gallery.images.values()
+        for url in map(URL, data.get("media_urls") or ())
+        if url.host == "127.0.0.1"
+    }
+    return origin
 
 
 def png_claiming(width: int, height: int) -> bytes:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meigen_async.bots import ELLIPSIS, discord_embed, telegram_caption, truncate
+from meigen_async.bots import ELLIPSIS, discord_embed, model_name, telegram_caption, truncate
 from meigen_async.models import GalleryImage
 
 # -- Building images -----------------------------------------------------------------------------
@@ -268,6 +268,37 @@ def test_embed_credits_the_username_alone_when_there_is_no_display_name() -> Non
 
 def test_embed_titles_the_model_and_the_author() -> None:
     assert discord_embed(BASE)["title"] == "Midjourney by @creator"
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ("nanobanana", "Nano Banana"),
+        ("gptimage", "GPT Image"),
+        ("seedream-4.5", "Seedream 4.5"),
+        ("flux2-klein", "FLUX.2 [klein]"),
+        (" flux3-pro ", "flux3-pro"),
+    ],
+)
+def test_a_model_is_shown_by_its_display_name_when_known_else_as_it_is(
+    model: str, shown: str
+) -> None:
+    assert model_name(model) == shown
+    assert discord_embed(image(model=model))["title"] == f"{shown} by @creator"
+
+
+@pytest.mark.parametrize("model", ["other", "  ", None])
+def test_the_family_other_or_no_model_names_no_model(model: str | None) -> None:
+    assert model_name(model) is None
+    assert discord_embed(image(model=model, text="A fox"))["title"] == "A fox"
+
+
+def test_embed_shows_a_midjourney_profile_code_in_a_field() -> None:
+    fields = {
+        field["name"]: field["value"] for field in discord_embed(image(profile="m7xyz"))["fields"]
+    }
+    assert fields["Profile"] == "m7xyz"
+    assert "Profile" not in {field["name"] for field in discord_embed(BASE)["fields"]}
 
 
 def test_embed_titles_the_start_of_the_prompt_when_there_is_no_model() -> None:

@@ -160,7 +160,7 @@ TRANSIENT = [
     Answer.dropped(),
     Answer.cut_off(),
     Answer.html(502),
-    Answer.slow(0.4),
+    Answer.slow(1.2),
 ]
 
 
@@ -179,7 +179,7 @@ async def test_hundreds_of_ids_failing_transiently_all_succeed(
             failures[image_id] = len(faults)
         policy = fast(max_retries=3)
         # The timeout leaves room for a loaded loop: a spurious one would add a request.
-        async with GallerySession(fake.url, retry=policy, timeout=0.25, concurrency=32) as client:
+        async with GallerySession(fake.url, retry=policy, timeout=0.6, concurrency=32) as client:
             if via == "get_images":
                 got = await client.get_images(fake.ids)
                 assert [image.id for image in got] == fake.ids

@@ -127,18 +127,12 @@ async def test_get_summary_names_a_json_prompt(
     assert re.search(r"prompt\s+JSON", capsys.readouterr().out)
 
 
-async def test_get_json_prints_one_object_for_one_id(
-    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("ids", [[PLAIN_ID], [PLAIN_ID, JSON_ID]])
+async def test_get_json_prints_json_lines_whatever_the_number_of_ids(
+    ids: list[str], gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert await run("get", "--json", "--base-url", gallery.url, PLAIN_ID) == 0
-    assert json.loads(capsys.readouterr().out) == endpoint_data(PLAIN_ID)
-
-
-async def test_get_json_prints_a_list_for_several_ids(
-    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
-) -> None:
-    assert await run("get", "--json", "--base-url", gallery.url, PLAIN_ID, JSON_ID) == 0
-    assert json.loads(capsys.readouterr().out) == [endpoint_data(PLAIN_ID), endpoint_data(JSON_ID)]
+    assert await run("get", "--json", "--base-url", gallery.url, *ids) == 0
+    assert json_lines(capsys.readouterr().out) == [endpoint_data(i) for i in ids]
 
 
 async def test_get_rejects_an_invalid_id_in_one_line_with_status_2_before_any_request(
@@ -178,6 +172,17 @@ async def test_get_never_prints_an_image_its_cache_holds_from_another_gallery(
     captured = capsys.readouterr()
     assert captured.out == ""
     assert f"request for image {PLAIN_ID} failed" in one_error_line(captured.err)
+
+
+async def test_get_without_retries_given_retries_three_times(
+    gallery: FakeGallery, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Retry-After: 0 makes each retry at once; one 503 more than the default allows for.
+    busy = Answer.error(503, "Busy", {"Retry-After": "0"})
+    gallery.script(PLAIN_ID, *[busy] * 5)
+    assert await run("get", "--base-url", gallery.url, PLAIN_ID) == 1
+    assert "HTTP 503" in one_error_line(capsys.readouterr().err)
+    assert gallery.requests[PLAIN_ID] == 4
 
 
 async def test_get_reports_a_missing_image_with_status_1(
@@ -227,9 +232,10 @@ async def test_get_prints_to_an_ascii_stdout_without_crashing(
     assert (process.returncode, err) == (0, b"")
     text = out.decode("ascii")
     if as_json:
-        assert [image["id"] for image in json.loads(text)] == ids
-        assert json.loads(text)[2]["author_display_name"] == LONE_NAME_READ
-        assert json.loads(text)[0] == endpoint_data(ids[0])
+        printed = json_lines(text)
+        assert [image["id"] for image in printed] == ids
+        assert printed[2]["author_display_name"] == LONE_NAME_READ
+        assert printed[0] == endpoint_data(ids[0])
     else:
         assert re.search(r"author\s+Caf\\xe9 \\ufffd \(@", text)
     assert sum(broken_gallery.requests.values()) == 5
@@ -721,7 +727,7 @@ async def serve_then_stop(stop: signal.Signals, wrapper: list[str] | None = None
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 async def test_serve_answers_requests_then_exits_0_when_stopped(stop: signal.Signals) -> None:
     err = await serve_then_stop(stop)
-    assert len(err.splitlines()) == 2  # what it serves and a few ids: no traceback, no warning
+    assert len(err.splitlines()) == 3  # what it serves, a few ids, its media: no traceback
     assert err.startswith("meigen-async: serving 60 images from the bundled sample; try ")
 
 
@@ -731,7 +737,42 @@ async def test_serve_started_with_sigint_ignored_still_exits_0_when_stopped(
     stop: signal.Signals,
 ) -> None:
     err = await serve_then_stop(stop, wrapper=IGNORING_SIGINT)
-    assert len(err.splitlines()) == 2, err  # what it serves, and a few of its ids
+    assert len(err.splitlines()) == 3, err  # what it serves, a few of its ids, its media
+
+
+@pytest.mark.slow
+async def test_serve_then_download_and_bulk_media_work_with_the_media_host_it_prints(
+    tmp_path: Path,
+) -> None:
+    process = await start_cli("serve")
+    try:
+        assert process.stdout is not None
+        assert process.stderr is not None
+        url = (await asyncio.wait_for(process.stdout.readline(), timeout=30)).decode().strip()
+        lines = [(await process.stderr.readline()).decode() for _ in range(3)]
+        said = lines[2].strip()
+        match = re.fullmatch(
+            r"meigen-async: media files are served here too: meigen-async (download "
+            r"--base-url (\S+) --media-host (127\.0\.0\.1:\d+) (\d+))",
+            said,
+        )
+        assert match is not None, lines
+        assert match[2] == url
+        assert await run(*match[1].split(), "-o", str(tmp_path / "one")) == 0
+        ids = tmp_path / "ids.txt"
+        ids.write_text(f"{PLAIN_ID}\n{JSON_ID}\n", encoding="utf-8")
+        media = ["--media", str(tmp_path / "bulk"), "--media-host", match[3]]
+        out = ["-o", str(tmp_path / "images.jsonl")]
+        assert await run("bulk", str(ids), "--base-url", url, *media, *out) == 0
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.communicate(), timeout=10)
+    assert process.returncode == 0
+    downloaded = sorted((tmp_path / "one").rglob("*.png"))
+    assert [path.parent.name for path in downloaded] == [match[4]] * len(downloaded) != []
+    bulk = sorted(path.relative_to(tmp_path / "bulk") for path in (tmp_path / "bulk").rglob("*"))
+    assert {path.parts[0] for path in bulk if path.suffix == ".png"} == {PLAIN_ID, JSON_ID}
+    assert len(json_lines((tmp_path / "images.jsonl").read_text(encoding="utf-8"))) == 2
 
 
 async def test_serve_rejects_a_data_file_that_is_not_json_lines(
@@ -765,6 +806,13 @@ async def test_demo_fetches_the_sample_with_one_request_per_distinct_id_and_one_
     assert (report.revalidated, report.refreshed) == (1, 1)
 
 
+async def test_demo_downloads_the_pictures_of_three_images_from_the_samples_own_address() -> None:
+    report = await run_demo()
+    assert report.media_images == 3
+    assert report.media_files >= 3
+    assert 0 < report.media_bytes < 3000 * report.media_files  # flat PNGs of a few hundred bytes
+
+
 async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
     prompts = [parse_prompt(data["text"]) for data in sample_images()]
     report = await run_demo()
@@ -796,7 +844,7 @@ def test_demo_without_rich_says_how_to_install_it(
 ) -> None:
     monkeypatch.setitem(sys.modules, "rich", None)  # as if the cli extra were not installed
     assert main(["demo"]) == 2
-    assert "pip install 'meigen-async[cli]'" in one_error_line(capsys.readouterr().err)
+    assert "pip install rich" in one_error_line(capsys.readouterr().err)
 
 
 # -- The package ---------------------------------------------------------------------------------
@@ -859,20 +907,7 @@ def test_serve_list_prints_every_id_it_would_serve(capsys: pytest.CaptureFixture
     assert PLAIN_ID in ids
 
 
+@pytest.mark.slow
 async def test_serve_names_a_few_of_its_ids_on_stderr() -> None:
     err = await serve_then_stop(signal.SIGTERM)
     assert re.search(rf"ids: {PLAIN_ID}, \d+, \d+, \d+, \d+ and 55 more", err), err
-
-
-def test_the_progress_bar_labels_its_time_columns() -> None:
-    from meigen_async import cli
-
-    class Terminal(io.StringIO):
-        def isatty(self) -> bool:
-            return True
-
-    stream = Terminal()
-    with cli._progress(stream, 2) as advance:
-        advance(True)
-    assert "elapsed" in stream.getvalue()
-    assert "left" in stream.getvalue()

@@ -91,8 +91,8 @@ async def test_search_lines_show_hostile_fields_escaped_one_line_a_hit(
 ) -> None:
     assert await run("search", "neon", "--base-url", hostile_gallery.url) == 0
     out = assert_terminal_safe(capsysbinary.readouterr().out)
-    [line] = out.splitlines()
-    assert line.startswith(f"{hostile_gallery.ids[0]}  model \\x1b[2J")
+    [_, line] = out.splitlines()  # the header, and the hit
+    assert line.startswith(f"{hostile_gallery.ids[0]}  model \\x1…")
 
 
 def command_line(command: str, gallery: FakeGallery, tmp_path: Path, *options: str) -> list[str]:

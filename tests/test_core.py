@@ -26,6 +26,7 @@ from meigen_async._core import (
     after_giving_up,
     for_image,
     freshness,
+    from_shared,
     look_up,
     may_refresh,
     read_response,
@@ -42,6 +43,7 @@ from meigen_async.errors import (
 )
 from meigen_async.models import GalleryImage, SessionStats
 from meigen_async.retry import RetryPolicy
+from meigen_async.shared import SharedImage, SharedMissing
 
 ID = "2009629483448627597"
 IMAGE = GalleryImage(id=ID, text="a garden")
@@ -215,7 +217,8 @@ def test_the_tally_counts_each_outcome_under_its_counter() -> None:
 
     assert tally.snapshot() == SessionStats(
         requests=3,
-        cache_hits=3,
+        cache_hits=2,
+        shared_hits=1,
         cache_misses=2,
         coalesced=1,
         retries=1,
@@ -433,6 +436,63 @@ def test_an_error_told_for_its_subject_keeps_what_callers_branch_on() -> None:
     assert isinstance(told, RateLimited)
     assert (told.status, told.retry_after, told.image_id) == (429, 7.0, None)
     assert str(told) == "search 'x': slow down (after 2 retries)"
+
+
+# -- from_shared ---------------------------------------------------------------------------------
+
+SWR = CachePolicy(stale_while_revalidate=30.0)
+
+
+def shared(**fields: object) -> SharedImage:
+    return SharedImage(image=IMAGE, fresh_until=0.0, **fields)  # type: ignore[arg-type]
+
+
+def test_a_fresh_shared_image_answers_with_the_sessions_revalidate_window() -> None:
+    kept = from_shared(
+        shared(etag='"v1"'), 60.0, image_id=ID, policy=SWR, stale_window=0.0, stored=False
+    )
+
+    assert kept == Store(IMAGE, 60.0, None, Validators(etag='"v1"'), 30.0)
+
+
+def test_a_fresh_shared_404_answers_and_is_remembered_for_what_it_has_left() -> None:
+    kept = from_shared(
+        SharedMissing(until=0.0), 12.0, image_id=ID, policy=SWR, stale_window=0.0, stored=False
+    )
+
+    assert isinstance(kept, Raise)
+    assert isinstance(kept.error, ImageNotFound)
+    assert kept.remember_missing == 12.0
+
+
+def test_an_expired_shared_404_is_nothing() -> None:
+    missing = SharedMissing(until=0.0)
+    kept = from_shared(missing, 0.0, image_id=ID, policy=SWR, stale_window=60.0, stored=False)
+    assert kept is None
+
+
+@pytest.mark.parametrize(
+    ("entry", "stale_window", "stored", "kept"),
+    [
+        (shared(), 60.0, False, True),  # may serve stale-if-error
+        (shared(), 5.0, False, False),  # past its stale window, and nothing to revalidate
+        (shared(etag='"v1"'), 0.0, False, True),  # to revalidate
+        (shared(etag='"v1"'), 60.0, True, False),  # the in-process entry stays
+    ],
+    ids=["stale-window", "past-it", "validators", "stored"],
+)
+def test_an_expired_shared_image_is_no_answer_kept_only_when_it_can_serve(
+    entry: SharedImage, stale_window: float, stored: bool, kept: bool
+) -> None:
+    decision = from_shared(
+        entry, -10.0, image_id=ID, policy=SWR, stale_window=stale_window, stored=stored
+    )
+
+    if kept:
+        assert isinstance(decision, Store)
+        assert decision.ttl == -10.0  # stored already expired: no answer
+    else:
+        assert decision is None
 
 
 # -- After a failed background refresh -----------------------------------------------------------

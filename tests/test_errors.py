@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy as copies
 import pickle
+from datetime import UTC, datetime
 
 import pytest
 
 from meigen_async import errors
 from meigen_async.errors import (
     ApiError,
+    DailyLimitReached,
+    ExportError,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
@@ -38,6 +42,7 @@ SUBCLASSES = [
     InvalidQuery,
     InvalidResponse,
     RateLimited,
+    DailyLimitReached,
     ServerError,
     TransportError,
     UpstreamUnreachable,
@@ -52,6 +57,7 @@ SUBCLASSES = [
     MediaTooManyFiles,
     MediaTransportError,
     MediaWriteError,
+    ExportError,
 ]
 
 
@@ -135,6 +141,20 @@ def test_a_pickled_rate_limited_keeps_retry_after() -> None:
 
     assert isinstance(copy, RateLimited)
     assert copy.retry_after == 3.0
+
+
+def test_a_daily_limit_is_rate_limited_and_keeps_resets_at_through_a_copy_or_a_pickle() -> None:
+    resets_at = datetime(2026, 3, 2, tzinfo=UTC)
+    error = DailyLimitReached("spent", resets_at=resets_at, retry_after=60.0)
+    assert isinstance(error, RateLimited)
+    for again in (copies.copy(error), pickle.loads(pickle.dumps(error))):
+        assert type(again) is DailyLimitReached
+        assert (again.resets_at, again.retry_after, again.status, str(again)) == (
+            resets_at,
+            60.0,
+            429,
+            "spent",
+        )
 
 
 def test_a_pickled_invalid_image_id_is_still_a_value_error() -> None:

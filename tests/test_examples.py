@@ -15,10 +15,11 @@ from typing import Any
 from unittest.mock import AsyncMock
 
 import pytest
+from helpers import slow_only
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async.bots import discord_embed, telegram_caption
-from meigen_async.testing import FakeGallery
+from meigen_async.testing import Answer, FakeGallery
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 PLAIN_ID = "2013572250852104677"
@@ -46,10 +47,17 @@ def discord_bot() -> ModuleType:
     return load_example("discord_bot", "discord")
 
 
-# Importing aiogram takes seconds: the tests using this fixture are marked slow.
 @pytest.fixture(scope="module")
-def telegram_bot() -> ModuleType:
+def telegram_module() -> ModuleType:
     return load_example("telegram_bot", "aiogram")
+
+
+@pytest.fixture
+def telegram_bot(request: pytest.FixtureRequest) -> ModuleType:
+    """The Telegram example; importing aiogram takes seconds, so only for tests marked slow."""
+    slow_only(request, "the Telegram example (importing aiogram takes seconds)")
+    module: ModuleType = request.getfixturevalue("telegram_module")
+    return module
 
 
 @pytest.fixture
@@ -301,11 +309,28 @@ async def test_discord_inspire_says_when_nothing_matches(
     )
 
 
-async def test_discord_inspire_refuses_a_blank_search_without_a_request(
+async def test_discord_inspire_without_words_shows_one_of_the_best_liked_newest_posts(
     discord_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
-    assert (await discord_bot.inspire_reply(session, "  ")).startswith("Give me a few words")
-    assert gallery.total_requests == 0
+    reply = await discord_bot.inspire_reply(session, "  ")
+    assert isinstance(reply, discord_bot.discord.Embed)
+    assert gallery.searches == [("", 20, 0)]
+
+
+@pytest.mark.parametrize("bot", ["discord", pytest.param("telegram", marks=pytest.mark.slow)])
+async def test_inspire_tells_the_daily_quota_from_the_per_address_limit(
+    bot: str, request: pytest.FixtureRequest, gallery: FakeGallery
+) -> None:
+    module: ModuleType = request.getfixturevalue(f"{bot}_bot")
+    gallery.script_search(Answer.rate_limited(), Answer.daily_limit_reached())
+    async with GallerySession(gallery.url, retry=RetryPolicy(max_retries=0)) as session:
+        busy = await module.inspire_reply(session, "studio")
+        spent = await module.inspire_reply(session, "studio")
+    texts = [reply if isinstance(reply, str) else reply.text for reply in (busy, spent)]
+    assert texts == [
+        "Too many searches right now; please try again in a minute.",
+        "I have used up today's searches; ask again after 00:00 UTC.",
+    ]
 
 
 async def test_discord_inspire_says_when_the_gallery_is_unreachable(
@@ -330,6 +355,7 @@ async def test_discord_inspire_command_defers_then_sends_the_embed(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -340,14 +366,16 @@ async def test_telegram_inspire_is_the_photo_of_one_of_the_best_liked_matches(
     assert reply == telegram_bot.Reply(image.media_urls[0], telegram_caption(image, "HTML"))
 
 
-async def test_telegram_inspire_explains_the_command_without_words(
+@pytest.mark.slow
+async def test_telegram_inspire_without_words_is_a_photo_of_the_newest_posts(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
-    assert await telegram_bot.inspire_reply(session, None) == telegram_bot.INSPIRE_USAGE
-    assert await telegram_bot.inspire_reply(session, "  ") == telegram_bot.INSPIRE_USAGE
-    assert gallery.total_requests == 0
+    assert (await telegram_bot.inspire_reply(session, None)).photo is not None
+    assert (await telegram_bot.inspire_reply(session, "  ")).photo is not None
+    assert gallery.searches == [("", 20, 0)]  # the second answered from the kept page
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     telegram_bot: ModuleType, session: GallerySession
 ) -> None:
@@ -357,6 +385,7 @@ async def test_telegram_inspire_escapes_the_words_when_nothing_matches(
     )
 
 
+@pytest.mark.slow
 async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_request(
     telegram_bot: ModuleType, gallery: FakeGallery, session: GallerySession
 ) -> None:
@@ -365,6 +394,7 @@ async def test_telegram_inspire_refuses_a_search_over_200_characters_without_a_r
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_telegram_dispatcher_routes_inspire(
     telegram_bot: ModuleType, gallery: FakeGallery
 ) -> None:

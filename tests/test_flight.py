@@ -1,4 +1,9 @@
-"""SingleFlight: join, leave, cancel, wait for all, fail fast; with plain coroutines, no HTTP."""
+"""SingleFlight: join, leave, cancel, wait for all, fail fast; with plain coroutines, no HTTP.
+
+An await that ends only when `close`, `leave` or fail-fast cancels a job that is never
+finished is bounded by `soon()`: with that cancellation broken the test fails in seconds,
+naming the await, rather than hanging.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,11 @@ import asyncio
 import pytest
 
 from meigen_async._flight import SingleFlight
+
+
+def soon() -> asyncio.Timeout:
+    """A bound for an await that a working cancellation ends at once."""
+    return asyncio.timeout(5.0)
 
 
 class Closed(Exception):
@@ -57,7 +67,21 @@ async def test_the_task_is_named_for_its_key() -> None:
     flight, _ = single.join("a", asyncio.get_running_loop())
 
     assert flight.task.get_name() == "job a"
-    await single.close()
+    async with soon():
+        await single.close()
+
+
+async def test_a_task_started_with_its_own_start_runs_it_and_later_callers_join_it() -> None:
+    jobs, other = Jobs(), Jobs()
+    single = flights(jobs)
+    loop = asyncio.get_running_loop()
+    first, _ = single.join("a", loop, other.run)
+    second, joined = single.join("a", loop)
+    other.finish("a", "from the other start")
+
+    assert joined
+    assert await single.wait(first) == await single.wait(second) == "from the other start"
+    assert (jobs.started, other.started) == ({}, {"a": 1})
 
 
 async def test_a_key_asked_again_after_its_flight_landed_starts_a_new_task() -> None:
@@ -84,7 +108,8 @@ async def test_the_last_caller_leaving_cancels_the_task() -> None:
     assert not single.leave(flight)
     assert single.leave(flight)
     with pytest.raises(asyncio.CancelledError):
-        await flight.task
+        async with soon():
+            await flight.task
 
 
 async def test_a_cancelled_caller_leaves_the_others_task_running() -> None:
@@ -111,10 +136,12 @@ async def test_close_fails_waiting_callers_with_the_closed_error() -> None:
     waiting = asyncio.ensure_future(single.wait(flight))
     await asyncio.sleep(0)
 
-    await single.close()
+    async with soon():
+        await single.close()
 
     with pytest.raises(Closed):
-        await waiting
+        async with soon():
+            await waiting
 
 
 async def test_close_waits_for_a_task_left_winding_down_by_its_last_caller() -> None:
@@ -137,7 +164,8 @@ async def test_close_waits_for_a_task_left_winding_down_by_its_last_caller() -> 
     assert single.leave(flight)  # cancelled, but it is still running
     assert len(single) == 0
 
-    await single.close()
+    async with soon():
+        await single.close()
 
     assert ended.is_set()
     assert flight.task.done()
@@ -151,7 +179,8 @@ async def test_wait_many_with_fail_fast_stops_at_the_first_error_and_cancels_the
     b, _ = single.join("b", loop)
     jobs.finish("a", error=ValueError("boom"))
 
-    outcomes = await single.wait_many([a, b], fail_fast=True)
+    async with soon():
+        outcomes = await single.wait_many([a, b], fail_fast=True)
 
     assert [(flight.key, type(outcome)) for flight, outcome in outcomes] == [("a", ValueError)]
     assert b.task.cancelled()

@@ -17,7 +17,7 @@ from clocks import FakeTimer
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy, SessionStats
 from meigen_async.cache import MemoryCache
-from meigen_async.errors import ImageNotFound, InvalidImageId
+from meigen_async.errors import ImageNotFound, InvalidImageId, ServerError
 from meigen_async.session import FETCH_TASK_PREFIX
 from meigen_async.testing import Answer, FakeGallery
 
@@ -155,9 +155,31 @@ async def test_an_expired_image_is_never_the_answer_without_a_revalidate_window(
             await session.get_image(image_id)
 
 
+async def test_a_no_store_answer_removes_the_image_stored_before(
+    fresh_gallery: FakeGallery, timer: FakeTimer
+) -> None:
+    image_id = fresh_gallery.ids[0]
+    cache = MemoryCache(100, stale_window=600, timer=timer)
+    session = GallerySession(fresh_gallery.url, cache=cache, retry=RetryPolicy(max_retries=0))
+    async with session:
+        await session.get_image(image_id)
+        fresh_gallery.images[image_id]["likes"] = 123_456
+        fresh_gallery.extra_headers[image_id] = {"Cache-Control": "no-store"}
+        timer.now += 61
+        changed = await session.get_image(image_id)
+        fresh_gallery.script(image_id, Answer.error(500))
+        # Kept, the old image would be served again here, stale-if-error.
+        with pytest.raises(ServerError):
+            await session.get_image(image_id)
+
+    assert changed.likes == 123_456
+    assert fresh_gallery.requests[image_id] == 3
+
+
 # -- Stale-while-revalidate ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_stale_hit_answers_at_once_while_the_server_is_slow(
     images: list[dict[str, Any]], timer: FakeTimer
 ) -> None:
@@ -203,6 +225,7 @@ async def test_a_burst_of_stale_gets_makes_one_background_request_and_none_waits
     assert stats.cache_hits == 1000
 
 
+@pytest.mark.slow
 async def test_the_sessions_stale_while_revalidate_applies_without_the_directive(
     fresh_gallery: FakeGallery, timer: FakeTimer
 ) -> None:

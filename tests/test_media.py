@@ -73,6 +73,21 @@ async def test_every_media_url_is_written_under_the_id_with_its_verified_type(tm
     assert _leftovers(tmp_path / "img1")[:3] == ["0.png", "1.jpg", "2.webp"]
 
 
+async def test_an_x_robots_tag_opt_out_is_told_and_still_told_by_the_record_on_a_rerun(
+    tmp_path, media_records
+):
+    async with FakeGallery() as gallery:
+        urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(png_bytes(), "image/png"))
+        gallery.script_media("a", Answer(headers={"X-Robots-Tag": "noindex, noai"}))
+        image = GalleryImage(id="img1", media_urls=(urls["a"], urls["b"]))
+        async with _session(gallery) as session:
+            first = await session.download_media(image, tmp_path)
+            again = await session.download_media(image, tmp_path)
+        assert gallery.media_requests == {"a": 1, "b": 1}
+    assert [f.opted_out for f in first] == [True, False]
+    assert [f.opted_out for f in again] == [True, False]
+
+
 async def test_files_carry_their_own_records_and_no_manifest_is_written(tmp_path, media_records):
     async with FakeGallery() as gallery:
         urls = await _served(gallery, a=(png_bytes(), "image/png"), b=(jpeg_bytes(), "image/jpeg"))

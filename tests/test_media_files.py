@@ -9,16 +9,18 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
-from helpers import media_server
+from helpers import keeps_user_attributes, media_server
 
 import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession
 from meigen_async._media_files import ImageDir, _after
+from meigen_async._media_records import RECORD_ATTRIBUTE
 from meigen_async.errors import MediaWriteError
 from meigen_async.testing import FakeGallery, png_bytes
 
@@ -288,3 +290,38 @@ async def test_a_link_swapped_in_while_the_files_are_written_is_never_followed(
     assert _everything_under(outside) == []
     # Written where the directory held open went, its manifest (if any) too.
     assert {"moved/0.png", "moved/1.png"} <= set(_everything_under(out))
+
+
+async def test_a_files_record_and_its_fsync_come_before_its_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A crash between them must find either no file or a whole one with its record: the
+    # record is set, then everything is fsynced, then the file takes its final name.
+    if not keeps_user_attributes(tmp_path):
+        pytest.skip("this file system keeps no user extended attributes")
+    calls: list[str] = []
+
+    def noting(what: str, real: Callable[..., Any], *, when: Callable[..., bool]) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if when(*args):
+                calls.append(what)  # list.append is atomic: the file work runs in threads
+            return real(*args, **kwargs)
+
+        return wrapper
+
+    final = tmp_path / "i" / "0.png"
+    named = final.name  # the target of a rename may be relative to the directory's descriptor
+    for name, what, when in [
+        ("setxattr", "record", lambda _, attribute, *rest: attribute == RECORD_ATTRIBUTE),
+        ("fsync", "fsync", lambda *args: True),
+        ("replace", "rename", lambda _, target, *rest: Path(target).name == named),
+        ("rename", "rename", lambda _, target, *rest: Path(target).name == named),
+    ]:
+        monkeypatch.setattr(os, name, noting(what, getattr(os, name), when=when))
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", png_bytes(), "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
+            await session.download_media(image, tmp_path)
+    assert final.read_bytes() == png_bytes()
+    assert {"record", "fsync", "rename"} <= set(calls), calls
+    assert calls.index("record") < calls.index("fsync") < calls.index("rename")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import attrs
 import pytest
 
 from meigen_async._media_records import (
@@ -63,8 +64,22 @@ def test_a_file_record_on_a_name_that_is_not_ours_is_not_believed(name):
 def test_an_unreadable_file_record_is_none():
     assert read_file_record("0.png", b"\xff{not a record", [_URL]) is None
     record = bytearray(file_record(_URL, 10, "ab" * 32))
-    record[0] = 2  # a later version
+    record[0] = 3  # a later version
     assert read_file_record("0.png", bytes(record), [_URL]) is None
+
+
+def test_a_file_record_of_version_1_is_not_believed_for_it_cannot_tell_an_opt_out():
+    version_1 = b"\x01" + file_record(_URL, 10, "ab" * 32)[1:-1]
+    assert read_file_record("0.png", version_1, [_URL]) is None
+
+
+def test_an_opt_out_is_kept_in_the_file_record_and_in_the_manifest():
+    entry = read_file_record("0.png", file_record(_URL, 10, "ab" * 32, opted_out=True), [_URL])
+    assert entry is not None
+    assert entry.opted_out
+    opted = attrs.evolve(_file(), opted_out=True)
+    assert read_manifest(manifest_text("a", [(0, opted)]))[0].opted_out
+    assert not read_manifest(manifest_text("a", [(0, _file())]))[0].opted_out
 
 
 def test_an_unreadable_manifest_is_empty():

@@ -16,6 +16,7 @@ from meigen_async._media_rules import (
     file_name,
     head_pixels,
     media_dir,
+    opts_out,
     origin_set,
     redirect_target,
     status_error,
@@ -144,7 +145,7 @@ def test_a_relative_redirect_on_an_allowed_host_is_followed():
 
 def test_a_redirect_off_the_allowed_hosts_is_refused():
     here = URL("https://images.meigen.ai/x")
-    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts"):
+    with pytest.raises(MediaNotAllowed, match="redirected off the allowed hosts") as caught:
         redirect_target(
             301,
             "https://169.254.169.254/latest",
@@ -153,6 +154,7 @@ def test_a_redirect_off_the_allowed_hosts_is_refused():
             origins=HOSTS,
             original=str(here),
         )
+    assert caught.value.host == "169.254.169.254"  # the target's host, to be named as refused
 
 
 def test_a_redirect_from_https_to_http_is_refused_even_on_an_allowed_origin():
@@ -281,3 +283,23 @@ def test_only_names_that_file_name_makes_have_an_index(name, index):
 def test_an_id_that_is_no_gallery_id_makes_no_path(image_id):
     with pytest.raises(InvalidImageId):
         media_dir(Path("out"), image_id)
+
+
+@pytest.mark.parametrize(
+    ("values", "opted_out"),
+    [
+        (["noai"], True),
+        (["noindex, NoImageAI"], True),
+        (["noindex", "noai"], True),
+        (["meigen-async: noai"], True),
+        (["noai, unavailable_after: 25 Jun 2030 15:00:00 PST"], True),
+        (["unavailable_after: 25 Jun 2030 15:00:00 PST, noimageai"], True),
+        (["GPTBot: noai"], False),
+        (["noindex, nofollow"], False),
+        (["unavailable_after: 25 Jun 2030 15:00:00 PST"], False),
+        (["noairplane"], False),
+        ([], False),
+    ],
+)
+def test_x_robots_tag_opts_out_for_everyone_or_for_us(values, opted_out):
+    assert opts_out(values) is opted_out

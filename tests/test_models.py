@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from meigen_async import models
+from meigen_async._fake_search import SEARCH_FIELDS
 from meigen_async._text import replace_surrogates
 from meigen_async.errors import ImageNotFound, InvalidResponse
 from meigen_async.models import (
@@ -20,14 +21,20 @@ from meigen_async.models import (
     ImageResult,
     PromptSegment,
     structure_image,
+    structure_search_hit,
     unstructure_image,
+    unstructure_search_hit,
 )
 
 ID = "2009629483448627597"
 
 
 def realistic_data() -> dict[str, Any]:
-    """The documented example, plus the fields the table documents but the example omits."""
+    """The documented example, plus the fields the table documents but the example omits.
+
+    `profile` (a Midjourney personalization code) is newer than the endpoint's page
+    (issue 25, from docs.meigen.ai, 2026).
+    """
     return {
         "id": ID,
         "text": "A serene Japanese garden with cherry blossoms",
@@ -45,6 +52,7 @@ def realistic_data() -> dict[str, Any]:
         "image_height": 2048,
         "model": "midjourney",
         "sref": "1234567890",
+        "profile": "m7abc1234",
         "created_at": "2026-01-09T14:13:00+00:00",
         "likes": 113,
         "views": 9266,
@@ -90,6 +98,7 @@ def test_every_documented_field_is_structured_under_its_name() -> None:
         image_height=2048,
         model="midjourney",
         sref="1234567890",
+        profile="m7abc1234",
         created_at=datetime(2026, 1, 9, 14, 13, tzinfo=UTC),
         likes=113,
         views=9266,
@@ -346,19 +355,30 @@ def test_image_result_is_not_ok_with_an_error() -> None:
 # -- The converter ------------------------------------------------------------------------------
 
 
-def test_the_converter_is_one_module_level_cattrs_converter() -> None:
-    converter = models.converter
+def test_the_converter_is_one_private_module_level_cattrs_converter() -> None:
+    converter = models._converter
     assert isinstance(converter, cattrs.Converter)
 
     structure_image(realistic_data())
     unstructure_image(structure_image(realistic_data()))
 
-    assert models.converter is converter
+    assert models._converter is converter
 
 
 def test_the_module_converter_carries_the_strict_hooks() -> None:
     with pytest.raises(cattrs.BaseValidationError):
-        models.converter.structure({"id": ID, "likes": "12"}, GalleryImage)
+        models._converter.structure({"id": ID, "likes": "12"}, GalleryImage)
+
+
+def test_the_converters_old_public_name_still_works_with_a_deprecation_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="unstructure_search_hit"):
+        assert models.converter is models._converter
+
+
+def test_a_search_hit_unstructures_to_what_structures_it_again() -> None:
+    hit = structure_search_hit({"id": ID, "text": "a garden", "likes": 3})
+
+    assert structure_search_hit(unstructure_search_hit(hit)) == hit
 
 
 # -- Untrusted data: foreign ids, deep nesting, lone surrogates ---------------------------------
@@ -468,3 +488,34 @@ def test_every_string_of_an_image_encodes_as_utf8(name: str, text: str) -> None:
 
     for value in strings_of(image):
         value.encode("utf-8")
+
+
+# -- Search hits ---------------------------------------------------------------------------------
+
+
+def search_item(**changes: Any) -> dict[str, Any]:
+    """A search item in exactly the search's shape (issue 25: MeiGen's MCP client v2.x)."""
+    data = {key: realistic_data()[key] for key in SEARCH_FIELDS}
+    return {**data, "rank": 0.75, "matched_media_index": 1, **changes}
+
+
+def test_a_search_item_is_a_hit_with_its_rank_and_matched_media_index() -> None:
+    hit = structure_search_hit(search_item())
+    assert (hit.id, hit.rank, hit.matched_media_index) == (ID, 0.75, 1)
+    assert hit.matched_media_url == f"https://images.meigen.ai/tweets/{ID}/1.jpg"
+    assert structure_search_hit(search_item(rank=3)).rank == 3.0
+
+
+@pytest.mark.parametrize("index", [None, 2, -1])
+def test_the_matched_media_url_is_the_first_when_none_or_no_such_picture_matched(
+    index: int | None,
+) -> None:
+    hit = structure_search_hit(search_item(matched_media_index=index))
+    assert hit.matched_media_url == f"https://images.meigen.ai/tweets/{ID}/0.jpg"
+    assert structure_search_hit({"id": ID, "matched_media_index": 0}).matched_media_url is None
+
+
+@pytest.mark.parametrize("rank", ["1", True, float("nan"), float("inf"), 10**400, [1]])
+def test_a_rank_that_is_no_finite_number_is_invalid_response(rank: Any) -> None:
+    with pytest.raises(InvalidResponse, match=r"data\.rank"):
+        structure_search_hit(search_item(rank=rank))

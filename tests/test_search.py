@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from typing import Any
 
 import attrs
@@ -16,6 +17,7 @@ from yarl import URL
 import meigen_async._search
 from meigen_async import (
     ApiError,
+    DailyLimitReached,
     InvalidQuery,
     InvalidResponse,
     MeigenError,
@@ -34,6 +36,7 @@ from meigen_async._search import (
     page_key,
     parse_page_key,
     search_urls,
+    subject,
     validate_max_results,
     validate_page,
     validate_query,
@@ -55,8 +58,11 @@ def page(*ids: str) -> Page:
     return Page(hits=tuple(hits(*ids)), received=len(ids))
 
 
+NOW = datetime(2026, 3, 1, 15, 30, tzinfo=UTC)
+
+
 def decode(raw: bytes, status: int = 200, headers: dict[str, str] | None = None) -> Page:
-    return decode_page(status, headers or {}, raw, limit=20)
+    return decode_page(status, headers or {}, raw, limit=20, now=NOW)
 
 
 # -- Queries -------------------------------------------------------------------------------------
@@ -66,15 +72,21 @@ def test_a_query_is_stripped_of_surrounding_whitespace() -> None:
     assert validate_query("  cherry blossom \n") == "cherry blossom"
 
 
-@pytest.mark.parametrize("query", ["", "   ", "\t\n", "a" * 201, "x\ud800", None, 42, b"neon"])
-def test_a_blank_long_unencodable_or_non_string_query_is_invalid_query(query: object) -> None:
+@pytest.mark.parametrize("query", ["", "   ", "\t\n"])
+def test_a_query_of_spaces_is_the_empty_query_which_browses(query: str) -> None:
+    assert validate_query(query) == ""
+    assert subject(validate_query(query), 20, 0) == "browse recent posts (limit 20, offset 0)"
+
+
+@pytest.mark.parametrize("query", ["a" * 201, "x\ud800", None, 42, b"neon"])
+def test_a_long_unencodable_or_non_string_query_is_invalid_query(query: object) -> None:
     with pytest.raises(InvalidQuery):
         validate_query(query)
 
 
 def test_invalid_query_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="empty"):
-        validate_query(" ")
+    with pytest.raises(ValueError, match="at most 200"):
+        validate_query(" " + "a" * 201)
 
 
 def test_a_query_of_200_characters_is_taken() -> None:
@@ -102,9 +114,16 @@ def test_the_url_percent_encodes_every_reserved_character_of_the_query() -> None
     url = search_urls(URL("http://127.0.0.1:8080/base/"))("a b&c#d?e+f=g/h 桜", 20, 40)
     assert str(url) == (
         "http://127.0.0.1:8080/base/api/search?q=a%20b%26c%23d%3Fe%2Bf%3Dg%2Fh%20%E6%A1%9C"
-        "&type=posts&limit=20&offset=40"
+        "&type=posts&limit=20&offset=40&media=matched-v1"
     )
     assert url.query["q"] == "a b&c#d?e+f=g/h 桜"
+
+
+def test_the_empty_query_is_sent_as_an_empty_q() -> None:
+    url = search_urls(URL("https://www.meigen.ai"))("", 20, 0)
+    assert str(url) == (
+        "https://www.meigen.ai/api/search?q=&type=posts&limit=20&offset=0&media=matched-v1"
+    )
 
 
 def test_page_keys_tell_apart_queries_that_a_naive_join_would_mix_up() -> None:
@@ -238,6 +257,31 @@ def test_a_429_is_rate_limited_with_its_retry_after_and_message() -> None:
     with pytest.raises(RateLimited, match="Too many") as caught:
         decode(body({"error": "Too many searches"}), 429, {"retry-after": "7"})
     assert caught.value.retry_after == 7.0
+    assert type(caught.value) is RateLimited
+
+
+DAILY = {"success": False, "error": "Daily search limit reached", "code": "DAILY_LIMIT_REACHED"}
+
+
+def test_the_daily_limit_429_is_daily_limit_reached_resetting_at_the_next_utc_midnight() -> None:
+    with pytest.raises(DailyLimitReached, match="Daily search limit reached") as caught:
+        decode(body(DAILY), 429)
+    assert caught.value.resets_at == datetime(2026, 3, 2, tzinfo=UTC)
+    assert caught.value.retry_after == 8.5 * 3600
+    assert caught.value.status == 429
+
+
+def test_the_daily_limit_resets_at_its_retry_after_when_the_service_sends_one() -> None:
+    with pytest.raises(DailyLimitReached) as caught:
+        decode(body(DAILY), 429, {"Retry-After": "120"})
+    assert caught.value.resets_at == datetime(2026, 3, 1, 15, 32, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("code", ["daily_limit_reached", None, ["DAILY_LIMIT_REACHED"]])
+def test_a_429_with_another_code_is_the_per_address_limit(code: object) -> None:
+    with pytest.raises(RateLimited) as caught:
+        decode(body({**DAILY, "code": code}), 429)
+    assert type(caught.value) is RateLimited
 
 
 def test_a_503_is_server_error_with_its_retry_after() -> None:
@@ -282,10 +326,27 @@ def test_a_404_is_api_error_not_image_not_found() -> None:
 # -- Paging --------------------------------------------------------------------------------------
 
 
-def test_the_pager_moves_the_offset_by_the_page_size() -> None:
+def test_the_pager_moves_the_offset_by_the_results_the_page_held() -> None:
     pager = Pager(3, None)
     assert pager.take(page("a", "b", "c")) == hits("a", "b", "c")
     assert (pager.offset, pager.done) == (3, False)
+
+
+def test_a_server_capping_pages_below_the_page_size_does_not_end_the_paging() -> None:
+    pager = Pager(20, None)
+    for start in range(0, 30, 10):
+        pager.take(page(*(str(i) for i in range(start, start + 10))))
+        assert (pager.offset, pager.done) == (start + 10, False)
+    pager.take(page("30", "31"))
+    assert (pager.offset, pager.done) == (32, True)
+
+
+def test_a_first_short_page_is_followed_by_one_more_request_which_comes_back_empty() -> None:
+    pager = Pager(20, None)
+    assert pager.take(page("a", "b")) == hits("a", "b")
+    assert (pager.offset, pager.done) == (2, False)
+    assert pager.take(page()) == []
+    assert pager.done
 
 
 def test_the_pager_drops_ids_already_yielded_by_an_earlier_page_or_the_same_one() -> None:
@@ -295,9 +356,10 @@ def test_the_pager_drops_ids_already_yielded_by_an_earlier_page_or_the_same_one(
     assert not pager.done
 
 
-def test_the_pager_stops_at_a_short_page() -> None:
+def test_the_pager_stops_at_a_page_shorter_than_the_page_size_and_the_longest_seen() -> None:
     pager = Pager(3, None)
-    assert pager.take(page("a", "b")) == hits("a", "b")
+    pager.take(page("a", "b", "c"))
+    assert pager.take(page("d", "e")) == hits("d", "e")
     assert pager.done
 
 

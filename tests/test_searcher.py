@@ -9,6 +9,8 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +18,7 @@ from aiohttp import web
 
 from meigen_async import (
     ApiError,
+    DailyLimitReached,
     GallerySession,
     InvalidQuery,
     InvalidResponse,
@@ -65,7 +68,7 @@ async def test_the_query_goes_percent_encoded_with_type_posts(
 ) -> None:
     await session.search("rock & roll #1?", limit=5, offset=10)
     assert gallery.paths == [
-        "/api/search?q=rock%20%26%20roll%20%231%3F&type=posts&limit=5&offset=10"
+        "/api/search?q=rock%20%26%20roll%20%231%3F&type=posts&limit=5&offset=10&media=matched-v1"
     ]
 
 
@@ -74,14 +77,13 @@ async def test_search_returns_the_matching_hits_of_the_page(
 ) -> None:
     hits = await client.search("NEON city", limit=5, offset=40)
     assert [hit.id for hit in hits] == ["1040", "1041", "1042", "1043", "1044"]
-    assert hits[0] == SearchHit(id="1040", text="neon city at night, take 40", likes=40)
+    assert hits[0] == SearchHit(id="1040", text="neon city at night, take 40", likes=40, rank=1.0)
 
 
 async def test_bad_queries_and_pages_are_refused_with_zero_requests(
     city: FakeGallery, client: GallerySession
 ) -> None:
     for call in (
-        lambda: client.search("   "),
         lambda: client.search("x" * 201),
         lambda: client.search("neon", limit=0),
         lambda: client.search("neon", limit=21),
@@ -89,8 +91,8 @@ async def test_bad_queries_and_pages_are_refused_with_zero_requests(
     ):
         with pytest.raises(InvalidQuery):
             await call()
-    with pytest.raises(ValueError, match="empty"):
-        client.iter_search("")
+    with pytest.raises(ValueError, match="at most 200"):
+        client.iter_search("x" * 201)
     with pytest.raises(InvalidQuery):
         client.iter_search("neon", max_results=0)
     assert city.total_requests == 0
@@ -360,6 +362,7 @@ async def test_iter_search_ends_at_a_full_page_of_bad_ids(city: FakeGallery) -> 
     assert len(city.searches) == 1
 
 
+@pytest.mark.slow
 async def test_a_2_mb_page_gives_limit_hits(city: FakeGallery) -> None:
     huge = page_of(*({"id": str(i)} for i in range(130_000)))
     assert len(huge.body or b"") <= 2_097_152  # the default max_body_bytes
@@ -378,6 +381,7 @@ async def test_iter_search_over_huge_pages_yields_page_size_hits_a_page(city: Fa
     assert [offset for _, _, offset in city.searches] == [0, 20, 40]
 
 
+@pytest.mark.slow
 async def test_pages_of_huge_prompts_are_evicted_to_stay_within_the_memory_budget(
     city: FakeGallery,
 ) -> None:
@@ -399,3 +403,155 @@ async def test_a_result_with_a_gallery_id_and_a_wrong_field_fails_the_page_typed
     async with GallerySession(city.url, retry=RetryPolicy(max_retries=0)) as session:
         with pytest.raises(InvalidResponse, match=r"search 'neon'.*result 1: .*likes"):
             await session.search("neon")
+
+
+# -- A server's own page size ----------------------------------------------------------------------
+
+
+async def test_a_server_capping_pages_at_10_still_gives_every_hit_page_after_page() -> None:
+    async with (
+        FakeGallery(neon(45), search_page_cap=10) as capped,
+        GallerySession(capped.url) as session,
+    ):
+        ids = [hit.id async for hit in session.iter_search("neon", max_results=None)]
+    assert ids == [f"{1000 + i}" for i in range(45)]
+    assert capped.searches == [("neon", 20, offset) for offset in (0, 10, 20, 30, 40)]
+
+
+# -- Browsing --------------------------------------------------------------------------------------
+
+
+async def test_the_empty_query_browses_the_newest_posts_first(
+    gallery: FakeGallery, session: GallerySession
+) -> None:
+    newest = sorted(gallery.images.values(), key=lambda data: data["created_at"], reverse=True)
+    ids = [hit.id async for hit in session.iter_search("", max_results=25)]
+    assert ids == [data["id"] for data in newest[:25]]
+    assert [hit.id for hit in await session.search("   ", limit=5)] == ids[:5]
+    assert gallery.searches == [("", 20, 0), ("", 20, 20), ("", 5, 0)]
+    assert gallery.paths[0] == "/api/search?q=&type=posts&limit=20&offset=0&media=matched-v1"
+
+
+# -- The API key -----------------------------------------------------------------------------------
+
+KEY = "meigen_sk_test_0123456789"
+
+
+async def test_the_key_goes_on_search_requests_only_never_on_images_or_media(
+    tmp_path: Path,
+) -> None:
+    async with FakeGallery.sample(api_keys=[KEY]) as fake:
+        async with GallerySession(fake.url, api_key=KEY, media_hosts=[fake.media_host]) as session:
+            [hit] = await session.search("studio", limit=1)
+            image = await session.get_image(hit.id)
+            files = await session.download_media(image, tmp_path)
+        assert len(files) == len(image.media_urls) == sum(fake.media_requests.values())
+        assert fake.requests[hit.id] == 1
+        assert fake.authorizations == [(fake.paths[0], f"Bearer {KEY}")]
+        assert fake.paths[0].startswith("/api/search?")
+
+
+async def test_a_session_takes_its_key_from_meigen_api_key(
+    city: FakeGallery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEIGEN_API_KEY", KEY)
+    async with GallerySession(city.url) as session:
+        await session.search("neon")
+    async with GallerySession(city.url, api_key="") as session:
+        await session.search("forest")
+    assert [value for _, value in city.authorizations] == [f"Bearer {KEY}"]
+
+
+async def test_without_a_key_no_authorization_is_sent(
+    city: FakeGallery, client: GallerySession
+) -> None:
+    await client.search("neon")
+    assert city.authorizations == []
+
+
+async def test_the_key_is_never_in_a_repr_the_stats_an_error_or_the_log(
+    city: FakeGallery, logs: pytest.LogCaptureFixture
+) -> None:
+    echoed = f"bad request: Authorization: Bearer {KEY}"
+    city.script_search(Answer.error(400, echoed), page_of({"id": f"{KEY}!"}))
+    async with GallerySession(city.url, api_key=KEY) as session:
+        with pytest.raises(ApiError) as caught:
+            await session.search("neon")
+        assert await session.search("city") == []
+        shown = [repr(session), str(session.stats), str(caught.value), repr(caught.value)]
+    assert "Bearer [API key]" in str(caught.value)
+    assert all(KEY not in text for text in [*shown, logs.text])
+    assert "[API key]" in logs.text
+
+
+# -- The two 429s ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def quota() -> AsyncIterator[FakeGallery]:
+    """The neon city, where a key may search twice a day and an address once a minute."""
+    async with FakeGallery(neon(45), api_keys=[KEY], search_limit=1, daily_search_limit=2) as fake:
+        yield fake
+
+
+async def test_after_a_daily_limit_no_search_is_sent_until_the_reset(quota: FakeGallery) -> None:
+    city = quota
+    async with GallerySession(city.url, api_key=KEY) as session:
+        await session.search("neon")
+        await session.search("city")
+        with pytest.raises(DailyLimitReached, match="Daily search limit reached") as caught:
+            await session.search("forest")
+        assert len(city.searches) == 3  # never retried
+        for call in (
+            lambda: session.search("night"),
+            lambda: anext(session.iter_search("")),
+        ):
+            with pytest.raises(DailyLimitReached, match="not sent") as refused:
+                await call()
+            assert refused.value.resets_at == caught.value.resets_at
+        assert len(city.searches) == 3
+        assert await session.search("neon") != []  # a kept page asks nothing
+        assert (await session.get_image("1000")).id == "1000"  # images are not affected
+        assert session.stats.retries == 0
+    midnight = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    assert caught.value.resets_at == midnight + timedelta(days=1)
+
+
+async def test_the_per_address_429_stays_rate_limited_and_a_key_is_not_counted_there(
+    quota: FakeGallery,
+) -> None:
+    city = quota
+    async with GallerySession(city.url, retry=RetryPolicy(max_retries=0)) as anonymous:
+        await anonymous.search("neon")
+        with pytest.raises(RateLimited) as caught:
+            await anonymous.search("city")
+        assert type(caught.value) is RateLimited
+    async with GallerySession(city.url, api_key=KEY) as keyed:
+        await keyed.search("forest")
+    assert len(city.searches) == 3
+
+
+async def test_a_daily_limit_pauses_no_other_request_where_a_per_address_429_does(
+    city: FakeGallery,
+) -> None:
+    pauses: list[float] = []
+
+    class Limiter:
+        async def acquire(self) -> None:
+            pass
+
+        async def cool_down(self, seconds: float) -> None:
+            pauses.append(seconds)
+
+    city.script_search(
+        Answer.rate_limited(retry_after=7), Answer.daily_limit_reached(retry_after=3600)
+    )
+    retry = RetryPolicy(max_retries=0)
+    async with GallerySession(city.url, rate_limit=Limiter(), retry=retry) as session:
+        with pytest.raises(RateLimited):
+            await session.search("city")
+        assert pauses == [7.0]
+        with pytest.raises(DailyLimitReached) as caught:
+            await session.search("neon")
+    assert pauses == [7.0]
+    assert caught.value.retry_after == 3600.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from contextlib import aclosing, asynccontextmanager
@@ -13,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from clocks import FakeTimer
 from helpers import in_backoff
 from multidict import CIMultiDict
 
@@ -25,11 +27,14 @@ from meigen_async import (
     RetryPolicy,
     TransportError,
 )
+from meigen_async._searcher import SEARCH_TASK_PREFIX
+from meigen_async.cache import MemoryCache
 from meigen_async.models import structure_image
 from meigen_async.session import FETCH_TASK_PREFIX
 from meigen_async.testing import Answer, FakeGallery
 
 NO_RETRY = RetryPolicy(max_retries=0)
+PREFIXES = (FETCH_TASK_PREFIX, SEARCH_TASK_PREFIX)
 
 
 def fetch_tasks() -> list[asyncio.Task[Any]]:
@@ -359,6 +364,18 @@ async def test_get_images_raises_the_first_error(
     assert caught.value.image_id == "missing-one"
 
 
+async def test_get_images_raises_the_first_error_while_other_fetches_are_still_pending(
+    session: GallerySession, gallery: FakeGallery
+) -> None:
+    held = gallery.ids[0]
+    gallery.script(held, Answer.slow(60))
+    # Waiting for every fetch would take the held one's minute: the bound fails it first.
+    async with asyncio.timeout(5):
+        with pytest.raises(ImageNotFound):
+            await session.get_images([held, "missing-one"])
+    assert fetch_tasks() == []  # the held fetch, cancelled
+
+
 async def test_get_images_with_return_exceptions_puts_errors_in_place(
     session: GallerySession, gallery: FakeGallery
 ) -> None:
@@ -569,6 +586,42 @@ async def test_closing_with_a_fetch_in_flight_fails_its_waiters_cleanly(
     assert fetch_tasks() == []
 
 
+async def test_close_ends_a_refresh_and_a_search_page_in_flight_on_a_stalling_server(
+    images: list[dict[str, Any]],
+) -> None:
+    timer = FakeTimer()
+    swr = "public, max-age=60, stale-while-revalidate=600"
+    async with (
+        FakeGallery(images, cache_control=swr) as gallery,
+        # The caller's own HTTP session, which close() leaves open: only cancelling ends the
+        # requests in flight.
+        aiohttp.ClientSession() as http,
+    ):
+        image_id = gallery.ids[0]
+        client = GallerySession(
+            gallery.url, session=http, retry=NO_RETRY, cache=MemoryCache(10, timer=timer)
+        )
+        await client.get_image(image_id)
+        gallery.delay = 3600.0  # every request from now on stalls
+        timer.now += 61
+        await client.get_image(image_id)  # served stale; its refresh starts
+        page = asyncio.create_task(client.search("garden"))
+        for _ in range(200):  # until both requests have reached the server
+            if gallery.in_flight == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert gallery.in_flight == 2
+        async with asyncio.timeout(2):
+            await client.close()
+        running = [t for t in asyncio.all_tasks() if t.get_name().startswith(PREFIXES)]
+        async with asyncio.timeout(2):
+            with pytest.raises(TransportError, match="closed while search"):
+                await page
+
+    assert running == []
+    assert client.stats.refreshed == 0
+
+
 class DeafToCancellation:
     """A SharedCache whose get, like redis-py's own wait_for when the reply lands as the
     cancellation does, loses every cancellation until its reply comes, 50 ms on."""
@@ -691,6 +744,26 @@ async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[st
 @pytest.mark.parametrize(("option", "value"), [("rate_limit", 0), ("stale_if_error", -1)])
 def test_nonsense_resilience_options_are_refused(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=option):
+        GallerySession(**{option: value})
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("max_ttl", -1),  # which used to be taken, and kept nothing at all
+        ("ttl", -1),
+        ("default_ttl", math.nan),
+        ("negative_ttl", -0.5),
+        ("ttl", math.inf),
+        ("stale_while_revalidate", math.inf),
+        ("stale_if_error", math.nan),
+        ("search_ttl", math.inf),
+    ],
+)
+def test_a_lifetime_that_is_no_number_of_seconds_is_refused_at_construction(
+    option: str, value: float
+) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be a finite number of seconds"):
         GallerySession(**{option: value})
 
 

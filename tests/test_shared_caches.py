@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,10 +27,11 @@ from shared_helpers import MemorySharedCache, MemoryStore
 from yarl import URL
 
 from meigen_async import GallerySession, ImageNotFound
+from meigen_async._core import Raise, Store, from_shared
 from meigen_async._protocol import Validators
 from meigen_async._shared_codec import FORMAT, gallery_of, shared_key
-from meigen_async._shared_tier import SharedTier
-from meigen_async.cache import CachePolicy, MemoryCache
+from meigen_async._shared_tier import Claim, SharedTier
+from meigen_async.cache import CachePolicy
 from meigen_async.models import structure_image, unstructure_image
 from meigen_async.shared import SharedCache, SharedImage, SharedMissing
 from meigen_async.sqlite_cache import SQLiteCache
@@ -83,8 +83,8 @@ class SQLiteBackend:
             await self.open()
         with sqlite3.connect(self.path) as connection:
             connection.execute(
-                "INSERT OR REPLACE INTO entries VALUES (?, 'image', ?, ?)",
-                (key, raw, time.time() + 3600),
+                "INSERT OR REPLACE INTO entries VALUES (?, 'image', ?, ?, ?)",
+                (key, raw, time.time() + 3600, time.time()),
             )
 
     async def peek(self, key: str) -> object | None:
@@ -185,8 +185,6 @@ class MemoryBackend:
 def redis_url() -> Iterator[str]:
     """One redis-server for the module's Redis cases, which skip without it."""
     pytest.importorskip("redis", reason="redis-py is not installed: pip install -e '.[redis]'")
-    if shutil.which("redis-server") is None:
-        pytest.skip("redis-server is not installed: .ci/run installs it; see README")
     server = RedisServer().start()
     yield server.url
     server.kill()
@@ -221,13 +219,28 @@ def tier_on(
 ) -> SharedTier:
     """A session's shared tier on `cache`, its wall clock `ahead` seconds in the future."""
     return SharedTier(
-        MemoryCache(10),
         cache,
         lease_time=lease_time,
         gallery=gallery,
         policy=POLICY,
         clock=lambda: time.time() + ahead,
     )
+
+
+def kept(claim: Claim) -> Store | Raise | None:
+    """What the fetch keeps in process of what the shared tier found (nothing in process yet)."""
+    found = claim.found
+    if found is None:
+        return None
+    return from_shared(
+        found.entry, found.left, image_id=ID, policy=POLICY, stale_window=0, stored=False
+    )
+
+
+def validators_kept(claim: Claim) -> Validators | None:
+    store = kept(claim)
+    assert isinstance(store, Store)
+    return store.validators
 
 
 # -- Round trips -----------------------------------------------------------------------------------
@@ -239,14 +252,15 @@ async def test_an_image_and_its_validators_come_back_as_stored(backend: Backend)
     reader = tier_on(await backend.open())
     claim = await reader.claim(ID)
     assert claim.image == IMAGE
-    assert reader.memory.validators(ID) == (IMAGE, validators)
+    assert validators_kept(claim) == validators
 
 
 async def test_a_404_comes_back_as_a_404(backend: Backend) -> None:
     await tier_on(await backend.open()).store_missing(ID, 30)
     reader = tier_on(await backend.open())
-    assert (await reader.claim(ID)).missing
-    assert reader.memory.is_missing(ID)
+    claim = await reader.claim(ID)
+    assert claim.missing
+    assert isinstance(kept(claim), Raise)
 
 
 async def test_a_stored_value_is_opaque_text_of_the_codec(backend: Backend) -> None:
@@ -306,7 +320,7 @@ async def test_a_poisoned_value_is_a_miss_and_is_deleted(
     claim = await tier.claim(ID)
     assert (claim.image, claim.missing) == (None, False)
     assert claim.token is not None  # a miss: this process fetches
-    assert tier.memory.get_stale(ID) is None
+    assert claim.found is None
     assert await backend.peek(KEY) is None
     assert any("dropped" in message for message in warnings_in(logs))
 
@@ -328,8 +342,9 @@ async def test_a_validator_that_may_not_be_sent_is_dropped_and_the_image_served(
 ) -> None:
     await backend.plant(KEY, value(**fields))
     tier = tier_on(await backend.open())
-    assert (await tier.claim(ID)).image == IMAGE
-    assert tier.memory.validators(ID) == (None if kept is None else (IMAGE, kept))
+    claim = await tier.claim(ID)
+    assert claim.image == IMAGE
+    assert validators_kept(claim) == kept
 
 
 # -- Leases ----------------------------------------------------------------------------------------
@@ -398,7 +413,7 @@ async def test_an_image_past_its_freshness_is_a_miss_kept_to_be_revalidated(
     later = tier_on(await backend.open(), ahead=120)
     claim = await later.claim(ID)
     assert (claim.image, claim.token is not None) == (None, True)
-    assert later.memory.validators(ID) == (IMAGE, Validators(etag='"v1"'))
+    assert validators_kept(claim) == Validators(etag='"v1"')
     assert await backend.peek(KEY) is not None
 
 

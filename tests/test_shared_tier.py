@@ -5,11 +5,10 @@ from __future__ import annotations
 import math
 
 import pytest
-from clocks import FakeTimer
 
 from meigen_async._shared_codec import shared_key
 from meigen_async._shared_tier import SharedTier
-from meigen_async.cache import CachePolicy, MemoryCache
+from meigen_async.cache import CachePolicy
 from meigen_async.models import GalleryImage
 from meigen_async.shared import SharedEntry, SharedImage, SharedMissing
 
@@ -68,9 +67,8 @@ class OneEntry:
         pass
 
 
-def tier_on(shared: OneEntry, timer: FakeTimer, policy: CachePolicy = POLICY) -> SharedTier:
+def tier_on(shared: OneEntry, policy: CachePolicy = POLICY) -> SharedTier:
     return SharedTier(
-        MemoryCache(10, timer=timer),
         shared,
         lease_time=1.0,
         gallery=GALLERY,
@@ -79,79 +77,53 @@ def tier_on(shared: OneEntry, timer: FakeTimer, policy: CachePolicy = POLICY) ->
     )
 
 
-async def test_an_image_read_back_is_kept_in_process_no_longer_than_max_ttl(
-    timer: FakeTimer,
-) -> None:
-    tier = tier_on(OneEntry(image_until(NOW + 630)), timer)
-    claim = await tier.claim("a")
+async def test_an_image_read_back_is_fresh_no_longer_than_max_ttl() -> None:
+    claim = await tier_on(OneEntry(image_until(NOW + 630))).claim("a")
     assert claim.image == A
-    timer.now += 599
-    assert tier.memory.get("a") == A
-    timer.now += 1
-    assert tier.memory.get("a") is None
+    assert claim.found is not None
+    assert claim.found.left == 600
 
 
-async def test_a_404_read_back_is_remembered_in_process_no_longer_than_negative_ttl(
-    timer: FakeTimer,
-) -> None:
-    tier = tier_on(OneEntry(SharedMissing(until=NOW + 80)), timer)
-    assert (await tier.claim("a")).missing
-    timer.now += 29
-    assert tier.memory.is_missing("a")
-    timer.now += 1
-    assert not tier.memory.is_missing("a")
+async def test_a_404_read_back_is_fresh_no_longer_than_negative_ttl() -> None:
+    claim = await tier_on(OneEntry(SharedMissing(until=NOW + 80))).claim("a")
+    assert claim.missing
+    assert claim.found is not None
+    assert claim.found.left == 30
 
 
-async def test_an_image_claiming_ten_years_is_a_miss_and_is_dropped(timer: FakeTimer) -> None:
+async def test_an_image_claiming_ten_years_is_a_miss_and_is_dropped() -> None:
     shared = OneEntry(image_until(NOW + 10 * 365 * 86400))
-    tier = tier_on(shared, timer)
-    claim = await tier.claim("a")
-    assert (claim.image, claim.token) == (None, "token")
+    claim = await tier_on(shared).claim("a")
+    assert (claim.found, claim.token) == (None, "token")
     assert shared.invalidated == [shared_key(GALLERY, "a")]
-    assert tier.memory.get_stale("a") is None
 
 
-async def test_an_image_with_a_nan_expiry_is_a_miss_and_is_dropped(timer: FakeTimer) -> None:
+async def test_an_image_with_a_nan_expiry_is_a_miss_and_is_dropped() -> None:
     shared = OneEntry(image_until(math.nan))
-    claim = await tier_on(shared, timer).claim("a")
+    claim = await tier_on(shared).claim("a")
     assert claim.token == "token"
     assert shared.invalidated == [shared_key(GALLERY, "a")]
 
 
-async def test_another_ids_image_is_a_miss_and_is_dropped(timer: FakeTimer) -> None:
+async def test_another_ids_image_is_a_miss_and_is_dropped() -> None:
     shared = OneEntry(image_until(NOW + 60, B))
-    tier = tier_on(shared, timer)
-    claim = await tier.claim("a")
-    assert (claim.image, claim.token) == (None, "token")
+    claim = await tier_on(shared).claim("a")
+    assert (claim.found, claim.token) == (None, "token")
     assert shared.invalidated == [shared_key(GALLERY, "a")]
-    assert tier.memory.get_stale("a") is None
 
 
-async def test_an_expired_image_is_a_miss_but_is_not_dropped(timer: FakeTimer) -> None:
-    shared = OneEntry(image_until(NOW - 5))
-    claim = await tier_on(shared, timer).claim("a")
-    assert claim.token == "token"
+async def test_an_expired_image_is_no_answer_but_is_handed_back_and_not_dropped() -> None:
+    shared = OneEntry(SharedImage(image=A, fresh_until=NOW - 10_000, etag='"v1"'))
+    claim = await tier_on(shared).claim("a")
+    assert (claim.answered, claim.image, claim.token) == (False, None, "token")
+    assert claim.found is not None
+    assert claim.found.entry == SharedImage(image=A, fresh_until=NOW - 10_000, etag='"v1"')
     assert shared.invalidated == []
 
 
-async def test_an_expired_image_with_validators_is_kept_in_process_to_be_revalidated(
-    timer: FakeTimer,
-) -> None:
-    from meigen_async._protocol import Validators
-
-    entry = SharedImage(image=A, fresh_until=NOW - 10_000, etag='"v1"')
-    tier = tier_on(OneEntry(entry), timer)
-    claim = await tier.claim("a")
-    assert claim.token == "token"
-    assert tier.memory.get("a") is None
-    assert tier.memory.validators("a") == (A, Validators(etag='"v1"'))
-
-
-async def test_the_shared_cache_is_asked_for_the_galleries_key_not_the_bare_id(
-    timer: FakeTimer,
-) -> None:
+async def test_the_shared_cache_is_asked_for_the_galleries_key_not_the_bare_id() -> None:
     shared = OneEntry(None)
-    await tier_on(shared, timer).claim("a")
+    await tier_on(shared).claim("a")
     assert shared.asked == ["https://gallery.test/api/images/a"] * 2
 
 
@@ -166,11 +138,8 @@ async def test_the_shared_cache_is_asked_for_the_galleries_key_not_the_bare_id(
     ],
     ids=["not-an-entry", "not-an-image", "400-digits", "a-string", "nan-404"],
 )
-async def test_whatever_a_users_cache_hands_back_is_checked_never_raised(
-    timer: FakeTimer, entry: object
-) -> None:
+async def test_whatever_a_users_cache_hands_back_is_checked_never_raised(entry: object) -> None:
     shared = OneEntry(entry)
-    tier = tier_on(shared, timer)
-    claim = await tier.claim("a")
-    assert (claim.image, claim.missing, claim.token) == (None, False, "token")
+    claim = await tier_on(shared).claim("a")
+    assert (claim.found, claim.token) == (None, "token")
     assert shared.invalidated == [shared_key(GALLERY, "a")]

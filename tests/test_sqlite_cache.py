@@ -111,7 +111,7 @@ async def test_a_value_that_does_not_decode_is_a_miss_and_is_dropped(
         await s.get_image(gallery.ids[1])  # makes the file
         with sqlite3.connect(path) as connection:
             connection.execute(
-                "INSERT INTO entries VALUES (?, 'image', '{\"garbage\": 1}', 1e12)",
+                "INSERT INTO entries VALUES (?, 'image', '{\"garbage\": 1}', 1e12, 0)",
                 (key_of(gallery, image_id),),
             )
         assert (await s.get_image(image_id)).id == image_id
@@ -295,7 +295,7 @@ async def test_a_row_of_the_format_before_galleries_is_never_read(
     old = json.dumps({"image": other, "fresh_until": time.time() + 600, "etag": None})
     with sqlite3.connect(path) as connection:
         connection.execute(
-            "INSERT INTO entries VALUES (?, 'image', ?, ?)", (image_id, old, time.time() + 600)
+            "INSERT INTO entries VALUES (?, 'image', ?, ?, 0)", (image_id, old, time.time() + 600)
         )
     async with SQLiteCache(path) as cache, GallerySession(gallery.url, cache=cache) as session:
         image = await session.get_image(image_id)

@@ -208,6 +208,7 @@ async def test_entries_in_the_file_are_read_within_a_second_while_another_holds_
     assert entry.image == image
 
 
+@pytest.mark.slow
 async def test_a_session_on_a_locked_file_serves_what_is_stored_and_fetches_the_rest_at_once(
     gallery: FakeGallery, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -232,6 +233,7 @@ async def test_a_session_on_a_locked_file_serves_what_is_stored_and_fetches_the_
     assert len(warnings_of(caplog)) == 1
 
 
+@pytest.mark.slow
 async def test_writes_that_cannot_have_the_lock_are_skipped_with_one_warning(
     images: list[dict[str, Any]], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -252,6 +254,7 @@ async def test_writes_that_cannot_have_the_lock_are_skipped_with_one_warning(
         assert connection.execute("SELECT count(*) FROM entries").fetchone() == (1,)
 
 
+@pytest.mark.slow
 async def test_writes_go_to_the_file_again_once_the_lock_is_free_and_the_back_off_passed(
     images: list[dict[str, Any]],
     tmp_path: Path,
@@ -276,6 +279,7 @@ async def test_writes_go_to_the_file_again_once_the_lock_is_free_and_the_back_of
     ]
 
 
+@pytest.mark.slow
 async def test_close_is_prompt_while_another_holds_the_lock(
     images: list[dict[str, Any]], tmp_path: Path
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import struct
 import time
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -13,6 +14,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from meigen_async._fake_search import SEARCH_FIELDS
 from meigen_async.testing import DEFAULT_CACHE_CONTROL, Answer, FakeGallery, sample_images
 
 NOT_FOUND = {"success": False, "error": "Image not found"}
@@ -441,3 +443,156 @@ async def test_the_fake_without_validators_sends_none_and_ignores_conditions() -
     assert status == 200
     assert "ETag" not in sent
     assert "Last-Modified" not in sent
+
+
+# -- The search ----------------------------------------------------------------------------------
+
+
+async def search(
+    http: aiohttp.ClientSession, gallery: FakeGallery, query: str = "", **params: str
+) -> tuple[int, Any]:
+    params = {"q": query, "type": "posts", "limit": "20", "offset": "0", **params}
+    async with http.get(f"{gallery.url}/api/search", params=params) as resp:
+        return resp.status, await resp.json()
+
+
+async def test_a_search_answers_items_in_exactly_the_searchs_shape(
+    http: aiohttp.ClientSession, gallery: FakeGallery
+) -> None:
+    status, answer = await search(http, gallery, "studio portrait", media="matched-v1")
+    assert status == 200
+    assert answer["data"] == gallery.search_results("studio portrait")[:20]
+    assert {frozenset(item) for item in answer["data"]} == {
+        frozenset({*SEARCH_FIELDS, "rank", "matched_media_index"})
+    }
+    _, plain = await search(http, gallery, "studio portrait")
+    assert "matched_media_index" not in plain["data"][0]
+    assert [item["rank"] for item in answer["data"]] == sorted(
+        (item["rank"] for item in answer["data"]), reverse=True
+    )
+
+
+async def test_a_search_of_another_type_than_posts_is_a_400(
+    http: aiohttp.ClientSession, gallery: FakeGallery
+) -> None:
+    assert await search(http, gallery, "studio", type="users") == (
+        400,
+        {"success": False, "error": "Invalid type"},
+    )
+
+
+async def test_search_page_cap_is_the_most_a_page_holds_whatever_its_limit(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeGallery.sample(search_page_cap=10) as gallery:
+        _, answer = await search(http, gallery, limit="20")
+        _, small = await search(http, gallery, limit="4", offset="10", media="matched-v1")
+    assert len(answer["data"]) == 10
+    assert small["data"] == gallery.search_results("")[10:14]
+
+
+async def test_the_quotas_answer_the_services_two_429s_and_a_401_for_an_unknown_key(
+    http: aiohttp.ClientSession,
+) -> None:
+    good = {"Authorization": "Bearer meigen_sk_good"}
+    async with FakeGallery(
+        [{"id": "1", "text": "fox"}],
+        api_keys=["meigen_sk_good"],
+        search_limit=1,
+        daily_search_limit=1,
+    ) as gallery:
+        url = f"{gallery.url}/api/search?q=fox"
+        answers = []
+        for headers in ({}, {}, good, good, {"Authorization": "Bearer meigen_sk_bad"}):
+            async with http.get(url, headers=headers) as resp:
+                answers.append((resp.status, await resp.json()))
+    assert [status for status, _ in answers] == [200, 429, 200, 429, 401]
+    assert answers[1][1] == {"success": False, "error": "Too many requests"}
+    assert answers[3][1] == {
+        "success": False,
+        "error": "Daily search limit reached",
+        "code": "DAILY_LIMIT_REACHED",
+    }
+    assert answers[4][1] == {"success": False, "error": "Invalid API key"}
+
+
+async def test_a_scripted_search_answer_comes_before_the_quotas(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeGallery([{"id": "1", "text": "fox"}], search_limit=0) as gallery:
+        gallery.script_search(Answer.slow(0), Answer.daily_limit_reached(retry_after=60))
+        first = await search(http, gallery, "fox")
+        async with http.get(f"{gallery.url}/api/search?q=fox") as resp:
+            second = (resp.status, resp.headers["Retry-After"], await resp.json())
+        third = await search(http, gallery, "fox")
+    assert first[0] == 200
+    assert second[:2] == (429, "60")
+    assert second[2]["code"] == "DAILY_LIMIT_REACHED"
+    assert third[0] == 429
+
+
+# -- The sample's own media ------------------------------------------------------------------------
+
+
+def urls_in(value: object) -> list[str]:
+    """Every string in a JSON value that names an http(s) URL."""
+    if isinstance(value, str):
+        return [value] if "://" in value else []
+    if isinstance(value, list):
+        return [url for item in value for url in urls_in(item)]
+    if isinstance(value, dict):
+        return [url for item in value.values() for url in urls_in(item)]
+    return []
+
+
+async def test_the_sample_serves_every_picture_itself_at_its_images_size(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeGallery.sample() as gallery:
+        assert gallery.media_host == gallery.url.removeprefix("http://")
+        for image_id in gallery.ids:
+            _, _, body = await get(http, gallery, image_id)
+            data = json.loads(body)["data"]
+            for url in data["media_urls"]:
+                async with http.get(url) as resp:
+                    assert resp.content_type == "image/png"
+                    png = await resp.read()
+                assert png.startswith(b"\x89PNG\r\n\x1a\n")
+                width, height = struct.unpack(">II", png[16:24])
+                assert (width, height) == (data["image_width"] or 512, data["image_height"] or 512)
+        assert sum(gallery.media_requests.values()) == sum(
+            len(data["media_urls"]) for data in sample_images()
+        )
+
+
+async def test_nothing_the_sample_serves_points_beyond_loopback(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with FakeGallery.sample() as gallery:
+        served = [json.loads((await get(http, gallery, i))[2]) for i in gallery.ids]
+        _, browsed = await search(http, gallery, limit="100")
+        urls = urls_in(served) + urls_in(browsed)
+        for url in urls[:: max(1, len(urls) // 20)]:  # each kind of URL answers
+            async with http.get(url) as resp:
+                assert resp.status == 200
+    assert len(urls) > 3 * len(gallery.ids)
+    assert {URL(url).origin() for url in urls} == {URL(gallery.url)}
+
+
+async def test_no_test_connects_beyond_the_loopback(http: aiohttp.ClientSession) -> None:
+    # conftest's loopback_only: a test that would reach another address fails instead.
+    for url in ("http://93.184.216.34/", "http://[2606:2800:220:1::]/"):
+        with pytest.raises(aiohttp.ClientError, match="loopback only"):
+            await http.get(url)
+
+
+async def test_media_served_for_an_id_unsafe_in_a_path_is_named_by_its_place(
+    http: aiohttp.ClientSession,
+) -> None:
+    odd = {"id": "a/b?c", "media_urls": ["https://cdn.example/x.jpg"], "image_width": 3}
+    async with FakeGallery([odd], serve_media=True) as gallery:
+        [url] = gallery.images["a/b?c"]["media_urls"]
+        async with http.get(url) as resp:
+            assert resp.status == 200
+            assert struct.unpack(">II", (await resp.read())[16:24]) == (3, 512)
+    assert url == f"{gallery.url}/media/~0-0.png"

@@ -1,4 +1,4 @@
-"""Rewrite the reST markup left in meigen_async's docstrings as Markdown, in place.
+"""Rewrite the reST markup left in docstrings as Markdown, in place: the package's, the examples'.
 
 mkdocstrings renders docstrings as Markdown, where reST roles show up literally
 (":class:`~meigen_async.cache.MemoryCache`"). This script turns
@@ -7,7 +7,11 @@ mkdocstrings renders docstrings as Markdown, where reST roles show up literally
   an object the API reference documents into an autorefs link,
   `[MemoryCache][meigen_async.cache.MemoryCache]`;
 - any other role (a private helper, the standard library) into a code span, `` `time.time` ``;
-- a reST literal, two backticks either side, into a Markdown code span of one.
+- a reST literal, two backticks either side, into a Markdown code span of one;
+- the `::` that opens a reST literal block into a `:` (the indented block is code in Markdown).
+
+The bot examples in docs/examples are shown on the site as they are, so their roles always
+become code spans.
 
 Only docstrings (bare string statements) are touched, never code. It is idempotent: a second
 run changes nothing. Run it from the repository root:
@@ -26,22 +30,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import griffe
-
-PACKAGE = "meigen_async"
-ROOT = Path(__file__).resolve().parent.parent
-
-# The modules docs/reference.md renders whole, besides the package's own `__all__`.
-RENDERED_MODULES = (
-    "meigen_async.testing",
-    "meigen_async.bots",
-    "meigen_async.prompt",
-    "meigen_async.cache",
-    "meigen_async.shared",
-    "meigen_async.redis_cache",
-)
+from public_names import PACKAGE, ROOT, documented_names, final_target, load_package
 
 ROLE = re.compile(r":(?:py:)?(class|meth|func|data|attr|mod|exc|obj):`(~?)([^`]+)`")
 LITERAL = re.compile(r"(?<!`)``(?!`)([^`\n]+?)``(?!`)")
+BLOCK_MARKER = re.compile(r"(?<=\S)::$")
 LINE_LENGTH = 100
 ITEM = re.compile(r"\s+[\w*]+(?: \([^)]*\))?: ")
 SECTION = re.compile(r"\s*(?:Args|Arguments|Parameters|Attributes|Raises|Returns|Yields):\s*$")
@@ -81,38 +74,18 @@ def _lookup(package: griffe.Module, path: str) -> griffe.Object | griffe.Alias |
         return None
 
 
-def _final(obj: griffe.Object | griffe.Alias) -> griffe.Object | None:
-    try:
-        target = obj.final_target if obj.is_alias else obj
-    except (griffe.AliasResolutionError, griffe.CyclicAliasError):
-        return None
-    return target if isinstance(target, griffe.Object) else None
-
-
 class Resolver:
     """Where on the site an object named in a docstring is documented, if it is."""
 
     def __init__(self, package: griffe.Module) -> None:
         self.package = package
-        exported = {}
-        for name in map(str, package.exports or ()):
-            target = _final(package[name]) if name in package.members else None
-            if target is not None:
-                exported[target.path] = f"{PACKAGE}.{name}"
-        self.exported = exported
+        self.documented = documented_names(package)
 
     def anchor(self, obj: griffe.Object) -> str | None:
         """The reference's anchor for `obj`, or None when the reference does not show it."""
-        if obj.path in self.exported:
-            return self.exported[obj.path]
+        if obj.path in self.documented:
+            return self.documented[obj.path]
         parent = obj.parent
-        if isinstance(parent, griffe.Module):
-            public = (
-                obj.name in map(str, parent.exports)
-                if parent.exports
-                else not obj.name.startswith("_")
-            )
-            return obj.path if parent.path in RENDERED_MODULES and public else None
         if isinstance(parent, griffe.Class) and not obj.name.startswith("_"):
             owner = self.anchor(parent)
             return None if owner is None or not obj.docstring else f"{owner}.{obj.name}"
@@ -120,11 +93,13 @@ class Resolver:
 
     def link(self, name: str, scopes: list[str]) -> str | None:
         """The anchor for `name` as written in a docstring within `scopes`, if documented."""
+        if not scopes[0].startswith(PACKAGE):
+            return None  # an example, shown on the site as code, where a link shows literally
         candidates = [name] if name.startswith(PACKAGE + ".") else [f"{s}.{name}" for s in scopes]
         candidates.append(f"{PACKAGE}.{name}")
         for path in candidates:
             found = _lookup(self.package, path)
-            target = _final(found) if found is not None else None
+            target = final_target(found) if found is not None else None
             if target is not None:
                 return self.anchor(target)
         return None
@@ -163,7 +138,7 @@ def convert_text(text: str, resolver: Resolver, scopes: list[str]) -> str:
             anchor = resolver.link(name, scopes) if links else None
             return f"[`{shown}`][{anchor}]" if anchor else f"`{shown}`"
 
-        return LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line))
+        return BLOCK_MARKER.sub(":", LITERAL.sub(lambda m: f"`{m.group(1)}`", ROLE.sub(role, line)))
 
     lines: list[str] = []
     in_section = False
@@ -219,11 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if needed")
     args = parser.parse_args(argv)
-    package = griffe.load(PACKAGE, search_paths=[str(ROOT)], resolve_aliases=True)
-    assert isinstance(package, griffe.Module)
-    resolver = Resolver(package)
+    resolver = Resolver(load_package())
     changed = []
-    for path in sorted((ROOT / PACKAGE).rglob("*.py")):
+    examples = sorted((ROOT / "docs" / "examples").glob("*.py"))
+    for path in [*sorted((ROOT / PACKAGE).rglob("*.py")), *examples]:
         new = convert_file(path, resolver)
         if new != path.read_text(encoding="utf-8"):
             changed.append(path.relative_to(ROOT))

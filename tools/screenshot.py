@@ -1,9 +1,9 @@
-"""Screenshot the built docs site in headless Chromium: the home page and the API reference.
+"""Screenshot the built docs site in headless Chromium: the home page, reference and CLI page.
 
 `make screenshot` builds the site, then runs this. It serves `site/` on 127.0.0.1 on a free
-port, for as long as the screenshots take, and writes `build/screenshots/home.png` and
-`build/screenshots/reference.png`. It needs `chromium` (`apt-get install -y chromium`); the test
-suite does not.
+port, for as long as the screenshots take, and writes the top 2,000 pixels of each page of
+`PAGES` to `build/screenshots/{name}.png` (`home.png`, `reference.png`, `cli.png`). It needs
+`chromium` (`apt-get install -y chromium`); the test suite does not.
 
     python tools/screenshot.py [SITE_DIR] [OUT_DIR]
 """
@@ -19,7 +19,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-PAGES = {"home": "", "reference": "reference/"}
+PAGES = {"home": "", "reference": "reference/", "cli": "cli/"}
 """Each screenshot's name and its path under the site."""
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

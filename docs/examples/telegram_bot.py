@@ -1,15 +1,15 @@
-"""A Telegram bot (aiogram 3) answering ``/image <id>`` and ``/inspire <words>`` with images.
+"""A Telegram bot (aiogram 3) answering `/image <id>` and `/inspire [words]` with images.
 
-Run it with ``pip install 'meigen-async[bots]'`` and::
+It needs the `bots` extra (`pip install '.[bots]'` in a clone of meigen-async). Run it with:
 
     TELEGRAM_TOKEN=... python telegram_bot.py
 
-``MEIGEN_BASE_URL`` points the bot at another gallery, such as ``meigen-async serve``.
+`MEIGEN_BASE_URL` points the bot at another gallery, such as `meigen-async serve`.
 
-The dispatcher holds ONE :class:`GallerySession`, opened by its startup hook and closed by
-its shutdown hook; aiogram hands it to every handler as the ``gallery`` argument. The reply
-is built by :func:`image_reply`, which needs no Telegram connection, so it can be tested
-against a ``FakeGallery``.
+The dispatcher holds one `GallerySession`, opened by its startup hook and closed by
+its shutdown hook; aiogram hands it to every handler as the `gallery` argument. The reply
+is built by `image_reply`, which needs no Telegram connection, so it can be tested
+against a `FakeGallery`.
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from aiogram.filters import Command, CommandObject
 from aiogram.types import Message
 
 from meigen_async import (
+    DailyLimitReached,
     GalleryImage,
     GallerySession,
     ImageNotFound,
     InvalidImageId,
     InvalidQuery,
     MeigenError,
+    RateLimited,
 )
 from meigen_async.bots import pick_inspiration, telegram_caption
 from meigen_async.session import DEFAULT_BASE_URL
@@ -49,7 +51,7 @@ USAGE = Reply(
 
 
 async def image_reply(gallery: GallerySession, image_id: str | None) -> Reply:
-    """What the bot answers to ``/image <id>``: the photo and its caption, or why not."""
+    """What the bot answers to `/image <id>`: the photo and its caption, or why not."""
     if not image_id or not image_id.strip():
         return USAGE
     image_id = image_id.strip()
@@ -64,27 +66,31 @@ async def image_reply(gallery: GallerySession, image_id: str | None) -> Reply:
     return photo_reply(image)
 
 
-INSPIRE_USAGE = Reply(
-    None, "Send <code>/inspire &lt;words&gt;</code>, e.g. <code>/inspire cherry blossom</code>."
-)
-
-
 async def inspire_reply(gallery: GallerySession, words: str | None) -> Reply:
-    """What the bot answers to ``/inspire <words>``: one of the best-liked matches, or why not."""
-    if not words or not words.strip():
-        return INSPIRE_USAGE
+    """What the bot answers to `/inspire [words]`: one of the best-liked matches, or why not.
+
+    Without words, one of the best-liked of the newest posts. The two limits on searches are
+    told apart: the bot's daily quota (with an API key) is spent until a time it can say,
+    the per-address limit is over in about a minute.
+    """
+    words = (words or "").strip()
     try:
-        hit = pick_inspiration(await gallery.search(words))
-        if hit is None:
-            return Reply(
-                None, f"Nothing in the gallery matches <i>{html.escape(words.strip())}</i>."
-            )
-        image = await gallery.get_image(hit.id)
+        hits = await gallery.search(words)
     except InvalidQuery:
         return Reply(None, "That search is too long: at most 200 characters.")
+    except DailyLimitReached as error:
+        when = f"{error.resets_at:%H:%M} UTC"
+        return Reply(None, f"I have used up today's searches; ask again after {when}.")
+    except RateLimited:
+        return Reply(None, "Too many searches right now; please try again in a minute.")
     except MeigenError:
         return Reply(None, "The gallery is not answering right now; please try again in a minute.")
-    return photo_reply(image)
+    hit = pick_inspiration(hits)
+    if hit is None:
+        if not words:
+            return Reply(None, "The gallery has nothing to show right now.")
+        return Reply(None, f"Nothing in the gallery matches <i>{html.escape(words)}</i>.")
+    return await image_reply(gallery, hit.id)
 
 
 def photo_reply(image: GalleryImage) -> Reply:
@@ -94,7 +100,7 @@ def photo_reply(image: GalleryImage) -> Reply:
 
 
 async def image_command(message: Message, command: CommandObject, gallery: GallerySession) -> None:
-    """``/image <id>``: reply with the photo and its caption."""
+    """`/image <id>`: reply with the photo and its caption."""
     reply = await image_reply(gallery, command.args)
     if reply.photo is not None:
         await message.answer_photo(reply.photo, caption=reply.text, parse_mode=ParseMode.HTML)
@@ -105,7 +111,7 @@ async def image_command(message: Message, command: CommandObject, gallery: Galle
 async def inspire_command(
     message: Message, command: CommandObject, gallery: GallerySession
 ) -> None:
-    """``/inspire <words>``: reply with one of the best-liked matches."""
+    """`/inspire [words]`: reply with one of the best-liked matches."""
     reply = await inspire_reply(gallery, command.args)
     if reply.photo is not None:
         await message.answer_photo(reply.photo, caption=reply.text, parse_mode=ParseMode.HTML)
@@ -114,7 +120,7 @@ async def inspire_command(
 
 
 async def open_gallery(dispatcher: Dispatcher) -> None:
-    """Startup hook: open the session every handler shares."""
+    """Startup hook: open the session every handler shares (its API key from $MEIGEN_API_KEY)."""
     dispatcher["gallery"] = GallerySession(dispatcher["base_url"])
 
 
@@ -126,7 +132,7 @@ async def close_gallery(dispatcher: Dispatcher) -> None:
 
 
 def build_dispatcher(base_url: str = DEFAULT_BASE_URL) -> Dispatcher:
-    """A dispatcher with the ``/image`` handler and the session's lifecycle hooks."""
+    """A dispatcher with the `/image` handler and the session's lifecycle hooks."""
     router = Router(name="meigen-gallery")
     router.message.register(image_command, Command("image"))
     router.message.register(inspire_command, Command("inspire"))
@@ -138,7 +144,7 @@ def build_dispatcher(base_url: str = DEFAULT_BASE_URL) -> Dispatcher:
 
 
 async def main() -> None:
-    """Poll Telegram with the token from ``TELEGRAM_TOKEN`` until interrupted."""
+    """Poll Telegram with the token from `TELEGRAM_TOKEN` until interrupted."""
     token = os.environ.get("TELEGRAM_TOKEN")
     if not token:
         raise SystemExit("Set TELEGRAM_TOKEN to your bot's token.")

@@ -1,8 +1,11 @@
-"""The `meigen-async` command line: `get`, `bulk`, `search`, `download`, `serve` and `demo`.
+"""The `meigen-async` command line.
+
+Its commands: `get`, `bulk`, `search`, `download`, `export`, `cache`, `serve` and `demo`.
 
 Every command that talks to a gallery takes `--base-url` (default: `$MEIGEN_BASE_URL`, else
 the real service) and `--timeout`. Bad input is reported as one `meigen-async: error: ...`
-line on stderr with exit status 2; failed fetches give exit status 1.
+line on stderr with exit status 2; failed fetches give exit status 1. Help is laid out for
+the terminal's width (`_help`).
 
 Whatever it writes goes through `_write`, so that no string (a lone surrogate from a server's
 JSON, text a non-UTF-8 terminal cannot show) can stop a run halfway.
@@ -10,7 +13,8 @@ Every readable line shows what a terminal would act on (controls, escape sequenc
 overrides, a newline inside a field) escaped (`_text.terminal_safe`); JSON stays exact JSON.
 
 rich (the `cli` extra) draws the progress bar and the demo's table. It is imported only
-where it is needed, so `get`, `serve` and a non-interactive `bulk` run without it.
+where it is needed, so every command but `demo` runs without it (`bulk`, `download` and
+`export` then draw no bar, and say how to get one).
 """
 
 from __future__ import annotations

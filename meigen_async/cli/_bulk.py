@@ -14,6 +14,7 @@ from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager, suppress
 from typing import Any, TextIO
 
+from .._core import unreachable_after as _stop_after
 from ..errors import MeigenError, UpstreamUnreachable
 from ..media import MediaResult
 from ..models import (
@@ -26,12 +27,14 @@ from ._failures import FailedIdsWriter, FailureTally
 from ._input import count_ids, open_ids
 from ._options import (
     _session,
+    cli_message,
 )
 from ._output import (
     _EXIT_FAILED,
     _EXIT_OK,
     _PROG,
     CommandError,
+    Interrupted,
     _cannot_write,
     _error,
     _flush,
@@ -77,12 +80,6 @@ def _record_id(line: bytes) -> str | None:
     return image_id if isinstance(image_id, str) else None
 
 
-def _stop_after(concurrency: int) -> int:
-    # More than two full waves of requests: one network blip fails every request in flight
-    # at once, and should not end a long job; the ids started after it failing too should.
-    return max(20, 2 * concurrency)
-
-
 def _resume_command(args: argparse.Namespace) -> str:
     argv = list(getattr(args, "argv", None) or [])
     if "--resume" not in argv:
@@ -100,9 +97,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     """Handle SIGTERM (`kill`, a process manager, `timeout`) as Ctrl-C in the body.
 
     The task is cancelled, as asyncio cancels it for Ctrl-C, so that the job reports where it
-    stopped and writes `--failed`; then KeyboardInterrupt goes to main(), which exits with
-    Ctrl-C's status. Where the loop takes no signal handlers (Windows, a thread other than
-    the main one), SIGTERM keeps its default action.
+    stopped and writes `--failed` (then raises `Interrupted`), and main() exits with Ctrl-C's
+    status; cancelled before the job could report, KeyboardInterrupt goes to main(). Where
+    the loop takes no signal handlers (Windows, a thread other than the main one), SIGTERM
+    keeps its default action.
     """
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
@@ -160,9 +158,9 @@ async def _run_bulk(args: argparse.Namespace) -> int:
             _add_failed(failed, image_id, args.failed)
 
         ids = wanted()
-        total = count_ids(args.file) if args.file != "-" and sys.stderr.isatty() else None
-        with _progress(sys.stderr, total) as advance:
-            try:
+        total = _total(args, finished)
+        try:
+            with _progress(sys.stderr, total) as progress:
                 async with _session(args) as session:
                     # Closed on the way out, so that an error here cancels its fetches at once.
                     results: AsyncGenerator[ImageResult | MediaResult, None] = (
@@ -191,27 +189,29 @@ async def _run_bulk(args: argparse.Namespace) -> int:
                                 written += 1
                             else:
                                 fail(result.id, *problem)
-                            advance(problem is None, _media_bytes(result))
+                            progress.advance(problem is None, _media_bytes(result))
                     stats = session.stats
                 if unreachable is not None:
+                    progress.end("stopped")
                     for image_id in ids:
                         not_attempted += 1
                         _add_failed(failed, image_id, args.failed)
-            except asyncio.CancelledError:
-                _flush(out, args.output)
-                _flush_failed(failed, args.failed)
-                where = "stdout" if to_stdout else args.output
-                _print(
-                    f"{_PROG}: interrupted: {written:,} of {read:,} ids read were written to "
-                    f"{where}" + (f" ({skipped:,} already there)" if skipped else ""),
-                    sys.stderr,
-                )
-                if failures.total:
-                    for line in failures.summary(done):
-                        _print(line, sys.stderr)
-                if not to_stdout:
-                    _print(f"{_PROG}: resume with: {_resume_command(args)}", sys.stderr)
-                raise
+        except asyncio.CancelledError:
+            # After the bar's last frame: each line of the report on a line of its own.
+            _flush(out, args.output)
+            _flush_failed(failed, args.failed)
+            where = "stdout" if to_stdout else args.output
+            _print(
+                f"{_PROG}: interrupted: {written:,} of {read:,} ids read were written to "
+                f"{where}" + (f" ({skipped:,} already there)" if skipped else ""),
+                sys.stderr,
+            )
+            if failures.total:
+                for line in failures.summary(done):
+                    _print(line, sys.stderr)
+            if not to_stdout:
+                _print(f"{_PROG}: resume with: {_resume_command(args)}", sys.stderr)
+            raise Interrupted from None
         _flush(out, args.output)
     if unreachable is not None:
         cause = unreachable.__cause__
@@ -233,6 +233,13 @@ async def _run_bulk(args: argparse.Namespace) -> int:
     return _EXIT_OK
 
 
+def _total(args: argparse.Namespace, finished: set[str]) -> int | None:
+    """The ids the bar counts to: FILE's, less those done; None if not drawn or not known."""
+    if args.file == "-" or not sys.stderr.isatty():
+        return None
+    return count_ids(args.file, skip=finished)
+
+
 def _problem(result: ImageResult | MediaResult) -> tuple[str, str] | None:
     """What failed for `result` (its error's kind and message), or None.
 
@@ -240,7 +247,7 @@ def _problem(result: ImageResult | MediaResult) -> tuple[str, str] | None:
     """
     if result.error is None:
         return None
-    return type(result.error).__name__, str(result.error)
+    return type(result.error).__name__, cli_message(result.error)
 
 
 def bulk_summary(done: int, stats: SessionStats) -> str:

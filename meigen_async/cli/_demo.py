@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import random
 import sys
+import tempfile
 import time
 from collections import Counter
 
@@ -60,10 +61,17 @@ class DemoReport:
     """Expired images a 304 renewed."""
     refreshed: int = 0
     """Background refreshes done (stale-while-revalidate)."""
+    media_files: int = 0
+    """Pictures downloaded, from the gallery's own address, for the first few images."""
+    media_bytes: int = 0
+    """Their bytes, together."""
+    media_images: int = 0
+    """The images whose pictures were downloaded."""
 
 
 _BURST = 20
 _LATER = 3601.0
+_PICTURED = 3  # images whose pictures the demo downloads
 
 
 class _DemoClock:
@@ -83,6 +91,8 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
     for the same popular image at once; then the whole list is asked for again; then, an hour
     later (the cache's clock moved ahead), a burst asks for the popular image once more: it is
     answered at once from the expired copy while one background request revalidates it.
+    Last, the pictures of a few images are downloaded, from the sample's own address, into a
+    temporary directory removed afterwards: nothing is sent beyond 127.0.0.1.
     """
     async with FakeGallery.sample(delay=0.02) as gallery:
         missing = "1999999999999999999"
@@ -95,6 +105,7 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
             concurrency=8,
             cache=MemoryCache(4096, timer=clock),
             stale_while_revalidate=_LATER,
+            media_hosts=[gallery.media_host],
         ) as session:
             popular = gallery.ids[0]
             burst = asyncio.gather(*(session.get_image(popular) for _ in range(_BURST)))
@@ -109,6 +120,10 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
                     break
                 await asyncio.sleep(0.01)
             stats = session.stats
+            with tempfile.TemporaryDirectory(prefix="meigen-async-demo-") as out:
+                images = {o.id: o for o in outcomes if isinstance(o, GalleryImage)}
+                chosen = list(images.values())[:_PICTURED]  # from the cache: no request
+                pictured = [result async for result in session.iter_media(chosen, out)]
         seconds = time.perf_counter() - started
     errors = {i: str(o) for i, o in zip(ids, outcomes, strict=True) if isinstance(o, MeigenError)}
     distinct = {o.id: o for o in outcomes if isinstance(o, GalleryImage)}.values()
@@ -129,6 +144,9 @@ async def run_demo(*, seed: int = 7) -> DemoReport:
         repaired_prompts=sum(image.prompt.repaired for image in distinct),
         revalidated=stats.revalidated,
         refreshed=stats.refreshed,
+        media_files=sum(len(result.files) for result in pictured),
+        media_bytes=sum(file.bytes for result in pictured for file in result.files),
+        media_images=sum(result.ok for result in pictured),
     )
 
 
@@ -149,6 +167,12 @@ def demo_story(report: DemoReport) -> list[str]:
         f"whether it had changed; {report.revalidated} answer was 304 Not Modified, no body "
         "sent.",
     ]
+    if report.media_images:
+        lines.append(
+            f"The pictures of {report.media_images} images were downloaded: "
+            f"{report.media_files} files, {report.media_bytes:,} bytes, from the sample "
+            "gallery's own address."
+        )
     for image_id, message in report.errors.items():
         expected = "as expected" if image_id == report.missing else "unexpectedly"
         lines.append(f"The id {image_id} failed {expected}: {message}.")

@@ -53,7 +53,7 @@ class FailureTally:
     __slots__ = ("_first", "_kinds", "total")
 
     def __init__(self) -> None:
-        self.total = 0
+        self.total: int = 0
         """The failures recorded."""
         self._first: list[_Failure] = []
         self._kinds: dict[str, _Kind] = {}

@@ -111,11 +111,9 @@ async def _get(args: argparse.Namespace) -> int:
         outcomes = await session.get_images(ids, return_exceptions=True)
     images = [outcome for outcome in outcomes if isinstance(outcome, GalleryImage)]
     if args.json:
-        document = [unstructure_image(image) for image in images]
-        if len(ids) > 1:
-            _print_json(document, sys.stdout, indent=2)
-        elif document:
-            _print_json(document[0], sys.stdout, indent=2)
+        # JSON Lines whatever the number of ids, as bulk writes: one shape to read.
+        for image in images:
+            _print_json(unstructure_image(image), sys.stdout)
     else:
         for n, image in enumerate(images):
             for line in ([""] if n else []) + _summary_lines(image):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Container, Iterable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO
 
@@ -92,12 +92,12 @@ def open_ids(path: str) -> Iterator[Iterator[str]]:
         yield read_ids(decode_lines(stream, _name(path)))
 
 
-def count_ids(path: str) -> int | None:
-    """The ids in a regular file, read once as a stream; None for a pipe or a device."""
+def count_ids(path: str, skip: Container[str] = frozenset()) -> int | None:
+    """The ids in a regular file but those in `skip`, read once as a stream; None for a pipe."""
     if not os.path.isfile(path):
         return None
     try:
         with open_ids(path) as ids:
-            return sum(1 for _ in ids)
+            return sum(1 for image_id in ids if image_id not in skip)
     except (OSError, CommandError):
         return None  # reading it for real reports the problem

@@ -21,8 +21,13 @@ from ._output import (
     _EXIT_INTERRUPTED,
     _EXIT_OK,
     _EXIT_USAGE,
+    _PROG,
+    RICH_HINT,
     CommandError,
+    Interrupted,
     _error,
+    _print,
+    _write,
 )
 
 
@@ -52,21 +57,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(argv) if argv is not None else sys.argv[1:]
     if hasattr(args, "base_url") and args.base_url is None:
         args.base_url = _default_base_url(parser)
-    if args.command in ("demo",) or (args.command == "bulk" and sys.stderr.isatty()):
+    if args.command == "demo":
         try:
             import rich  # noqa: F401
         except ModuleNotFoundError:
-            _error("this command needs rich: pip install 'meigen-async[cli]'")
+            _error(f"this command needs rich ({RICH_HINT})")
             return _EXIT_USAGE
     try:
         status: int = asyncio.run(args.run(args))
     except CommandError as error:
         _error(error.message)
         return error.status
+    except Interrupted:  # the command has said where it stopped
+        return _EXIT_INTERRUPTED
     except KeyboardInterrupt:
         if args.command == "serve":
             return _EXIT_OK
-        _error("interrupted")
+        if sys.stderr.isatty():
+            _write(sys.stderr, "\r")  # over the terminal's "^C": the message starts the line
+        _print(f"{_PROG}: interrupted", sys.stderr)
         return _EXIT_INTERRUPTED
     except BrokenPipeError:
         _silence_stdout()

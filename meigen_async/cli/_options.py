@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 
 from .._protocol import validate_image_id
 from .._transport import image_urls
-from ..errors import MeigenError
+from ..errors import MediaNotAllowed, MeigenError
 from ..retry import RetryPolicy
 from ..session import GallerySession
 from ..sqlite_cache import SQLiteCache
@@ -111,11 +111,16 @@ def default_cache_path() -> Path:
     return root / "meigen-async" / "gallery.sqlite"
 
 
+def cache_path(args: argparse.Namespace) -> Path:
+    """The SQLite cache file `--cache` names, else the default one."""
+    return Path(args.cache).expanduser() if args.cache is not None else default_cache_path()
+
+
 def _open_cache(args: argparse.Namespace) -> SQLiteCache | None:
     """The SQLite cache the options ask for, or None (`--no-cache`, or no place for it)."""
     if getattr(args, "no_cache", True):
         return None
-    path = Path(args.cache).expanduser() if args.cache is not None else default_cache_path()
+    path = cache_path(args)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -140,6 +145,8 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
             concurrency=getattr(args, "concurrency", 16),
             rate_limit=getattr(args, "rate_limit", None),
             cache=cache,
+            # None reads $MEIGEN_API_KEY; a command with no --api-key never searches.
+            api_key=getattr(args, "api_key", ""),
             **_media_options(args),
         )
     except ValueError as exc:  # the options are checked when parsed; this is a backstop
@@ -152,6 +159,17 @@ async def _session(args: argparse.Namespace) -> AsyncIterator[GallerySession]:
     finally:
         if cache is not None:
             await cache.close()
+
+
+def cli_message(error: MeigenError) -> str:
+    """`error`'s message in the words of the command line: the flag, not the Python parameter.
+
+    A media host refused is named with the option that allows it: `--media-host 127.0.0.1`.
+    """
+    message = error.message.replace("media_hosts", "--media-host")
+    if isinstance(error, MediaNotAllowed) and error.host:
+        message += f"; allow it with --media-host {error.host}"
+    return message
 
 
 def _media_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 _PROG = "meigen-async"
 
+RICH_HINT = "pip install rich, the cli extra"
+"""How to get rich, which draws the progress bar and the demo's table."""
+
 
 _EXIT_OK = 0
 _EXIT_FAILED = 1
@@ -39,6 +42,30 @@ class CommandError(Exception):
         super().__init__(message)
         self.message = message
         self.status = status
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped a command that has already said where it stopped."""
+
+
+def counted(count: int, one: str, many: str) -> str:
+    """`count` and the noun for it: `1 image`, `2 images`."""
+    return f"{count:,} {one if count == 1 else many}"
+
+
+def human_size(count: int) -> str:
+    """`count` bytes in decimal units, as rich shows them: `287 bytes`, `12.3 kB`, `4.5 MB`.
+
+    Here rather than rich's own: `download` and `cache` run without rich.
+    """
+    if count < 1000:
+        return "1 byte" if count == 1 else f"{count} bytes"
+    value = float(count)
+    for unit in ("kB", "MB", "GB"):
+        value /= 1000
+        if value < 1000:
+            return f"{value:,.1f} {unit}"
+    return f"{value / 1000:,.1f} TB"
 
 
 def _error(message: str) -> None:

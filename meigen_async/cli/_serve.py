@@ -36,7 +36,9 @@ _IDS_SHOWN = 5
 async def _serve(args: argparse.Namespace) -> int:
     images = _load_gallery(args.data) if args.data is not None else sample_images()
     source = args.data if args.data is not None else "the bundled sample"
-    gallery = FakeGallery(images, port=args.port)
+    # The sample serves its own media, so that download and bulk --media work offline; a
+    # file's media URLs are its own to serve or not.
+    gallery = FakeGallery(images, port=args.port, serve_media=args.data is None)
     if args.list:
         for image_id in gallery.ids:
             _print(image_id, sys.stdout)
@@ -76,6 +78,12 @@ async def _serve(args: argparse.Namespace) -> int:
             + (f" and {more} more ('{_PROG} serve --list' lists them all)" if more else ""),
             sys.stderr,
         )
+        if gallery.serve_media and gallery.ids:
+            _print(
+                f"{_PROG}: media files are served here too: {_PROG} download --base-url "
+                f"{gallery.url} --media-host {gallery.media_host} {gallery.ids[0]}",
+                sys.stderr,
+            )
         sys.stderr.flush()
         await stop.wait()
     finally:
