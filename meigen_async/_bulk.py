@@ -1,20 +1,31 @@
-"""The two bulk drivers: every id at once (`gather_images`) and a bounded stream (`stream_images`).
+"""The bulk drivers: every id at once, a bounded stream of ids, a bounded stream of downloads.
 
-Both call the session's `ImagePath` (its look-up and its join), so that hits, coalescing and
-counting are the same as for single gets, and ride its fetch tasks directly, with no task or
-shield of their own per id: bulk calls are where that overhead would show.
+`gather_images` and `stream_images` call the session's `ImagePath` (its look-up and its join),
+so that hits, coalescing and counting are the same as for single gets, and ride its fetch tasks
+directly, with no task or shield of their own per id: bulk calls are where that overhead would
+show. `stream_media` (`iter_media`) runs each image in a task the session owns
+(`_media_tasks.OwnedTasks`), which `close()` ends.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Callable, Iterable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+)
 from typing import TypeVar, cast
 
 from ._flight import Flight
 from ._images import ImagePath
-from .errors import MeigenError, TransportError, UpstreamUnreachable
+from ._media_tasks import MEDIA_TASK_PREFIX, OwnedTasks, closed_error
+from .errors import MediaError, MeigenError, TransportError, UpstreamUnreachable
+from .media import MediaFile, MediaResult
 from .models import GalleryImage, ImageResult
 
 __all__ = [
@@ -23,6 +34,7 @@ __all__ = [
     "refuse_single_id",
     "should_stop",
     "stream_images",
+    "stream_media",
     "transport_streak",
 ]
 
@@ -212,3 +224,75 @@ async def async_items(items: Iterable[T] | AsyncIterable[T]) -> AsyncIterator[T]
     else:
         for item in items:
             yield item
+
+
+# -- Media files ----------------------------------------------------------------------------------
+
+
+async def stream_media(
+    items: Iterable[str | GalleryImage] | AsyncIterable[str | GalleryImage],
+    *,
+    get_image: Callable[[str], Awaitable[GalleryImage]],
+    download: Callable[[GalleryImage], Awaitable[tuple[list[MediaFile], MediaError | None]]],
+    tasks: OwnedTasks,
+    limit: int,
+) -> AsyncGenerator[MediaResult, None]:
+    """A `MediaResult` per id or image as each completes, at most `limit` images at a time.
+
+    `items` is read only as far as `limit` ahead, so a stream of millions runs in flat memory.
+    Each image is worked on in a task of `tasks`: once they are closed, the images running
+    are given with `closed_error`, and the stream ends without reading more of `items`.
+    """
+    source = async_items(items)
+    running: dict[asyncio.Task[MediaResult], str | GalleryImage] = {}
+
+    async def one(item: str | GalleryImage) -> MediaResult:
+        try:
+            image = item if isinstance(item, GalleryImage) else await get_image(item)
+            files, failure = await download(image)
+        except MeigenError as error:  # the image's data, or an id no path can be made of
+            return _failed(item, error)
+        return MediaResult(image.id, tuple(files), failure, image)
+
+    # Each task reports itself when done: `asyncio.wait` over the running set instead costs a
+    # callback added to and removed from every task in it, for every one that finishes.
+    finished: asyncio.Queue[asyncio.Task[MediaResult]] = asyncio.Queue()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(running) < limit:
+                if tasks.closed:
+                    exhausted = True
+                    break
+                try:
+                    item = await source.__anext__()
+                except StopAsyncIteration:
+                    exhausted = True
+                    break
+                if tasks.closed:  # closed while the input was read: this one is not started
+                    exhausted = True
+                    yield _failed(item, closed_error(_name(item)))
+                    break
+                task = tasks.start(one(item), MEDIA_TASK_PREFIX + _name(item))
+                task.add_done_callback(finished.put_nowait)
+                running[task] = item
+            if not running:
+                return
+            task = await finished.get()
+            item = running.pop(task)
+            # Only `close` cancels a running task (this generator's own cancellations are in
+            # its `finally`, once nobody reads it).
+            yield _failed(item, closed_error(_name(item))) if task.cancelled() else task.result()
+    finally:
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+
+
+def _name(item: str | GalleryImage) -> str:
+    return item.id if isinstance(item, GalleryImage) else str(item)
+
+
+def _failed(item: str | GalleryImage, error: MeigenError) -> MediaResult:
+    given = item if isinstance(item, GalleryImage) else None
+    return MediaResult(_name(item), error=error, image=given)

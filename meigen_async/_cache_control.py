@@ -12,9 +12,7 @@ import re
 import time
 from collections.abc import Mapping
 
-from multidict import CIMultiDict, CIMultiDictProxy
-
-from ._protocol import header_list, parse_http_date
+from ._headers import CASE_INSENSITIVE, header_list, parse_http_date
 
 __all__ = [
     "CASE_INSENSITIVE",
@@ -35,9 +33,6 @@ _QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
 _QUOTED_PAIR = re.compile(r"\\(.)")
 # RFC 9111 section 1.2.2: a delta-seconds too large to hold is read as 2**31.
 _DELTA_MAX = 2.0**31
-
-# What aiohttp hands over, read without the plain-mapping fallbacks of header_list.
-CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
 _CacheDirectives = tuple[tuple[str, str | None], ...]
 

@@ -46,6 +46,8 @@ __all__ = [
     "COALESCED",
     "HIT",
     "KNOWN_MISSING",
+    "MEDIA_RETRIED",
+    "MEDIA_SENT",
     "MISS",
     "REFRESH",
     "REFRESHED",
@@ -74,6 +76,7 @@ __all__ = [
     "read_response",
     "remembered_404",
     "retold",
+    "retries_note",
     "unreachable_after",
 ]
 
@@ -285,7 +288,7 @@ def for_image(
 
     `subject` names what the request was for instead of `image {image_id}` (a search page).
     """
-    after = f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
+    after = retries_note(retries)
     what = subject if subject is not None else f"image {image_id}"
     if isinstance(error, TransportError):
         message = f"request for {what} failed: {error.message}{after}"
@@ -305,6 +308,11 @@ def retold(error: MeigenError, message: str) -> MeigenError:
     told.args = (message,)
     told.message = message
     return told
+
+
+def retries_note(retries: int) -> str:
+    """What an error's message ends with after `retries` retries: " (after 2 retries)", or ""."""
+    return f" (after {retries} {'retry' if retries == 1 else 'retries'})" if retries else ""
 
 
 @attrs.frozen
@@ -396,6 +404,8 @@ class _Event(enum.Enum):
     SHARED_HIT = "shared hit"
     REFRESHED = "refreshed"
     SKIPPED_HIT = "skipped hit"
+    MEDIA_SENT = "media sent"
+    MEDIA_RETRIED = "media retried"
 
 
 SENT = _Event.SENT
@@ -408,6 +418,10 @@ REFRESHED = _Event.REFRESHED
 """A background refresh (stale-while-revalidate) got its answer."""
 SKIPPED_HIT = _Event.SKIPPED_HIT
 """A search result was left out: its id is not a gallery id."""
+MEDIA_SENT = _Event.MEDIA_SENT
+"""A request to a media host went out (each attempt and each redirect counts)."""
+MEDIA_RETRIED = _Event.MEDIA_RETRIED
+"""A media download was tried again after a retryable failure."""
 
 Outcome = Lookup | _Event | Retry | ServeStale | Raise | Refresh
 
@@ -419,6 +433,9 @@ class Tally:
         "coalesced",
         "errors",
         "hits",
+        "media_bytes",
+        "media_requests",
+        "media_retries",
         "misses",
         "refreshed",
         "requests",
@@ -441,6 +458,9 @@ class Tally:
         self.refreshed = 0
         self.shared_hits = 0
         self.skipped_hits = 0
+        self.media_requests = 0
+        self.media_retries = 0
+        self.media_bytes = 0
 
     def record(self, outcome: Outcome) -> None:
         """Count one outcome."""
@@ -466,12 +486,20 @@ class Tally:
             self.shared_hits += 1
         elif outcome is SKIPPED_HIT:
             self.skipped_hits += 1
+        elif outcome is MEDIA_SENT:
+            self.media_requests += 1
+        elif outcome is MEDIA_RETRIED:
+            self.media_retries += 1
         elif isinstance(outcome, ServeStale):
             # A fetch that failed, rescued by stale data: an error, and a stale answer.
             self.errors += 1
             self.stale_served += 1
         else:
             self.errors += 1
+
+    def received_media(self, size: int) -> None:
+        """Count `size` bytes of a media body read."""
+        self.media_bytes += size
 
     def snapshot(self) -> SessionStats:
         """The counters as they stand."""
@@ -487,6 +515,9 @@ class Tally:
             refreshed=self.refreshed,
             shared_hits=self.shared_hits,
             search_hits_skipped=self.skipped_hits,
+            media_requests=self.media_requests,
+            media_retries=self.media_retries,
+            media_bytes=self.media_bytes,
         )
 
 

@@ -1,28 +1,27 @@
-"""Media downloads, the HTTP side: the shell that streams files, asking `_media_rules`.
+"""Media downloads, the HTTP side: the requests of each file, through the session's `Upstream`.
 
-One GET per hop, redirects followed by hand (each target checked before it is requested), a
-slot per host, the session's pacer and retry policy, a deadline per request, the body
-streamed in chunks through a SHA-256 into a temporary file of the image's directory. What
-happens on disk (the directory held open, the temporary file, fsync and rename, records) is
-`_media_files`; split from here so that each side stays readable on its own. The tasks the
-downloads run in, and `iter_media`'s driver, are `_media_tasks`.
+Every request goes through `Upstream` as the gallery's do: its one retry loop (`retried`) and
+its streaming GET (`exchange`: a slot per host, the session's pacer, a deadline per request,
+counted in `SessionStats`). Here: one GET per hop, redirects followed by hand (each target
+checked before it is requested), and the body streamed in chunks through a SHA-256 into a
+temporary file of the image's directory. What happens on disk (the directory held open, the
+temporary file, fsync and rename, records) is `_media_files`; split from here so that each side
+stays readable on its own. The tasks the downloads run in are `_media_tasks`; `iter_media`'s
+driver is `_bulk.stream_media`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import (
-    Awaitable,
-    Callable,
-)
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-import aiohttp
 from yarl import URL
 
-from ._core import after_failure
+from ._core import retries_note
+from ._headers import header_lines
 from ._media_files import (
     ImageDir,
     Received,
@@ -47,19 +46,18 @@ from ._media_rules import (
     too_large,
     too_many_files,
     too_many_pixels,
+    transport_error,
     write_error,
 )
 from ._media_tasks import MEDIA_TASK_PREFIX, OwnedTasks, closed_error
-from ._transport import describe
-from ._upstream import Pacer
-from .errors import MediaError, MediaTransportError
+from ._transport import Streamed, StreamOptions
+from ._upstream import Upstream
+from .errors import MediaError, MeigenError, TransportError
 from .media import MediaFile
 from .models import GalleryImage
-from .retry import RetryPolicy
 
 __all__ = ["MediaDownloader"]
 
-_T = TypeVar("_T")
 _SNIFF_AT_LEAST = 32  # bytes wanted before the type is decided: every magic number fits
 _ACCEPT = {"Accept": "image/avif,image/webp,image/png,image/jpeg,image/gif;q=0.9,*/*;q=0.1"}
 
@@ -68,61 +66,52 @@ class MediaDownloader:
     """Downloads the media files of images into `root/{id}/{index}{ext}`.
 
     Args:
-        http: Gives the aiohttp session to use (the session's transport opens it).
+        upstream: Where every request goes (redirect hops included): a slot per host, the
+            pacer, the retry policy, the counters. Its `timeout` (the transport's) bounds
+            connecting and each wait for more of a body.
         origins: The origins allowed, as `_media_rules.origin_set` makes them.
         max_bytes: The largest file downloaded.
-        concurrency: Most requests in flight at once to one host.
-        retry: When a failed download is tried again.
-        pacer: Paces every request, redirect hops included (None: no pacing).
-        timeout: Seconds allowed to connect, and between two reads of a body.
         media_timeout: Seconds allowed for one request, from sending it to its last byte.
         max_files: The most files downloaded for one image.
         max_pixels: The most pixels a file's header may claim.
-        sleep: Waits before a retry; `asyncio.sleep` but in tests.
 
     """
 
     def __init__(
         self,
         *,
-        http: Callable[[], aiohttp.ClientSession],
+        upstream: Upstream,
         origins: MediaOrigins,
         max_bytes: int,
-        concurrency: int,
-        retry: RetryPolicy,
-        pacer: Pacer | None = None,
-        timeout: float = 10.0,
         media_timeout: float = 300.0,
         max_files: int = 16,
         max_pixels: int = 178_956_970,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ):
-        self._http = http
+        self._upstream = upstream
         self.origins = origins
         self.max_bytes = max_bytes
-        self.concurrency = concurrency
-        self.retry = retry
-        self._pacer = pacer
-        self.timeout = timeout
         self.media_timeout = media_timeout
         self.max_files = max_files
         self.max_pixels = max_pixels
-        # aiohttp bounds the connect and each wait for more of the body; the whole request is
-        # bounded by `media_timeout`, in `_hop`, so that a host sending a byte now and then
-        # cannot hold a file open for hours.
-        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
-        self._sleep = sleep
-        self._slots: dict[str, asyncio.Semaphore] = {}
+        # The whole request is bounded by `media_timeout`, so that a host sending a byte now
+        # and then cannot hold a file open for hours.
+        self._options = StreamOptions(
+            headers=_ACCEPT, deadline=media_timeout, deadline_name="media_timeout"
+        )
         self.tasks = OwnedTasks()
         """Every download running for `download` and `stream_media`."""
 
     @property
     def closed(self) -> bool:
-        """Whether `close` was called: nothing more is sent, and nothing retried."""
+        """Whether `close` was called: no download starts."""
         return self.tasks.closed
 
     async def close(self) -> None:
-        """Send nothing more; cancel the downloads running and wait for them."""
+        """Start no download; cancel the ones running and wait for them.
+
+        Nothing more is sent, nor retried, once the `Upstream` is closed: the session closes
+        it first.
+        """
         await self.tasks.close()
 
     # -- One image -----------------------------------------------------------------------------
@@ -241,23 +230,14 @@ class MediaDownloader:
                 return media, entry.on_file
         return await self._download(target, url, directory, index)
 
-    async def _download(
+    def _download(
         self, target: URL, url: str, directory: ImageDir, index: int
-    ) -> tuple[MediaFile, bool]:
-        retries = 0
-        while True:
-            try:
-                return await self._attempt(target, url, directory, index)
-            except MediaError as error:
-                # A closed session sends nothing more: no retry, and no wait for one.
-                retry = None if self.closed else after_failure(error, retries, self.retry)
-                if retry is None:
-                    if retries:
-                        error.message = f"{error.message} (after {retries} retries)"
-                        error.args = (error.message,)
-                    raise
-            retries += 1
-            await self._sleep(retry.delay)
+    ) -> Coroutine[Any, Any, tuple[MediaFile, bool]]:
+        # The session's one retry loop: a closed session sends nothing more, and no retry.
+        # Not a coroutine itself: one frame less above every read of the body.
+        return self._upstream.retried(
+            _after_retries, None, self._attempt, target, url, directory, index, media=True
+        )
 
     # -- One attempt ---------------------------------------------------------------------------
 
@@ -279,69 +259,44 @@ class MediaDownloader:
         self, current: URL, redirects: int, url: str, directory: ImageDir, index: int
     ) -> Received | URL:
         """One request: the body received (not yet committed), or where it redirects."""
-        host = current.host or ""
-        slot = self._slots.get(host)
-        if slot is None:
-            slot = self._slots[host] = asyncio.Semaphore(self.concurrency)
         received: Received | None = None
+
+        async def receive(resp: Streamed) -> Received | URL:
+            nonlocal received
+            following = redirect_target(
+                resp.status,
+                resp.headers.get("Location"),
+                current,
+                redirects_so_far=redirects,
+                origins=self.origins,
+                original=url,
+            )
+            if following is not None:
+                return following
+            error = status_error(resp.status, resp.headers, url)
+            if error is not None:
+                raise error
+            received = await self._receive(resp, url, directory, index)
+            return received
+
         try:
-            async with slot:
-                if self._pacer is not None:
-                    await self._pacer.acquire()
-                if self.closed:
-                    raise MediaTransportError("the session was closed", url=url)
-                # From here, not from the queue for the slot: waiting for a turn is no fault
-                # of the host's.
-                deadline = asyncio.timeout(self.media_timeout)
-                try:
-                    async with (
-                        deadline,
-                        self._http().get(
-                            current, allow_redirects=False, timeout=self._timeout, headers=_ACCEPT
-                        ) as resp,
-                    ):
-                        following = redirect_target(
-                            resp.status,
-                            resp.headers.get("Location"),
-                            current,
-                            redirects_so_far=redirects,
-                            origins=self.origins,
-                            original=url,
-                        )
-                        if following is not None:
-                            return following
-                        error = status_error(resp.status, resp.headers, url)
-                        if error is not None:
-                            raise error
-                        received = await self._receive(resp, url, directory, index)
-                        return received
-                except TimeoutError as exc:
-                    # Before ClientError: aiohttp's timeout errors are both.
-                    why = (
-                        f"took longer than media_timeout={self.media_timeout:g}s"
-                        if deadline.expired()
-                        else f"timed out ({self.timeout:g}s without data)"
-                    )
-                    raise MediaTransportError(f"download of {url} {why}", url=url) from exc
-                except aiohttp.ClientError as exc:
-                    raise MediaTransportError(
-                        f"download of {url} failed: {describe(exc)}", url=url
-                    ) from exc
-        except BaseException:
+            return await self._upstream.exchange(current, receive, self._options)
+        except BaseException as exc:
             # Received, then the response's release failed or was cancelled.
             if received is not None:
                 await received.out.discard()
+            if isinstance(exc, TransportError) and not isinstance(exc, MediaError):
+                # The shell's one failure, told as the media family's.
+                raise transport_error(url, exc.message) from exc.__cause__
             raise
 
-    async def _receive(
-        self, resp: aiohttp.ClientResponse, url: str, directory: ImageDir, index: int
-    ) -> Received:
+    async def _receive(self, resp: Streamed, url: str, directory: ImageDir, index: int) -> Received:
         status, limit = resp.status, self.max_bytes
         length = resp.content_length
         if length is not None and length > limit:
             raise too_large(url, limit, f"Content-Length is {length}", status)
         content_type = resp.headers.get("Content-Type")
-        opted_out = opts_out(resp.headers.getall("X-Robots-Tag", ()))
+        opted_out = opts_out(header_lines(resp.headers, "X-Robots-Tag"))
         head = b""
         pending: list[bytes] = []  # the first chunks, until the type is known
         size = 0
@@ -350,7 +305,7 @@ class MediaDownloader:
             # What aiohttp has buffered, as it comes: its read buffer bounds the size (it stops
             # reading past about 128 KiB), and a 256 KiB file took one pass here instead of the
             # four that 64 KiB chunks took (measured: 6% more throughput).
-            async for chunk in resp.content.iter_any():
+            while chunk := await resp.read_chunk():
                 size += len(chunk)
                 if size > limit:
                     raise too_large(url, limit, "the streamed body exceeded it", status)
@@ -383,3 +338,11 @@ class MediaDownloader:
             raise
         name = file_name(index, kind)
         return Received(out, url, directory, name, kind, head, size, opted_out)
+
+
+def _after_retries(error: MeigenError, retries: int, about: object) -> MeigenError:
+    """A download's last error, its message saying how many retries were made."""
+    if retries:
+        error.message = f"{error.message}{retries_note(retries)}"
+        error.args = (error.message,)
+    return error

@@ -17,17 +17,17 @@ import attrs
 from yarl import URL
 
 from ._media_formats import Kind, dimensions
-from ._protocol import header, parse_retry_after, validate_image_id
+from ._protocol import validate_image_id
+from ._status import MEDIA
 from ._text import printable
 from .errors import (
     MediaDecompressionBomb,
     MediaError,
     MediaHTTPError,
     MediaNotAllowed,
-    MediaRateLimited,
-    MediaServerError,
     MediaTooLarge,
     MediaTooManyFiles,
+    MediaTransportError,
     MediaWriteError,
 )
 from .media import MediaFile
@@ -50,6 +50,7 @@ __all__ = [
     "too_large",
     "too_many_files",
     "too_many_pixels",
+    "transport_error",
     "write_error",
 ]
 
@@ -233,17 +234,20 @@ def redirect_target(
 
 
 def status_error(status: int, headers: Mapping[str, str], url: str) -> MediaError | None:
-    """The error a final (non-redirect) status stands for; None for a 2xx."""
+    """The error a final (non-redirect) status stands for; None for a 2xx.
+
+    Its class is the media's one for the status's kind (`_status.MEDIA`).
+    """
     if 200 <= status < 300:
         return None
-    message = f"HTTP {status} for {printable(url, _URL_SHOWN)}"
-    if status == 429:
-        wait = parse_retry_after(header(headers, "Retry-After"))
-        return MediaRateLimited(message, url=url, status=status, retry_after=wait)
-    if status >= 500:
-        wait = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
-        return MediaServerError(message, url=url, status=status, retry_after=wait)
-    return MediaHTTPError(message, url=url, status=status)
+    error = MEDIA.error(status, headers, f"HTTP {status} for {printable(url, _URL_SHOWN)}", url=url)
+    assert isinstance(error, MediaError)  # every class of the media family is one
+    return error
+
+
+def transport_error(url: str, message: str) -> MediaTransportError:
+    """The error of a media request to `url` that did not complete, saying `message` why."""
+    return MEDIA.transport(f"download of {printable(url, _URL_SHOWN)} failed: {message}", url=url)
 
 
 def too_large(url: str, limit: int, why: str, status: int) -> MediaTooLarge:

@@ -11,23 +11,19 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import quote
 
 import attrs
-from multidict import CIMultiDict, CIMultiDictProxy
 
+from ._headers import header, header_list, parse_http_date, parse_retry_after
+from ._status import IMAGES, Kind, kind_of, retry_after
 from ._text import printable, replace_surrogates, terminal_safe
 from .errors import (
     ApiError,
-    ImageNotFound,
     InvalidImageId,
     InvalidResponse,
     MeigenError,
-    RateLimited,
-    ServerError,
 )
 from .models import GalleryImage, structure_image
 
@@ -44,8 +40,10 @@ __all__ = [
     "header_list",
     "image_url",
     "is_daily_limit",
+    "not_followed",
     "parse_http_date",
     "parse_retry_after",
+    "reported_error",
     "service_message",
     "snippet",
     "usable_validators",
@@ -69,8 +67,6 @@ _EPOCH_RESET = 1_000_000_000
 _ID = re.compile(rf"[A-Za-z0-9_-]{{1,{MAX_ID_LENGTH}}}")
 _SNIPPET = 80
 _LOCATION_SHOWN = 200  # characters of a Location quoted: enough for a host and a path
-# What aiohttp hands over: a miss there is final, no need to scan for another spelling.
-_CASE_INSENSITIVE = (CIMultiDict, CIMultiDictProxy)
 
 
 def validate_image_id(image_id: object) -> str:
@@ -95,76 +91,6 @@ def image_url(base_url: str, image_id: str) -> str:
     return f"{base_url.rstrip('/')}/api/images/{quote(image_id, safe='')}"
 
 
-def header(headers: Mapping[str, str], name: str) -> str | None:
-    """Look a header up by name, ignoring case, in any mapping."""
-    value = headers.get(name)
-    if value is not None or isinstance(headers, _CASE_INSENSITIVE):
-        return value
-    lowered = name.lower()
-    for key, candidate in headers.items():
-        if key.lower() == lowered:
-            return candidate
-    return None
-
-
-def header_list(headers: Mapping[str, str], name: str) -> str | None:
-    """All lines of a list-valued header as one value, ignoring case, in any mapping.
-
-    Several lines of one header are one comma-separated list (RFC 9110 section 5.3): aiohttp
-    keeps each line, and `Cache-Control: max-age=60` followed by `Cache-Control: no-store`
-    reads as `"max-age=60, no-store"`. In a plain mapping each spelling of the name counts
-    as a line. None when the header is absent.
-    """
-    if isinstance(headers, _CASE_INSENSITIVE):
-        lines = headers.getall(name, None)
-        if lines is None:
-            return None
-        return lines[0] if len(lines) == 1 else ", ".join(lines)
-    value = headers.get(name)
-    lowered = name.lower()
-    others = [v for key, v in headers.items() if key != name and key.lower() == lowered]
-    if not others:
-        return value
-    return ", ".join(others if value is None else [value, *others])
-
-
-def parse_http_date(value: str | None) -> float | None:
-    """An HTTP-date (`Sun, 06 Nov 1994 08:49:37 GMT`) in seconds since the epoch, or None.
-
-    None for an absent or unreadable value; a date without a zone is read as UTC.
-    """
-    if value is None:
-        return None
-    try:
-        when = parsedate_to_datetime(value.strip())
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return when.timestamp()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` value: delta-seconds or an HTTP-date.
-
-    Returns None when the value is absent or unreadable; a date in the past gives 0.
-    """
-    if value is None:
-        return None
-    value = value.strip()
-    # RFC 9110 delta-seconds are ASCII digits; str.isdigit alone also takes "²" and "١٢".
-    if value.isascii() and value.isdigit():
-        return float(value)
-    try:
-        when = parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = now if now is not None else datetime.now(UTC)
-    return max(0.0, (when - current).total_seconds())
-
-
 def cool_down_after(status: int, headers: Mapping[str, str], *, now: float) -> float | None:
     """Seconds during which no request should be sent, after this response; None: no pause.
 
@@ -176,11 +102,7 @@ def cool_down_after(status: int, headers: Mapping[str, str], *, now: float) -> f
     `now` is the time since the epoch, for HTTP-dates and epoch resets. The pause is cut to
     `MAX_COOL_DOWN`; one of 0, in the past, or unreadable is None.
     """
-    pause: float | None = None
-    if status in (429, 503):
-        retry_after = header(headers, "Retry-After")
-        if retry_after is not None:
-            pause = parse_retry_after(retry_after, now=datetime.fromtimestamp(now, UTC))
+    pause = retry_after(status, headers, now=now)
     if pause is None:
         pause = _until_reset(headers, now)
     if pause is None or not pause > 0:
@@ -252,40 +174,33 @@ def error_for_status(
 ) -> MeigenError:
     """The error a non-2xx response stands for, carrying its status and the service's message.
 
-    A 3xx is an `ApiError` naming its `Location`: redirects are never followed, and the
-    body of one, written by whoever redirected, is not quoted.
+    Its class is the images' one for the status's kind (`_status.IMAGES`). A 3xx is an
+    `ApiError` naming its `Location`: redirects are never followed, and the body of one,
+    written by whoever redirected, is not quoted.
     """
-    if 300 <= status < 400:
-        return _redirect_error(status, header(headers, "Location"), image_id)
-    if status == 404:
+    kind = kind_of(status)
+    if kind is Kind.REDIRECT:
+        message = f"HTTP {status} for image {image_id}: {not_followed(headers)}"
+    elif kind is Kind.NOT_FOUND:
         # The service's own words ("Image not found") add nothing to the one 404 message.
         message = not_found_message(image_id, remembered=False)
-        return ImageNotFound(message, image_id=image_id, status=status)
-    message = f"HTTP {status} for image {image_id}: {service_message(body)}"
-    if status == 429:
-        retry_after = parse_retry_after(header(headers, "Retry-After"))
-        return RateLimited(message, image_id=image_id, status=status, retry_after=retry_after)
-    if status >= 500:
-        # RFC 9110 section 10.2.3 gives Retry-After to 503 (and 3xx, never seen here); another
-        # 5xx carrying one is backed off as usual.
-        retry_after = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
-        return ServerError(message, image_id=image_id, status=status, retry_after=retry_after)
-    return ApiError(message, image_id=image_id, status=status)
+    else:
+        message = f"HTTP {status} for image {image_id}: {service_message(body)}"
+    return IMAGES.error(status, headers, message, image_id=image_id)
 
 
-def _redirect_error(status: int, location: str | None, image_id: str) -> ApiError:
+def not_followed(headers: Mapping[str, str]) -> str:
+    """What a gallery redirect's error says: where it pointed, and that it is not followed."""
     # Following it would send the request, and cache the answer under this id, wherever
     # the Location points: another host (SSRF), or another path of this one.
+    location = header(headers, "Location")
     where = (
         f"the gallery redirected to {printable(location, _LOCATION_SHOWN)}"
         if location
         else "the gallery answered with a redirect status and no Location"
     )
-    return ApiError(
-        f"HTTP {status} for image {image_id}: {where}; this library does not follow "
-        "redirects: if the service moved, set base_url to it",
-        image_id=image_id,
-        status=status,
+    return (
+        f"{where}; this library does not follow redirects: if the service moved, set base_url to it"
     )
 
 
@@ -297,9 +212,10 @@ def _success_data(status: int, body: bytes, image_id: str) -> Any:
             image_id=image_id,
         )
     if envelope.get("success") is not True:
-        if isinstance(envelope.get("error"), str):
+        reported = reported_error(envelope)
+        if reported is not None:
             raise ApiError(
-                f"the service reported an error for image {image_id}: {_quoted(envelope['error'])}",
+                f"the service reported an error for image {image_id}: {reported}",
                 image_id=image_id,
                 status=status,
             )
@@ -338,14 +254,20 @@ def service_message(body: bytes) -> str:
         envelope = json.loads(body)
     except (ValueError, RecursionError):
         return snippet(body) if body else "(empty body)"
-    if isinstance(envelope, dict) and isinstance(envelope.get("error"), str):
-        return _quoted(envelope["error"])
-    return snippet(body)
+    reported = reported_error(envelope)
+    return reported if reported is not None else snippet(body)
 
 
-def _quoted(message: str) -> str:
-    """The service's own words, as an error message quotes them: nothing a terminal obeys."""
-    return terminal_safe(replace_surrogates(message))
+def reported_error(envelope: object) -> str | None:
+    """The service's own `{"error": "..."}` words in a decoded body, or None when it has none.
+
+    Quoted as an error message quotes them: nothing a terminal obeys.
+    """
+    if isinstance(envelope, dict):
+        message = envelope.get("error")
+        if isinstance(message, str):
+            return terminal_safe(replace_surrogates(message))
+    return None
 
 
 def snippet(body: bytes) -> str:

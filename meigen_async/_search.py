@@ -22,24 +22,17 @@ from cachetools import LRUCache
 from yarl import URL
 
 from ._protocol import (
-    header,
     is_daily_limit,
-    parse_retry_after,
+    not_followed,
+    reported_error,
     service_message,
     snippet,
     validate_image_id,
 )
 from ._quota import daily_limit
-from ._text import printable, replace_surrogates
-from .errors import (
-    ApiError,
-    InvalidImageId,
-    InvalidQuery,
-    InvalidResponse,
-    MeigenError,
-    RateLimited,
-    ServerError,
-)
+from ._status import SEARCH, Kind, kind_of
+from ._text import printable
+from .errors import ApiError, InvalidImageId, InvalidQuery, InvalidResponse, MeigenError
 from .models import SearchHit, structure_search_hit
 
 __all__ = [
@@ -82,7 +75,6 @@ corpus), so 256 such pages fit; pages a server made huge are evicted down to thi
 
 _QUERY_SHOWN = 60
 _SKIPPED_SHOWN = 40  # characters of a refused id quoted in the log: a valid id has at most 128
-_LOCATION_SHOWN = 200
 
 
 # -- Before any request --------------------------------------------------------------------------
@@ -230,11 +222,9 @@ def decode_page(
             f"expected a JSON object envelope, got {type(envelope).__name__}: {snippet(body)}"
         )
     if envelope.get("success") is not True:
-        error = envelope.get("error")
-        if isinstance(error, str):
-            raise ApiError(
-                f"the service reported an error: {replace_surrogates(error)}", status=status
-            )
+        reported = reported_error(envelope)
+        if reported is not None:
+            raise ApiError(f"the service reported an error: {reported}", status=status)
         raise InvalidResponse(f"envelope field 'success' is not true: {snippet(body)}")
     data = envelope.get("data")
     if not isinstance(data, list):
@@ -270,34 +260,19 @@ def page_error(
 ) -> MeigenError:
     """The error a non-2xx search response stands for, with the service's message.
 
-    A 429 whose body's `code` is `DAILY_LIMIT_REACHED` (an API key's daily quota) is
+    Its class is the search's one for the status's kind (`_status.SEARCH`), but for a 429
+    whose body's `code` is `DAILY_LIMIT_REACHED` (an API key's daily quota): that is
     `DailyLimitReached`, resetting at the `Retry-After` if sent, else the next 00:00 UTC
-    after `now`; any other 429 (the limit on searches per address) is `RateLimited` with its
+    after `now`. Any other 429 (the limit on searches per address) is `RateLimited` with its
     `Retry-After`; a 5xx `ServerError` (a 503's `Retry-After` read); a 3xx an `ApiError`
     naming its `Location`, never followed; anything else, 404 included, `ApiError`.
     """
-    if 300 <= status < 400:
-        location = header(headers, "Location")
-        where = (
-            f"the gallery redirected to {printable(location, _LOCATION_SHOWN)}"
-            if location
-            else "the gallery answered with a redirect status and no Location"
-        )
-        return ApiError(
-            f"HTTP {status}: {where}; this library does not follow redirects: if the service "
-            "moved, set base_url to it",
-            status=status,
-        )
+    if kind_of(status) is Kind.REDIRECT:
+        return SEARCH.error(status, headers, f"HTTP {status}: {not_followed(headers)}")
     message = f"HTTP {status}: {service_message(body)}"
     if is_daily_limit(status, body):
         return daily_limit(message, headers, now if now is not None else datetime.now(UTC))
-    if status == 429:
-        retry_after = parse_retry_after(header(headers, "Retry-After"))
-        return RateLimited(message, status=status, retry_after=retry_after)
-    if status >= 500:
-        retry_after = parse_retry_after(header(headers, "Retry-After")) if status == 503 else None
-        return ServerError(message, status=status, retry_after=retry_after)
-    return ApiError(message, status=status)
+    return SEARCH.error(status, headers, message)
 
 
 def _load_json(body: bytes) -> Any:

@@ -1,15 +1,17 @@
-"""`send` over aiohttp: one GET, its body read within a size limit and a timeout.
+"""The HTTP shell over aiohttp: a JSON GET (`send`) and a streaming GET (`stream`).
 
-The only module that talks to aiohttp on the client side, and `AiohttpTransport.send` is the
-one place where aiohttp's exceptions, and a timeout, become `TransportError`.
+`send` reads a gallery answer whole, within a size limit and a timeout; `stream` hands a media
+file's body over as it arrives, within a deadline. The only module that talks to aiohttp on
+the client side, and `transport_error` is the one place where aiohttp's exceptions, and a
+timeout, become `TransportError` (each surface tells it as its family's class: `_status`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 import aiohttp
 import attrs
@@ -18,9 +20,17 @@ from yarl import URL
 from ._version import __version__
 from .errors import InvalidResponse, TransportError
 
-__all__ = ["AiohttpTransport", "RawResponse", "image_urls"]
+__all__ = [
+    "AiohttpTransport",
+    "RawResponse",
+    "StreamOptions",
+    "Streamed",
+    "image_urls",
+    "transport_error",
+]
 
 _CHUNK = 65536
+T = TypeVar("T")
 
 
 @attrs.frozen
@@ -30,6 +40,52 @@ class RawResponse:
     status: int
     headers: Mapping[str, str]
     body: bytes
+
+
+@attrs.frozen
+class StreamOptions:
+    """How a streaming GET is sent: its headers, and its deadline."""
+
+    headers: Mapping[str, str]
+    """Sent on top of the session's own."""
+    deadline: float
+    """Seconds allowed for the whole request, from sending it to the last byte read."""
+    deadline_name: str
+    """What a timeout's error calls the deadline: the option it comes from."""
+
+
+class Streamed:
+    """A response whose body is read as it arrives (`read_chunk`), its bytes counted.
+
+    Args:
+        status: The HTTP status.
+        headers: The response headers.
+        content_length: The `Content-Length`, or None.
+        read: The next part of the body, as much as has arrived; b"" at its end.
+
+    """
+
+    __slots__ = ("_read", "content_length", "headers", "received", "status")
+
+    def __init__(
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        content_length: int | None,
+        read: Callable[[], Awaitable[bytes]],
+    ):
+        self.status = status
+        self.headers = headers
+        self.content_length = content_length
+        self.received = 0
+        """Bytes of the body read so far."""
+        self._read = read
+
+    async def read_chunk(self) -> bytes:
+        """The next part of the body, as much as has arrived; b"" once it has all been read."""
+        chunk = await self._read()
+        self.received += len(chunk)
+        return chunk
 
 
 def image_urls(base_url: str) -> Callable[[str], URL]:
@@ -115,6 +171,9 @@ class AiohttpTransport:
         self._options: dict[str, Any] = {"allow_redirects": False}
         if session is not None:
             self._options["headers"] = self._headers
+        # For streams: aiohttp bounds the connect and each wait for more of the body, the
+        # stream's deadline the whole request.
+        self._idle = aiohttp.ClientTimeout(total=None, sock_connect=timeout, sock_read=timeout)
 
     def open(self) -> aiohttp.ClientSession:
         """The aiohttp session, opened on first use when none was given."""
@@ -149,9 +208,7 @@ class AiohttpTransport:
 
         """
         http = self.open()
-        options = self._options
-        if headers:
-            options = {**options, "headers": {**options.get("headers", {}), **headers}}
+        options = self._with(headers) if headers else self._options
         try:
             async with (
                 asyncio.timeout(self.timeout),
@@ -159,11 +216,67 @@ class AiohttpTransport:
             ):
                 body = await _read_limited(resp, self.max_body_bytes)
                 return RawResponse(resp.status, resp.headers, body)
-        except TimeoutError as exc:
-            # Before ClientError: aiohttp's timeout errors are both.
-            raise TransportError(f"timed out after {self.timeout:g}s") from exc
-        except aiohttp.ClientError as exc:
-            raise TransportError(describe(exc)) from exc
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            raise transport_error(exc, f"timed out after {self.timeout:g}s") from exc
+
+    async def stream(
+        self,
+        url: URL,
+        options: StreamOptions,
+        receive: Callable[[Streamed], Awaitable[T]],
+        received: Callable[[int], None],
+    ) -> T:
+        """GET `url`, and give its response to `receive`, which reads it while it is held.
+
+        The request and `receive`'s reading of the body are bounded by the options'
+        deadline, and `timeout` bounds connecting and each wait for more of the body: a host
+        sending a byte now and then cannot hold a request open for hours. `received` is told
+        the bytes of the body `receive` read, whatever it ends in.
+
+        Raises:
+            TransportError: the request, or the reading of its body by `receive`, did not
+                complete (its `__cause__` says why).
+
+        """
+        http = self.open()
+        timer = asyncio.timeout(options.deadline)
+        try:
+            async with (
+                timer,
+                http.get(url, timeout=self._idle, **self._with(options.headers)) as resp,
+            ):
+                # A callback rather than a context manager: no generator, no StopIteration
+                # (measured: 1.2% of a 16 KiB download's instructions).
+                response = Streamed(
+                    resp.status, resp.headers, resp.content_length, resp.content.readany
+                )
+                try:
+                    return await receive(response)
+                finally:
+                    received(response.received)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            why = (
+                f"took longer than {options.deadline_name}={options.deadline:g}s"
+                if timer.expired()
+                else f"timed out ({self.timeout:g}s without data)"
+            )
+            raise transport_error(exc, why) from exc
+
+    def _with(self, headers: Mapping[str, str]) -> dict[str, Any]:
+        """The options of a request sending `headers` on top of the session's own."""
+        return {**self._options, "headers": {**self._options.get("headers", {}), **headers}}
+
+
+def transport_error(exc: TimeoutError | aiohttp.ClientError, timed_out: str) -> TransportError:
+    """The one mapping of a request that did not complete to `TransportError`, `exc` its cause.
+
+    `timed_out` is what a timeout says (which timer ran out, after how long); anything else
+    aiohttp raises is told in plain words by `describe`.
+    """
+    # TimeoutError first: aiohttp's timeout errors are ClientErrors too.
+    error = TransportError(timed_out if isinstance(exc, TimeoutError) else describe(exc))
+    error.__cause__ = exc
+    return error
 
 
 def describe(exc: aiohttp.ClientError) -> str:

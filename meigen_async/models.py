@@ -177,7 +177,7 @@ class SessionStats:
     """A snapshot of a session's counters."""
 
     requests: int = 0
-    """Upstream HTTP requests sent, retries included."""
+    """Upstream HTTP requests sent to the gallery (images, search), retries included."""
     cache_hits: int = 0
     """Calls answered from the cache, 404s remembered included."""
     cache_misses: int = 0
@@ -199,6 +199,13 @@ class SessionStats:
     with no upstream request; a miss shared by several callers counts once."""
     search_hits_skipped: int = 0
     """Search results left out because their id is not a gallery id."""
+    media_requests: int = 0
+    """Requests sent to media hosts, counting every attempt and every redirect followed."""
+    media_retries: int = 0
+    """Media downloads tried again after a retryable failure."""
+    media_bytes: int = 0
+    """Bytes of media bodies received, from every attempt (a file cut off and downloaded
+    again counts twice)."""
 
 
 # -- Structuring ---------------------------------------------------------------------------------

@@ -19,13 +19,12 @@ from typing import Literal, overload
 
 import aiohttp
 
-from ._bulk import gather_images, refuse_single_id, stream_images
+from ._bulk import gather_images, refuse_single_id, stream_images, stream_media
 from ._core import HIT, Tally, unreachable_after
 from ._export import export_images
 from ._images import FETCH_TASK_PREFIX, ImagePath
 from ._media import MediaDownloader
 from ._media_rules import origin_set
-from ._media_tasks import stream_media
 from ._quota import api_key_from
 from ._searcher import Searcher
 from ._shared_codec import gallery_of
@@ -212,6 +211,8 @@ class GallerySession:
             retry=self.retry,
             tally=self._tally,
             pacer=pacer,
+            stream=self._transport.stream,
+            host_concurrency=media_concurrency,
         )
         self._images = ImagePath(
             cache=memory,
@@ -236,13 +237,9 @@ class GallerySession:
         self.media_concurrency: int = media_concurrency
         """Most media requests in flight at once to one host."""
         self._media = MediaDownloader(
-            http=self._transport.open,
+            upstream=upstream,
             origins=origin_set(media_hosts),
             max_bytes=max_media_bytes,
-            concurrency=media_concurrency,
-            retry=self.retry,
-            pacer=pacer,
-            timeout=timeout,
             media_timeout=media_timeout,
             max_files=max_media_files,
             max_pixels=max_media_pixels,

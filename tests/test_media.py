@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from meigen_async._media import MediaDownloader
 from meigen_async._media_records import RECORD_ATTRIBUTE, read_file_record
 from meigen_async._media_rules import origin_set
 from meigen_async._media_tasks import MEDIA_TASK_PREFIX
+from meigen_async._upstream import Upstream
 from meigen_async.errors import (
     ImageNotFound,
     MediaDecompressionBomb,
@@ -302,18 +304,27 @@ async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
     async with FakeGallery() as gallery, GallerySession(gallery.url) as session:
         gallery.add_media("a", png_bytes(), "image/png")
         gallery.script_media("a", Answer.rate_limited(retry_after=7))
-        downloader = MediaDownloader(
-            http=session._transport.open,
-            origins=origin_set([gallery.media_host]),
-            max_bytes=1 << 20,
-            concurrency=2,
-            retry=RetryPolicy(),
-            sleep=sleep,
-        )
+        downloader = _downloader(gallery, _upstream(session, RetryPolicy(), sleep))
         image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
         files, error = await downloader.download_image(image, tmp_path)
         assert gallery.media_requests["a"] == 2
     assert (slept, error, len(files)) == ([7.0], None, 1)
+
+
+async def test_media_requests_retries_and_bytes_are_counted_as_the_server_saw_them(tmp_path):
+    body = png_bytes(30, 30) + bytes(5000)
+    async with FakeGallery() as gallery:
+        await _served(gallery, a=(png_bytes(), "image/png"), b=(body, "image/png"))
+        gallery.script_media("a", Answer.error(503), Answer.redirect("/media/b"))
+        image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
+        retry = RetryPolicy(max_retries=1, backoff_base=0)
+        async with _session(gallery, retry=retry) as session:
+            await session.download_media(image, tmp_path)
+            stats = session.stats
+        assert gallery.media_requests == {"a": 2, "b": 1}
+    # The 503's and the redirect's bodies are never read: only the file's bytes came in.
+    assert (stats.media_requests, stats.media_retries, stats.media_bytes) == (3, 1, len(body))
+    assert (stats.requests, stats.retries) == (0, 0)  # the gallery's own counters
 
 
 async def test_media_concurrency_bounds_the_requests_to_one_host(tmp_path):
@@ -580,14 +591,10 @@ async def test_a_closed_session_neither_retries_nor_waits_to(tmp_path):
     async with FakeGallery() as gallery, GallerySession(gallery.url) as session:
         gallery.add_media("a", png_bytes(), "image/png")
         gallery.script_media("a", *[Answer.rate_limited(retry_after=7)] * 4)
-        downloader = MediaDownloader(
-            http=session._transport.open,
-            origins=origin_set([gallery.media_host]),
-            max_bytes=1 << 20,
-            concurrency=2,
-            retry=RetryPolicy(max_retries=3),
-            sleep=lambda seconds: _closing(downloader, slept, seconds),
+        upstream = _upstream(
+            session, RetryPolicy(max_retries=3), lambda seconds: _closing(upstream, slept, seconds)
         )
+        downloader = _downloader(gallery, upstream)
         image = GalleryImage(id="img1", media_urls=(gallery.media_url("a"),))
         files, error = await downloader.download_image(image, tmp_path)
         assert gallery.media_requests["a"] == 1  # closed during the wait: the retry not sent
@@ -597,6 +604,28 @@ async def test_a_closed_session_neither_retries_nor_waits_to(tmp_path):
     assert "session was closed" in error.message
 
 
-async def _closing(downloader: MediaDownloader, slept: list[float], seconds: float) -> None:
+async def _closing(upstream: Upstream, slept: list[float], seconds: float) -> None:
     slept.append(seconds)
-    await downloader.close()
+    upstream.close()  # as the session's close() does first
+
+
+def _upstream(
+    session: GallerySession, retry: RetryPolicy, sleep: Callable[[float], Awaitable[None]]
+) -> Upstream:
+    """The session's HTTP shell and counters, behind an `Upstream` with a sleep of the test's."""
+    transport = session._transport
+    return Upstream(
+        transport.send,
+        concurrency=2,
+        retry=retry,
+        tally=session._tally,
+        stream=transport.stream,
+        host_concurrency=2,
+        sleep=sleep,
+    )
+
+
+def _downloader(gallery: FakeGallery, upstream: Upstream) -> MediaDownloader:
+    return MediaDownloader(
+        upstream=upstream, origins=origin_set([gallery.media_host]), max_bytes=1 << 20
+    )

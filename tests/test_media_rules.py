@@ -23,6 +23,7 @@ from meigen_async._media_rules import (
     too_many_files,
     too_many_pixels,
 )
+from meigen_async._status import MEDIA, kind_of, retry_after
 from meigen_async.errors import (
     InvalidImageId,
     MediaDecompressionBomb,
@@ -206,6 +207,21 @@ def test_a_503_is_a_retryable_server_error():
     error = status_error(503, {}, "https://images.meigen.ai/x")
     assert isinstance(error, MediaServerError)
     assert RetryPolicy().delay_before_retry(0, error) is not None
+
+
+@pytest.mark.parametrize("status", [100, 300, 304, 400, 404, 429, 500, 503])
+def test_a_media_error_is_the_media_class_for_its_status_kind(status):
+    headers = {"Retry-After": "7"}
+
+    error = status_error(status, headers, "https://images.meigen.ai/x")
+
+    assert type(error) is MEDIA.class_for(kind_of(status))
+    assert (error.status, error.url) == (status, "https://images.meigen.ai/x")
+    assert error.retry_after == retry_after(status, headers)
+
+
+def test_a_2xx_is_no_media_error():
+    assert status_error(206, {}, "https://images.meigen.ai/x") is None
 
 
 def test_a_404_is_an_http_error_not_retried():

@@ -27,6 +27,7 @@ from meigen_async._protocol import (
     parse_retry_after,
     validate_image_id,
 )
+from meigen_async._status import IMAGES, kind_of, retry_after
 from meigen_async.errors import (
     ApiError,
     ImageNotFound,
@@ -290,6 +291,19 @@ def test_a_server_error_has_no_retry_after_unless_a_503_gives_one(
 
     assert isinstance(error, ServerError)
     assert error.retry_after is None
+
+
+@pytest.mark.parametrize("status", [100, 301, 400, 404, 429, 500, 503])
+def test_an_images_error_is_the_images_class_for_its_status_kind(status: int) -> None:
+    headers = {"Retry-After": "7", "Location": "/elsewhere"}
+
+    error = error_for_status(status, headers, b'{"error": "no"}', image_id=ID)
+
+    kind = kind_of(status)
+    assert kind is not None
+    assert type(error) is IMAGES.class_for(kind)
+    assert (error.status, error.image_id) == (status, ID)
+    assert getattr(error, "retry_after", None) == retry_after(status, headers)
 
 
 # -- decode_response: success -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from meigen_async import (
     DailyLimitReached,
     InvalidQuery,
     InvalidResponse,
+    MeigenError,
     RateLimited,
     SearchHit,
     ServerError,
@@ -31,6 +32,7 @@ from meigen_async._search import (
     Pager,
     decode_page,
     page_bytes,
+    page_error,
     page_key,
     parse_page_key,
     search_urls,
@@ -39,6 +41,7 @@ from meigen_async._search import (
     validate_page,
     validate_query,
 )
+from meigen_async._status import SEARCH, kind_of, retry_after
 from meigen_async.models import structure_search_hit
 
 
@@ -291,6 +294,27 @@ def test_a_redirect_is_api_error_naming_where_and_is_not_followed() -> None:
     with pytest.raises(ApiError, match=r"redirected to 'http://evil\.example/'") as caught:
         decode(b"", 302, {"Location": "http://evil.example/"})
     assert caught.value.status == 302
+
+
+@pytest.mark.parametrize("status", [100, 301, 400, 404, 429, 500, 503])
+def test_a_search_error_is_the_searchs_class_for_its_status_kind(status: int) -> None:
+    headers = {"Retry-After": "7", "Location": "/elsewhere"}
+
+    error = page_error(status, headers, body({"error": "no"}))
+
+    kind = kind_of(status)
+    assert kind is not None
+    assert type(error) is SEARCH.class_for(kind)
+    assert error.status == status
+    assert getattr(error, "retry_after", None) == retry_after(status, headers)
+
+
+@pytest.mark.parametrize("status", [200, 500])
+def test_the_services_error_is_quoted_with_nothing_a_terminal_obeys(status: int) -> None:
+    with pytest.raises(MeigenError) as caught:
+        decode(body({"success": False, "error": "down\x1b[2J\u202eevil"}), status)
+    assert "down\\x1b[2J\\u202eevil" in caught.value.message
+    assert caught.value.message.isprintable()
 
 
 def test_a_404_is_api_error_not_image_not_found() -> None:

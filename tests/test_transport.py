@@ -11,6 +11,7 @@ import gzip
 import inspect
 import json
 import socket
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
 
@@ -21,14 +22,16 @@ from aioresponses import aioresponses
 from helpers import FAST, body_size
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from redis_helpers import free_port
 from yarl import URL
 
-from meigen_async import GallerySession
+from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._protocol import image_url
+from meigen_async._status import IMAGES, MEDIA, SEARCH
 from meigen_async._transport import AiohttpTransport, RawResponse, image_urls
 from meigen_async.errors import InvalidResponse, TransportError
 from meigen_async.models import structure_image
-from meigen_async.testing import Answer, FakeGallery
+from meigen_async.testing import Answer, FakeGallery, png_bytes
 
 ID = "2009629483448627597"
 URL_ = f"http://127.0.0.1:9/api/images/{ID}"  # mocked; never a real host
@@ -384,3 +387,66 @@ async def test_the_headers_given_to_send_reach_the_server_and_a_304_comes_back_b
     assert (second.status, second.body) == (304, b"")
     assert gallery.conditional[ID] == 1
     assert gallery.not_modified[ID] == 1
+
+
+# -- The one mapping, on every surface -----------------------------------------------------------
+
+
+async def _get_image(session: GallerySession, gallery_url: str, out: Path) -> object:
+    return await session.get_image("1")
+
+
+async def _search(session: GallerySession, gallery_url: str, out: Path) -> object:
+    return await session.search("neon")
+
+
+async def _download(session: GallerySession, gallery_url: str, out: Path) -> object:
+    image = GalleryImage(id="1", media_urls=(f"{gallery_url}/media/a",))
+    return await session.download_media(image, out)
+
+
+SURFACES = {
+    "images": (_get_image, IMAGES),
+    "search": (_search, SEARCH),
+    "media": (_download, MEDIA),
+}
+
+
+def _script(gallery: FakeGallery, surface: str, answer: Answer) -> None:
+    if surface == "images":
+        gallery.script("1", answer)
+    elif surface == "search":
+        gallery.script_search(answer)
+    else:
+        gallery.add_media("a", png_bytes() + bytes(1000), "image/png")
+        gallery.script_media("a", answer)
+
+
+@pytest.mark.parametrize("surface", SURFACES)
+@pytest.mark.parametrize(
+    ("failure", "cause"),
+    [
+        ("refused", aiohttp.ClientConnectorError),
+        ("timeout", TimeoutError),
+        ("reset mid-body", aiohttp.ClientPayloadError),
+    ],
+)
+async def test_every_surface_tells_a_failed_request_as_its_familys_transport_error(
+    surface: str, failure: str, cause: type[BaseException], tmp_path: Path
+) -> None:
+    request, family = SURFACES[surface]
+    async with FakeGallery() as gallery:
+        url = gallery.url
+        if failure == "refused":
+            url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+        else:
+            _script(
+                gallery, surface, Answer.slow(5) if failure == "timeout" else Answer.cut_off(20)
+            )
+        host = url.removeprefix("http://")
+        options: dict[str, Any] = {"retry": RetryPolicy(max_retries=0), "timeout": 0.2}
+        async with GallerySession(url, media_hosts=[host], **options) as session:
+            with pytest.raises(TransportError) as caught:
+                await request(session, url, tmp_path)
+    assert type(caught.value) is family.transport
+    assert isinstance(caught.value.__cause__, cause)

@@ -24,7 +24,13 @@ from yarl import URL
 
 from meigen_async import GalleryImage, GallerySession, ImageNotFound, InvalidResponse
 from meigen_async._core import Tally, read_response
-from meigen_async._transport import AiohttpTransport, RawResponse, image_urls
+from meigen_async._transport import (
+    AiohttpTransport,
+    RawResponse,
+    Streamed,
+    StreamOptions,
+    image_urls,
+)
 from meigen_async._upstream import Upstream
 from meigen_async.cache import CachePolicy
 from meigen_async.errors import ApiError, MeigenError, RateLimited, ServerError, TransportError
@@ -682,3 +688,107 @@ async def test_a_closed_upstream_sends_nothing_and_neither_retries_nor_sleeps() 
         await loop.request(URL_, read_body, image_id="1")
 
     assert (send.sent, sleep.waits) == (0, [])
+
+
+# -- Media: exchange, in the same retry loop -----------------------------------------------------
+
+MEDIA_URL = URL("http://127.0.0.1:9/media/a")
+MEDIA = StreamOptions(headers={}, deadline=5.0, deadline_name="media_timeout")
+
+
+class FakeStream:
+    """A `stream` answering with the next status and the body `b"abc"`, counting per host."""
+
+    def __init__(self, *statuses: int) -> None:
+        self.statuses = list(statuses)
+        self.sent: list[URL] = []
+        self.in_flight: dict[str, int] = {}
+        self.most_in_flight: dict[str, int] = {}
+        self.most_in_all = 0
+
+    async def __call__(
+        self,
+        url: URL,
+        options: StreamOptions,
+        receive: Callable[[Streamed], Awaitable[Any]],
+        received: Callable[[int], None],
+    ) -> Any:
+        self.sent.append(url)
+        host = url.host or ""
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+        self.most_in_flight[host] = max(self.most_in_flight.get(host, 0), self.in_flight[host])
+        self.most_in_all = max(self.most_in_all, sum(self.in_flight.values()))
+        chunks = [b"abc", b""]
+
+        async def read() -> bytes:
+            await asyncio.sleep(0)
+            return chunks.pop(0)
+
+        status = self.statuses.pop(0) if self.statuses else 200
+        response = Streamed(status, {"Retry-After": "2"}, None, read)
+        try:
+            return await receive(response)
+        finally:
+            received(response.received)
+            self.in_flight[host] -= 1
+
+
+async def read_media(response: Streamed) -> bytes:
+    if response.status == 429:
+        raise RateLimited("slow down", retry_after=2.0)
+    return await response.read_chunk()
+
+
+def media_upstream(stream: FakeStream, **options: Any) -> Upstream:
+    options.setdefault("tally", Tally())
+    options.setdefault("sleep", FakeSleep())
+    return Upstream(
+        Script(),  # type: ignore[arg-type]
+        concurrency=1,
+        retry=RetryPolicy(backoff_base=1.0, random=lambda: 1.0),
+        stream=stream,
+        **options,
+    )
+
+
+def download(loop: Upstream, url: URL = MEDIA_URL) -> Awaitable[bytes]:
+    return loop.retried(as_it_is, None, loop.exchange, url, read_media, MEDIA, media=True)
+
+
+def as_it_is(error: MeigenError, retries: int, about: object) -> MeigenError:
+    return error
+
+
+async def test_a_media_429_is_retried_counted_as_media_and_cools_nothing_down() -> None:
+    stream, limiter, tally, sleep = FakeStream(429, 200), CoolingLimiter(), Tally(), FakeSleep()
+    loop = media_upstream(stream, pacer=limiter, tally=tally, sleep=sleep)
+
+    assert await download(loop) == b"abc"
+
+    assert (limiter.acquired, limiter.pauses, sleep.waits) == (2, [], [2.0])
+    counts = (tally.media_requests, tally.media_retries, tally.media_bytes)
+    assert counts == (2, 1, 3)
+    assert (tally.requests, tally.retries) == (0, 0)
+
+
+async def test_a_closed_upstream_sends_no_media_request() -> None:
+    stream = FakeStream()
+    loop = media_upstream(stream)
+    loop.close()
+
+    with pytest.raises(TransportError, match="closed"):
+        await download(loop)
+    assert stream.sent == []
+
+
+async def test_media_slots_are_per_host_one_full_host_holding_back_no_other() -> None:
+    stream = FakeStream()
+    loop = media_upstream(stream, host_concurrency=2)
+    urls = [
+        URL(f"http://{host}:9/media/{n}") for host in ("127.0.0.1", "127.0.0.2") for n in range(5)
+    ]
+
+    await asyncio.gather(*(download(loop, url) for url in urls))
+
+    assert stream.most_in_flight == {"127.0.0.1": 2, "127.0.0.2": 2}
+    assert stream.most_in_all == 4
