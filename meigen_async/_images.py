@@ -17,6 +17,7 @@ from collections.abc import Callable
 from cachetools import LRUCache
 from yarl import URL
 
+from . import _telemetry
 from ._core import (
     COALESCED,
     HIT,
@@ -114,6 +115,8 @@ class ImagePath:
         if image is not None:
             return image
         flight = self.join(image_id, asyncio.get_running_loop())
+        if _telemetry.ENABLED and flight.waiters > 1:  # joined another caller's fetch
+            return await _telemetry.coalesced(image_id, flight.task, self.flights.wait(flight))
         return await self.flights.wait(flight)
 
     def look_up(self, image_id: object) -> GalleryImage | None:

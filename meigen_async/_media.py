@@ -22,6 +22,7 @@ from typing import TypeVar
 import aiohttp
 from yarl import URL
 
+from . import _telemetry
 from ._core import after_failure
 from ._media_files import (
     ImageDir,
@@ -239,7 +240,8 @@ class MediaDownloader:
                 if error is not None:
                     raise error
                 return media, entry.on_file
-        return await self._download(target, url, directory, index)
+        with _telemetry.media(target) as got:
+            return got(await self._download(target, url, directory, index))
 
     async def _download(
         self, target: URL, url: str, directory: ImageDir, index: int

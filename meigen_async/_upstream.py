@@ -15,7 +15,8 @@ from typing import TypeVar
 
 from yarl import URL
 
-from ._core import SENT, Tally, after_failure, for_image
+from . import _telemetry
+from ._core import SENT, Retry, Tally, after_failure, for_image
 from ._protocol import cool_down_after, is_daily_limit
 from ._transport import RawResponse
 from .errors import MeigenError, TransportError
@@ -87,10 +88,16 @@ class Upstream:
         (or `subject`, what a request for no image was for, such as a search page).
         """
         retries = 0
+        retry: Retry | None = None
+        failed: MeigenError | None = None
         while True:
             try:
-                return read(await self._attempt(url, headers))
+                with _telemetry.attempt(
+                    url, retries, retry.delay if retry else 0.0, failed
+                ) as seen:
+                    return read(seen(await self._attempt(url, headers)))
             except MeigenError as error:
+                failed = error
                 # Nothing more is sent once closed: no retry, and no sleep before one.
                 retry = None if self.closed else after_failure(error, retries, self.retry)
                 if retry is None:
