@@ -206,6 +206,12 @@ class ImagePath:
             failed.failures,
             failed.wait,
             error,
+            extra={
+                "image_id": flight.key,
+                "attempt": failed.failures,
+                "retry_after": failed.wait,
+                "status": getattr(error, "status", None),
+            },
         )
 
     def invalidate(self, image_id: str) -> None:

@@ -176,7 +176,12 @@ class Searcher:
         if more > 0:
             named += f" and {more} more"
         if self._warned:
-            logger.debug("%s: skipped results whose id is not a gallery id: %s", where, named)
+            logger.debug(
+                "%s: skipped results whose id is not a gallery id: %s",
+                where,
+                named,
+                extra={"skipped": len(page.skipped)},
+            )
             return
         self._warned = True
         logger.warning(
@@ -185,6 +190,7 @@ class Searcher:
             where,
             len(page.skipped),
             named,
+            extra={"skipped": len(page.skipped)},
         )
 
     def _now(self) -> datetime:

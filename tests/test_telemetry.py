@@ -14,7 +14,7 @@ import pytest
 from helpers import FAST
 from shared_helpers import MemorySharedCache, MemoryStore
 
-from meigen_async import GallerySession, GalleryImage, ImageNotFound
+from meigen_async import GalleryImage, GallerySession, ImageNotFound
 from meigen_async.testing import Answer, FakeGallery, png_bytes
 
 
