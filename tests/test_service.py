@@ -6,31 +6,17 @@ closes it at shutdown.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import httpx
 from aiohttp.test_utils import TestClient, TestServer
+from helpers import load_example
 
 from meigen_async.testing import FakeGallery
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 async def test_the_fastapi_recipe_serves_from_one_session_closed_at_shutdown(
     gallery: FakeGallery,
 ):
-    app = load("fastapi_service").create_app(gallery.url)
+    app = load_example("fastapi_service", "fastapi").create_app(gallery.url)
     image_id = gallery.ids[0]
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
@@ -52,7 +38,7 @@ async def test_the_fastapi_recipe_serves_from_one_session_closed_at_shutdown(
 async def test_the_aiohttp_recipe_serves_from_one_session_closed_at_cleanup(
     gallery: FakeGallery,
 ):
-    recipe = load("aiohttp_service")
+    recipe = load_example("aiohttp_service", "aiohttp")
     app = recipe.create_app(gallery.url)
     image_id = gallery.ids[0]
     async with TestClient(TestServer(app, host="127.0.0.1")) as client:
