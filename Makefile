@@ -9,7 +9,7 @@ $(BIN)/python:
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,cli,bots,docs,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[test,cli,bots,docs,redis,otel]'
 	touch $@
 
 test: $(VENV)/.installed

@@ -9,6 +9,9 @@ wall-time one. Needs valgrind (Debian's package).
 
 ``--warm`` counts a warm hit instead: ours and the cachetools floor of the warm scenario, each
 warmed with 1,000 ids and then awaiting ``N`` cached gets, less the same process awaiting none.
+
+``--otel`` runs each client with the OpenTelemetry SDK installed (the test extra's): a tracer
+provider exporting to memory and a meter provider with a reader attached, read at the end.
 """
 
 from __future__ import annotations
@@ -73,7 +76,33 @@ async def _warm(url: str, count: int, *, floor: bool) -> None:
             await get(ids[n % _WARM_IDS])
 
 
+def _install_otel() -> Any:
+    """The OpenTelemetry SDK as an application installs it; the metric reader it attached."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    trace.set_tracer_provider(tracer_provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return reader
+
+
 def _client(which: str, url: str, count: int) -> None:
+    reader = _install_otel() if os.environ.get("MEIGEN_BENCH_OTEL") else None
+    try:
+        _run_client(which, url, count)
+    finally:
+        if reader is not None:
+            reader.get_metrics_data()  # a collection, as the exporter's would
+
+
+def _run_client(which: str, url: str, count: int) -> None:
     gc.disable()
     if which in ("warm", "floor"):
         asyncio.run(_warm(url, count, floor=which == "floor"))
@@ -114,12 +143,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.instructions")
     parser.add_argument("--ids", type=int, default=None, help="ids (calls with --warm)")
     parser.add_argument("--warm", action="store_true", help="count a warm hit instead")
+    parser.add_argument("--otel", action="store_true", help="with the OpenTelemetry SDK")
     parser.add_argument("--client", nargs=3, metavar=("WHICH", "URL", "COUNT"))
     args = parser.parse_args(argv)
     if args.client:
         which, url, count = args.client
         _client(which, url, int(count))
         return
+    if args.otel:
+        os.environ["MEIGEN_BENCH_OTEL"] = "1"  # read by each client process
     count = args.ids or (100_000 if args.warm else 1500)
     ours, peer = ("warm", "floor") if args.warm else ("ours", "raw")
     unit = "a warm hit" if args.warm else "an id"

@@ -40,6 +40,9 @@ class Backoff:
         self._delay = 0.0
         self._down_since: float | None = None
         self._retry_at = -math.inf
+        self._failures = 0
+        self.outage: tuple[int, float] = (0, 0.0)
+        """The last outage that ended: its failures counted, and its seconds."""
 
     @property
     def down(self) -> bool:
@@ -58,7 +61,9 @@ class Backoff:
     def failed(self) -> bool:
         """Record a failed operation; True when it starts an outage."""
         now = self._timer()
+        self._failures += 1
         if self._down_since is None:
+            self._failures = 1
             self._down_since = now
             self._delay = self.first
             self._retry_at = now + self._delay
@@ -75,7 +80,9 @@ class Backoff:
         if self._down_since is None or started < self._down_since:
             # An operation sent before the outage began proves nothing about now.
             return False
+        self.outage = (self._failures, self._timer() - self._down_since)
         self._down_since = None
+        self._failures = 0
         self._delay = 0.0
         self._retry_at = -math.inf
         return True

@@ -429,7 +429,9 @@ Outcome = Lookup | _Event | Retry | ServeStale | Raise | Refresh
 class Tally:
     """The counters of a session, moved only by `record`ing the outcomes above."""
 
+    # Weakly referable: the telemetry observes a session's counters while it lives.
     __slots__ = (
+        "__weakref__",
         "coalesced",
         "errors",
         "hits",

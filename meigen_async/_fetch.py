@@ -16,6 +16,7 @@ from typing import Any
 
 from yarl import URL
 
+from . import _telemetry
 from ._core import (
     SHARED_HIT,
     DontStore,
@@ -71,10 +72,12 @@ class Fetcher:
         # Without a shared tier the task runs the upstream loop itself: one frame less for
         # every resumption of every request.
         run = self._fetch_upstream if shared is None else self._fetch_shared
-        self.fetch: Callable[[str], Coroutine[Any, Any, GalleryImage]] = run
+        self.fetch: Callable[[str], Coroutine[Any, Any, GalleryImage]] = _telemetry.traced_fetch(
+            run
+        )
         """Fetch one id that missed the cache."""
-        self.refresh: Callable[[str], Coroutine[Any, Any, GalleryImage]] = functools.partial(
-            run, refresh=True
+        self.refresh: Callable[[str], Coroutine[Any, Any, GalleryImage]] = _telemetry.traced_fetch(
+            functools.partial(run, refresh=True), refresh=True
         )
         """Fetch one id as a background refresh (stale-while-revalidate): a failure ends in its
         error, never in the stale image (stale-if-error), which its caller already has."""
@@ -83,7 +86,9 @@ class Fetcher:
         """Ask the shared tier first; fetch upstream under its lease when it has nothing fresh."""
         shared = self._shared
         assert shared is not None  # chosen only when there is a shared tier
-        claim = await shared.claim(image_id)
+        with _telemetry.shared_lookup(image_id, type(shared.shared).__name__) as span:
+            claim = await shared.claim(image_id)
+            span.set_attribute("meigen.shared_cache.found", claim.found is not None)
         found = claim.found
         if found is not None:
             kept = from_shared(
@@ -97,12 +102,14 @@ class Fetcher:
             if isinstance(kept, Raise):
                 self._cache.set_missing(image_id, kept.remember_missing)
                 self._tally.record(SHARED_HIT)
+                _telemetry.answered("shared_cache")
                 raise kept.error
             if kept is not None:
                 assert kept.ttl is not None  # from_shared always gives one
                 self._keep(image_id, kept, kept.ttl)
                 if kept.ttl > 0:
                     self._tally.record(SHARED_HIT)
+                    _telemetry.answered("shared_cache")
                     return kept.image
         try:
             return await self._fetch_upstream(image_id, refresh)
@@ -124,6 +131,7 @@ class Fetcher:
         if isinstance(outcome, Store):
             if isinstance(outcome, Refresh):
                 self._tally.record(outcome)
+                _telemetry.answered("revalidated")
             if outcome.ttl is not None:
                 self._keep(image_id, outcome, outcome.ttl)
             else:
@@ -178,6 +186,7 @@ class Fetcher:
         ending = after_giving_up(error, stale=stale, negative_ttl=self._policy.negative_ttl)
         self._tally.record(ending)
         if not isinstance(ending, Raise):
+            _telemetry.answered("stale")
             return ending.image
         if ending.remember_missing > 0:
             self._cache.set_missing(image_id, ending.remember_missing)

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from cachetools import LRUCache
 from yarl import URL
 
+from . import _telemetry
 from ._core import (
     COALESCED,
     HIT,
@@ -114,6 +115,8 @@ class ImagePath:
         if image is not None:
             return image
         flight = self.join(image_id, asyncio.get_running_loop())
+        if _telemetry.ENABLED and flight.waiters > 1:  # joined another caller's fetch
+            return await _telemetry.coalesced(image_id, flight.task, self.flights.wait(flight))
         return await self.flights.wait(flight)
 
     def look_up(self, image_id: object) -> GalleryImage | None:
@@ -203,6 +206,12 @@ class ImagePath:
             failed.failures,
             failed.wait,
             error,
+            extra={
+                "image_id": flight.key,
+                "attempt": failed.failures,
+                "retry_after": failed.wait,
+                "status": getattr(error, "status", None),
+            },
         )
 
     def invalidate(self, image_id: str) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from yarl import URL
 
+from . import _telemetry
 from ._core import retries_note
 from ._headers import header_lines
 from ._media_files import (
@@ -228,7 +229,8 @@ class MediaDownloader:
                 if error is not None:
                     raise error
                 return media, entry.on_file
-        return await self._download(target, url, directory, index)
+        with _telemetry.media(target) as got:
+            return got(await self._download(target, url, directory, index))
 
     def _download(
         self, target: URL, url: str, directory: ImageDir, index: int

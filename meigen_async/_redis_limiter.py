@@ -25,6 +25,7 @@ from .limits import LocalRateLimiter
 __all__ = ["RedisRateLimiter", "rate_keys"]
 
 logger = logging.getLogger("meigen_async")
+_FIELDS = {"backend": "redis"}  # the `extra` of every record logged here
 
 _RATE_VERSION = "v1"
 """Part of the rate limiter's keys, whose format has not changed."""
@@ -209,15 +210,31 @@ class RedisRateLimiter:
                     error,
                     self.rate,
                     self._backoff.delay,
+                    extra={**_FIELDS, "retry_after": self._backoff.delay},
                 )
             else:
-                logger.debug("shared rate limiter %r still unavailable: %s", self.name, error)
+                logger.debug(
+                    "shared rate limiter %r still unavailable: %s", self.name, error, extra=_FIELDS
+                )
             return None
         if self._backoff.succeeded(started):
-            logger.info("shared rate limiter %r on %s is available again", self.name, self._where)
+            failures, seconds = self._backoff.outage
+            logger.info(
+                "shared rate limiter %r on %s is available again after %.1f s down (failures: %d)",
+                self.name,
+                self._where,
+                seconds,
+                failures,
+                extra={**_FIELDS, "failures": failures},
+            )
         if not 0 <= answer <= _LONGEST_WAIT:  # also false for nan
             # No state this limiter writes asks for that (cool-downs are capped at
             # MAX_COOL_DOWN): a value from elsewhere is not waited for; local pacing instead.
-            logger.debug("shared rate limiter %r: Redis asked for %r s, ignored", self.name, answer)
+            logger.debug(
+                "shared rate limiter %r: Redis asked for %r s, ignored",
+                self.name,
+                answer,
+                extra=_FIELDS,
+            )
             return None
         return answer

@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from yarl import URL
 
+from . import _telemetry
 from ._core import SKIPPED_HIT, Tally
 from ._flight import SingleFlight
 from ._quota import SearchQuota, without_secret
@@ -143,21 +144,23 @@ class Searcher:
             return page, policy.ttl_for(raw.headers)
 
         where = subject(query, limit, offset)
-        try:
-            page, ttl = await self._upstream.request(
-                self._url(query, limit, offset),
-                read,
-                image_id=None,
-                subject=where,
-                headers=self._authorization,
-            )
-        except MeigenError as error:
-            if isinstance(error, DailyLimitReached):
-                self._quota.spent(error)
-            told = without_secret(error, self._secret)
-            if told is error:
-                raise
-            raise told from error.__cause__
+        with _telemetry.search_page(query, limit, offset) as span:
+            try:
+                page, ttl = await self._upstream.request(
+                    self._url(query, limit, offset),
+                    read,
+                    image_id=None,
+                    subject=where,
+                    headers=self._authorization,
+                )
+            except MeigenError as error:
+                if isinstance(error, DailyLimitReached):
+                    self._quota.spent(error)
+                told = without_secret(error, self._secret)
+                if told is error:
+                    raise
+                raise told from error.__cause__
+            span.set_attribute("meigen.search.results", len(page.hits))
         if page.skipped:
             self._skipped(page, where)
         self._pages.set(key, page, ttl)
@@ -173,7 +176,12 @@ class Searcher:
         if more > 0:
             named += f" and {more} more"
         if self._warned:
-            logger.debug("%s: skipped results whose id is not a gallery id: %s", where, named)
+            logger.debug(
+                "%s: skipped results whose id is not a gallery id: %s",
+                where,
+                named,
+                extra={"skipped": len(page.skipped)},
+            )
             return
         self._warned = True
         logger.warning(
@@ -182,6 +190,7 @@ class Searcher:
             where,
             len(page.skipped),
             named,
+            extra={"skipped": len(page.skipped)},
         )
 
     def _now(self) -> datetime:

@@ -156,7 +156,12 @@ class SharedTier:
         try:
             return check(entry, image_id, policy=self.policy, now=self._clock())
         except BadEntry as error:
-            logger.warning("shared cache entry for %s dropped: %s", image_id, error)
+            logger.warning(
+                "shared cache entry for %s dropped: %s",
+                image_id,
+                error,
+                extra={"image_id": image_id, "backend": type(self.shared).__name__},
+            )
             # Awaited, not left to a task: the fetch that follows must not have its own value
             # deleted by a deletion that comes in after it.
             await self.shared.invalidate(key)
@@ -213,7 +218,10 @@ class SharedTier:
         except RuntimeError:
             # The shared cache's connections belong to an event loop: without one it cannot be
             # reached, and a sync caller cannot wait for it anyway.
-            logger.warning("no running event loop: the shared cache was left unchanged")
+            logger.warning(
+                "no running event loop: the shared cache was left unchanged",
+                extra={"backend": type(self.shared).__name__},
+            )
             return
         task = loop.create_task(operation(*args))
         tasks.add(task)

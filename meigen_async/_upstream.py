@@ -16,7 +16,8 @@ from typing import Any, Protocol, TypeVar
 
 from yarl import URL
 
-from ._core import MEDIA_RETRIED, MEDIA_SENT, SENT, Tally, after_failure, for_image
+from . import _telemetry
+from ._core import MEDIA_RETRIED, MEDIA_SENT, SENT, Retry, Tally, after_failure, for_image
 from ._protocol import cool_down_after, is_daily_limit
 from ._transport import RawResponse, Streamed, StreamOptions
 from .errors import MeigenError, TransportError
@@ -133,10 +134,21 @@ class Upstream:
         raised with the last error's cause.
         """
         retries = 0
+        retry: Retry | None = None
+        failed: MeigenError | None = None
         while True:
             try:
-                return await attempt(*args)
+                if media or not _telemetry.ENABLED:
+                    return await attempt(*args)
+                # A gallery attempt's span (media downloads have their own, per file): the
+                # response passes through it on its way to `read`, for its status.
+                url, headers, read = args
+                with _telemetry.attempt(
+                    url, retries, retry.delay if retry else 0.0, failed
+                ) as seen:
+                    return await attempt(url, headers, _through(seen, read))
             except MeigenError as error:
+                failed = error
                 # Nothing more is sent once closed: no retry, and no sleep before one.
                 retry = None if self.closed else after_failure(error, retries, self.retry)
                 if retry is None:
@@ -192,6 +204,13 @@ class Upstream:
                 # Before the response is read: the retry of a 429 already waits for the pause.
                 await self._limiter.cool_down(pause)
         return read(response)
+
+
+def _through(
+    seen: Callable[[RawResponse], RawResponse], read: Callable[[RawResponse], T]
+) -> Callable[[RawResponse], T]:
+    """`read`, after the response has passed through the attempt's span (`seen`)."""
+    return lambda raw: read(seen(raw))
 
 
 def _told(error: MeigenError, retries: int, about: tuple[str | None, str | None]) -> MeigenError:

@@ -64,6 +64,7 @@ __all__ = [
 ]
 
 logger = logging.getLogger("meigen_async")
+_FIELDS = {"backend": "redis"}  # the `extra` of every record logged here
 
 KEY_VERSION = "v2"
 """Part of every cache key: a change of the key or value format gets a new version, never a
@@ -231,7 +232,9 @@ class RedisCache:
         except BadEntry as error:
             # Written by something else under our prefix: a miss, and dropped, so that no
             # process reads it again even if the fetch that follows stores nothing.
-            logger.warning("unreadable shared cache entry %s dropped: %s", key, error)
+            logger.warning(
+                "unreadable shared cache entry %s dropped: %s", key, error, extra=_FIELDS
+            )
             await self._call(
                 lambda: self._delete_if_equal(keys=[name], args=[raw]), None, _is_anything
             )
@@ -366,12 +369,22 @@ class RedisCache:
                     type(error).__name__,
                     error,
                     self._backoff.delay,
+                    extra={**_FIELDS, "retry_after": self._backoff.delay},
                 )
             else:
-                logger.debug("shared cache %s still unavailable: %s", self._where, error)
+                logger.debug(
+                    "shared cache %s still unavailable: %s", self._where, error, extra=_FIELDS
+                )
             return fallback
         if self._backoff.succeeded(started):
-            logger.info("shared cache %s is available again", self._where)
+            failures, seconds = self._backoff.outage
+            logger.info(
+                "shared cache %s is available again after %.1f s down (failures: %d)",
+                self._where,
+                seconds,
+                failures,
+                extra={**_FIELDS, "failures": failures},
+            )
         return reply
 
 

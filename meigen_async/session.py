@@ -19,6 +19,7 @@ from typing import Literal, overload
 
 import aiohttp
 
+from . import _telemetry
 from ._bulk import gather_images, refuse_single_id, stream_images, stream_media
 from ._core import HIT, Tally, unreachable_after
 from ._export import export_images
@@ -116,6 +117,9 @@ class GallerySession:
             never shown in a log, a repr, an error message or `stats`. None (the default)
             reads `$MEIGEN_API_KEY`; `""` sends none. A key holding whitespace or control
             characters is a `ValueError`, which does not quote it.
+        telemetry_name: The `meigen.session` attribute of this session's OpenTelemetry
+            metrics (see "Running in a service" in the docs), to tell sessions apart;
+            `"default"` if not given. Without the `otel` extra, nothing is reported.
 
     """
 
@@ -146,6 +150,7 @@ class GallerySession:
         max_media_files: int = DEFAULT_MAX_MEDIA_FILES,
         max_media_pixels: int = DEFAULT_MAX_MEDIA_PIXELS,
         api_key: str | None = None,
+        telemetry_name: str = "default",
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
         _require(timeout > 0, "timeout must be positive")
@@ -194,6 +199,7 @@ class GallerySession:
                     policy=self.policy,
                 )
         self._tally = Tally()
+        _telemetry.watch(self._tally, telemetry_name)
         self._transport = AiohttpTransport(
             timeout=timeout,
             max_body_bytes=max_body_bytes,

@@ -60,6 +60,7 @@ from .shared import SharedEntry
 __all__ = ["APPLICATION_ID", "BUSY_TIMEOUT", "SCHEMA_VERSION", "SQLiteCache"]
 
 logger = logging.getLogger("meigen_async")
+_FIELDS = {"backend": "sqlite"}  # the `extra` of every record logged here
 
 BUSY_TIMEOUT = 0.5
 """Seconds a write waits for another process's write lock before it is skipped.
@@ -219,11 +220,17 @@ class SQLiteCache:
         self._disabled = True
         if refused:
             logger.warning(
-                "the SQLite cache %s is left as it is, running without it: %s", self.path, reason
+                "the SQLite cache %s is left as it is, running without it: %s",
+                self.path,
+                reason,
+                extra=_FIELDS,
             )
         else:
             logger.warning(
-                "the SQLite cache %s cannot be used (%s): running without it", self.path, reason
+                "the SQLite cache %s cannot be used (%s): running without it",
+                self.path,
+                reason,
+                extra=_FIELDS,
             )
 
     def _run(
@@ -257,7 +264,14 @@ class SQLiteCache:
                 self._failed(error)
             return fallback
         if write and self._backoff.succeeded(started):
-            logger.info("the SQLite cache %s is available again", self.path)
+            failures, seconds = self._backoff.outage
+            logger.info(
+                "the SQLite cache %s is available again after %.1f s down (failures: %d)",
+                self.path,
+                seconds,
+                failures,
+                extra={**_FIELDS, "failures": failures},
+            )
         return result
 
     def _failed(self, error: sqlite3.Error) -> None:
@@ -269,9 +283,10 @@ class SQLiteCache:
                 type(error).__name__,
                 error,
                 self._backoff.delay,
+                extra={**_FIELDS, "retry_after": self._backoff.delay},
             )
         else:
-            logger.debug("the SQLite cache %s still fails: %s", self.path, error)
+            logger.debug("the SQLite cache %s still fails: %s", self.path, error, extra=_FIELDS)
 
     def _commit(self, batch: _Batch) -> None:
         with self._lock:
@@ -360,7 +375,7 @@ class SQLiteCache:
         try:
             return decode(raw)
         except BadEntry as error:
-            logger.warning("SQLite cache entry %s dropped: %s", key, error)
+            logger.warning("SQLite cache entry %s dropped: %s", key, error, extra=_FIELDS)
 
             def drop(connection: sqlite3.Connection, now: float) -> None:
                 # Only if unchanged: another process may have stored a good value meanwhile.

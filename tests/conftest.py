@@ -271,3 +271,30 @@ async def media_host() -> AsyncIterator[MediaHost]:
         yield host
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+def _otel_sdk() -> tuple[Any, Any]:
+    """The OpenTelemetry SDK, installed once a process (the global providers are set once)."""
+    from opentelemetry import metrics, trace
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(tracer_provider)
+    reader = InMemoryMetricReader()
+    metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+    return exporter, reader
+
+
+@pytest.fixture
+def otel(_otel_sdk: tuple[Any, Any]) -> tuple[Any, Any]:
+    """The in-memory span exporter (emptied) and metric reader of the process's SDK."""
+    exporter, reader = _otel_sdk
+    exporter.clear()
+    return exporter, reader

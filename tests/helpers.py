@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import struct
 import time
+import warnings
 from bisect import bisect_left
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import attrs
+import pytest
 from aiohttp import web
 from hypothesis import strategies as st
 from yarl import URL
@@ -167,3 +171,22 @@ async def media_server(
     finally:
         release.set()
         await runner.cleanup()
+
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
+
+
+def load_example(name: str, library: str) -> ModuleType:
+    """Import docs/examples/<name>.py, skipping when ``library`` is not installed."""
+    with warnings.catch_warnings():
+        # discord.py imports audioop, deprecated since Python 3.11 (PEP 594): not ours to fix.
+        warnings.filterwarnings(
+            "ignore", message="'audioop' is deprecated", category=DeprecationWarning
+        )
+        pytest.importorskip(library)
+        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+        assert spec is not None
+        assert spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module

@@ -49,3 +49,15 @@ def test_a_success_of_an_operation_sent_before_the_outage_does_not_end_it(timer:
     backoff.failed()
     assert backoff.succeeded(started=sent) is False
     assert backoff.down
+
+
+def test_the_end_of_an_outage_tells_its_failures_and_length(timer: FakeTimer) -> None:
+    backoff = Backoff(timer=timer)
+    began = timer.now
+    backoff.failed()
+    for _ in range(3):
+        timer.now += backoff.delay
+        backoff.failed()
+    timer.now += backoff.delay
+    assert backoff.succeeded(timer.now) is True
+    assert backoff.outage == (4, timer.now - began)

@@ -5,41 +5,21 @@ They need the ``bots`` extra (discord.py, aiogram); without it these tests are s
 
 from __future__ import annotations
 
-import importlib.util
-import warnings
 from collections.abc import AsyncGenerator, AsyncIterator
 from datetime import UTC, datetime
-from pathlib import Path
 from types import ModuleType, SimpleNamespace
 from typing import Any
 from unittest.mock import AsyncMock
 
 import pytest
-from helpers import slow_only
+from helpers import load_example, slow_only
 
 from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async.bots import discord_embed, telegram_caption
 from meigen_async.testing import Answer, FakeGallery
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 PLAIN_ID = "2013572250852104677"
 MISSING = "1999999999999999999"
-
-
-def load_example(name: str, library: str) -> ModuleType:
-    """Import docs/examples/<name>.py, skipping when ``library`` is not installed."""
-    with warnings.catch_warnings():
-        # discord.py imports audioop, deprecated since Python 3.11 (PEP 594): not ours to fix.
-        warnings.filterwarnings(
-            "ignore", message="'audioop' is deprecated", category=DeprecationWarning
-        )
-        pytest.importorskip(library)
-        spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-        assert spec is not None
-        assert spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -263,6 +263,10 @@ async def test_a_failed_refresh_is_logged_once_counted_and_never_raised(
     assert still == first
     refresh_logs = [r for r in caplog.records if "background refresh" in r.getMessage()]
     assert len(refresh_logs) == 1
+    # Its fields as `extra`, for a JSON log formatter.
+    fields = refresh_logs[0].__dict__
+    assert (fields["image_id"], fields["attempt"], fields["status"]) == (image_id, 1, 500)
+    assert fields["retry_after"] > 0
     assert stats.errors == 1
     assert stats.refreshed == 0
     assert stats.stale_served == 0

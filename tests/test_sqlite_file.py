@@ -275,7 +275,7 @@ async def test_writes_go_to_the_file_again_once_the_lock_is_free_and_the_back_of
     assert stored == {"before", "after"}
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert [m for m in infos if "available again" in m] == [
-        f"the SQLite cache {path} is available again"
+        f"the SQLite cache {path} is available again after 0.5 s down (failures: 1)"
     ]
 
 
