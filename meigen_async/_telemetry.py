@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from ._core import Tally
     from ._transport import RawResponse
     from .errors import MeigenError
+    from .limits import Pacer
     from .media import MediaFile
 
 try:
@@ -291,6 +292,17 @@ def _media(url: URL) -> Iterator[Callable[[tuple[MediaFile, bool]], tuple[MediaF
 
 
 # -- Metrics -------------------------------------------------------------------------------------
+
+
+async def paced(pacer: Pacer) -> None:
+    """`pacer.acquire()`, its wait recorded in `meigen.rate_limit.wait` (cool-downs included)."""
+    started = time.perf_counter()
+    try:
+        await pacer.acquire()
+    finally:
+        _histogram(
+            "meigen.rate_limit.wait", "s", "Time waited for the rate limit or a cool-down"
+        ).record(time.perf_counter() - started)
 
 
 def _histogram(name: str, unit: str, description: str) -> Any:

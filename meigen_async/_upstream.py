@@ -180,7 +180,8 @@ class Upstream:
             slot = self._host_slots[host] = asyncio.Semaphore(self._host_concurrency)
         async with slot:
             if self._pacer is not None:
-                await self._pacer.acquire()
+                pacer = self._pacer
+                await (_telemetry.paced(pacer) if _telemetry.ENABLED else pacer.acquire())
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(MEDIA_SENT)
@@ -192,7 +193,8 @@ class Upstream:
         async with self._slots:
             # Paced inside the slot: tokens taken while queueing would be spent in a burst.
             if self._pacer is not None:
-                await self._pacer.acquire()
+                pacer = self._pacer
+                await (_telemetry.paced(pacer) if _telemetry.ENABLED else pacer.acquire())
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)

@@ -190,3 +190,15 @@ print("ok")
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+async def test_time_waited_for_the_rate_limit_is_a_histogram_of_one_value_a_request(
+    otel, gallery: FakeGallery
+):
+    _, reader = otel
+    before = sum(p.count for p in _points(reader, "meigen.rate_limit.wait"))
+    async with GallerySession(gallery.url, rate_limit=1000) as session:
+        await session.get_images(gallery.ids[:3])
+        sent = session.stats.requests
+    waits = _points(reader, "meigen.rate_limit.wait")
+    assert sum(p.count for p in waits) - before == sent == 3
