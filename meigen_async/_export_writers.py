@@ -177,10 +177,10 @@ class _Tar(ShardFile):
         self._member(f"{sample.key}.txt", str(row["text"]).encode("utf-8", "replace"))
         return True
 
-    def _member(self, name: str, body: bytes) -> None:
+    def _member(self, name: str, body: bytes | bytearray) -> None:
         self._write(_header(name, len(body)), body, _padding(len(body)))
 
-    def _write(self, *parts: bytes) -> None:
+    def _write(self, *parts: bytes | bytearray) -> None:
         assert self._fd is not None
         for part in parts:
             view = memoryview(part)
@@ -378,7 +378,8 @@ def _failed(sample: Sample) -> Sample:
 def _read_into(sample: Sample, into: memoryview, verify: bool) -> bool:
     """Read the picture into `into` (its size); False when the file is not the one downloaded.
 
-    The checks of `_picture`, reading into the caller's buffer rather than a new one.
+    Its size is checked, and with `verify` its SHA-256 too: a media directory of the user's
+    may change under us; the export's own staging is read as written.
     """
     assert sample.picture is not None
     fd = _open_picture(sample)
@@ -400,23 +401,11 @@ def _read_into(sample: Sample, into: memoryview, verify: bool) -> bool:
     return not verify or hashlib.sha256(into).hexdigest() == sample.picture.sha256
 
 
-def _picture(sample: Sample, verify: bool) -> bytes | None:
-    """The picture's bytes, when the file is still the one downloaded.
-
-    Its size is checked, and with `verify` its SHA-256 too: a media directory of the user's
-    may change under us; the export's own staging is read as written.
-    """
+def _picture(sample: Sample, verify: bool) -> bytearray | None:
+    """The picture's bytes, when the file is still the one downloaded (see `_read_into`)."""
     assert sample.picture is not None
-    fd = _open_picture(sample)
-    if fd is None:
-        return None
-    with open(fd, "rb") as stream:
-        data = stream.read(sample.picture.bytes + 1)
-    if len(data) != sample.picture.bytes:
-        return None
-    if verify and hashlib.sha256(data).hexdigest() != sample.picture.sha256:
-        return None
-    return data
+    data = bytearray(sample.picture.bytes)
+    return data if _read_into(sample, memoryview(data), verify) else None
 
 
 def _copy(source: int, out: int, size: int) -> bool:

@@ -30,8 +30,8 @@ def _sample(path: Path, data: bytes, key: str) -> Sample:
 
 
 def test_a_parquet_row_group_keeps_the_pictures_read_whole_and_fails_those_that_changed(
-    tmp_path,
-):
+    tmp_path: Path,
+) -> None:
     pictures = [picture("PNG", (8, 6), (n * 40, 0, 0)) for n in range(4)]
     samples = [_sample(tmp_path / f"{n}.png", data, f"p{n}_0") for n, data in enumerate(pictures)]
     (tmp_path / "1.png").write_bytes(pictures[1] + b"x")  # grew after its download
