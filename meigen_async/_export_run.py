@@ -106,6 +106,9 @@ class ExportRun:
     async def hand_over(self, event: Event) -> None:
         """Queue `event` for the writer, or raise the writer's failure."""
         assert self.writer is not None
+        if not self.writer.done() and not self.queue.full():
+            self.queue.put_nowait(event)  # no task and no wait for each post: most find room
+            return
         put = asyncio.ensure_future(self.queue.put(event))
         try:
             await asyncio.wait({put, self.writer}, return_when=asyncio.FIRST_COMPLETED)

@@ -76,10 +76,9 @@ class ShardFile:
             if self._put(sample):
                 self.size += sample.picture.bytes
             else:
-                row = {**sample.row, "status": "failed_to_download", "error_message": _CHANGED}
-                row.update(width=None, height=None, sha256=None)
-                sample = Sample(row)
+                sample = _failed(sample)
         self.samples.append(sample)
+        self._added()
 
     def close(self) -> None:
         """End the data; nothing more is added."""
@@ -121,6 +120,9 @@ class ShardFile:
 
     def _put(self, sample: Sample) -> bool:
         raise NotImplementedError
+
+    def _added(self) -> None:
+        pass
 
     def _end(self) -> None:
         pass
@@ -175,10 +177,10 @@ class _Tar(ShardFile):
         self._member(f"{sample.key}.txt", str(row["text"]).encode("utf-8", "replace"))
         return True
 
-    def _member(self, name: str, body: bytes) -> None:
+    def _member(self, name: str, body: bytes | bytearray) -> None:
         self._write(_header(name, len(body)), body, _padding(len(body)))
 
-    def _write(self, *parts: bytes) -> None:
+    def _write(self, *parts: bytes | bytearray) -> None:
         assert self._fd is not None
         for part in parts:
             view = memoryview(part)
@@ -196,13 +198,19 @@ class _Tar(ShardFile):
 
 
 class _Parquet(ShardFile):
-    """A Parquet shard: an `image` struct `{bytes, path}` and every column, in row groups."""
+    """A Parquet shard: an `image` struct `{bytes, path}` and every column, in row groups.
+
+    A row group's pictures are read when it is written, each straight into its place in one
+    buffer that becomes the `image.bytes` values as they are (no copy through Python objects:
+    measured, building them from `bytes` cost more CPU than the whole download of a picture).
+    A picture that cannot be read then turns its sample into a failure.
+    """
 
     def __init__(self, out: Path, number: int, arrow: Any, *, verify: bool):
         super().__init__(out, "parquet", number, verify=verify)
         self._arrow = arrow
         self._writer: Any = None
-        self._batch: list[tuple[bytes, str, Any]] = []
+        self._batch: list[int] = []  # the positions in `samples` of the row group's rows
         self._held = 0
 
     def _start(self) -> None:
@@ -218,39 +226,56 @@ class _Parquet(ShardFile):
         )
 
     def _put(self, sample: Sample) -> bool:
-        data = _picture(sample, self.verify)
-        if data is None:
-            return False
-        self._batch.append((data, f"{sample.key}{sample.ext}", sample.row))
-        self._held += len(data)
+        assert sample.picture is not None
+        self._batch.append(len(self.samples))
+        self._held += sample.picture.bytes
+        return True
+
+    def _added(self) -> None:
         if len(self._batch) >= _ROW_GROUP or self._held >= _ROW_GROUP_BYTES:
             self._flush()
-        return True
 
     def _flush(self) -> None:
         if self._batch:
-            # Column by column: building a struct a row from Python dicts cost more than the
-            # write itself.
             pa = self._arrow.pa
-            pictures, paths, rows = zip(*self._batch, strict=True)
-            image = pa.StructArray.from_arrays(
-                [pa.array(pictures, pa.binary()), pa.array(paths, pa.string())],
-                names=["bytes", "path"],
-            )
-            columns = [
-                pa.array([row[name] for row in rows], arrow_type(pa, kind))
-                for name, kind in COLUMNS
-            ]
-            self._writer.write_table(pa.Table.from_arrays([image, *columns], schema=self._schema))
-            try:
-                fd = os.open(self.temp, _READ)  # the page cache is the file's, whoever asks
-            except OSError:
-                pass
-            else:
+            data = pa.allocate_buffer(self._held)
+            view = memoryview(data)
+            offsets = [0]
+            rows = []
+            for position in self._batch:
+                sample = self.samples[position]
+                assert sample.picture is not None
+                end = offsets[-1] + sample.picture.bytes
+                if _read_into(sample, view[offsets[-1] : end], self.verify):
+                    offsets.append(end)
+                    rows.append(sample)
+                else:
+                    self.samples[position] = _failed(sample)
+                    self.size -= sample.picture.bytes
+            view.release()
+            if rows:
+                # Column by column: building a struct a row from Python dicts cost more than
+                # the write itself.
+                pictures = pa.Array.from_buffers(
+                    pa.binary(), len(rows), [None, pa.array(offsets, pa.int32()).buffers()[1], data]
+                )
+                paths = pa.array([f"{row.key}{row.ext}" for row in rows], pa.string())
+                image = pa.StructArray.from_arrays([pictures, paths], names=["bytes", "path"])
+                columns = [
+                    pa.array([row.row[name] for row in rows], arrow_type(pa, kind))
+                    for name, kind in COLUMNS
+                ]
+                table = pa.Table.from_arrays([image, *columns], schema=self._schema)
+                self._writer.write_table(table)
                 try:
-                    _write_back(fd, 0, 0)
-                finally:
-                    os.close(fd)
+                    fd = os.open(self.temp, _READ)  # the page cache is the file's, whoever asks
+                except OSError:
+                    pass
+                else:
+                    try:
+                        _write_back(fd, 0, 0)
+                    finally:
+                        os.close(fd)
         self._batch, self._held = [], 0
 
     def _end(self) -> None:
@@ -343,8 +368,15 @@ def _open_picture(sample: Sample) -> int | None:
     return None
 
 
-def _picture(sample: Sample, verify: bool) -> bytes | None:
-    """The picture's bytes, when the file is still the one downloaded.
+def _failed(sample: Sample) -> Sample:
+    """`sample` as a failure: its picture was not the file downloaded when it was read."""
+    row = {**sample.row, "status": "failed_to_download", "error_message": _CHANGED}
+    row.update(width=None, height=None, sha256=None)
+    return Sample(row)
+
+
+def _read_into(sample: Sample, into: memoryview, verify: bool) -> bool:
+    """Read the picture into `into` (its size); False when the file is not the one downloaded.
 
     Its size is checked, and with `verify` its SHA-256 too: a media directory of the user's
     may change under us; the export's own staging is read as written.
@@ -352,14 +384,28 @@ def _picture(sample: Sample, verify: bool) -> bytes | None:
     assert sample.picture is not None
     fd = _open_picture(sample)
     if fd is None:
-        return None
-    with open(fd, "rb") as stream:
-        data = stream.read(sample.picture.bytes + 1)
-    if len(data) != sample.picture.bytes:
-        return None
-    if verify and hashlib.sha256(data).hexdigest() != sample.picture.sha256:
-        return None
-    return data
+        return False
+    try:
+        done = 0
+        while done < len(into):
+            got = os.readv(fd, [into[done:]])
+            if got == 0:
+                return False
+            done += got
+        if os.read(fd, 1):
+            return False  # longer than downloaded
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return not verify or hashlib.sha256(into).hexdigest() == sample.picture.sha256
+
+
+def _picture(sample: Sample, verify: bool) -> bytearray | None:
+    """The picture's bytes, when the file is still the one downloaded (see `_read_into`)."""
+    assert sample.picture is not None
+    data = bytearray(sample.picture.bytes)
+    return data if _read_into(sample, memoryview(data), verify) else None
 
 
 def _copy(source: int, out: int, size: int) -> bool:
