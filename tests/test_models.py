@@ -466,7 +466,7 @@ FIELDS = [a.name for a in attrs.fields(GalleryImage)]
 
 
 @pytest.mark.slow
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.dictionaries(st.sampled_from(FIELDS), JSON_VALUES))
 def test_any_json_in_any_field_is_an_image_or_invalid_response(changes: dict[str, Any]) -> None:
     data = {**realistic_data(), **changes}
