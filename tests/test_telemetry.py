@@ -11,10 +11,10 @@ import sys
 from typing import Any
 
 import pytest
-from helpers import FAST
+from helpers import FAST, fast
 from shared_helpers import MemorySharedCache, MemoryStore
 
-from meigen_async import GalleryImage, GallerySession, ImageNotFound
+from meigen_async import GalleryImage, GallerySession, ImageNotFound, MeigenError
 from meigen_async.testing import Answer, FakeGallery, png_bytes
 
 
@@ -202,3 +202,28 @@ async def test_time_waited_for_the_rate_limit_is_a_histogram_of_one_value_a_requ
         sent = session.stats.requests
     waits = _points(reader, "meigen.rate_limit.wait")
     assert sum(p.count for p in waits) - before == sent == 3
+
+
+async def test_a_search_page_is_a_span_over_its_attempt_and_its_error_never_holds_the_key(
+    otel, images: list[dict[str, Any]]
+):
+    exporter, _ = otel
+    key = "meigen_sk_telemetry_secret"
+    async with (
+        FakeGallery(images, api_keys=[key]) as fake,
+        GallerySession(fake.url, api_key=key, retry=fast(max_retries=0)) as session,
+    ):
+        await session.search("city")
+        # A server that echoes the key in its error: the span must not keep it.
+        fake.script_search(Answer.error(400, f"bad request for Bearer {key}"))
+        with pytest.raises(MeigenError):
+            await session.search("neon")
+    found, refused = sorted(_spans(exporter, "meigen.search"), key=lambda s: s.start_time)
+    assert found.attributes["meigen.search.query"] == "city"
+    (attempt,) = [s for s in _spans(exporter, "GET") if s.parent.span_id == found.context.span_id]
+    assert attempt.attributes["url.path"] == "/api/search"
+    assert attempt.attributes["http.response.status_code"] == 200
+    assert refused.attributes["error.type"] == "ApiError"
+    told = [refused.status.description or "", *(str(e.attributes) for e in refused.events)]
+    assert "bad request" in " ".join(told)
+    assert all(key not in text for text in told)
