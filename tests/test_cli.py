@@ -795,6 +795,7 @@ async def test_serve_reports_a_missing_data_file_in_one_line_with_status_2(
 # -- demo ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_demo_fetches_the_sample_with_one_request_per_distinct_id_and_one_304() -> None:
     report = await run_demo()
     assert report.requested == 121
@@ -806,6 +807,7 @@ async def test_demo_fetches_the_sample_with_one_request_per_distinct_id_and_one_
     assert (report.revalidated, report.refreshed) == (1, 1)
 
 
+@pytest.mark.slow
 async def test_demo_downloads_the_pictures_of_three_images_from_the_samples_own_address() -> None:
     report = await run_demo()
     assert report.media_images == 3
@@ -813,6 +815,7 @@ async def test_demo_downloads_the_pictures_of_three_images_from_the_samples_own_
     assert 0 < report.media_bytes < 3000 * report.media_files  # flat PNGs of a few hundred bytes
 
 
+@pytest.mark.slow
 async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
     prompts = [parse_prompt(data["text"]) for data in sample_images()]
     report = await run_demo()
@@ -822,6 +825,7 @@ async def test_demo_counts_the_prompt_kinds_of_the_distinct_images() -> None:
     assert report.plain_prompts + report.json_prompts == 60
 
 
+@pytest.mark.slow
 def test_demo_tells_calls_against_requests_and_the_missing_id_as_expected(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -56,6 +56,7 @@ def _options(gallery: FakeGallery) -> list[str]:
     return ["--base-url", gallery.url, "--media-host", origin, "--no-cache", "--retries", "0"]
 
 
+@pytest.mark.slow
 async def test_export_of_an_ids_file_says_what_it_wrote_and_fails_for_a_failed_sample(
     posts, tmp_path, capsys
 ):
@@ -73,6 +74,7 @@ async def test_export_of_an_ids_file_says_what_it_wrote_and_fails_for_a_failed_s
     assert f"meigen-async export {out} {ids} --format parquet" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 async def test_export_of_a_search_exports_its_hits(posts, tmp_path):
     out = tmp_path / "out"
     argv = ["export", str(out), "--query", "neon", "--format", "webdataset", *_options(posts)]

@@ -63,6 +63,7 @@ def failing_run(count: int) -> int:
     return peak
 
 
+@pytest.mark.slow
 def test_memory_does_not_grow_with_the_number_of_failures() -> None:
     small, large = failing_run(2_000), failing_run(20_000)
     # Ten times the failures, the same peak: the batch and the examples, not the ids (the

@@ -79,6 +79,7 @@ def _undocumented(obj: griffe.Object) -> Iterator[str]:
                 yield f"{obj.path}({parameter.name}): parameter without a type"
 
 
+@pytest.mark.slow
 def test_every_public_field_and_parameter_is_documented_with_a_type(
     package: griffe.Module,
 ) -> None:
@@ -86,6 +87,7 @@ def test_every_public_field_and_parameter_is_documented_with_a_type(
     assert problems == []
 
 
+@pytest.mark.slow
 def test_every_public_module_says_what_is_public_in_its_all(package: griffe.Module) -> None:
     assert [m.path for m in public_modules(package) if m.exports is None] == []
 

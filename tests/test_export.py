@@ -232,6 +232,7 @@ async def test_out_must_be_empty_without_resume_and_no_other_directory_is_touche
     assert media_host.requests["p1a"] == 1
 
 
+@pytest.mark.slow
 async def test_an_unreachable_host_stops_the_export_without_a_shard_of_its_failures(
     media_host, tmp_path
 ):
@@ -276,6 +277,7 @@ async def test_close_ends_an_exports_downloads_and_writes_no_row_saying_they_fai
     assert not list(out.glob("*_status.*"))
 
 
+@pytest.mark.slow
 async def test_without_pyarrow_metadata_and_status_tables_are_json_lines(
     media_host, tmp_path, monkeypatch
 ):

@@ -31,6 +31,7 @@ GALLERY_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True)
 
 
 @given(GALLERY_IDS, st.integers(0, 10_000), GALLERY_IDS, st.integers(0, 10_000))
+@pytest.mark.slow
 def test_keys_carry_no_dot_and_two_pictures_never_share_one(a, i, b, j):
     assert "." not in sample_key(a, i)
     assert (sample_key(a, i) == sample_key(b, j)) == ((a, i) == (b, j))

@@ -203,6 +203,7 @@ async def test_a_stale_hit_answers_at_once_while_the_server_is_slow(
     assert stats.revalidated == 1
 
 
+@pytest.mark.slow
 async def test_a_burst_of_stale_gets_makes_one_background_request_and_none_waits(
     images: list[dict[str, Any]], timer: FakeTimer
 ) -> None:
@@ -365,6 +366,7 @@ async def test_close_during_a_refresh_ends_it_and_leaves_no_task(
     assert session.stats.refreshed == 0
 
 
+@pytest.mark.slow
 async def test_a_miss_during_a_refresh_joins_it_rather_than_fetching_again(
     images: list[dict[str, Any]], timer: FakeTimer
 ) -> None:

@@ -230,6 +230,7 @@ async def test_a_cut_off_body_with_no_retry_left_leaves_no_file_under_a_final_na
     assert _leftovers(tmp_path / "img1") == []
 
 
+@pytest.mark.slow
 async def test_a_server_slower_than_the_timeout_is_a_transport_error(tmp_path):
     async with FakeGallery() as gallery:
         gallery.add_media("a", png_bytes(), "image/png")
@@ -327,6 +328,7 @@ async def test_media_requests_retries_and_bytes_are_counted_as_the_server_saw_th
     assert (stats.requests, stats.retries) == (0, 0)  # the gallery's own counters
 
 
+@pytest.mark.slow
 async def test_media_concurrency_bounds_the_requests_to_one_host(tmp_path):
     async with FakeGallery(delay=0.05) as gallery:
         urls = await _served(gallery, **{f"f{n}": (png_bytes(), "image/png") for n in range(6)})
@@ -513,6 +515,7 @@ def _trickling(
     return handler
 
 
+@pytest.mark.slow
 async def test_a_host_trickling_bytes_is_cut_off_at_media_timeout(tmp_path):
     started, release = asyncio.Event(), asyncio.Event()
     async with media_server(_trickling(started, release, every=0.05), release) as base:

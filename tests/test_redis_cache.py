@@ -413,6 +413,7 @@ async def test_an_entry_past_its_fresh_until_is_fetched_again_though_its_key_liv
     assert gallery.requests[image_id] == 1
 
 
+@pytest.mark.slow
 async def test_a_shared_image_is_kept_in_process_only_for_what_is_left_of_its_life(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
@@ -582,6 +583,7 @@ async def test_a_lease_nobody_releases_is_waited_for_a_bounded_time_then_fetched
     assert gallery.requests[image_id] == 1
 
 
+@pytest.mark.slow
 async def test_a_lease_that_expires_is_fetched_past_at_once(
     gallery: FakeGallery, redis_server: RedisServer, raw: redis.asyncio.Redis
 ) -> None:
@@ -594,6 +596,7 @@ async def test_a_lease_that_expires_is_fetched_past_at_once(
     assert gallery.requests[image_id] == 1
 
 
+@pytest.mark.slow
 async def test_a_failed_fetch_releases_its_lease_and_the_waiters_fetch_themselves(
     gallery: FakeGallery, redis_server: RedisServer
 ) -> None:

@@ -128,6 +128,7 @@ async def test_limiters_of_other_names_do_not_share(client: redis.asyncio.Redis)
     assert clock.waits == []
 
 
+@pytest.mark.slow
 async def test_a_cool_down_from_one_limiter_holds_back_another(
     client: redis.asyncio.Redis,
 ) -> None:
@@ -148,6 +149,7 @@ async def test_pacing_resumes_after_a_cool_down_without_a_burst(
     assert reserved == [pytest.approx(t, abs=0.05) for t in (0.3, 0.4, 0.5)]
 
 
+@pytest.mark.slow
 async def test_a_slot_booked_before_a_cool_down_waits_it_out(
     client: redis.asyncio.Redis,
 ) -> None:

@@ -7,12 +7,14 @@ closes it at shutdown.
 from __future__ import annotations
 
 import httpx
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from helpers import load_example
 
 from meigen_async.testing import FakeGallery
 
 
+@pytest.mark.slow
 async def test_the_fastapi_recipe_serves_from_one_session_closed_at_shutdown(
     gallery: FakeGallery,
 ):

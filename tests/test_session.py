@@ -199,6 +199,7 @@ async def test_an_oversized_body_is_an_invalid_response(gallery: FakeGallery) ->
             await client.get_image(gallery.ids[0])
 
 
+@pytest.mark.slow
 async def test_a_slow_server_is_a_transport_error(images: list[dict[str, Any]]) -> None:
     async with (
         FakeGallery(images, delay=0.3) as fake,
@@ -681,6 +682,7 @@ async def test_close_waits_for_a_fetch_whose_waiter_left_and_that_lost_its_cance
     assert gallery.total_requests == 0
 
 
+@pytest.mark.slow
 async def test_a_fetch_that_lost_its_cancellation_and_fails_reports_nothing_to_the_loop(
     images: list[dict[str, Any]],
 ) -> None:
@@ -730,6 +732,7 @@ def test_a_base_url_that_is_not_an_absolute_http_url_is_refused() -> None:
         GallerySession("www.meigen.ai")
 
 
+@pytest.mark.slow
 async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[str, Any]]) -> None:
     async with (
         FakeGallery(images, delay=0.3) as fake,
@@ -788,6 +791,7 @@ async def test_cancelling_one_waiter_during_a_backoff_leaves_the_others_fetch_ru
     assert gallery.requests[image_id] == 2
 
 
+@pytest.mark.slow
 async def test_cancelling_every_waiter_during_a_backoff_stops_the_retries(
     gallery: FakeGallery,
 ) -> None:
@@ -807,6 +811,7 @@ async def test_cancelling_every_waiter_during_a_backoff_stops_the_retries(
     assert gallery.requests[image_id] == 2
 
 
+@pytest.mark.slow
 async def test_closing_the_session_during_a_backoff_fails_the_waiter_cleanly(
     gallery: FakeGallery,
 ) -> None:
@@ -823,6 +828,7 @@ async def test_closing_the_session_during_a_backoff_fails_the_waiter_cleanly(
     assert gallery.requests[image_id] == 1
 
 
+@pytest.mark.slow
 async def test_cancelling_get_images_during_backoffs_leaves_no_fetch_behind(
     gallery: FakeGallery,
 ) -> None:
@@ -861,6 +867,7 @@ async def test_cancelling_get_images_spares_another_callers_shared_fetch(
     assert all(gallery.requests[i] == 1 for i in ids[1:])
 
 
+@pytest.mark.slow
 async def test_closing_an_iter_images_consumer_early_leaves_no_fetch_behind(
     gallery: FakeGallery,
 ) -> None:
@@ -880,6 +887,7 @@ async def test_closing_an_iter_images_consumer_early_leaves_no_fetch_behind(
         assert all(r.ok for r in results_after)
 
 
+@pytest.mark.slow
 async def test_cancelling_the_task_consuming_iter_images_leaves_no_fetch_behind(
     gallery: FakeGallery,
 ) -> None:

@@ -545,6 +545,7 @@ def urls_in(value: object) -> list[str]:
     return []
 
 
+@pytest.mark.slow
 async def test_the_sample_serves_every_picture_itself_at_its_images_size(
     http: aiohttp.ClientSession,
 ) -> None:

@@ -185,6 +185,7 @@ BASES = [
 
 @settings(max_examples=200)
 @given(base=st.sampled_from(BASES), image_id=st.from_regex(r"[A-Za-z0-9_-]{1,128}", fullmatch=True))
+@pytest.mark.slow
 def test_image_urls_match_the_protocol_url_for_every_valid_id(base: str, image_id: str) -> None:
     url = image_urls(base)(image_id)
 
@@ -431,6 +432,7 @@ def _script(gallery: FakeGallery, surface: str, answer: Answer) -> None:
         ("reset mid-body", aiohttp.ClientPayloadError),
     ],
 )
+@pytest.mark.slow
 async def test_every_surface_tells_a_failed_request_as_its_familys_transport_error(
     surface: str, failure: str, cause: type[BaseException], tmp_path: Path
 ) -> None:

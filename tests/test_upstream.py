@@ -468,6 +468,7 @@ async def test_an_answer_slower_than_the_timeout_is_retried(gallery: FakeGallery
     assert elapsed < 0.28  # the slow answer was abandoned, not waited for
 
 
+@pytest.mark.slow
 async def test_the_timeout_applies_to_each_attempt_not_to_the_whole_call(
     gallery: FakeGallery,
 ) -> None:
@@ -648,6 +649,7 @@ async def test_rate_limit_paces_upstream_requests_across_every_caller(
     assert most_in_any_window(arrivals, 0.25) <= 20 + 5 + 1
 
 
+@pytest.mark.slow
 async def test_a_fetch_cancelled_while_waiting_for_the_rate_limit_sends_nothing(
     gallery: FakeGallery,
 ) -> None:
