@@ -115,7 +115,7 @@ class ImagePath:
         if image is not None:
             return image
         flight = self.join(image_id, asyncio.get_running_loop())
-        if _telemetry.ENABLED and flight.waiters > 1:  # joined another caller's fetch
+        if flight.waiters > 1 and _telemetry.active():  # joined another caller's fetch
             return await _telemetry.coalesced(image_id, flight.task, self.flights.wait(flight))
         return await self.flights.wait(flight)
 

@@ -94,6 +94,9 @@ class Upstream:
         self._sleep = sleep
         self._wall_clock = wall_clock
         self.closed = False
+        # Whether attempts are traced, decided once (as the fetch span is): an SDK installed
+        # after the session is made is not asked about on every attempt.
+        self._traced = _telemetry.active()
 
     def close(self) -> None:
         """Send nothing more: a fetch that outlives its cancellation fails instead."""
@@ -138,7 +141,7 @@ class Upstream:
         failed: MeigenError | None = None
         while True:
             try:
-                if media or not _telemetry.ENABLED:
+                if media or not self._traced:
                     return await attempt(*args)
                 # A gallery attempt's span (media downloads have their own, per file): the
                 # response passes through it on its way to `read`, for its status.
@@ -181,7 +184,7 @@ class Upstream:
         async with slot:
             if self._pacer is not None:
                 pacer = self._pacer
-                await (_telemetry.paced(pacer) if _telemetry.ENABLED else pacer.acquire())
+                await (_telemetry.paced(pacer) if self._traced else pacer.acquire())
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(MEDIA_SENT)
@@ -194,7 +197,7 @@ class Upstream:
             # Paced inside the slot: tokens taken while queueing would be spent in a burst.
             if self._pacer is not None:
                 pacer = self._pacer
-                await (_telemetry.paced(pacer) if _telemetry.ENABLED else pacer.acquire())
+                await (_telemetry.paced(pacer) if self._traced else pacer.acquire())
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
