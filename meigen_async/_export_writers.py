@@ -10,6 +10,10 @@ A picture is read from where the download path put it, only if it is still a reg
 the size downloaded (with `verify`, of the same SHA-256); else its sample becomes
 `failed_to_download`. Tar members are copied file to file by the kernel (`copy_file_range`)
 when they need not be hashed again.
+
+A little over 450 lines on purpose: the three formats' writers share `ShardFile`'s life
+(temporary name, add, close, commit) and the one reader of a staged picture; apart, each
+would repeat it.
 """
 
 from __future__ import annotations
