@@ -10,6 +10,7 @@ tested on a fake clock. What a response means and whether to retry are decided i
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
@@ -89,7 +90,6 @@ class Upstream:
         self._host_slots: dict[str, asyncio.Semaphore] = {}
         self.retry = retry
         self._tally = tally
-        self._pacer = pacer
         self._limiter = pacer if isinstance(pacer, RateLimiter) else None
         self._sleep = sleep
         self._wall_clock = wall_clock
@@ -97,6 +97,14 @@ class Upstream:
         # Whether attempts are traced, decided once (as the fetch span is): an SDK installed
         # after the session is made is not asked about on every attempt.
         self._traced = _telemetry.active()
+        # What paces an attempt, chosen once: the pacer, or the pacer with its wait recorded.
+        self._acquire: Callable[[], Awaitable[None]] | None = (
+            None
+            if pacer is None
+            else functools.partial(_telemetry.paced, pacer)
+            if self._traced
+            else pacer.acquire
+        )
 
     def close(self) -> None:
         """Send nothing more: a fetch that outlives its cancellation fails instead."""
@@ -182,9 +190,8 @@ class Upstream:
         if slot is None:
             slot = self._host_slots[host] = asyncio.Semaphore(self._host_concurrency)
         async with slot:
-            if self._pacer is not None:
-                pacer = self._pacer
-                await (_telemetry.paced(pacer) if self._traced else pacer.acquire())
+            if self._acquire is not None:
+                await self._acquire()
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(MEDIA_SENT)
@@ -195,9 +202,8 @@ class Upstream:
     ) -> T:
         async with self._slots:
             # Paced inside the slot: tokens taken while queueing would be spent in a burst.
-            if self._pacer is not None:
-                pacer = self._pacer
-                await (_telemetry.paced(pacer) if self._traced else pacer.acquire())
+            if self._acquire is not None:
+                await self._acquire()
             if self.closed:
                 raise TransportError("the session was closed")
             self._tally.record(SENT)
