@@ -17,6 +17,8 @@ __all__ = [
     "Runner",
     "alternate",
     "log",
+    "perf_counter",
+    "process_time",
     "ratio_entry",
     "summarise",
     "target_entry",
@@ -198,6 +200,11 @@ def ratio_entry(
 def target_entry(description: str, *, value: float | str, goal: str, met: bool) -> dict[str, Any]:
     """A target, the figure it was judged on and whether it was met."""
     return {"description": description, "value": value, "goal": goal, "met": met}
+
+
+def process_time() -> float:
+    """This process's CPU time, user and system, in seconds."""
+    return time.process_time()
 
 
 def perf_counter() -> float:

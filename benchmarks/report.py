@@ -250,6 +250,7 @@ def _empty(ax: Any, title: str, why: str) -> None:
 _SHORT = {
     ("warm", "calls_per_s"): "Warm hits",
     ("cold", "ids_per_s"): "Cold bulk",
+    ("cold", "cpu_us_per_id"): "Cold bulk CPU",
     ("burst", "upstream_requests"): "Burst requests",
     ("burst", "wall_s"): "Burst time",
     ("sqlite", "calls_per_s"): "SQLite warm reads",

@@ -7,19 +7,22 @@ FakeGallery over loopback, where the bodies really are streamed, chunked or comp
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
 import inspect
 import json
 import socket
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 import attrs
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
-from helpers import FAST, body_size
+from helpers import FAST, body_size, media_server
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from redis_helpers import free_port
@@ -212,62 +215,94 @@ def test_image_urls_refuse_a_base_that_is_not_an_absolute_http_url(base: str) ->
 # -- Timeouts, one per attempt -------------------------------------------------------------------
 
 
-class _Hanging:
-    """Stands for an aiohttp session whose requests never answer."""
+@contextlib.asynccontextmanager
+async def stalling_gallery(*, body_first: bool = False) -> AsyncIterator[str]:
+    """A loopback gallery that never finishes an answer; yields an image's URL.
 
-    def get(self, url: object, **options: object) -> _Hanging:
-        return self
+    It holds every request before answering, or with `body_first` sends the status, the
+    headers and half the body, then holds the rest.
+    """
+    release = asyncio.Event()
 
-    async def __aenter__(self) -> None:
-        await asyncio.Event().wait()
+    async def stall(request: web.Request) -> web.StreamResponse:
+        if not body_first:
+            await release.wait()
+            return web.Response(body=BODY)
+        response = web.StreamResponse(headers={"Content-Length": str(len(BODY))})
+        await response.prepare(request)
+        await response.write(BODY[:10])
+        await release.wait()
+        return response
 
-    async def __aexit__(self, *exc: object) -> None:
-        return None
+    async with media_server(stall, release) as origin:
+        yield f"{origin}/m.png"
 
 
-def hanging(timeout: float) -> AiohttpTransport:
-    return AiohttpTransport(
-        timeout=timeout,
-        max_body_bytes=1000,
-        headers={},
-        session=cast(aiohttp.ClientSession, _Hanging()),
-    )
+def stalling_transport(
+    timeout: float, http: aiohttp.ClientSession | None = None
+) -> AiohttpTransport:
+    return AiohttpTransport(timeout=timeout, max_body_bytes=1000, headers={}, session=http)
 
 
 async def test_a_request_past_its_timeout_becomes_transport_error_naming_the_timeout() -> None:
-    with pytest.raises(TransportError, match=r"timed out after 0\.05s"):
-        await hanging(0.05).send(URL(URL_))
+    transport = stalling_transport(0.05)
+    async with stalling_gallery() as url:
+        with pytest.raises(TransportError, match=r"timed out after 0\.05s"):
+            await transport.send(URL(url))
+    await transport.close()
+
+
+async def test_the_timeout_covers_a_body_that_stops_coming() -> None:
+    transport = stalling_transport(0.05)
+    async with stalling_gallery(body_first=True) as url:
+        with pytest.raises(TransportError, match=r"timed out after 0\.05s"):
+            await transport.send(URL(url))
+    await transport.close()
+
+
+async def test_a_callers_session_gets_the_timeout_too() -> None:
+    async with aiohttp.ClientSession() as http, stalling_gallery() as url:
+        with pytest.raises(TransportError, match=r"timed out after 0\.05s"):
+            await stalling_transport(0.05, http).send(URL(url))
 
 
 async def test_each_send_gets_its_own_timeout() -> None:
-    transport = hanging(0.05)
+    transport = stalling_transport(0.05)
     started = asyncio.get_running_loop().time()
-
-    for _ in range(2):
-        with pytest.raises(TransportError):
-            await transport.send(URL(URL_))
+    async with stalling_gallery() as url:
+        for _ in range(2):
+            with pytest.raises(TransportError):
+                await transport.send(URL(url))
+    await transport.close()
 
     assert asyncio.get_running_loop().time() - started >= 0.1
 
 
 async def test_a_timed_out_send_leaves_no_cancellation_pending() -> None:
-    async def attempt() -> int:
+    transport = stalling_transport(0.05)
+
+    async def attempt(url: str) -> int:
         with pytest.raises(TransportError):
-            await hanging(0.05).send(URL(URL_))
+            await transport.send(URL(url))
         task = asyncio.current_task()
         assert task is not None
         return task.cancelling()
 
-    assert await asyncio.create_task(attempt()) == 0
+    async with stalling_gallery() as url:
+        assert await asyncio.create_task(attempt(url)) == 0
+    await transport.close()
 
 
 async def test_a_cancellation_from_elsewhere_is_not_taken_for_a_timeout() -> None:
-    task = asyncio.create_task(hanging(5.0).send(URL(URL_)))
-    await asyncio.sleep(0.01)
-    task.cancel()
+    transport = stalling_transport(5.0)
+    async with stalling_gallery() as url:
+        task = asyncio.create_task(transport.send(URL(url)))
+        await asyncio.sleep(0.05)
+        task.cancel()
 
-    with pytest.raises(asyncio.CancelledError):
-        await task
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    await transport.close()
 
 
 async def test_requests_never_follow_redirects_on_a_callers_session(
