@@ -6,10 +6,11 @@ next posts download; `close` ends the data (the tar's end, the Parquet footer); 
 another thread, fsyncs it and renames it into place. Everything here blocks, and runs in the
 export's own threads (`_export`), never on the event loop.
 
-A picture is read from where the download path put it, only if it is still a regular file of
-the size downloaded (with `verify`, of the same SHA-256); else its sample becomes
-`failed_to_download`. Tar members are copied file to file by the kernel (`copy_file_range`)
-when they need not be hashed again.
+A picture comes as the bytes the download path kept in memory (`Held`: an export with its
+own staging), written as they are; or it is read from the file the download path wrote, only
+if that is still a regular file of the size downloaded (with `verify`, of the same SHA-256),
+else its sample becomes `failed_to_download`. Tar members are copied file to file by the
+kernel (`copy_file_range`) when they need not be hashed again.
 
 A little over 450 lines on purpose: the three formats' writers share `ShardFile`'s life
 (temporary name, add, close, commit) and the one reader of a staged picture; apart, each
@@ -21,11 +22,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import itertools
 import json
 import os
 import shutil
 import stat
 import tarfile
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from ._export_rules import (
     json_row,
 )
 from ._export_shards import data_name
+from ._media_files import FILES, Held
 
 __all__ = ["ShardFile", "arrow_type", "fsync_dir", "shard_file"]
 
@@ -69,15 +73,19 @@ class ShardFile:
         self.opened = datetime.now(UTC)
         self.size = 0
         """Bytes of the pictures written."""
+        self.staged: set[str] = set()
+        """The posts whose pictures may be in files of the staging (not all kept in memory)."""
         self._open = False
 
-    def add(self, sample: Sample) -> None:
-        """Write `sample`'s picture (if it has one) and keep its row."""
+    def add(self, sample: Sample, held: Held | None = None) -> None:
+        """Write `sample`'s picture (if it has one: `held`, or its file) and keep its row."""
+        if held is None and sample.key is not None:
+            self.staged.add(sample.row["id"])
         if sample.picture is not None:
             if not self._open:
                 self._start()
                 self._open = True
-            if self._put(sample):
+            if self._put(sample, held):
                 self.size += sample.picture.bytes
             else:
                 sample = _failed(sample)
@@ -122,7 +130,7 @@ class ShardFile:
     def _start(self) -> None:
         raise NotImplementedError
 
-    def _put(self, sample: Sample) -> bool:
+    def _put(self, sample: Sample, held: Held | None) -> bool:
         raise NotImplementedError
 
     def _added(self) -> None:
@@ -150,11 +158,13 @@ class _Tar(ShardFile):
         self._at = 0
         self._flushed = 0
 
-    def _put(self, sample: Sample) -> bool:
+    def _put(self, sample: Sample, held: Held | None) -> bool:
         assert sample.picture is not None
         assert self._fd is not None
         name = f"{sample.key}.{WEBDATASET_IMAGE_FIELD}"
-        if self.verify:
+        if held is not None:
+            self._write(_header(name, held.size), *held.chunks, _padding(held.size))
+        elif self.verify:
             data = _picture(sample, verify=True)
             if data is None:
                 return False
@@ -214,7 +224,8 @@ class _Parquet(ShardFile):
         super().__init__(out, "parquet", number, verify=verify)
         self._arrow = arrow
         self._writer: Any = None
-        self._batch: list[int] = []  # the positions in `samples` of the row group's rows
+        # The positions in `samples` of the row group's rows, and their kept bytes if any.
+        self._batch: list[tuple[int, Held | None]] = []
         self._held = 0
 
     def _start(self) -> None:
@@ -229,9 +240,9 @@ class _Parquet(ShardFile):
             use_dictionary=text,
         )
 
-    def _put(self, sample: Sample) -> bool:
+    def _put(self, sample: Sample, held: Held | None) -> bool:
         assert sample.picture is not None
-        self._batch.append(len(self.samples))
+        self._batch.append((len(self.samples), held))
         self._held += sample.picture.bytes
         return True
 
@@ -246,11 +257,15 @@ class _Parquet(ShardFile):
             view = memoryview(data)
             offsets = [0]
             rows = []
-            for position in self._batch:
+            for position, held in self._batch:
                 sample = self.samples[position]
                 assert sample.picture is not None
                 end = offsets[-1] + sample.picture.bytes
-                if _read_into(sample, view[offsets[-1] : end], self.verify):
+                if held is not None:
+                    _copy_held(held, view[offsets[-1] : end])
+                    offsets.append(end)
+                    rows.append(sample)
+                elif _read_into(sample, view[offsets[-1] : end], self.verify):
                     offsets.append(end)
                     rows.append(sample)
                 else:
@@ -293,17 +308,29 @@ class _Parquet(ShardFile):
 class _Images(ShardFile):
     """An imagefolder shard: a folder of the pictures, renamed into place.
 
-    Each picture is hard-linked from where it was downloaded (copied across file systems).
+    A picture kept in memory is written into it, and fsynced with the others at the commit;
+    one downloaded to a file is hard-linked from there (copied across file systems).
     """
 
     def _start(self) -> None:
         if self.temp.is_dir() and not self.temp.is_symlink():
             shutil.rmtree(self.temp)
         self.temp.mkdir(parents=True)
+        self._unsynced: list[str] = []
 
-    def _put(self, sample: Sample) -> bool:
+    def _put(self, sample: Sample, held: Held | None) -> bool:
         assert sample.picture is not None
-        final = self.temp / f"{sample.key}{sample.ext}"
+        name = f"{sample.key}{sample.ext}"
+        final = self.temp / name
+        if held is not None:
+            fd = os.open(final, _CREATE | os.O_EXCL, 0o644)
+            try:
+                _write_all(fd, held.chunks)
+                _write_back(fd, 0, 0)  # on its way to disk now: the commit's fsync waits less
+            finally:
+                os.close(fd)
+            self._unsynced.append(name)
+            return True
         try:
             os.link(sample.picture.path, final, follow_symlinks=False)
             found = os.lstat(final)
@@ -326,7 +353,10 @@ class _Images(ShardFile):
         return True
 
     def _sync(self) -> None:
-        # The pictures were synced as they were downloaded; the folder's entries now.
+        # The pictures written here, side by side (fsyncs issued together share the journal's
+        # commits); those linked were synced as they were downloaded; the folder's entries.
+        if self._unsynced:
+            list(FILES.map(_fsync_in, itertools.repeat(self.temp), self._unsynced))
         fsync_dir(self.temp)
 
 
@@ -410,6 +440,31 @@ def _picture(sample: Sample, verify: bool) -> bytearray | None:
     assert sample.picture is not None
     data = bytearray(sample.picture.bytes)
     return data if _read_into(sample, memoryview(data), verify) else None
+
+
+def _copy_held(held: Held, into: memoryview) -> None:
+    """Copy the kept bytes into `into` (their size)."""
+    into = into.cast("B")  # an Arrow buffer's view is of signed bytes: bytes are unsigned
+    at = 0
+    for chunk in held.chunks:
+        into[at : at + len(chunk)] = chunk
+        at += len(chunk)
+
+
+def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
+    """Write every chunk to `fd`, in order, whatever the short writes."""
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view) :]
+
+
+def _fsync_in(folder: Path, name: str) -> None:
+    fd = os.open(folder / name, _READ)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _copy(source: int, out: int, size: int) -> bool:

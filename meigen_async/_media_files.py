@@ -32,6 +32,7 @@ import itertools
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,8 +56,12 @@ from .media import MediaFile
 
 __all__ = [
     "FILES",
+    "KEEP",
     "UNSYNCED",
+    "Held",
     "ImageDir",
+    "Keeper",
+    "Kept",
     "Received",
     "TempFile",
     "in_thread",
@@ -82,6 +87,70 @@ UNSYNCED: contextvars.ContextVar[bool] = contextvars.ContextVar(
 """Set in a task whose downloads need no fsync: an export's staging, whose shard is fsynced
 whole. A crash can then leave a file whose record its bytes do not match: its SHA-256 is
 checked before reuse, and it is downloaded again."""
+
+
+class Keeper:
+    """A bound on the bytes that downloads keep in memory (`Kept`) at once: an export's.
+
+    Each chunk is reserved as it comes; a file that would take the total past `limit` is
+    written to its file after all, as any download's is, and what it held is given back. A
+    picture's bytes are given back when the last reference to its `Held` goes, whatever
+    path it took (written into a shard, opted out, a failure, a cancellation).
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.held = 0
+        self._lock = threading.Lock()  # given back in the export's writer thread
+
+    def reserve(self, size: int) -> bool:
+        """Hold `size` bytes more, if that stays within the limit."""
+        with self._lock:
+            if self.held + size > self.limit:
+                return False
+            self.held += size
+            return True
+
+    def release(self, size: int) -> None:
+        """Give back `size` bytes."""
+        with self._lock:
+            self.held -= size
+
+
+@attrs.frozen(weakref_slot=True)
+class Held:
+    """A downloaded file's bytes, kept in memory: its chunks as they came, and its size."""
+
+    chunks: tuple[bytes, ...]
+    size: int
+
+
+class Kept:
+    """Where the downloads of a task leave their files' bytes instead of writing the files.
+
+    Set as `KEEP` in a task whose pictures go straight into something else: an export's own
+    staging, whose tar or Parquet shard takes the bytes, so that each picture is written
+    once, not staged in a file and read back. Everything else about a download is the same
+    (the checks, retries, the rate limit, the `MediaFile` given back, its `path` where the
+    file would be); only the last step differs: the bytes are put in `files`, under that
+    path, rather than written, fsynced and renamed.
+    """
+
+    def __init__(self, keeper: Keeper):
+        self.keeper = keeper
+        self.files: dict[Path, Held] = {}
+
+    def keep(self, path: Path, chunks: list[bytes], size: int) -> None:
+        """Keep a file's bytes (reserved already) until its `Held` is dropped."""
+        held = Held(tuple(chunks), size)
+        weakref.finalize(held, self.keeper.release, size)
+        self.files[path] = held
+
+
+KEEP: contextvars.ContextVar[Kept | None] = contextvars.ContextVar(
+    "meigen_async_keep", default=None
+)
+"""Set in a task whose downloads are kept in memory, not written: see `Kept`."""
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -259,6 +328,8 @@ class TempFile:
         self._index = index
         self._url = url
         self._sync = not UNSYNCED.get()  # read in the downloading task, on the event loop
+        self._kept = KEEP.get()  # no file, unless its bytes would go past the keeper's bound
+        self._reserved = 0
         self._dir_fd: int | None = None  # held from the creation to the rename or removal
         self._fd: int | None = None
         self._digest = hashlib.sha256()
@@ -279,6 +350,11 @@ class TempFile:
         self._digest.update(chunk)
         self._batch.append(chunk)
         self._batched += len(chunk)
+        if self._kept is not None:
+            if self._kept.keeper.reserve(len(chunk)):
+                self._reserved += len(chunk)
+                return
+            self._unkeep()  # past the bound: written to its file after all, from here on
         if self._batched >= _BATCH:
             await self._finish_job()
             self._job = FILES.submit(self._write, self._take())
@@ -290,8 +366,13 @@ class TempFile:
     async def commit(self, final: str, record: bytes) -> bool:
         """Write what is queued, attach `record`, fsync, close and rename to `final`.
 
-        Returns whether the file system kept the record.
+        Returns whether the file system kept the record. A kept file is put in its `Kept`
+        instead: nothing is written, and it needs no record (True).
         """
+        if self._kept is not None:
+            self._kept.keep(self._directory.path / final, self._take(), self._reserved)
+            self._kept = None  # its bytes are the Held's now, and given back with it
+            return True
         await self._finish_job()
         job = FILES.submit(self._commit, self._take(), final, record)
         self._job = job
@@ -308,8 +389,17 @@ class TempFile:
         self._batched = 0
         return chunks
 
+    def _unkeep(self) -> None:
+        assert self._kept is not None
+        self._kept.keeper.release(self._reserved)
+        self._kept, self._reserved = None, 0
+
     async def discard(self) -> None:
         """Close and remove the file, after the job in flight (a write may be running)."""
+        if self._kept is not None:
+            self._unkeep()
+            self._batch = []
+            return
         previous = self._job
         self._job = None
         cleanup = FILES.submit(self._remove, previous)
