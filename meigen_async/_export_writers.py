@@ -214,19 +214,21 @@ class _Tar(ShardFile):
 class _Parquet(ShardFile):
     """A Parquet shard: an `image` struct `{bytes, path}` and every column, in row groups.
 
-    A row group's pictures are read when it is written, each straight into its place in one
-    buffer that becomes the `image.bytes` values as they are (no copy through Python objects:
-    measured, building them from `bytes` cost more CPU than the whole download of a picture).
-    A picture that cannot be read then turns its sample into a failure.
+    Each picture is copied into the row group's one buffer as it is added (kept bytes as
+    they are, a file read and checked then: one that cannot be read turns its sample into a
+    failure), so that the copying is spread over the downloads rather than done when the
+    last picture of the export comes. The buffer becomes the `image.bytes` values as it is
+    (no copy through Python objects: measured, building them from `bytes` cost more CPU
+    than the whole download of a picture).
     """
 
     def __init__(self, out: Path, number: int, arrow: Any, *, verify: bool):
         super().__init__(out, "parquet", number, verify=verify)
         self._arrow = arrow
         self._writer: Any = None
-        # The positions in `samples` of the row group's rows, and their kept bytes if any.
-        self._batch: list[tuple[int, Held | None]] = []
-        self._held = 0
+        self._batch: list[Sample] = []  # the row group's rows
+        self._data = bytearray()  # their pictures, one after another
+        self._offsets = [0]  # where each starts, and the end
 
     def _start(self) -> None:
         self._schema = _parquet_schema(self._arrow)
@@ -241,61 +243,50 @@ class _Parquet(ShardFile):
         )
 
     def _put(self, sample: Sample, held: Held | None) -> bool:
-        assert sample.picture is not None
-        self._batch.append((len(self.samples), held))
-        self._held += sample.picture.bytes
+        if held is not None:
+            for chunk in held.chunks:
+                self._data += chunk
+        else:
+            data = _picture(sample, verify=self.verify)
+            if data is None:
+                return False
+            self._data += data
+        self._offsets.append(len(self._data))
+        self._batch.append(sample)
         return True
 
     def _added(self) -> None:
-        if len(self._batch) >= _ROW_GROUP or self._held >= _ROW_GROUP_BYTES:
+        if len(self._batch) >= _ROW_GROUP or len(self._data) >= _ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
-        if self._batch:
+        rows = self._batch
+        if rows:
             pa = self._arrow.pa
-            data = pa.allocate_buffer(self._held)
-            view = memoryview(data)
-            offsets = [0]
-            rows = []
-            for position, held in self._batch:
-                sample = self.samples[position]
-                assert sample.picture is not None
-                end = offsets[-1] + sample.picture.bytes
-                if held is not None:
-                    _copy_held(held, view[offsets[-1] : end])
-                    offsets.append(end)
-                    rows.append(sample)
-                elif _read_into(sample, view[offsets[-1] : end], self.verify):
-                    offsets.append(end)
-                    rows.append(sample)
-                else:
-                    self.samples[position] = _failed(sample)
-                    self.size -= sample.picture.bytes
-            view.release()
-            if rows:
-                # Column by column: building a struct a row from Python dicts cost more than
-                # the write itself.
-                pictures = pa.Array.from_buffers(
-                    pa.binary(), len(rows), [None, pa.array(offsets, pa.int32()).buffers()[1], data]
-                )
-                paths = pa.array([f"{row.key}{row.ext}" for row in rows], pa.string())
-                image = pa.StructArray.from_arrays([pictures, paths], names=["bytes", "path"])
-                columns = [
-                    pa.array([row.row[name] for row in rows], arrow_type(pa, kind))
-                    for name, kind in COLUMNS
-                ]
-                table = pa.Table.from_arrays([image, *columns], schema=self._schema)
-                self._writer.write_table(table)
+            offsets = pa.array(self._offsets, pa.int32()).buffers()[1]
+            pictures = pa.Array.from_buffers(
+                pa.binary(), len(rows), [None, offsets, pa.py_buffer(self._data)]
+            )
+            # Column by column: building a struct a row from Python dicts cost more than the
+            # write itself.
+            paths = pa.array([f"{row.key}{row.ext}" for row in rows], pa.string())
+            image = pa.StructArray.from_arrays([pictures, paths], names=["bytes", "path"])
+            columns = [
+                pa.array([row.row[name] for row in rows], arrow_type(pa, kind))
+                for name, kind in COLUMNS
+            ]
+            self._writer.write_table(pa.Table.from_arrays([image, *columns], schema=self._schema))
+            try:
+                fd = os.open(self.temp, _READ)  # the page cache is the file's, whoever asks
+            except OSError:
+                pass
+            else:
                 try:
-                    fd = os.open(self.temp, _READ)  # the page cache is the file's, whoever asks
-                except OSError:
-                    pass
-                else:
-                    try:
-                        _write_back(fd, 0, 0)
-                    finally:
-                        os.close(fd)
-        self._batch, self._held = [], 0
+                    _write_back(fd, 0, 0)
+                finally:
+                    os.close(fd)
+        # A new buffer: the one written may still be referenced by Arrow's objects until freed.
+        self._batch, self._data, self._offsets = [], bytearray(), [0]
 
     def _end(self) -> None:
         if self._writer is None:
@@ -440,15 +431,6 @@ def _picture(sample: Sample, verify: bool) -> bytearray | None:
     assert sample.picture is not None
     data = bytearray(sample.picture.bytes)
     return data if _read_into(sample, memoryview(data), verify) else None
-
-
-def _copy_held(held: Held, into: memoryview) -> None:
-    """Copy the kept bytes into `into` (their size)."""
-    into = into.cast("B")  # an Arrow buffer's view is of signed bytes: bytes are unsigned
-    at = 0
-    for chunk in held.chunks:
-        into[at : at + len(chunk)] = chunk
-        at += len(chunk)
 
 
 def _write_all(fd: int, chunks: Sequence[bytes]) -> None:
