@@ -99,6 +99,13 @@ async def run(url: str, config: Config) -> dict[str, Any]:
 
             return go
 
+        # Untimed, each side once: the first export of a process imports pyarrow and fills
+        # Arrow's memory pool, the first download warms the session's code; neither is the
+        # throughput of either, and it fell on whichever pair ran first.
+        warm = _images(base, 20, size, "warm")
+        await _download(url, warm, scratch / "warm-download")
+        for fmt in FORMATS:
+            await _export(url, warm, scratch / f"warm-{fmt}", fmt)
         log(f"export: {files} pictures of {size // 1024} KiB, {rounds} rounds, vs download")
         alt = await alternate(
             {fmt: timed_export(fmt) for fmt in FORMATS},

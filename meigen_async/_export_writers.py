@@ -48,6 +48,7 @@ __all__ = ["ShardFile", "arrow_type", "fsync_dir", "shard_file"]
 
 _ROW_GROUP = 100  # rows a Parquet row group holds, as the Hub's viewer likes them
 _ROW_GROUP_BYTES = 64 * 1024 * 1024  # ...or fewer, when their pictures are this large
+_PAGE_ROWS = 4  # rows between Arrow's checks of a page's size: see `_Parquet`
 _TAR_MTIME = 0  # with owner and mode fixed, the same samples make the same bytes
 _CHANGED = "the downloaded file changed or vanished before it was exported"
 _FLUSH = 8 * 1024 * 1024
@@ -220,6 +221,12 @@ class _Parquet(ShardFile):
     last picture of the export comes. The buffer becomes the `image.bytes` values as it is
     (no copy through Python objects: measured, building them from `bytes` cost more CPU
     than the whole download of a picture).
+
+    Arrow checks a page's size only every `write_batch_size` rows (1024 by default): a row
+    group's pictures were one page, copied whole into a fresh buffer and written at once.
+    Checked every `_PAGE_ROWS` rows, a page is about a megabyte, its buffer reused and still
+    in the cache when it is written: measured, a picture's CPU in the export went from about
+    1.1 to 0.9 times download's.
     """
 
     def __init__(self, out: Path, number: int, arrow: Any, *, verify: bool):
@@ -240,6 +247,7 @@ class _Parquet(ShardFile):
             self._schema,
             compression={"image.bytes": "NONE", **dict.fromkeys(text, "SNAPPY")},
             use_dictionary=text,
+            write_batch_size=_PAGE_ROWS,
         )
 
     def _put(self, sample: Sample, held: Held | None) -> bool:
