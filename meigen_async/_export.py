@@ -2,9 +2,12 @@
 
 Inputs are read lazily and worked on `window` at a time, each a post's data and pictures
 (`get_image` and the media downloader: host, type, size and pixel checks, retries, the rate
-limit, records). Their outcomes are taken in input order, so that which shard a post lands in
-depends on the input alone, never on timing. Each post's samples are appended to its shard's
-file as they come (`_export_writers`, in a thread of the export's own), and each shard that
+limit, records). Without `media=`, each picture's bytes are kept in memory by the download
+path (`KEEP`, at most `KEPT_BYTES` at once) and handed with its post to the writer, which
+writes them once, into the shard; with it, or past the bound, the writer reads the file.
+The outcomes are taken in input order, so that which shard a post lands in depends on the
+input alone, never on timing. Each post's samples are appended to its shard's file as they
+come (`_export_writers`, in a thread of the export's own), and each shard that
 `ShardAssembler` closes is committed in order (renames, status table, stats) in another. At
 most a shard filling and two waiting for their commit are held, whatever the number of
 samples. The decisions are `_export_rules` and `_export_shards`.

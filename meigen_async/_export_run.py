@@ -1,8 +1,9 @@
 """The writing side of an export: `ExportRun`, its threads, its counts.
 
-Posts are appended to their shards' files as they come, in a thread of the run's own; each
-closed shard is committed in order (renames, status table, stats) in another; staged
-downloads are removed in a few more. `_export` feeds it from the event loop.
+Posts are appended to their shards' files as they come, in a thread of the run's own (with
+the bytes of their pictures when the download path kept them in memory); each closed shard
+is committed in order (renames, status table, stats) in another; staged downloads (those
+not kept in memory) are removed in a few more. `_export` feeds it from the event loop.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ manifest, reading records back. A symbolic link in place of `out/{id}` is refuse
 creation, and a link swapped in after the directory was opened is never looked at: nothing
 is written outside `out/`. (`out/` itself, the caller's own path, is taken as given.)
 
+A task that sets `KEEP` (an export with its own staging) has its downloads' bytes kept in
+memory instead, up to its `Keeper`'s bound: the same `TempFile`, which then makes no file,
+unless the bound is reached and it writes one after all.
+
 Every file-system call (mkdir, open, write and hash, fsync, rename, the manifest) runs in a
 worker thread of `FILES`, never on the event loop: an fsync takes milliseconds, and on the
 loop it would stall every other download (and the rest of the application) while it waits.
