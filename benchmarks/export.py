@@ -136,55 +136,49 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         shutil.rmtree(scratch, ignore_errors=True)
 
     figures: dict[str, Any] = {}
-    rows = []
-    cpu_rows = []
     for fmt in FORMATS:
         figures[f"export {fmt}"] = summarise(alt.ours[fmt])
         figures[f"download (paired with {fmt})"] = summarise(alt.peers[fmt])
-        rows.append(
-            ratio_entry(
-                label=f"export {fmt} / download",
-                metric="mb_per_s",
-                unit="MB/s",
-                higher_is_better=True,
-                ours=figures[f"export {fmt}"]["mb_per_s"]["median"],
-                peer=figures[f"download (paired with {fmt})"]["mb_per_s"]["median"],
-                pair_ratios=alt.pair_ratios[fmt]["mb_per_s"],
+    # Per format, MB/s (the target), then the client's CPU per picture: what an extra
+    # pass over each picture costs shows there even where MB/s is limited by something else.
+    kinds = [
+        (
+            "mb_per_s",
+            "",
+            "MB/s",
+            True,
+            ">= 0.9x",
+            "export throughput vs download of the same pictures",
+        ),
+        (
+            "cpu_ms_per_file",
+            ", CPU per picture",
+            "ms",
+            False,
+            "<= 1.1x",
+            "client CPU per picture vs download's",
+        ),
+    ]
+    rows = []
+    targets = []
+    for metric, suffix, unit, higher, goal, described in kinds:
+        for fmt in FORMATS:
+            row = ratio_entry(
+                label=f"export {fmt} / download{suffix}",
+                metric=metric,
+                unit=unit,
+                higher_is_better=higher,
+                ours=figures[f"export {fmt}"][metric]["median"],
+                peer=figures[f"download (paired with {fmt})"][metric]["median"],
+                pair_ratios=alt.pair_ratios[fmt][metric],
             )
-        )
-        cpu_rows.append(
-            ratio_entry(
-                label=f"export {fmt} / download, CPU per picture",
-                metric="cpu_ms_per_file",
-                unit="ms",
-                higher_is_better=False,
-                ours=figures[f"export {fmt}"]["cpu_ms_per_file"]["median"],
-                peer=figures[f"download (paired with {fmt})"]["cpu_ms_per_file"]["median"],
-                pair_ratios=alt.pair_ratios[fmt]["cpu_ms_per_file"],
+            rows.append(row)
+            met = row["ratio"] >= 0.9 if higher else row["ratio"] <= 1.1
+            targets.append(
+                target(f"{row['label']}: {described}", value=row["ratio"], goal=goal, met=met)
             )
-        )
     small_peak, large_peak = peaks.values()
     growth = large_peak / small_peak if small_peak else float("inf")
-    targets = [
-        target(
-            f"{row['label']}: export throughput vs download of the same pictures",
-            value=row["ratio"],
-            goal=">= 0.9x",
-            met=row["ratio"] >= 0.9,
-        )
-        for row in rows
-    ]
-    # The client's CPU per picture against download's: the cost of writing each picture twice
-    # (staged, then into the shard) shows here before it shows in MB/s on an idle machine.
-    targets += [
-        target(
-            f"{row['label']}: client CPU per picture vs download's",
-            value=row["ratio"],
-            goal="<= 1.1x",
-            met=row["ratio"] <= 1.1,
-        )
-        for row in cpu_rows
-    ]
     targets.append(
         target(
             f"lowest traced memory peak, {4 * memory_small} pictures / {memory_small} pictures",
@@ -202,6 +196,6 @@ async def run(url: str, config: Config) -> dict[str, Any]:
         "params": {"files": files, "size": size, "rounds": rounds},
         "figures": figures,
         "memory_peak_mib": peaks,
-        "ratios": rows + cpu_rows,
+        "ratios": rows,
         "targets": targets,
     }
