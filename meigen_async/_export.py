@@ -46,7 +46,8 @@ from ._export_rules import (
 )
 from ._export_run import ExportRun
 from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord
-from ._media_files import KEEP, UNSYNCED, Held, Keeper, Kept
+from ._media_files import UNSYNCED
+from ._media_kept import KEEP, Held, Keeper, Kept
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
 from .export import ExportProgress, ExportSummary

@@ -29,7 +29,7 @@ from ._export_files import (
 from ._export_rules import STATUSES, ExportFormat, Sample
 from ._export_shards import Shard, ShardRecord, shard_stats
 from ._export_writers import ShardFile, shard_file
-from ._media_files import Held
+from ._media_kept import Held
 from .errors import ExportError
 from .export import ExportProgress
 

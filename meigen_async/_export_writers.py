@@ -42,7 +42,8 @@ from ._export_rules import (
     json_row,
 )
 from ._export_shards import data_name
-from ._media_files import FILES, Held
+from ._media_files import FILES
+from ._media_kept import Held
 
 __all__ = ["ShardFile", "arrow_type", "fsync_dir", "shard_file"]
 

@@ -11,9 +11,9 @@ manifest, reading records back. A symbolic link in place of `out/{id}` is refuse
 creation, and a link swapped in after the directory was opened is never looked at: nothing
 is written outside `out/`. (`out/` itself, the caller's own path, is taken as given.)
 
-A task that sets `KEEP` (an export with its own staging) has its downloads' bytes kept in
-memory instead, up to its `Keeper`'s bound: the same `TempFile`, which then makes no file,
-unless the bound is reached and it writes one after all.
+A task that sets `_media_kept.KEEP` (an export with its own staging) has its downloads'
+bytes kept in memory instead, up to its `Keeper`'s bound: the same `TempFile`, which then
+makes no file, unless the bound is reached and it writes one after all.
 
 Every file-system call (mkdir, open, write and hash, fsync, rename, the manifest) runs in a
 worker thread of `FILES`, never on the event loop: an fsync takes milliseconds, and on the
@@ -36,7 +36,6 @@ import itertools
 import os
 import stat
 import threading
-import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,6 +43,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ._media_formats import Kind
+from ._media_kept import KEEP
 from ._media_records import (
     MANIFEST_NAME,
     RECORD_ATTRIBUTE,
@@ -60,12 +60,8 @@ from .media import MediaFile
 
 __all__ = [
     "FILES",
-    "KEEP",
     "UNSYNCED",
-    "Held",
     "ImageDir",
-    "Keeper",
-    "Kept",
     "Received",
     "TempFile",
     "in_thread",
@@ -92,69 +88,6 @@ UNSYNCED: contextvars.ContextVar[bool] = contextvars.ContextVar(
 whole. A crash can then leave a file whose record its bytes do not match: its SHA-256 is
 checked before reuse, and it is downloaded again."""
 
-
-class Keeper:
-    """A bound on the bytes that downloads keep in memory (`Kept`) at once: an export's.
-
-    Each chunk is reserved as it comes; a file that would take the total past `limit` is
-    written to its file after all, as any download's is, and what it held is given back. A
-    picture's bytes are given back when the last reference to its `Held` goes, whatever
-    path it took (written into a shard, opted out, a failure, a cancellation).
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.held = 0
-        self._lock = threading.Lock()  # given back in the export's writer thread
-
-    def reserve(self, size: int) -> bool:
-        """Hold `size` bytes more, if that stays within the limit."""
-        with self._lock:
-            if self.held + size > self.limit:
-                return False
-            self.held += size
-            return True
-
-    def release(self, size: int) -> None:
-        """Give back `size` bytes."""
-        with self._lock:
-            self.held -= size
-
-
-@attrs.frozen(weakref_slot=True)
-class Held:
-    """A downloaded file's bytes, kept in memory: its chunks as they came, and its size."""
-
-    chunks: tuple[bytes, ...]
-    size: int
-
-
-class Kept:
-    """Where the downloads of a task leave their files' bytes instead of writing the files.
-
-    Set as `KEEP` in a task whose pictures go straight into something else: an export's own
-    staging, whose tar or Parquet shard takes the bytes, so that each picture is written
-    once, not staged in a file and read back. Everything else about a download is the same
-    (the checks, retries, the rate limit, the `MediaFile` given back, its `path` where the
-    file would be); only the last step differs: the bytes are put in `files`, under that
-    path, rather than written, fsynced and renamed.
-    """
-
-    def __init__(self, keeper: Keeper):
-        self.keeper = keeper
-        self.files: dict[Path, Held] = {}
-
-    def keep(self, path: Path, chunks: list[bytes], size: int) -> None:
-        """Keep a file's bytes (reserved already) until its `Held` is dropped."""
-        held = Held(tuple(chunks), size)
-        weakref.finalize(held, self.keeper.release, size)
-        self.files[path] = held
-
-
-KEEP: contextvars.ContextVar[Kept | None] = contextvars.ContextVar(
-    "meigen_async_keep", default=None
-)
-"""Set in a task whose downloads are kept in memory, not written: see `Kept`."""
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)

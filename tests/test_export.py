@@ -24,7 +24,7 @@ from helpers import media_origin
 
 import meigen_async._export
 from meigen_async import ExportError, GallerySession, RetryPolicy, UpstreamUnreachable
-from meigen_async._media_files import Keeper
+from meigen_async._media_kept import Keeper
 from meigen_async.testing import FakeGallery
 
 NO_RETRY = RetryPolicy(max_retries=0)

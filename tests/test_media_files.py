@@ -19,7 +19,8 @@ from helpers import keeps_user_attributes, media_server
 
 import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession
-from meigen_async._media_files import KEEP, ImageDir, Keeper, Kept, _after
+from meigen_async._media_files import ImageDir, _after
+from meigen_async._media_kept import KEEP, Keeper, Kept
 from meigen_async._media_records import RECORD_ATTRIBUTE
 from meigen_async.errors import MediaWriteError
 from meigen_async.testing import FakeGallery, png_bytes
