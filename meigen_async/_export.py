@@ -2,9 +2,12 @@
 
 Inputs are read lazily and worked on `window` at a time, each a post's data and pictures
 (`get_image` and the media downloader: host, type, size and pixel checks, retries, the rate
-limit, records). Their outcomes are taken in input order, so that which shard a post lands in
-depends on the input alone, never on timing. Each post's samples are appended to its shard's
-file as they come (`_export_writers`, in a thread of the export's own), and each shard that
+limit, records). Without `media=`, each picture's bytes are kept in memory by the download
+path (`KEEP`, at most `KEPT_BYTES` at once) and handed with its post to the writer, which
+writes them once, into the shard; with it, or past the bound, the writer reads the file.
+The outcomes are taken in input order, so that which shard a post lands in depends on the
+input alone, never on timing. Each post's samples are appended to its shard's file as they
+come (`_export_writers`, in a thread of the export's own), and each shard that
 `ShardAssembler` closes is committed in order (renames, status table, stats) in another. At
 most a shard filling and two waiting for their commit are held, whatever the number of
 samples. The decisions are `_export_rules` and `_export_shards`.
@@ -24,6 +27,7 @@ from collections.abc import (
     Awaitable,
     Callable,
     Iterable,
+    Mapping,
 )
 from pathlib import Path
 
@@ -43,6 +47,7 @@ from ._export_rules import (
 from ._export_run import ExportRun
 from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord
 from ._media_files import UNSYNCED
+from ._media_kept import KEEP, Held, Keeper, Kept
 from ._protocol import validate_image_id
 from .errors import ExportError, MediaError, MeigenError, UpstreamUnreachable
 from .export import ExportProgress, ExportSummary
@@ -55,6 +60,11 @@ STAGING_NAME = ".media"
 """The export's own download directory in OUT (without `media=`): emptied as shards are done."""
 
 
+KEPT_BYTES = 128 * 1024 * 1024
+"""The most bytes of pictures an export with its own staging holds in memory at once (those
+of the posts in flight and queued for the writer, and a Parquet row group's); a picture past
+it is staged in a file, as with `media=`."""
+
 Download = Callable[[GalleryImage, Path], Awaitable[tuple[list[MediaFile], MediaError | None]]]
 Item = str | GalleryImage
 
@@ -64,6 +74,8 @@ class _Outcome:
     image: GalleryImage | None
     files: tuple[MediaFile, ...] = ()
     error: MeigenError | None = None
+    held: Mapping[Path, Held] = attrs.field(factory=dict)
+    """The bytes of the pictures kept in memory, by their `MediaFile.path`."""
 
 
 _DUPLICATE = _Outcome(None)
@@ -108,9 +120,17 @@ async def export_images(
         try:
             seen = await _skip_done(source_items, done)
             start = done[-1].input_end if done else 0
-            # imagefolder's shard links the staged files themselves: they are synced as written.
+            # With its own staging, the pictures' bytes go from the download to the shard in
+            # memory (each written once); a picture past KEPT_BYTES, or reused from a media
+            # directory, is read from its file. imagefolder's shard links staged files
+            # themselves: they are synced as written.
+            keeper = Keeper(KEPT_BYTES) if media is None else None
             work = _work(
-                get_image, download, staging, sync=media is not None or fmt == "imagefolder"
+                get_image,
+                download,
+                staging,
+                sync=media is not None or fmt == "imagefolder",
+                keeper=keeper,
             )
             try:
                 await _assemble(
@@ -203,11 +223,14 @@ def _work(
     staging: Path,
     *,
     sync: bool,
+    keeper: Keeper | None,
 ) -> Callable[[Item], Awaitable[_Outcome]]:
     async def one(item: Item) -> _Outcome:
         # In this task only: staged pictures are read back into a shard that is fsynced
         # whole (tar, Parquet); syncing each first would write every byte to disk twice.
         UNSYNCED.set(not sync)
+        kept = Kept(keeper) if keeper is not None else None
+        KEEP.set(kept)
         try:
             image = item if isinstance(item, GalleryImage) else await get_image(item)
             validate_image_id(image.id)  # no path is made of another id
@@ -217,7 +240,7 @@ def _work(
             files, failure = await download(image, staging)
         except MeigenError as failed:
             return _Outcome(image, error=failed)
-        return _Outcome(image, tuple(files), failure)
+        return _Outcome(image, tuple(files), failure, kept.files if kept is not None else {})
 
     return one
 
@@ -301,7 +324,8 @@ async def _assemble(
                 closed = assembler.add(position, input_id(item), samples)
                 # Written now, into the shard it went to (closed at once if it filled it).
                 full = [shard for shard in closed if shard.input_end > position]
-                await run.hand_over((full[0].number if full else assembler.number, samples))
+                number = full[0].number if full else assembler.number
+                await run.hand_over((number, samples, outcome.held))
                 run.tally(samples)
                 reached = outcome.error if outcome.error is not None else outcome.image
                 assert reached is not None  # a post, or why there is none

@@ -1,8 +1,9 @@
 """The writing side of an export: `ExportRun`, its threads, its counts.
 
-Posts are appended to their shards' files as they come, in a thread of the run's own; each
-closed shard is committed in order (renames, status table, stats) in another; staged
-downloads are removed in a few more. `_export` feeds it from the event loop.
+Posts are appended to their shards' files as they come, in a thread of the run's own (with
+the bytes of their pictures when the download path kept them in memory); each closed shard
+is committed in order (renames, status table, stats) in another; staged downloads (those
+not kept in memory) are removed in a few more. `_export` feeds it from the event loop.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import asyncio
 import collections
 import concurrent.futures
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from ._export_files import (
 from ._export_rules import STATUSES, ExportFormat, Sample
 from ._export_shards import Shard, ShardRecord, shard_stats
 from ._export_writers import ShardFile, shard_file
+from ._media_kept import Held
 from .errors import ExportError
 from .export import ExportProgress
 
@@ -39,8 +41,9 @@ _EVENTS = 64
 """Posts (and closes) queued for the writer, at most; the pipeline waits past that."""
 
 
-Event = tuple[int, Sequence[Sample]] | Shard | None
-"""For the writer: a post's samples for shard number N, a shard to close, or the end."""
+Event = tuple[int, Sequence[Sample], Mapping[Path, Held]] | Shard | None
+"""For the writer: a post's samples for shard number N (with the bytes of its pictures kept
+in memory, by path), a shard to close, or the end."""
 
 
 class ExportRun:
@@ -162,12 +165,13 @@ class ExportRun:
     def _apply(self, batch: list[Event]) -> None:
         for event in batch:
             if isinstance(event, tuple):
-                number, samples = event
+                number, samples, held = event
                 target = self.files.get(number)
                 if target is None:
                     target = self.files[number] = self._file(number)
                 for sample in samples:
-                    target.add(sample)
+                    picture = sample.picture
+                    target.add(sample, held.get(picture.path) if picture is not None else None)
             elif isinstance(event, Shard):
                 target = self.files.pop(event.number, None) or self._file(event.number)
                 target.close()
@@ -212,7 +216,7 @@ class ExportRun:
         if self.own_staging:
             # Those done are dropped: what is kept does not grow with the number of samples.
             self.cleaning = [job for job in self.cleaning if not job.done()]
-            for image_id in {sample.row["id"] for sample in shard.samples if sample.key}:
+            for image_id in written.staged:
                 self.cleaning.append(self.cleaners.submit(remove_staged, self.staging, image_id))
         return shard, written
 

@@ -11,6 +11,10 @@ manifest, reading records back. A symbolic link in place of `out/{id}` is refuse
 creation, and a link swapped in after the directory was opened is never looked at: nothing
 is written outside `out/`. (`out/` itself, the caller's own path, is taken as given.)
 
+A task that sets `_media_kept.KEEP` (an export with its own staging) has its downloads'
+bytes kept in memory instead, up to its `Keeper`'s bound: the same `TempFile`, which then
+makes no file, unless the bound is reached and it writes one after all.
+
 Every file-system call (mkdir, open, write and hash, fsync, rename, the manifest) runs in a
 worker thread of `FILES`, never on the event loop: an fsync takes milliseconds, and on the
 loop it would stall every other download (and the rest of the application) while it waits.
@@ -39,6 +43,7 @@ from typing import Any, TypeVar
 import attrs
 
 from ._media_formats import Kind
+from ._media_kept import KEEP
 from ._media_records import (
     MANIFEST_NAME,
     RECORD_ATTRIBUTE,
@@ -82,6 +87,7 @@ UNSYNCED: contextvars.ContextVar[bool] = contextvars.ContextVar(
 """Set in a task whose downloads need no fsync: an export's staging, whose shard is fsynced
 whole. A crash can then leave a file whose record its bytes do not match: its SHA-256 is
 checked before reuse, and it is downloaded again."""
+
 
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
@@ -259,6 +265,8 @@ class TempFile:
         self._index = index
         self._url = url
         self._sync = not UNSYNCED.get()  # read in the downloading task, on the event loop
+        self._kept = KEEP.get()  # no file, unless its bytes would go past the keeper's bound
+        self._reserved = 0
         self._dir_fd: int | None = None  # held from the creation to the rename or removal
         self._fd: int | None = None
         self._digest = hashlib.sha256()
@@ -279,6 +287,11 @@ class TempFile:
         self._digest.update(chunk)
         self._batch.append(chunk)
         self._batched += len(chunk)
+        if self._kept is not None:
+            if self._kept.keeper.reserve(len(chunk)):
+                self._reserved += len(chunk)
+                return
+            self._unkeep()  # past the bound: written to its file after all, from here on
         if self._batched >= _BATCH:
             await self._finish_job()
             self._job = FILES.submit(self._write, self._take())
@@ -290,8 +303,13 @@ class TempFile:
     async def commit(self, final: str, record: bytes) -> bool:
         """Write what is queued, attach `record`, fsync, close and rename to `final`.
 
-        Returns whether the file system kept the record.
+        Returns whether the file system kept the record. A kept file is put in its `Kept`
+        instead: nothing is written, and it needs no record (True).
         """
+        if self._kept is not None:
+            self._kept.keep(self._directory.path / final, self._take(), self._reserved)
+            self._kept = None  # its bytes are the Held's now, and given back with it
+            return True
         await self._finish_job()
         job = FILES.submit(self._commit, self._take(), final, record)
         self._job = job
@@ -308,8 +326,17 @@ class TempFile:
         self._batched = 0
         return chunks
 
+    def _unkeep(self) -> None:
+        assert self._kept is not None
+        self._kept.keeper.release(self._reserved)
+        self._kept, self._reserved = None, 0
+
     async def discard(self) -> None:
         """Close and remove the file, after the job in flight (a write may be running)."""
+        if self._kept is not None:
+            self._unkeep()
+            self._batch = []
+            return
         previous = self._job
         self._job = None
         cleanup = FILES.submit(self._remove, previous)

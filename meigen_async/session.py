@@ -512,10 +512,12 @@ class GallerySession:
         `format` is `"imagefolder"`, `"webdataset"` or `"parquet"`, laid out in `out` as
         docs/datasets.md says, with a status table and stats per shard and a dataset card
         (`README.md`). Pictures come through `download_media`'s own path (hosts, size, type
-        and pixel checks, retries, the rate limit), into `media` (default: `out/.media`,
-        emptied as shards are done); pictures already there with their records are not
-        downloaded again. A picture whose host sends `X-Robots-Tag: noai` or `noimageai` is
-        not written (`ignore_opt_out=True` writes it, and the card says so).
+        and pixel checks, retries, the rate limit), into `media`; pictures already there with
+        their records are not downloaded again. Without `media`, each picture goes from its
+        download to its shard in memory (at most 128 MiB of pictures held at once; past
+        that, staged in `out/.media`, emptied as shards are done). A picture whose host
+        sends `X-Robots-Tag: noai` or `noimageai` is not written (`ignore_opt_out=True`
+        writes it, and the card says so).
 
         `out` must be empty or new, unless `resume=True`: then the shards done are kept and
         the input read past them (give the same input), and the rest is made again. Shards

@@ -24,6 +24,7 @@ from helpers import media_origin
 
 import meigen_async._export
 from meigen_async import ExportError, GallerySession, RetryPolicy, UpstreamUnreachable
+from meigen_async._media_kept import Keeper
 from meigen_async.testing import FakeGallery
 
 NO_RETRY = RetryPolicy(max_retries=0)
@@ -230,6 +231,43 @@ async def test_out_must_be_empty_without_resume_and_no_other_directory_is_touche
             await _export(gallery, tmp_path / "out", inputs=["p1"], format="parquet", resume=True)
     assert (foreign / "00000.tar").read_bytes() == b"my own file"
     assert media_host.requests["p1a"] == 1
+
+
+@pytest.mark.parametrize("bound", [None, 0])
+async def test_an_export_with_its_own_staging_stages_a_file_only_past_its_memory_bound(
+    media_host, tmp_path, monkeypatch, bound
+):
+    # Within the bound, each picture goes from its download to the shard in memory: the
+    # shard is the same as one made from the files of a media directory.
+    if bound is not None:
+        monkeypatch.setattr(meigen_async._export, "KEPT_BYTES", bound)
+    keepers: list[Keeper] = []
+
+    class Counted(Keeper):
+        def __init__(self, limit: int):
+            super().__init__(limit)
+            keepers.append(self)
+
+    monkeypatch.setattr(meigen_async._export, "Keeper", Counted)
+    own = tmp_path / "own"
+    staged: list[bool] = []
+    inputs = ["p1", "p2", "p3", "p7"]
+    async with _gallery(_posts(media_host)) as gallery:
+        await _export(
+            gallery,
+            own,
+            inputs=inputs,
+            format="webdataset",
+            progress=lambda _: staged.append((own / ".media").exists()),
+        )
+        await _export(
+            gallery, tmp_path / "via", inputs=inputs, format="webdataset", media=tmp_path / "m"
+        )
+    assert staged == [bound is not None] * len(inputs)
+    assert (own / "00000.tar").read_bytes() == (tmp_path / "via" / "00000.tar").read_bytes()
+    assert _statuses(own) == _statuses(tmp_path / "via")
+    assert not (own / ".media").exists()
+    assert [keeper.held for keeper in keepers] == [0]  # every byte kept was given back
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ from helpers import keeps_user_attributes, media_server
 import meigen_async._media_files
 from meigen_async import GalleryImage, GallerySession
 from meigen_async._media_files import ImageDir, _after
+from meigen_async._media_kept import KEEP, Keeper, Kept
 from meigen_async._media_records import RECORD_ATTRIBUTE
 from meigen_async.errors import MediaWriteError
 from meigen_async.testing import FakeGallery, png_bytes
@@ -325,3 +326,25 @@ async def test_a_files_record_and_its_fsync_come_before_its_rename(
     assert final.read_bytes() == png_bytes()
     assert {"record", "fsync", "rename"} <= set(calls), calls
     assert calls.index("record") < calls.index("fsync") < calls.index("rename")
+
+
+async def test_a_kept_download_writes_no_file_and_one_past_the_bound_is_written_whole(tmp_path):
+    body = png_bytes() + bytes(range(256)) * 1200  # about 300 KB: several chunks
+    roomy, tight = Keeper(len(body)), Keeper(len(body) - 1)  # the last chunk goes past it
+    kept, spilled = Kept(roomy), Kept(tight)
+    async with FakeGallery() as gallery:
+        image = GalleryImage(id="i", media_urls=(gallery.add_media("m", body, "image/png"),))
+        async with GallerySession(gallery.url, media_hosts=[gallery.media_host]) as session:
+            KEEP.set(kept)  # in this task: its downloads' tasks copy the context
+            [in_memory] = await session.download_media(image, tmp_path / "kept")
+            KEEP.set(spilled)
+            [on_disk] = await session.download_media(image, tmp_path / "spilled")
+    assert not (tmp_path / "kept").exists()  # not even the image's directory
+    held = kept.files[tmp_path / "kept" / "i" / "0.png"]
+    assert (b"".join(held.chunks), held.size, roomy.held) == (body, len(body), len(body))
+    assert in_memory.sha256 == hashlib.sha256(body).hexdigest()
+    assert (in_memory.width, in_memory.height) == (on_disk.width, on_disk.height)
+    del held, kept
+    assert roomy.held == 0  # given back with the bytes
+    assert on_disk.path.read_bytes() == body
+    assert (spilled.files, tight.held) == ({}, 0)
