@@ -243,7 +243,9 @@ class MemoryCache:
         entry = images[image_id]
         return entry[0] if self._timer() < entry[1] else None
 
-    def entry(self, image_id: str) -> _Entry | None:
+    def entry(
+        self, image_id: str
+    ) -> tuple[GalleryImage, float, float, float, Validators | None] | None:
         """Everything stored for `image_id`, fresh or not, while it is kept; None otherwise.
 
         The tuple is `(image, fresh_until, revalidate_until, keep_until, validators)`, the

@@ -12,6 +12,7 @@ lines are their docstrings; the work is in the modules above.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import AsyncGenerator, AsyncIterable, Callable, Iterable
 from types import TracebackType
@@ -153,19 +154,20 @@ class GallerySession:
         telemetry_name: str = "default",
     ):
         _require(concurrency >= 1, "concurrency must be at least 1")
-        _require(timeout > 0, "timeout must be positive")
+        _require_duration("timeout", timeout)
         _require(cache_size >= 0, "cache_size must not be negative")
         _require(max_body_bytes > 0, "max_body_bytes must be positive")
         _require(
-            not isinstance(rate_limit, (int, float)) or rate_limit > 0,
-            "rate_limit must be positive",
+            not isinstance(rate_limit, (int, float))
+            or (rate_limit > 0 and math.isfinite(rate_limit)),
+            "rate_limit must be a finite number of requests a second, more than 0",
         )
         # The other lifetimes are checked by CachePolicy, under the same names.
         _require_seconds("stale_if_error", stale_if_error)
         _require_seconds("search_ttl", search_ttl)
         _require(max_media_bytes > 0, "max_media_bytes must be positive")
         _require(media_concurrency >= 1, "media_concurrency must be at least 1")
-        _require(media_timeout > 0, "media_timeout must be positive")
+        _require_duration("media_timeout", media_timeout)
         _require(max_media_files >= 1, "max_media_files must be at least 1")
         _require(max_media_pixels >= 1, "max_media_pixels must be at least 1")
         api_key = api_key_from(api_key, os.environ)
@@ -487,7 +489,7 @@ class GallerySession:
         self._ensure_open()
         return stream_media(
             images,
-            get_image=self.get_image,
+            get_image=self._images.get,
             download=functools.partial(self._media.download_image, root=out),
             tasks=self._media.tasks,
             limit=2 * self.media_concurrency,
@@ -542,7 +544,7 @@ class GallerySession:
         return await export_images(
             images,
             out,
-            get_image=self.get_image,
+            get_image=self._images.get,
             download=self._export_download,
             fmt=format,
             shard_size=shard_size,
@@ -599,3 +601,10 @@ class GallerySession:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
+
+
+def _require_duration(name: str, value: float) -> None:
+    # A timeout must end: an infinite one reached aiohttp (and the shared tier's lease time)
+    # as an OverflowError on the first request.
+    _require_seconds(name, value)
+    _require(value > 0, f"{name} must be more than 0 seconds")

@@ -744,7 +744,19 @@ async def test_the_timeout_applies_to_a_callers_own_session(images: list[dict[st
         assert not http.closed
 
 
-@pytest.mark.parametrize(("option", "value"), [("rate_limit", 0), ("stale_if_error", -1)])
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("rate_limit", 0),
+        ("rate_limit", math.inf),
+        ("rate_limit", math.nan),
+        ("stale_if_error", -1),
+        ("timeout", math.inf),
+        ("timeout", math.nan),
+        ("media_timeout", math.inf),
+        ("media_timeout", -1),
+    ],
+)
 def test_nonsense_resilience_options_are_refused(option: str, value: float) -> None:
     with pytest.raises(ValueError, match=option):
         GallerySession(**{option: value})
