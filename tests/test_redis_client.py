@@ -27,4 +27,3 @@ async def test_a_unix_socket_client_is_told_by_its_path_without_its_password() -
 
     assert describe(client) == "unix:/run/redis/redis.sock"
     await client.aclose()
-
