@@ -2,8 +2,9 @@
 
 Fast retry policies, the fetch tasks still running, body sizes, the times at which a
 gallery saw its requests, whether a directory's files can carry media records, a PNG
-header claiming any size, a media server of one handler, the loopback origin of a gallery's
-media, and the hypothesis strategies of untrusted JSON.
+header claiming any size, a media server of one handler and a host trickling bytes to it,
+the names left in a directory, the loopback origin of a gallery's media, and the hypothesis
+strategies of untrusted JSON.
 """
 
 from __future__ import annotations
@@ -171,6 +172,34 @@ async def media_server(
     finally:
         release.set()
         await runner.cleanup()
+
+
+def trickling(
+    started: asyncio.Event, release: asyncio.Event, every: float, requests: list[str] | None = None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A PNG that comes one byte every `every` seconds after its header: a slow-loris host."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        if requests is not None:
+            requests.append(request.path)
+        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
+        resp.content_length = 100_000
+        await resp.prepare(request)
+        await resp.write(png_bytes()[:40])
+        started.set()
+        with contextlib.suppress(ConnectionError):
+            while not release.is_set():
+                await resp.write(b"\0")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(release.wait(), every)
+        return resp
+
+    return handler
+
+
+def leftovers(directory: Path) -> list[str]:
+    """The names in `directory`, sorted; none when it does not exist."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
 
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"

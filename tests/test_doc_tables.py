@@ -1,8 +1,9 @@
-"""The tables of docs/index.md that mirror code, read from the Markdown and compared with it.
+"""The tables of the docs that mirror code, read from the Markdown and compared with it.
 
 The constructor's parameters and defaults come from `inspect.signature`, the session's methods
 from the class, the fields of `SessionStats` and `GalleryImage` from `attrs.fields`, the errors
-from the classes: a parameter, method, field or error added without its row fails here.
+from the classes (docs/index.md), the modules from the package's files (docs/architecture.md):
+a parameter, method, field, error or module added without its row fails here.
 """
 
 from __future__ import annotations
@@ -18,25 +19,27 @@ import attrs
 import meigen_async
 from meigen_async import GalleryImage, GallerySession, MediaError, MeigenError, SessionStats
 
-INDEX = Path(__file__).resolve().parent.parent / "docs" / "index.md"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+INDEX = DOCS / "index.md"
+ARCHITECTURE = DOCS / "architecture.md"
 CODE = re.compile(r"`([^`]+)`")
 UNESCAPED_BAR = re.compile(r"(?<!\\)\|")
 
 
-def section(heading: str) -> str:
-    """The text of docs/index.md under `## heading`, up to the next heading of that level."""
-    text = INDEX.read_text(encoding="utf-8")
+def section(heading: str, page: Path = INDEX) -> str:
+    """The text of `page` under `## heading`, up to the next heading of that level."""
+    text = page.read_text(encoding="utf-8")
     start = text.index(f"\n## {heading}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else None]
 
 
-def table(heading: str, number: int = 0) -> list[list[str]]:
+def table(heading: str, number: int = 0, page: Path = INDEX) -> list[list[str]]:
     """The rows of a table under `## heading` (the first, or the `number`th from 0), as cells.
 
     The header and the `|---|` rule are left out, and escaped bars (`\\|`) unescaped.
     """
-    tables = re.findall(r"(?:^\|.*\n)+", section(heading), re.M)
+    tables = re.findall(r"(?:^\|.*\n)+", section(heading, page), re.M)
     lines = tables[number].splitlines()[2:]
     return [
         [cell.strip().replace("\\|", "|") for cell in UNESCAPED_BAR.split(line)[1:-1]]
@@ -176,3 +179,13 @@ def test_the_error_table_lists_every_error_but_the_kinds_of_media_error() -> Non
     ]
     assert sorted(shown) == sorted(errors)
     assert shown[0] == "MeigenError"
+
+
+# -- The modules ---------------------------------------------------------------------------------
+
+
+def test_the_architecture_table_has_a_row_for_each_module_of_the_package() -> None:
+    package = Path(meigen_async.__file__).parent
+    modules = [path.relative_to(package).as_posix() for path in package.rglob("*.py")]
+    shown = [CODE.findall(row[0])[0] for row in table("The pieces", page=ARCHITECTURE)]
+    assert sorted(shown) == sorted(modules)

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import json
 import os
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
-from pathlib import Path
 
-import aiohttp
 import pytest
-from aiohttp import web
-from helpers import keeps_user_attributes, media_server, png_claiming
+from helpers import keeps_user_attributes, leftovers, media_server, png_claiming, trickling
 
 import meigen_async._media_files
-from meigen_async import GalleryImage, GallerySession, MediaResult, RetryPolicy
+from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async._media import MediaDownloader
 from meigen_async._media_records import RECORD_ATTRIBUTE, read_file_record
 from meigen_async._media_rules import origin_set
-from meigen_async._media_tasks import MEDIA_TASK_PREFIX
 from meigen_async._upstream import Upstream
 from meigen_async.errors import (
     ImageNotFound,
@@ -48,10 +43,6 @@ def _session(gallery: FakeGallery, **options: object) -> GallerySession:
     return GallerySession(gallery.url, **options)  # type: ignore[arg-type]
 
 
-def _leftovers(directory: Path) -> list[str]:
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
-
-
 async def test_every_media_url_is_written_under_the_id_with_its_verified_type(tmp_path):
     async with FakeGallery() as gallery:
         urls = await _served(
@@ -70,7 +61,7 @@ async def test_every_media_url_is_written_under_the_id_with_its_verified_type(tm
     assert files[1].sha256 == hashlib.sha256(jpeg_bytes(17, 9)).hexdigest()
     assert files[1].bytes == len(jpeg_bytes(17, 9))
     assert files[1].content_type == "image/jpeg"
-    assert _leftovers(tmp_path / "img1")[:3] == ["0.png", "1.jpg", "2.webp"]
+    assert leftovers(tmp_path / "img1")[:3] == ["0.png", "1.jpg", "2.webp"]
 
 
 async def test_an_x_robots_tag_opt_out_is_told_and_still_told_by_the_record_on_a_rerun(
@@ -94,7 +85,7 @@ async def test_files_carry_their_own_records_and_no_manifest_is_written(tmp_path
         image = GalleryImage(id="img1", media_urls=tuple(urls.values()))
         async with _session(gallery) as session:
             files = await session.download_media(image, tmp_path)
-    names = _leftovers(tmp_path / "img1")
+    names = leftovers(tmp_path / "img1")
     if media_records == "on the files":
         assert names == ["0.png", "1.jpg"]
         record = os.getxattr(files[1].path, RECORD_ATTRIBUTE)
@@ -203,7 +194,7 @@ async def test_a_file_past_max_media_bytes_is_refused(tmp_path, chunked):
                 await session.download_media(image, tmp_path)
     why = "streamed body exceeded it" if chunked else "Content-Length is"
     assert why in caught.value.message
-    assert _leftovers(tmp_path / "img1") == []
+    assert leftovers(tmp_path / "img1") == []
 
 
 async def test_a_cut_off_body_is_retried_and_only_the_whole_file_lands(tmp_path):
@@ -227,7 +218,7 @@ async def test_a_cut_off_body_with_no_retry_left_leaves_no_file_under_a_final_na
         async with _session(gallery, retry=NO_RETRY) as session:
             with pytest.raises(MediaTransportError, match=r"cut off|closed"):
                 await session.download_media(image, tmp_path)
-    assert _leftovers(tmp_path / "img1") == []
+    assert leftovers(tmp_path / "img1") == []
 
 
 @pytest.mark.slow
@@ -293,7 +284,7 @@ async def test_one_failing_file_leaves_the_others_written_and_recorded(tmp_path,
                 with pytest.raises(MediaHTTPError, match="HTTP 404"):
                     await session.download_media(image, tmp_path)
         assert gallery.media_requests == {"a": 1, "missing": 2}
-    assert _leftovers(tmp_path / "img1")[0] == "0.png"
+    assert leftovers(tmp_path / "img1")[0] == "0.png"
 
 
 async def test_retry_after_of_a_media_429_is_waited_for(tmp_path):
@@ -492,33 +483,10 @@ def test_media_options_are_checked_when_the_session_is_made(option):
 # -- Deadlines and closing -------------------------------------------------------------------------
 
 
-def _trickling(
-    started: asyncio.Event, release: asyncio.Event, every: float, requests: list[str] | None = None
-):
-    """A PNG that comes one byte every `every` seconds after its header: a slow-loris host."""
-
-    async def handler(request: web.Request) -> web.StreamResponse:
-        if requests is not None:
-            requests.append(request.path)
-        resp = web.StreamResponse(headers={"Content-Type": "image/png"})
-        resp.content_length = 100_000
-        await resp.prepare(request)
-        await resp.write(png_bytes()[:40])
-        started.set()
-        with contextlib.suppress(ConnectionError):
-            while not release.is_set():
-                await resp.write(b"\0")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(release.wait(), every)
-        return resp
-
-    return handler
-
-
 @pytest.mark.slow
 async def test_a_host_trickling_bytes_is_cut_off_at_media_timeout(tmp_path):
     started, release = asyncio.Event(), asyncio.Event()
-    async with media_server(_trickling(started, release, every=0.05), release) as base:
+    async with media_server(trickling(started, release, every=0.05), release) as base:
         image = GalleryImage(id="img1", media_urls=(f"{base}/m.png",))
         host = base.removeprefix("http://")
         async with GallerySession(
@@ -527,65 +495,7 @@ async def test_a_host_trickling_bytes_is_cut_off_at_media_timeout(tmp_path):
             async with asyncio.timeout(5):
                 with pytest.raises(MediaTransportError, match=r"longer than media_timeout=0\.3s"):
                     await session.download_media(image, tmp_path)
-    assert _leftovers(tmp_path / "img1") == []
-
-
-async def test_close_ends_a_download_stalled_mid_body_and_sends_nothing_more(tmp_path):
-    started, release = asyncio.Event(), asyncio.Event()
-    requests: list[str] = []
-    async with media_server(_trickling(started, release, 3600, requests), release) as base:
-        image = GalleryImage(id="img1", media_urls=(f"{base}/m.png",))
-        session = GallerySession(base, media_hosts=[base.removeprefix("http://")], timeout=60)
-        download = asyncio.ensure_future(session.download_media(image, tmp_path))
-        await started.wait()
-        async with asyncio.timeout(5):
-            await session.close()
-            assert _media_tasks() == []  # none outlives close()
-            assert download.done()
-            with pytest.raises(MediaTransportError, match="session was closed"):
-                await download
-        assert requests == ["/m.png"]
-    assert _leftovers(tmp_path / "img1") == []
-
-
-async def test_close_ends_iter_media_with_the_images_in_flight_reported(tmp_path):
-    started, release = asyncio.Event(), asyncio.Event()
-    requests: list[str] = []
-    async with media_server(_trickling(started, release, 3600, requests), release) as base:
-        images = [GalleryImage(id=f"i{n}", media_urls=(f"{base}/m.png",)) for n in range(100)]
-        # The caller's own aiohttp session, which close() leaves open: only cancelling the
-        # downloads ends them.
-        http = aiohttp.ClientSession()
-        session = GallerySession(
-            base, media_hosts=[base.removeprefix("http://")], timeout=60, session=http
-        )
-        results: list[MediaResult] = []
-
-        async def consume() -> None:
-            async with aclosing(session.iter_media(images, tmp_path)) as stream:
-                async for result in stream:
-                    results.append(result)
-
-        consumer = asyncio.ensure_future(consume())
-        await started.wait()
-        async with asyncio.timeout(5):
-            await session.close()
-            assert _media_tasks() == []  # none outlives close()
-            await consumer
-        await http.close()
-    # Twice media_concurrency images in flight, 8 of them requesting (one host): each one
-    # reported with the error, and no more of the input read.
-    assert len(requests) == 8
-    assert len(results) == 16
-    assert all(isinstance(r.error, MediaTransportError) for r in results)
-
-
-def _media_tasks() -> list[asyncio.Task[object]]:
-    return [
-        task
-        for task in asyncio.all_tasks()
-        if task.get_name().startswith(MEDIA_TASK_PREFIX) and not task.done()
-    ]
+    assert leftovers(tmp_path / "img1") == []
 
 
 async def test_a_closed_session_neither_retries_nor_waits_to(tmp_path):

@@ -1,4 +1,4 @@
-"""The endpoint's contract as plain functions: ids, the URL, Retry-After, and decoding bodies.
+"""The endpoint's contract as plain functions: ids, the URL, errors by status, decoding bodies.
 
 The last section checks the bodies that are not the envelope end to end, against FakeGallery
 over loopback: what the caller of a session sees of them.
@@ -13,18 +13,13 @@ from typing import Any
 
 import pytest
 from helpers import fast
-from multidict import CIMultiDict, CIMultiDictProxy
 
 from meigen_async import GallerySession
 from meigen_async._protocol import (
     MAX_ID_LENGTH,
     decode_response,
     error_for_status,
-    header,
-    header_list,
     image_url,
-    parse_http_date,
-    parse_retry_after,
     validate_image_id,
 )
 from meigen_async._status import IMAGES, kind_of, retry_after
@@ -43,7 +38,6 @@ from meigen_async.testing import Answer, FakeGallery
 
 ID = "2009629483448627597"
 JSON_HEADERS = {"Content-Type": "application/json"}
-NOW = datetime(2026, 1, 9, 14, 0, 0, tzinfo=UTC)
 
 DATA: dict[str, Any] = {
     "id": ID,
@@ -163,101 +157,6 @@ def test_image_url_is_base_then_api_images_then_id(base: str, expected: str) -> 
 
 def test_image_url_keeps_dashes_and_underscores_in_the_id() -> None:
     assert image_url("https://www.meigen.ai", "a-b_C") == "https://www.meigen.ai/api/images/a-b_C"
-
-
-# -- parse_retry_after --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "seconds"),
-    [("12", 12.0), ("0", 0.0), (" 7 ", 7.0), ("3600", 3600.0)],
-)
-def test_retry_after_delta_seconds_is_read_as_seconds(value: str, seconds: float) -> None:
-    assert parse_retry_after(value, now=NOW) == seconds
-
-
-def test_retry_after_http_date_is_seconds_from_now() -> None:
-    value = format_datetime(NOW + timedelta(seconds=90), usegmt=True)
-
-    assert parse_retry_after(value, now=NOW) == 90.0
-
-
-def test_retry_after_http_date_with_an_offset_is_compared_in_utc() -> None:
-    assert parse_retry_after("Fri, 09 Jan 2026 15:00:30 +0100", now=NOW) == 30.0
-
-
-def test_retry_after_http_date_in_the_past_is_zero() -> None:
-    value = format_datetime(NOW - timedelta(hours=1), usegmt=True)
-
-    assert parse_retry_after(value, now=NOW) == 0.0
-
-
-@pytest.mark.parametrize(
-    "value",
-    ["", "   ", "soon", "-1", "1.5", "12s", "1e3", "Mon, 99 Foo 2026", "\u00b2"],
-)
-def test_unreadable_retry_after_is_none(value: str) -> None:
-    assert parse_retry_after(value, now=NOW) is None
-
-
-def test_absent_retry_after_is_none() -> None:
-    assert parse_retry_after(None) is None
-
-
-# -- header -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["Retry-After", "retry-after", "RETRY-AFTER", "rEtRy-AfTeR"])
-def test_header_is_case_insensitive_in_a_plain_dict(name: str) -> None:
-    headers = {"retry-after": "12", "Content-Type": "application/json"}
-
-    assert header(headers, name) == "12"
-
-
-def test_header_absent_is_none() -> None:
-    assert header({"Content-Type": "application/json"}, "Retry-After") is None
-
-
-# -- header_list --------------------------------------------------------------------------------
-
-
-def test_header_list_joins_every_line_of_a_multidict() -> None:
-    headers = CIMultiDictProxy(
-        CIMultiDict([("Cache-Control", "max-age=60"), ("cache-control", "no-store")])
-    )
-
-    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
-
-
-def test_header_list_of_one_line_is_that_line() -> None:
-    assert header_list(CIMultiDict([("Vary", "*")]), "vary") == "*"
-
-
-def test_header_list_joins_every_spelling_in_a_plain_dict() -> None:
-    headers = {"Cache-Control": "max-age=60", "CACHE-CONTROL": "no-store", "Age": "1"}
-
-    assert header_list(headers, "Cache-Control") == "max-age=60, no-store"
-
-
-def test_header_list_finds_another_spelling_in_a_plain_dict() -> None:
-    assert header_list({"cache-control": "no-store"}, "Cache-Control") == "no-store"
-
-
-@pytest.mark.parametrize("headers", [{}, CIMultiDict(), {"Age": "1"}])
-def test_header_list_absent_is_none(headers: Any) -> None:
-    assert header_list(headers, "Cache-Control") is None
-
-
-# -- parse_http_date ----------------------------------------------------------------------------
-
-
-def test_an_http_date_is_read_as_seconds_since_the_epoch() -> None:
-    assert parse_http_date("Fri, 09 Jan 2026 14:00:00 GMT") == NOW.timestamp()
-
-
-@pytest.mark.parametrize("value", [None, "", "0", "-1", "tomorrow", "Mon, 99 Foo 2026"])
-def test_an_unreadable_http_date_is_none(value: str | None) -> None:
-    assert parse_http_date(value) is None
 
 
 # -- error_for_status: Retry-After on a 503 -----------------------------------------------------
