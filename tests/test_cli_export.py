@@ -4,6 +4,8 @@ statuses and what it says."""
 from __future__ import annotations
 
 import asyncio
+import shlex
+from pathlib import Path
 
 import pytest
 from conftest import MediaHost, picture
@@ -118,3 +120,29 @@ async def test_export_into_a_directory_that_is_not_empty_is_refused(posts, tmp_p
     assert await run(*argv, *_options(posts)) == 1
     assert "is not empty" in capsys.readouterr().err
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.slow
+async def test_the_offline_examples_of_export_help_run_against_the_gallery_serve_serves(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("COLUMNS", "300")  # one line an example
+    with pytest.raises(SystemExit):
+        main(["export", "--help"])
+    examples = capsys.readouterr().out.split("examples")[1].split("\n\n")[0].splitlines()[1:]
+    offline = [shlex.split(line) for line in examples if "the real service" not in line]
+    assert sum(words[1] == "export" for words in offline) >= 2
+    monkeypatch.chdir(tmp_path)
+    # What 'meigen-async serve --port 8080' serves, on a free port.
+    async with FakeGallery.sample() as gallery:
+        for words in offline:
+            words = [
+                word.replace("http://127.0.0.1:8080", gallery.url).replace(
+                    "127.0.0.1:8080", gallery.media_host
+                )
+                for word in words
+            ]
+            target = words.index(">") if ">" in words else len(words)
+            assert await run(*words[1:target]) == 0, words
+            if target < len(words):
+                Path(words[target + 1]).write_text(capsys.readouterr().out)

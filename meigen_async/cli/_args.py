@@ -233,10 +233,13 @@ def _add_cache_file(command: argparse.ArgumentParser) -> None:
 
 _EXPORT_EXAMPLES = """\
 examples (start 'meigen-async serve --port 8080' first to try them offline):
-  meigen-async export neon/ --query "neon city" --format webdataset
-  meigen-async serve --list | meigen-async export gallery/ - --format parquet
-  meigen-async export gallery/ ids.txt --format imagefolder --media media/
-  meigen-async export gallery/ ids.txt --format imagefolder --media media/ --resume
+  meigen-async export neon/ --query "neon city" --format webdataset --base-url http://127.0.0.1:8080 --media-host 127.0.0.1:8080
+  meigen-async serve --list > ids.txt
+  meigen-async export gallery/ ids.txt --format imagefolder --media media/ --base-url http://127.0.0.1:8080 --media-host 127.0.0.1:8080
+  meigen-async export neon/ --query "neon city" --format parquet --rate-limit 5    # the real service
+
+The bundled sample serves its pictures from its own address, which --media-host allows (serve
+names it on stderr).
 
 One sample per picture, keyed {id}_{index}, with its prompt and metadata. Every shard has a
 status table ({shard}_status.parquet: a row for every input sample, failures included) and
