@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,7 +19,16 @@ from ..session import GallerySession
 from ._bulk import _resume_command, _sigterm_as_interrupt
 from ._input import count_ids, open_ids
 from ._options import _session, cli_message
-from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, Interrupted, _print
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    _PROG,
+    CommandError,
+    Interrupted,
+    _print,
+    counted,
+    human_size,
+)
 from ._progress import _progress
 
 __all__ = ["export_summary"]
@@ -31,6 +41,8 @@ async def _export(args: argparse.Namespace) -> int:
             "give the posts to export: an IDS_FILE ('-' for stdin), --query Q or --all"
             + (", only one of them" if sources else "")
         )
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise CommandError(f"OUT {args.output!r} is not a directory: give a new or empty one")
     with _sigterm_as_interrupt(), _input(args) as (ids, total, source):
         try:
             summary = await _run(args, ids, total, source)
@@ -116,8 +128,9 @@ def export_summary(summary: ExportSummary) -> str:
     counts = ", ".join(f"{count:,} {status}" for status, count in summary.counts.items() if count)
     resumed = summary.shards - summary.shards_written
     return (
-        f"{_PROG}: {summary.format} in {summary.out}: {summary.shards_written:,} shards written"
+        f"{_PROG}: {summary.format} in {summary.out}: "
+        f"{counted(summary.shards_written, 'shard', 'shards')} written"
         + (f" ({resumed:,} done before)" if resumed else "")
-        + f", {summary.samples:,} samples ({counts or 'none'}), "
-        f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:,.1f} s"
+        + f", {counted(summary.samples, 'sample', 'samples')} ({counts or 'none'}), "
+        f"{human_size(summary.bytes)} in {summary.seconds:,.1f} s"
     )
