@@ -9,6 +9,7 @@ as a JSON string, which YAML reads as the same string, and into the body escaped
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,7 +142,7 @@ def card_text(card: Card) -> str:
 {_fenced(card.command)}
 ```
 
-- Source: {_inline(card.gallery)}, {_inline(card.source)}.
+- Source: {_prose(card.source)}, from the gallery at {_inline(card.gallery)}.
 - Samples by status (every input has a row in the `*_status.parquet` tables, or
   `*_status.jsonl`, failures included; `*_stats.json` has each shard's counts):
 {counts}
@@ -157,6 +158,15 @@ The pictures and the prompts belong to their authors, the people who posted them
 their authors before you use them beyond what the law allows you.
 """
     return "---\n" + "\n".join(_yaml(header)) + "\n---\n" + body
+
+
+# What CommonMark reads as markup inside a line: code, emphasis, links, HTML, entities.
+_MARKUP = re.compile(r"([\\`*_\[\]<>&~])")
+
+
+def _prose(text: str) -> str:
+    """`text` as plain words on one line, whatever it holds: its markup characters escaped."""
+    return _MARKUP.sub(r"\\\1", terminal_safe(text))
 
 
 def _inline(text: str) -> str:
