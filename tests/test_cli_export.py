@@ -157,7 +157,8 @@ async def test_the_offline_examples_of_export_help_run_against_the_gallery_serve
             target = words.index(">") if ">" in words else len(words)
             assert await run(*words[1:target]) == 0, words
             if target < len(words):
-                Path(words[target + 1]).write_text(capsys.readouterr().out)
+                listed = capsys.readouterr().out  # what 'serve --list' printed
+                await asyncio.to_thread(Path(words[target + 1]).write_text, listed)
 
 
 def test_the_summary_says_one_shard_one_sample_and_a_size_in_human_units():

@@ -41,8 +41,7 @@ async def _export(args: argparse.Namespace) -> int:
             "give the posts to export: an IDS_FILE ('-' for stdin), --query Q or --all"
             + (", only one of them" if sources else "")
         )
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise CommandError(f"OUT {args.output!r} is not a directory: give a new or empty one")
+    _check_out(args.output)
     with _sigterm_as_interrupt(), _input(args) as (ids, total, source):
         try:
             summary = await _run(args, ids, total, source)
@@ -52,6 +51,12 @@ async def _export(args: argparse.Namespace) -> int:
             raise Interrupted from None
     _print(export_summary(summary), sys.stderr)
     return _EXIT_FAILED if summary.failed else _EXIT_OK
+
+
+def _check_out(out: str) -> None:
+    """Refuse, as bad input, an OUT that is there and is no directory (a file, say)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"OUT {out!r} is not a directory: give a new or empty one")
 
 
 async def _run(
