@@ -143,8 +143,9 @@ def card_text(card: Card) -> str:
 ```
 
 - Source: {_prose(card.source)}, from the gallery at {_inline(card.gallery)}.
-- Samples by status (every input has a row in the `*_status.parquet` tables, or
-  `*_status.jsonl`, failures included; `*_stats.json` has each shard's counts):
+- Samples by status (every picture, and every input that gave none, has a row in the
+  `*_status.parquet` tables, or `*_status.jsonl`, failures included; an id given again is
+  exported once; `*_stats.json` has each shard's counts):
 {counts}
 - Each sample is keyed `{{id}}_{{index}}`: picture `index` of gallery post `id`. Its
   `sha256` is that of the picture's bytes, which are the source's own, never re-encoded.

@@ -110,6 +110,26 @@ def test_a_pytest_example_passes_in_a_project_of_its_own(
     assert not re.search(r"skipped|warning", result.stdout), result.stdout
 
 
+@pytest.mark.slow
+def test_the_datasets_pages_reading_snippet_reads_what_its_worked_example_wrote(
+    tmp_path: Path,
+) -> None:
+    page = [code for _, code in blocks("python", [DOCS / "datasets.md"])]
+    example = next(code for code in page if "session.export(" in code)
+    reading = next(code for code in page if "webdataset.WebDataset(" in code)
+    # One interpreter: the export, then the reading as written (Hugging Face offline: conftest).
+    result = subprocess.run(
+        [sys.executable, "-c", f"{example}\n{reading}\nprint(len(rows))"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "7"
+
+
 # -- The queries of docs/cache-files.md -----------------------------------------------------------
 
 
