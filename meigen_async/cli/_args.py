@@ -238,7 +238,7 @@ _EXPORT_EXAMPLES = (
     "  meigen-async serve --list > ids.txt\n"
     "  meigen-async export gallery/ ids.txt --format imagefolder --media media/ "
     "--base-url http://127.0.0.1:8080 --media-host 127.0.0.1:8080\n"
-    '  meigen-async export neon/ --query "neon city" --format parquet    # the real service\n'
+    "  meigen-async export data/ ids.txt --format parquet    # the real service\n"
     """
 The bundled sample serves its pictures from its own address, which --media-host allows (serve
 names it on stderr).
