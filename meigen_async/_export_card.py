@@ -9,6 +9,7 @@ as a JSON string, which YAML reads as the same string, and into the body escaped
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -141,9 +142,10 @@ def card_text(card: Card) -> str:
 {_fenced(card.command)}
 ```
 
-- Source: {_inline(card.gallery)}, {_inline(card.source)}.
-- Samples by status (every input has a row in the `*_status.parquet` tables, or
-  `*_status.jsonl`, failures included; `*_stats.json` has each shard's counts):
+- Source: {_prose(card.source)}, from the gallery at {_inline(card.gallery)}.
+- Samples by status (every picture, and every input that gave none, has a row in the
+  `*_status.parquet` tables, or `*_status.jsonl`, failures included; an id given again is
+  exported once; `*_stats.json` has each shard's counts):
 {counts}
 - Each sample is keyed `{{id}}_{{index}}`: picture `index` of gallery post `id`. Its
   `sha256` is that of the picture's bytes, which are the source's own, never re-encoded.
@@ -157,6 +159,15 @@ The pictures and the prompts belong to their authors, the people who posted them
 their authors before you use them beyond what the law allows you.
 """
     return "---\n" + "\n".join(_yaml(header)) + "\n---\n" + body
+
+
+# What CommonMark reads as markup inside a line: code, emphasis, links, HTML, entities.
+_MARKUP = re.compile(r"([\\`*_\[\]<>&~])")
+
+
+def _prose(text: str) -> str:
+    """`text` as plain words on one line, whatever it holds: its markup characters escaped."""
+    return _MARKUP.sub(r"\\\1", terminal_safe(text))
 
 
 def _inline(text: str) -> str:

@@ -29,6 +29,7 @@ from ._export_shards import (
     Marker,
     ShardRecord,
     done_prefix,
+    marker_options,
     marker_text,
     read_marker,
     read_stats,
@@ -116,9 +117,11 @@ def _check_marker(out: Path, marker: Marker) -> None:
             "nothing in it is touched; give an empty or new directory"
         )
     if found != marker:
-        said = f"--format {found.format} --shard-size {found.shard_size}"
-        said += " --ignore-opt-out" if found.ignore_opt_out else ""
-        raise ExportError(f"{out} holds an export made with {said}: resume it with the same")
+        raise ExportError(
+            f"{out} holds an export made with {marker_options(found)}, but this resume asks "
+            f"for {marker_options(marker)}: resume it with the same --format, --shard-size and "
+            "opt-out choice (format, shard_size and ignore_opt_out from Python)"
+        )
 
 
 def read_records(out: Path, marker: Marker) -> list[ShardRecord]:

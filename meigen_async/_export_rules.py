@@ -20,6 +20,7 @@ from ._text import replace_surrogates
 from .errors import (
     ImageNotFound,
     InvalidImageId,
+    InvalidResponse,
     MediaHTTPError,
     MediaNotAllowed,
     MediaNotAnImage,
@@ -121,7 +122,8 @@ def status_of(error: MeigenError) -> str:
     `not_found`: no such post, no such picture (404, 410), or no gallery id at all;
     `refused`: the picture's host, type, size or pixels (`MediaDecompressionBomb`, a
     `MediaTooLarge`) were refused before it was kept, or it was past `max_media_files`;
-    `failed_to_download`: anything else (the network, a 5xx, a 429 past every retry, a disk).
+    `failed_to_download`: anything else (the network, a 5xx, a 429 past every retry, a disk,
+    the gallery's data for the post invalid: the closest of img2dataset's statuses).
     """
     if isinstance(error, (ImageNotFound, InvalidImageId)):
         return "not_found"
@@ -130,6 +132,13 @@ def status_of(error: MeigenError) -> str:
     if isinstance(error, (MediaNotAllowed, MediaNotAnImage, MediaTooLarge, MediaTooManyFiles)):
         return "refused"
     return "failed_to_download"
+
+
+def error_text(error: MeigenError) -> str:
+    """What a status row says of `error`: its message, saying so when the gallery's data was bad."""
+    if isinstance(error, InvalidResponse):
+        return f"the gallery's data for this post is invalid: {error.message}"
+    return error.message
 
 
 @attrs.frozen
@@ -211,7 +220,7 @@ def sample_rows(
                 _row(
                     id=input_id(item),
                     status=status_of(error) if error is not None else "failed_to_download",
-                    error_message=error.message if error is not None else "no post was given",
+                    error_message=error_text(error) if error is not None else "no post was given",
                 )
             )
         ]
@@ -243,7 +252,7 @@ def sample_rows(
         if media is not None:
             status, message = "opted_out", _OPT_OUT_MESSAGE
         elif error is not None:
-            status, message = status_of(error), error.message
+            status, message = status_of(error), error_text(error)
         else:  # not written, and nothing said why: not expected of the download path
             status, message = "failed_to_download", "the picture was not written"
         row = _row(

@@ -274,6 +274,12 @@ class Marker:
     ignore_opt_out: bool
 
 
+def marker_options(marker: Marker) -> str:
+    """The options that made an export, each one a resume must repeat, as the command says them."""
+    opt_out = "--ignore-opt-out" if marker.ignore_opt_out else "no --ignore-opt-out"
+    return f"--format {marker.format}, --shard-size {marker.shard_size} and {opt_out}"
+
+
 def marker_text(marker: Marker) -> str:
     """The marker file's JSON."""
     return (

@@ -400,7 +400,7 @@ async def test_a_bad_base_url_is_one_error_line_with_status_2_from_the_real_entr
     assert "cannot have a query or a fragment" in one_error_line(err.decode())
 
 
-@pytest.mark.parametrize("command", ["get", "bulk", "serve", "demo"])
+@pytest.mark.parametrize("command", ["get", "bulk", "serve", "demo", "export"])
 def test_each_command_has_help_with_examples(
     command: str, capsys: pytest.CaptureFixture[str]
 ) -> None:

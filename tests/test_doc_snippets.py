@@ -69,15 +69,21 @@ def test_every_python_block_parses(where: str, code: str) -> None:
 )
 def test_a_complete_program_runs_offline_as_it_is(where: str, code: str, tmp_path: Path) -> None:
     assert "FakeGallery" in code, f"{where} would talk to the real service"
+    _run_python(code, tmp_path)
+
+
+def _run_python(code: str, cwd: Path) -> str:
+    """What `code`, run in a Python of its own in `cwd`, printed; it must exit with status 0."""
     result = subprocess.run(
         [sys.executable, "-c", code],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
     assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @pytest.mark.slow
@@ -108,6 +114,18 @@ def test_a_pytest_example_passes_in_a_project_of_its_own(
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r"\b\d+ passed\b", result.stdout)
     assert not re.search(r"skipped|warning", result.stdout), result.stdout
+
+
+@pytest.mark.slow
+def test_the_datasets_pages_reading_snippet_reads_what_its_worked_example_wrote(
+    tmp_path: Path,
+) -> None:
+    page = [code for _, code in blocks("python", [DOCS / "datasets.md"])]
+    example = next(code for code in page if "session.export(" in code)
+    reading = next(code for code in page if "webdataset.WebDataset(" in code)
+    # One interpreter: the export, then the reading as written (Hugging Face offline: conftest).
+    printed = _run_python(f"{example}\n{reading}\nprint(len(rows))", tmp_path)
+    assert printed.splitlines()[-1] == "7"
 
 
 # -- The queries of docs/cache-files.md -----------------------------------------------------------

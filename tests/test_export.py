@@ -227,10 +227,32 @@ async def test_out_must_be_empty_without_resume_and_no_other_directory_is_touche
         with pytest.raises(ExportError, match="holds no export"):
             await _export(gallery, foreign, format="webdataset", resume=True)
         await _export(gallery, tmp_path / "out", inputs=["p1"], format="webdataset")
-        with pytest.raises(ExportError, match="--format webdataset --shard-size 1000"):
+        with pytest.raises(ExportError, match="--format webdataset, --shard-size 1000 and"):
             await _export(gallery, tmp_path / "out", inputs=["p1"], format="parquet", resume=True)
     assert (foreign / "00000.tar").read_bytes() == b"my own file"
     assert media_host.requests["p1a"] == 1
+
+
+async def test_a_resume_with_another_opt_out_choice_is_refused_naming_every_option(
+    media_host, tmp_path
+):
+    async with _gallery(_posts(media_host)) as gallery:
+        await _export(gallery, tmp_path / "out", inputs=["p1"], format="webdataset")
+        with pytest.raises(ExportError) as refused:
+            await _export(
+                gallery,
+                tmp_path / "out",
+                inputs=["p1"],
+                format="webdataset",
+                resume=True,
+                ignore_opt_out=True,
+            )
+    assert refused.value.message == (
+        f"{tmp_path / 'out'} holds an export made with --format webdataset, --shard-size 1000 "
+        "and no --ignore-opt-out, but this resume asks for --format webdataset, --shard-size "
+        "1000 and --ignore-opt-out: resume it with the same --format, --shard-size and opt-out "
+        "choice (format, shard_size and ignore_opt_out from Python)"
+    )
 
 
 @pytest.mark.parametrize("bound", [None, 0])

@@ -55,3 +55,11 @@ def test_no_input_can_end_the_header_or_the_command_block():
 def test_the_card_says_when_opt_outs_were_ignored():
     assert "--ignore-opt-out` was used" in card_text(_card(ignore_opt_out=True))
     assert "were not written" in card_text(_card())
+
+
+def test_the_source_is_told_in_plain_words_and_only_the_gallery_url_is_code():
+    lines = card_text(_card(source="the hits of the search 'a `b` *c*'")).splitlines()
+    assert (
+        r"- Source: the hits of the search 'a \`b\` \*c\*', from the gallery at "
+        "`http://127.0.0.1:1`."
+    ) in lines

@@ -14,6 +14,7 @@ from meigen_async._export_rules import COLUMNS, json_row, sample_key, sample_row
 from meigen_async.errors import (
     ImageNotFound,
     InvalidImageId,
+    InvalidResponse,
     MediaDecompressionBomb,
     MediaHTTPError,
     MediaNotAllowed,
@@ -86,6 +87,16 @@ def test_each_picture_is_a_sample_and_a_missing_one_takes_the_posts_error():
         "2025-01-02T03:04:05Z",
     )
     assert set(first) == {name for name, _ in COLUMNS}
+
+
+def test_a_post_whose_data_is_invalid_fails_to_download_saying_the_gallerys_data_was_bad():
+    error = InvalidResponse("invalid image data: expected a datetime @ data.created_at")
+    [sample] = sample_rows("x", None, [], error)
+    assert (sample.row["status"], sample.row["error_message"]) == (
+        "failed_to_download",
+        "the gallery's data for this post is invalid: invalid image data: expected a datetime "
+        "@ data.created_at",
+    )
 
 
 def test_an_opted_out_picture_is_written_only_when_told_to_ignore_opt_outs():

@@ -237,12 +237,17 @@ def _add_cache_file(command: argparse.ArgumentParser) -> None:
     )
 
 
-_EXPORT_EXAMPLES = """\
-examples (start 'meigen-async serve --port 8080' first to try them offline):
-  meigen-async export neon/ --query "neon city" --format webdataset
-  meigen-async serve --list | meigen-async export gallery/ - --format parquet
-  meigen-async export gallery/ ids.txt --format imagefolder --media media/
-  meigen-async export gallery/ ids.txt --format imagefolder --media media/ --resume
+_EXPORT_EXAMPLES = (
+    "examples (start 'meigen-async serve --port 8080' first to try them offline):\n"
+    '  meigen-async export neon/ --query "neon city" --format webdataset '
+    "--base-url http://127.0.0.1:8080 --media-host 127.0.0.1:8080\n"
+    "  meigen-async serve --list > ids.txt\n"
+    "  meigen-async export gallery/ ids.txt --format imagefolder --media media/ "
+    "--base-url http://127.0.0.1:8080 --media-host 127.0.0.1:8080\n"
+    "  meigen-async export data/ ids.txt --format parquet    # the real service\n"
+    """
+The bundled sample serves its pictures from its own address, which --media-host allows (serve
+names it on stderr).
 
 One sample per picture, keyed {id}_{index}, with its prompt and metadata. Every shard has a
 status table ({shard}_status.parquet: a row for every input sample, failures included) and
@@ -254,6 +259,7 @@ Pictures already in --media DIR (from download or bulk --media) are not download
 
 exit status: 0 when every sample was written (or opted out), 1 when one failed or the export
 stopped, 2 for bad input, 130 when interrupted."""
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

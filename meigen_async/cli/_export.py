@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shlex
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -18,7 +19,16 @@ from ..session import GallerySession
 from ._bulk import _resume_command, _sigterm_as_interrupt
 from ._input import count_ids, open_ids
 from ._options import _session, cli_message
-from ._output import _EXIT_FAILED, _EXIT_OK, _PROG, CommandError, Interrupted, _print
+from ._output import (
+    _EXIT_FAILED,
+    _EXIT_OK,
+    _PROG,
+    CommandError,
+    Interrupted,
+    _print,
+    counted,
+    human_size,
+)
 from ._progress import _progress
 
 __all__ = ["export_summary"]
@@ -31,6 +41,7 @@ async def _export(args: argparse.Namespace) -> int:
             "give the posts to export: an IDS_FILE ('-' for stdin), --query Q or --all"
             + (", only one of them" if sources else "")
         )
+    _check_out(args.output)
     with _sigterm_as_interrupt(), _input(args) as (ids, total, source):
         try:
             summary = await _run(args, ids, total, source)
@@ -40,6 +51,12 @@ async def _export(args: argparse.Namespace) -> int:
             raise Interrupted from None
     _print(export_summary(summary), sys.stderr)
     return _EXIT_FAILED if summary.failed else _EXIT_OK
+
+
+def _check_out(out: str) -> None:
+    """Refuse, as bad input, an OUT that is there and is no directory (a file, say)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"OUT {out!r} is not a directory: give a new or empty one")
 
 
 async def _run(
@@ -116,8 +133,9 @@ def export_summary(summary: ExportSummary) -> str:
     counts = ", ".join(f"{count:,} {status}" for status, count in summary.counts.items() if count)
     resumed = summary.shards - summary.shards_written
     return (
-        f"{_PROG}: {summary.format} in {summary.out}: {summary.shards_written:,} shards written"
+        f"{_PROG}: {summary.format} in {summary.out}: "
+        f"{counted(summary.shards_written, 'shard', 'shards')} written"
         + (f" ({resumed:,} done before)" if resumed else "")
-        + f", {summary.samples:,} samples ({counts or 'none'}), "
-        f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:,.1f} s"
+        + f", {counted(summary.samples, 'sample', 'samples')} ({counts or 'none'}), "
+        f"{human_size(summary.bytes)} in {summary.seconds:,.1f} s"
     )
