@@ -16,8 +16,8 @@ test: $(VENV)/.installed
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -n 2 --dist loadgroup
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	MEIGEN_BUILT_SITE=$(CURDIR)/site $(BIN)/python -m pytest -n 2 --dist loadgroup
 
 # The test suite on the lowest versions pyproject.toml declares (.ci/constraints-lowest.txt),
 # in a venv of its own, so that a minimum that no longer works is caught. Only pytest: the

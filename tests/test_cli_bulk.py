@@ -169,6 +169,7 @@ async def test_a_killed_bulk_resumed_writes_each_id_once(
             assert "resume with: meigen-async bulk" in err.decode()
             assert "--resume" in err.decode()
         assert len(out.read_text(encoding="utf-8").splitlines()) < len(ids)
+        gallery.delay = 0  # the slow answers were for the signal's sake only
         resumed = await start_bulk(*args, "--resume")
         _, err = await resumed.communicate()
         assert resumed.returncode == 0, err
@@ -203,6 +204,7 @@ async def test_sigterm_stops_bulk_as_ctrl_c_does_with_the_failed_ids_written(
         assert failed.read_bytes().endswith(b"\n")
         assert len(out.read_text(encoding="utf-8").splitlines()) < len(gallery.ids)
 
+        gallery.delay = 0  # the slow answers were for the signal's sake only
         resumed = await start_bulk(*args, "--resume")
         _, err = await asyncio.wait_for(resumed.communicate(), timeout=30)
         assert resumed.returncode == 1, err  # the missing ids fail again

@@ -161,7 +161,14 @@ def test_no_docstring_in_the_package_or_the_examples_holds_rest_markup() -> None
 
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The docs site, built once per test process by `mkdocs build --strict`."""
+    """The docs site, built once per test process by `mkdocs build --strict`.
+
+    `make test` builds it first, strictly, and names it in `$MEIGEN_BUILT_SITE`: that one is
+    read rather than built again (seconds of a worker's time).
+    """
+    given = os.environ.get("MEIGEN_BUILT_SITE")
+    if given:
+        return Path(given)
     pytest.importorskip("mkdocs")
     out = tmp_path_factory.mktemp("site")
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
