@@ -18,6 +18,9 @@ from meigen_async import GalleryImage, GallerySession, RetryPolicy
 from meigen_async.bots import discord_embed, telegram_caption
 from meigen_async.testing import Answer, FakeGallery
 
+# In one worker: importing aiogram takes about 3 s, and split across workers it was paid twice.
+pytestmark = pytest.mark.xdist_group("bot_examples")
+
 PLAIN_ID = "2013572250852104677"
 MISSING = "1999999999999999999"
 
