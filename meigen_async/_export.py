@@ -45,7 +45,7 @@ from ._export_rules import (
     sample_rows,
 )
 from ._export_run import ExportRun
-from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord
+from ._export_shards import Marker, Shard, ShardAssembler, ShardRecord, Tail
 from ._media_files import UNSYNCED
 from ._media_kept import KEEP, Held, Keeper, Kept
 from ._protocol import validate_image_id
@@ -133,7 +133,7 @@ async def export_images(
                 keeper=keeper,
             )
             try:
-                await _assemble(
+                tail = await _assemble(
                     run,
                     _outcomes(source_items, seen, start=start, work=work, window=window),
                     next_shard=len(done),
@@ -149,6 +149,8 @@ async def export_images(
                 raise
             await run.hand_over(None)
             await writer
+            if tail is not None:  # counted in the last shard's stats, once they are written
+                await asyncio.to_thread(run.count_tail, tail)
         finally:
             with contextlib.suppress(AttributeError):
                 await source_items.aclose()  # type: ignore[attr-defined]
@@ -299,8 +301,10 @@ async def _assemble(
     ignore_opt_out: bool,
     stop_after: int,
     progress: Callable[[ExportProgress], None] | None,
-) -> None:
+) -> Tail | None:
     """Put each outcome in its shard, and hand each closed shard to the writer.
+
+    Returns the repeats at the input's end that no shard holds, if any (see `Tail`).
 
     A closed shard is held while the inputs after it fail to reach the gallery or the media
     host: if that run reaches `stop_after`, the export stops, and the held shards are not
@@ -343,5 +347,6 @@ async def _assemble(
             if progress is not None:
                 progress(run.progress(seen_inputs))
     last = assembler.finish(end)
-    for shard in [*held, *([last] if last is not None else [])]:
+    for shard in [*held, *([last] if isinstance(last, Shard) else [])]:
         await run.hand_over(shard)
+    return last if isinstance(last, Tail) else None

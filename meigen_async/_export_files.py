@@ -23,11 +23,12 @@ from typing import Any
 
 import attrs
 
-from ._export_rules import COLUMNS
+from ._export_rules import COLUMNS, ExportFormat
 from ._export_shards import (
     MARKER_NAME,
     Marker,
     ShardRecord,
+    Tail,
     done_prefix,
     marker_options,
     marker_text,
@@ -35,6 +36,7 @@ from ._export_shards import (
     read_stats,
     shard_of_name,
     stats_name,
+    stats_with_tail,
     status_name,
 )
 from ._export_writers import ShardFile, arrow_type
@@ -290,6 +292,31 @@ def write_stats(out: Path, number: int, stats: dict[str, Any]) -> None:
         write_atomically(target, (json.dumps(stats, indent=1) + "\n").encode())
     except OSError as exc:
         raise _error(f"cannot write {target}", exc) from exc
+
+
+def count_tail(out: Path, tail: Tail, fmt: ExportFormat, shard_size: int) -> None:
+    """Count `tail`'s repeats in the stats of the shard before them, rewritten whole.
+
+    A kill before the rename leaves the stats as they were: a resume reads the repeats again
+    and counts them then.
+
+    Raises:
+        ExportError: those stats could not be read or written, or are no longer that shard's.
+
+    """
+    target = out / stats_name(tail.number)
+    try:
+        text = target.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _error(f"cannot read {target}", exc) from exc
+    except UnicodeDecodeError:
+        text = ""
+    stats = stats_with_tail(text, tail, fmt, shard_size)
+    if stats is None:
+        raise ExportError(
+            f"{target} changed during the export: it is no longer shard {tail.number}'s"
+        )
+    write_stats(out, tail.number, stats)
 
 
 def write_card(out: Path, text: str) -> None:

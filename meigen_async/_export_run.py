@@ -20,6 +20,7 @@ import attrs
 
 from ._export_files import (
     Arrow,
+    count_tail,
     remove_staged,
     write_card,
     write_metadata,
@@ -27,7 +28,7 @@ from ._export_files import (
     write_status,
 )
 from ._export_rules import STATUSES, ExportFormat, Sample
-from ._export_shards import Shard, ShardRecord, shard_stats
+from ._export_shards import Shard, ShardRecord, Tail, shard_stats
 from ._export_writers import ShardFile, shard_file
 from ._media_kept import Held
 from .errors import ExportError
@@ -219,6 +220,11 @@ class ExportRun:
             for image_id in written.staged:
                 self.cleaning.append(self.cleaners.submit(remove_staged, self.staging, image_id))
         return shard, written
+
+    def count_tail(self, tail: Tail) -> None:
+        """In a thread, once every shard is committed: count `tail` in its shard's stats."""
+        count_tail(self.out, tail, self.fmt, self.shard_size)
+        self.duplicates += tail.duplicates
 
     def finish(self, records: list[ShardRecord], card: str) -> None:
         """In a thread: imagefolder's metadata, the card, and the staging directory gone."""

@@ -1,6 +1,7 @@
 """Dataset shards decided with plain values: no asyncio, no aiohttp, no files.
 
-Which shard a post goes to (`ShardAssembler`), what each file of OUT is named (`data_name`,
+Which shard a post goes to (`ShardAssembler`), where repeats at the input's end are counted
+(`Tail`, `stats_with_tail`), what each file of OUT is named (`data_name`,
 `status_name`, `stats_name`, `shard_of_name`), what a shard's stats say (`shard_stats`,
 `read_stats`), which shards a resume keeps (`done_prefix`), and what OUT's marker says
 (`marker_text`, `read_marker`).
@@ -24,6 +25,7 @@ __all__ = [
     "Shard",
     "ShardAssembler",
     "ShardRecord",
+    "Tail",
     "data_name",
     "done_prefix",
     "marker_text",
@@ -33,6 +35,7 @@ __all__ = [
     "shard_of_name",
     "shard_stats",
     "stats_name",
+    "stats_with_tail",
     "status_name",
 ]
 
@@ -63,6 +66,23 @@ class Shard:
     def written(self) -> list[Sample]:
         """The samples with a picture to write, in order."""
         return [sample for sample in self.samples if sample.picture is not None]
+
+
+@attrs.frozen
+class Tail:
+    """Repeats at the input's end, come after the last shard holding samples had closed.
+
+    No shard is made for them (it would hold no sample): they are counted in the stats of that
+    last shard, numbered `number`, whose inputs are then made to run on to `input_end` (so that
+    a resume reads past them, and counts them no more). Their positions start at `input_start`,
+    where that shard's inputs ended.
+    """
+
+    number: int
+    input_start: int
+    input_end: int
+    last_id: str
+    duplicates: int
 
 
 @attrs.define
@@ -99,9 +119,19 @@ class ShardAssembler:
             closed.append(self._close(position + 1))
         return closed
 
-    def finish(self, end: int) -> Shard | None:
-        """The last shard, ending at input position `end`; None when it holds no sample."""
-        return self._close(end) if self._samples else None
+    def finish(self, end: int) -> Shard | Tail | None:
+        """What the input's end, at position `end`, closes: a shard, a `Tail`, or nothing.
+
+        The last shard, when samples came after the one before closed; else the repeats that
+        came after it (a `Tail`), if any.
+        """
+        if self._samples:
+            return self._close(end)
+        if not self._duplicates:
+            return None
+        # A repeat names an input that came before, and made samples: a shard has closed.
+        assert self.number > 0, "repeats with no shard before them"
+        return Tail(self.number - 1, self.start, end, self._last_id, self._duplicates)
 
     def _close(self, end: int) -> Shard:
         shard = Shard(
@@ -246,6 +276,25 @@ def read_stats(text: str, number: int, fmt: ExportFormat, shard_size: int) -> Sh
         counts={status: counts[status] for status in STATUSES},
         bytes=data["bytes"],
     )
+
+
+def stats_with_tail(
+    text: str, tail: Tail, fmt: ExportFormat, shard_size: int
+) -> dict[str, Any] | None:
+    """Shard `tail.number`'s stats (`text`) counting `tail`'s repeats, its inputs run on to them.
+
+    None when `text` is no stats of that shard of this export ending where `tail` starts.
+    """
+    record = read_stats(text, tail.number, fmt, shard_size)
+    if record is None or record.input_end != tail.input_start:
+        return None
+    stats: dict[str, Any] = json.loads(text)
+    before = stats.get("duplicates")
+    counted = before if type(before) is int and before >= 0 else 0
+    stats.update(
+        input_end=tail.input_end, last_id=tail.last_id, duplicates=counted + tail.duplicates
+    )
+    return stats
 
 
 def done_prefix(records: Mapping[int, ShardRecord]) -> list[ShardRecord]:

@@ -64,7 +64,8 @@ class ExportSummary:
     bytes: int
     """Bytes of the pictures this run wrote."""
     duplicates: int
-    """Inputs naming a post already exported (earlier in the input), skipped."""
+    """Inputs naming a post already exported (earlier in the input), skipped: those counted in
+    the stats this run wrote (repeats at the input's end in the last shard's)."""
     seconds: float
     """How long it took."""
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import gc
 import hashlib
+import json
 import signal
 import sys
 import tarfile
@@ -290,6 +291,37 @@ async def test_an_export_with_its_own_staging_stages_a_file_only_past_its_memory
     assert _statuses(own) == _statuses(tmp_path / "via")
     assert not (own / ".media").exists()
     assert [keeper.held for keeper in keepers] == [0]  # every byte kept was given back
+
+
+def _stats_files(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(path.read_text()) for path in sorted(out.glob("*_stats.json"))]
+
+
+async def test_repeats_after_the_last_shard_closed_count_once_there_also_on_resume(
+    media_host, tmp_path
+):
+    # One sample a shard: p7's shard closes at once, and the last three inputs are repeats.
+    inputs = ["p1", "p1", "p7", "p1", "p7", "p1"]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    async with _gallery(_posts(media_host)) as gallery:
+        summary = await _export(gallery, whole, inputs=inputs, format="webdataset", shard_size=1)
+        # Killed after its last shard, before the repeats past it were counted: a resume.
+        await _export(gallery, resumed, inputs=inputs[:3], format="webdataset", shard_size=1)
+        again = [
+            await _export(
+                gallery, resumed, inputs=inputs, format="webdataset", shard_size=1, resume=True
+            )
+            for _ in range(2)
+        ]
+    assert summary.duplicates == sum(s["duplicates"] for s in _stats_files(whole)) == 4
+    assert [(s["input_end"], s["last_id"], s["duplicates"]) for s in _stats_files(whole)] == [
+        (1, "p1", 0),
+        (6, "p1", 4),  # the last shard's inputs run to the input's end
+    ]
+    assert [(a.duplicates, a.shards_written) for a in again] == [(3, 0), (0, 0)]
+    assert [(s["input_end"], s["duplicates"]) for s in _stats_files(resumed)] == [(1, 0), (6, 4)]
+    for name in ("00000.tar", "00001.tar"):
+        assert (resumed / name).read_bytes() == (whole / name).read_bytes()
 
 
 @pytest.mark.slow

@@ -11,12 +11,14 @@ from meigen_async._export_shards import (
     Marker,
     ShardAssembler,
     ShardRecord,
+    Tail,
     done_prefix,
     marker_text,
     read_marker,
     read_stats,
     shard_of_name,
     shard_stats,
+    stats_with_tail,
 )
 
 
@@ -51,6 +53,26 @@ def test_a_duplicate_input_belongs_to_the_open_shard_and_counts_there():
     [shard] = assembler.add(102, "b", _samples(1))
     assert (shard.number, shard.input_end, shard.duplicates, shard.last_id) == (7, 103, 1, "b")
     assert assembler.finish(103) is None
+
+
+def test_repeats_after_the_last_shard_closed_are_a_tail_counted_in_its_stats():
+    import json
+
+    assembler = ShardAssembler(size=1, number=3, start=10)
+    [shard] = assembler.add(10, "a", _samples(1))
+    assert assembler.add(11, "a", (), duplicate=True) == []
+    assert assembler.add(12, "a", (), duplicate=True) == []
+    tail = assembler.finish(13)
+    assert tail == Tail(number=3, input_start=11, input_end=13, last_id="a", duplicates=2)
+    now = datetime(2025, 1, 1, tzinfo=UTC)
+    text = json.dumps(
+        shard_stats(shard, fmt="webdataset", shard_size=1, size=9, started=now, ended=now)
+    )
+    stats = stats_with_tail(text, tail, "webdataset", 1)
+    assert stats is not None
+    assert (stats["input_end"], stats["last_id"], stats["duplicates"]) == (13, "a", 2)
+    # Stats that no longer end where the repeats start are not changed.
+    assert stats_with_tail(json.dumps(stats), tail, "webdataset", 1) is None
 
 
 def _stats(**changes: object) -> dict[str, object]:
