@@ -88,6 +88,7 @@ async def test_export_of_a_search_exports_its_hits(posts, tmp_path):
     assert [p.name for p in out.glob("*.tar")] == ["00000.tar"]
 
 
+@pytest.mark.slow
 async def test_export_all_browses_the_gallery_with_the_empty_query(posts, tmp_path):
     out = tmp_path / "out"
     argv = ["export", str(out), "--all", "--format", "imagefolder", *_options(posts)]

@@ -206,6 +206,7 @@ async def test_pictures_downloaded_before_are_reused_and_their_opt_outs_kept(med
     assert sorted(p.name for p in (media / "p2").iterdir()) == ["0.jpg", "1.png"]  # kept
 
 
+@pytest.mark.slow
 async def test_ignore_opt_out_writes_the_picture_and_the_card_says_so(media_host, tmp_path):
     async with _gallery(_posts(media_host)) as gallery:
         await _export(
