@@ -4,7 +4,7 @@ Every request goes through `Upstream` as the gallery's do: its one retry loop (`
 its streaming GET (`exchange`: a slot per host, the session's pacer, a deadline per request,
 counted in `SessionStats`). Here: one GET per hop, redirects followed by hand (each target
 checked before it is requested), and the body streamed in chunks through a SHA-256 into a
-temporary file of the image's directory (or, for a task that set `_media_files.KEEP`, an
+temporary file of the image's directory (or, for a task that set `_media_kept.KEEP`, an
 export's own staging, kept in memory for its consumer: the same checks, no file). What
 happens on disk (the directory held open, the temporary file, fsync and rename, records) is
 `_media_files`; split from here so that each side stays readable on its own. The tasks the
